@@ -1,0 +1,1 @@
+"""trio-llm-router."""
