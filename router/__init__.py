@@ -1,1 +1,57 @@
-"""trio-llm-router."""
+"""trio-llm-router: send LLM requests to many providers through one trio-native interface.
+
+The shared vocabulary (messages, requests, responses, stream events, usage, the error
+tree) is defined in :mod:`providers` and re-exported here, so users import from one
+place::
+
+    from router import ChatRequest, Message, LLMError
+
+Testing support (the mock provider and the fake upstream) lives in :mod:`router.testing`.
+"""
+
+from providers import AllProvidersFailed as AllProvidersFailed
+from providers import AuthenticationError as AuthenticationError
+from providers import BudgetExceeded as BudgetExceeded
+from providers import Capabilities as Capabilities
+from providers import ChatRequest as ChatRequest
+from providers import ChatResponse as ChatResponse
+from providers import ConfigError as ConfigError
+from providers import ConnectionFailed as ConnectionFailed
+from providers import ContentFiltered as ContentFiltered
+from providers import ContextLengthExceeded as ContextLengthExceeded
+from providers import Done as Done
+from providers import EmbeddingRequest as EmbeddingRequest
+from providers import EmbeddingResponse as EmbeddingResponse
+from providers import ForceTool as ForceTool
+from providers import ImagePart as ImagePart
+from providers import InvalidRequest as InvalidRequest
+from providers import LLMError as LLMError
+from providers import Message as Message
+from providers import ModelNotFound as ModelNotFound
+from providers import NoRoute as NoRoute
+from providers import NotFound as NotFound
+from providers import Overloaded as Overloaded
+from providers import PermissionDenied as PermissionDenied
+from providers import ProtocolError as ProtocolError
+from providers import QuotaExceeded as QuotaExceeded
+from providers import RateLimited as RateLimited
+from providers import ReasoningDelta as ReasoningDelta
+from providers import ResponseFormat as ResponseFormat
+from providers import RouterClosed as RouterClosed
+from providers import Secret as Secret
+from providers import ServerError as ServerError
+from providers import StreamEvent as StreamEvent
+from providers import StreamInterrupted as StreamInterrupted
+from providers import TextDelta as TextDelta
+from providers import TextPart as TextPart
+from providers import Timeout as Timeout
+from providers import ToolCall as ToolCall
+from providers import ToolCallDelta as ToolCallDelta
+from providers import ToolCallEnd as ToolCallEnd
+from providers import ToolCallStart as ToolCallStart
+from providers import ToolSpec as ToolSpec
+from providers import UnsupportedFeature as UnsupportedFeature
+from providers import Usage as Usage
+from providers import UsageEvent as UsageEvent
+
+__version__ = "0.1.0"

@@ -1,2 +1,113 @@
-def main() -> int:
+"""The ``llm-router`` command line.
+
+Every command prints one clear line and exits non-zero on failure; ``--debug`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from providers import LLMError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llm-router",
+        description="An LLM provider router for trio. Try `llm-router demo`.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser(
+        "demo",
+        help="show the adapters at work against the built-in fake upstream (no keys, no network)",
+    )
+    demo.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="latency multiplier for the simulated providers (0 = instant; default 1)",
+    )
+
+    upstream = sub.add_parser(
+        "upstream",
+        help="run the fake upstream (OpenAI and Anthropic wire formats) until interrupted",
+    )
+    upstream.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    upstream.add_argument("--port", type=int, default=8080, help="port to bind (0 = any free port)")
+    upstream.add_argument(
+        "--scenario",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TOML file with [scenarios.NAME] tables (latency, faults, replies)",
+    )
+    upstream.add_argument("--seed", type=int, default=0, help="seed for latency and fault draws")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``llm-router`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from ._demo import run_demo
+
+            trio.run(run_demo, args.speed)
+        elif args.command == "upstream":
+            return _upstream(args)
+    except KeyboardInterrupt:
+        return 130
+    except (LLMError, OSError, ValueError) as exc:
+        if args.debug:
+            raise
+        print(f"llm-router: error: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _upstream(args: argparse.Namespace) -> int:
+    from providers.testing import load_scenarios, serve_fake_upstream
+
+    scenarios = load_scenarios(args.scenario) if args.scenario else {}
+
+    async def serve() -> None:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(
+                _serve, args.host, args.port, scenarios, args.seed, serve_fake_upstream
+            )
+            names = ", ".join(sorted(scenarios)) or "(none: every name gets the default echo)"
+            print(f"fake upstream listening on {url}", flush=True)
+            print(f"  scenarios: {names}")
+            print(f"  OpenAI base URL:    {url}/<scenario>/v1")
+            print(f"  Anthropic base URL: {url}/<scenario>")
+            print("  Ctrl-C to stop", flush=True)
+
+    trio.run(serve)
+    return 0
+
+
+async def _serve(
+    host: str,
+    port: int,
+    scenarios: object,
+    seed: int,
+    serve: object,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await serve(  # type: ignore[operator]
+        host=host, port=port, scenarios=scenarios, seed=seed, task_status=task_status
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
