@@ -60,7 +60,7 @@ class ServerSentEvent(msgspec.Struct, frozen=True, gc=False):
 
 
 def _line_too_long(limit: int) -> ValueError:
-    return ValueError(f"stream line exceeds max_line_bytes={limit} without a line end")
+    return ValueError(f"stream line longer than max_line_bytes={limit}")
 
 
 class SSEDecoder:
