@@ -32,9 +32,9 @@ from ._errors import Timeout as Timeout
 from ._errors import UnsupportedFeature as UnsupportedFeature
 from ._http import default_client as default_client
 from ._http import parse_retry_after as parse_retry_after
-# MOCK from ._mock import MockCall as MockCall
-# MOCK from ._mock import MockProvider as MockProvider
-# MOCK from ._mock import MockResponse as MockResponse
+from ._mock import MockCall as MockCall
+from ._mock import MockProvider as MockProvider
+from ._mock import MockResponse as MockResponse
 from ._openai import OpenAIProvider as OpenAIProvider
 from ._secret import Secret as Secret
 from ._sse import NDJSONDecoder as NDJSONDecoder
