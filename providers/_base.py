@@ -36,10 +36,15 @@ __all__ = ["EventStream", "Provider"]
 class EventStream(Protocol):
     """What ``async with provider.stream(req) as events`` gives: an async iterator of events.
 
-    The last event of a stream that ends normally is :class:`~providers.Done`.  A failure
-    raises an :class:`~providers.LLMError` from ``__anext__``: before any content, the
-    vendor's error (retryable ones can fail over); after content,
-    :class:`~providers.StreamInterrupted`.
+    The last event of a stream that ends normally is :class:`~providers.Done`.  Where a
+    failure surfaces:
+
+    - before the stream opens (an HTTP error status, a refused connection): from the
+      ``async with``;
+    - after it opened but before any content event: from ``__anext__``, as the vendor's
+      own error — retryable ones can still fail over;
+    - after content was delivered: from ``__anext__``, as
+      :class:`~providers.StreamInterrupted` with the vendor's error as its cause.
     """
 
     def __aiter__(self) -> AsyncIterator[StreamEvent]: ...
