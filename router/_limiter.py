@@ -1,0 +1,439 @@
+"""Admission control for one provider: token buckets, a concurrency limit, a FIFO queue.
+
+Token bucket (pure, :class:`TokenBucket`)
+    A bucket of capacity ``b`` (the burst) refills continuously at ``r`` tokens per
+    second.  At time ``t`` it holds ``min(b, tokens(t0) + r·(t - t0))``.  A request of cost
+    ``c`` is admitted when the bucket holds at least ``c``; it then holds ``c`` fewer.  So
+    in any window of length ``T`` the admitted cost is at most ``r·T + b``.  A request with
+    ``c > b`` can never be admitted and is refused at once.  The bucket may go below zero
+    when usage is reconciled upwards (the provider used more tokens than we estimated):
+    that debt delays later requests, which is what the provider would do to us.
+
+    RPM is a bucket with ``r = rpm / 60`` and cost 1 per request; TPM one with
+    ``r = tpm / 60`` and cost = the request's estimated tokens (input + max output).  The
+    default burst is the full per-minute limit, which is how vendors state their limits.
+
+Mailbox (async, :class:`Mailbox`)
+    Requests wait in one bounded FIFO queue.  The head is admitted when every bucket
+    holds its cost, the concurrency limit has room, and no provider-imposed pause
+    (``retry-after``) is in force; requests behind it wait their turn, so nobody
+    starves and order is arrival order.  The queue is served by the actor's own task
+    (:meth:`Mailbox.run`), which sleeps exactly until the head can next be admitted or
+    until something changes (an arrival, a release, a pause) — no polling loop.
+
+    A request is refused at once with :class:`~providers.Overloaded` (so the router can
+    fail over) when the queue is full, when its cost exceeds a bucket's capacity, or
+    when its expected wait — the time the buckets need to refill for everything queued
+    ahead of it plus itself — exceeds the time left before its deadline
+    (``trio.current_effective_deadline()``).
+
+Reconciliation rule (:meth:`Permit.release`)
+    TPM is debited by the estimate (input estimate + output budget) at admission.  When
+    the provider reports usage, the bucket is corrected to the actual total.  When it
+    does not (an error, a cancellation after sending), the input estimate stays charged
+    — the provider most likely processed the prompt — and the output part is refunded.
+    A request cancelled while still queued was never charged.  RPM is never refunded
+    once a request was admitted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+
+import msgspec
+import trio
+
+from providers import LLMError, Overloaded
+
+__all__ = ["Mailbox", "MailboxStatistics", "Permit", "TokenBucket"]
+
+# Float slack when comparing refilled tokens, so a wake-up computed as deficit / rate
+# admits at exactly that time instead of a hair later.
+_EPS = 1e-9
+
+
+class TokenBucket:
+    """A continuously refilling token bucket; pure, time passed in.
+
+    Example::
+
+        >>> b = TokenBucket(rate=1.0, capacity=2.0, now=0.0)
+        >>> b.try_take(2.0, now=0.0), b.try_take(1.0, now=0.5), b.try_take(1.0, now=1.0)
+        (True, False, True)
+    """
+
+    __slots__ = ("_stamp", "_tokens", "capacity", "rate")
+
+    def __init__(
+        self, rate: float, capacity: float, now: float, tokens: float | None = None
+    ) -> None:
+        if rate <= 0 or capacity <= 0:
+            raise ValueError("a token bucket needs a positive rate and capacity")
+        self.rate = rate
+        self.capacity = capacity
+        self._tokens = capacity if tokens is None else tokens
+        self._stamp = now
+
+    def tokens(self, now: float) -> float:
+        """Tokens held at ``now`` (may be negative while in debt)."""
+        if now > self._stamp:
+            self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+        return self._tokens
+
+    def wait_time(self, cost: float, now: float) -> float:
+        """Seconds until ``cost`` tokens are held (0 if now; ``inf`` if never)."""
+        if cost > self.capacity:
+            return math.inf
+        deficit = cost - self.tokens(now)
+        return 0.0 if deficit <= 0 else deficit / self.rate
+
+    def try_take(self, cost: float, now: float) -> bool:
+        """Take ``cost`` tokens if they are there."""
+        if self.tokens(now) >= cost:
+            self._tokens -= cost
+            return True
+        return False
+
+    def take(self, cost: float, now: float) -> None:
+        """Take ``cost`` tokens unconditionally (the bucket may go into debt)."""
+        self.tokens(now)
+        self._tokens -= cost
+
+    def give(self, amount: float, now: float) -> None:
+        """Return ``amount`` tokens, never above capacity."""
+        self._tokens = min(self.capacity, self.tokens(now) + amount)
+
+    def clamp(self, remaining: float, now: float) -> None:
+        """Hold at most ``remaining`` tokens (a provider said that is what is left)."""
+        self._tokens = min(self.tokens(now), remaining)
+
+    def resize(self, rate: float, capacity: float, now: float) -> None:
+        """Change the rate and capacity (a provider announced a lower limit)."""
+        self.tokens(now)
+        self.rate = rate
+        self.capacity = capacity
+        self._tokens = min(self._tokens, capacity)
+
+
+class MailboxStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """A frozen snapshot of one mailbox."""
+
+    queued: int
+    in_flight: int
+    admitted: int
+    refused: int
+    max_concurrency: int | None
+    max_queue: int
+    rpm_tokens: float | None
+    tpm_tokens: float | None
+    paused_until: float | None
+
+
+class _Waiter:
+    __slots__ = ("cost", "error", "event", "output_cost", "permit")
+
+    def __init__(self, cost: float, output_cost: float) -> None:
+        self.cost = cost
+        self.output_cost = output_cost
+        self.event = trio.Event()
+        self.permit: Permit | None = None
+        self.error: LLMError | None = None
+
+
+class Permit:
+    """The right to send one request; release it exactly once (idempotent).
+
+    ``cost`` is the estimated tokens debited from TPM; ``output_cost`` the part of it
+    that is the output budget (refunded when no usage is reported).
+    """
+
+    __slots__ = ("_mailbox", "cost", "granted_at", "output_cost", "released")
+
+    def __init__(self, mailbox: Mailbox, cost: float, output_cost: float, now: float) -> None:
+        self._mailbox = mailbox
+        self.cost = cost
+        self.output_cost = output_cost
+        self.granted_at = now
+        self.released = False
+
+    def release(self, actual_tokens: int | None = None) -> None:
+        """Give the concurrency slot back and reconcile TPM (see the module docstring)."""
+        if self.released:
+            return
+        self.released = True
+        self._mailbox._release(self, actual_tokens)
+
+
+class Mailbox:
+    """Admission for one provider actor.
+
+    Synopsis::
+
+        mailbox = Mailbox("openai", rpm=500, tpm=150_000, max_concurrency=64)
+        nursery.start_soon(mailbox.run)       # the actor's loop serves the queue
+        permit = await mailbox.admit(cost=1200, output_cost=1000)
+        try:
+            ...send...
+        finally:
+            permit.release(actual_tokens=usage.total_tokens)
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        rpm_burst: float | None = None,
+        tpm_burst: float | None = None,
+        max_concurrency: int | None = None,
+        max_queue: int = 1000,
+        now: float | None = None,
+    ) -> None:
+        if max_queue < 0:
+            raise ValueError("max_queue must be >= 0")
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1")
+        start = trio.current_time() if now is None else now
+        self.name = name
+        self._rpm = TokenBucket(rpm / 60.0, rpm_burst or rpm, start) if rpm else None
+        self._tpm = TokenBucket(tpm / 60.0, tpm_burst or tpm, start) if tpm else None
+        self._max_concurrency = max_concurrency
+        self._max_queue = max_queue
+        self._queue: deque[_Waiter] = deque()
+        self._queued_cost = 0.0
+        self._in_flight = 0
+        self._admitted = 0
+        self._refused = 0
+        self._paused_until: float | None = None
+        self._changed = trio.Event()
+        self._closed: LLMError | None = None
+
+    # -- admission ----------------------------------------------------------------------
+
+    def _can_admit(self, cost: float, now: float) -> bool:
+        if self._paused_until is not None:
+            if now < self._paused_until:
+                return False
+            self._paused_until = None
+        if self._max_concurrency is not None and self._in_flight >= self._max_concurrency:
+            return False
+        if self._rpm is not None and self._rpm.tokens(now) < 1 - _EPS:
+            return False
+        return self._tpm is None or self._tpm.tokens(now) >= cost - _EPS
+
+    def _grant(self, cost: float, output_cost: float, now: float) -> Permit:
+        if self._rpm is not None:
+            self._rpm.take(1, now)
+        if self._tpm is not None:
+            self._tpm.take(cost, now)
+        self._in_flight += 1
+        self._admitted += 1
+        return Permit(self, cost, output_cost, now)
+
+    def _refuse(self, message: str, *, retryable: bool = True) -> Overloaded:
+        self._refused += 1
+        return Overloaded(message, provider=self.name, retryable=retryable)
+
+    def _check(self, cost: float, now: float) -> None:
+        if self._closed is not None:
+            raise self._closed
+        if self._tpm is not None and cost > self._tpm.capacity:
+            raise self._refuse(
+                f"a request of ~{cost:.0f} tokens can never fit this provider's "
+                f"TPM bucket ({self._tpm.capacity:.0f})",
+                retryable=False,
+            )
+
+    def expected_wait(self, cost: float, now: float) -> float:
+        """Seconds the buckets and pauses need before a new request of ``cost`` could go.
+
+        Counts everything queued ahead of it; ignores the concurrency limit, whose wait
+        depends on how long requests in flight take.
+        """
+        wait = 0.0
+        if self._paused_until is not None:
+            wait = max(0.0, self._paused_until - now)
+        # The queue drains as the buckets refill, so what matters is the total needed.
+        if self._rpm is not None:
+            deficit = len(self._queue) + 1 - self._rpm.tokens(now)
+            wait = max(wait, deficit / self._rpm.rate)
+        if self._tpm is not None:
+            deficit = self._queued_cost + cost - self._tpm.tokens(now)
+            wait = max(wait, deficit / self._tpm.rate)
+        return wait
+
+    def admit_nowait(self, cost: float = 0.0, output_cost: float = 0.0) -> Permit:
+        """Admit now or raise :class:`~providers.Overloaded` — for load shedding."""
+        now = trio.current_time()
+        self._check(cost, now)
+        if self._queue or not self._can_admit(cost, now):
+            raise self._refuse("the provider cannot take a request right now")
+        return self._grant(cost, output_cost, now)
+
+    async def admit(self, cost: float = 0.0, output_cost: float = 0.0) -> Permit:
+        """Wait for admission in FIFO order; see the class docstring for refusals."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        now = trio.current_time()
+        self._check(cost, now)
+        if not self._queue and self._can_admit(cost, now):
+            permit = self._grant(cost, output_cost, now)
+            await trio.lowlevel.cancel_shielded_checkpoint()  # a schedule point, never raises
+            return permit
+        if len(self._queue) >= self._max_queue:
+            raise self._refuse(f"the queue is full ({self._max_queue} waiting)")
+        deadline = trio.current_effective_deadline()
+        wait = self.expected_wait(cost, now)
+        if now + wait > deadline:
+            raise self._refuse(
+                f"admission would take ~{wait:.3g}s but the deadline is in {deadline - now:.3g}s"
+            )
+        waiter = _Waiter(cost, output_cost)
+        self._queue.append(waiter)
+        self._queued_cost += cost
+        self._changed.set()
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.permit is not None:
+                # Granted in the same instant we were cancelled: nothing was sent.
+                waiter.permit.release(actual_tokens=0)
+            elif waiter.error is None:
+                self._queue.remove(waiter)
+                self._queued_cost -= waiter.cost
+                self._changed.set()
+            raise
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.permit is not None
+        return waiter.permit
+
+    def _release(self, permit: Permit, actual_tokens: int | None) -> None:
+        self._in_flight -= 1
+        if self._tpm is not None:
+            now = trio.current_time()
+            if actual_tokens is None:
+                charged = permit.cost - permit.output_cost
+            else:
+                charged = actual_tokens
+            delta = permit.cost - charged
+            if delta > 0:
+                self._tpm.give(delta, now)
+            elif delta < 0:
+                self._tpm.take(-delta, now)
+        self._changed.set()
+
+    # -- what providers tell us ------------------------------------------------------
+
+    def pause_until(self, when: float) -> None:
+        """Admit nothing before ``when`` (trio time); a later pause wins over an earlier one."""
+        if self._paused_until is None or when > self._paused_until:
+            self._paused_until = when
+            self._changed.set()
+
+    def learn(
+        self,
+        *,
+        remaining_requests: float | None = None,
+        remaining_tokens: float | None = None,
+        reset_requests: float | None = None,
+        reset_tokens: float | None = None,
+        limit_requests: float | None = None,
+        limit_tokens: float | None = None,
+    ) -> None:
+        """Lower the buckets to what the provider says remains (shared keys, other clients).
+
+        A provider limit below ours shrinks the bucket; ``remaining`` clamps the tokens
+        held; nothing left with a known reset pauses admission until that reset.
+        """
+        now = trio.current_time()
+        if self._rpm is not None:
+            if limit_requests and limit_requests < self._rpm.capacity:
+                self._rpm.resize(limit_requests / 60.0, limit_requests, now)
+            if remaining_requests is not None:
+                self._rpm.clamp(remaining_requests, now)
+                if remaining_requests < 1 and reset_requests:
+                    self.pause_until(now + reset_requests)
+        elif remaining_requests is not None and remaining_requests < 1 and reset_requests:
+            self.pause_until(now + reset_requests)
+        if self._tpm is not None:
+            if limit_tokens and limit_tokens < self._tpm.capacity:
+                self._tpm.resize(limit_tokens / 60.0, limit_tokens, now)
+            if remaining_tokens is not None:
+                self._tpm.clamp(remaining_tokens, now)
+                if remaining_tokens < 1 and reset_tokens:
+                    self.pause_until(now + reset_tokens)
+        self._changed.set()
+
+    # -- the loop --------------------------------------------------------------------
+
+    def _serve(self, now: float) -> float:
+        """Admit queued heads that fit; return how long until the head could fit."""
+        queue = self._queue
+        while queue and self._can_admit(queue[0].cost, now):
+            waiter = queue.popleft()
+            self._queued_cost -= waiter.cost
+            waiter.permit = self._grant(waiter.cost, waiter.output_cost, now)
+            waiter.event.set()
+        if not queue:
+            return math.inf
+        if self._max_concurrency is not None and self._in_flight >= self._max_concurrency:
+            return math.inf  # a release will wake us
+        wait = 0.0
+        if self._paused_until is not None:
+            wait = self._paused_until - now
+        if self._rpm is not None:
+            wait = max(wait, self._rpm.wait_time(1, now))
+        if self._tpm is not None:
+            wait = max(wait, self._tpm.wait_time(queue[0].cost, now))
+        return wait
+
+    async def run(
+        self,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        crash: Callable[[], None] | None = None,
+    ) -> None:
+        """Serve the queue until cancelled.  ``crash`` is a test hook run on every wake-up."""
+        task_status.started()
+        while True:
+            self._changed = trio.Event()
+            wait = self._serve(trio.current_time())
+            if crash is not None:
+                crash()
+            if wait <= 0:
+                await trio.lowlevel.checkpoint()
+                continue
+            with trio.move_on_after(wait):
+                await self._changed.wait()
+
+    def fail_waiting(self, error: LLMError) -> None:
+        """Fail every queued request with ``error`` (the actor's loop crashed)."""
+        while self._queue:
+            waiter = self._queue.popleft()
+            waiter.error = error
+            waiter.event.set()
+        self._queued_cost = 0.0
+
+    def close(self, error: LLMError) -> None:
+        """Refuse everything from now on with ``error``; fail the waiting."""
+        self._closed = error
+        self.fail_waiting(error)
+
+    def statistics(self) -> MailboxStatistics:
+        """A frozen snapshot."""
+        now = trio.current_time()
+        return MailboxStatistics(
+            queued=len(self._queue),
+            in_flight=self._in_flight,
+            admitted=self._admitted,
+            refused=self._refused,
+            max_concurrency=self._max_concurrency,
+            max_queue=self._max_queue,
+            rpm_tokens=self._rpm.tokens(now) if self._rpm else None,
+            tpm_tokens=self._tpm.tokens(now) if self._tpm else None,
+            paused_until=self._paused_until,
+        )
