@@ -1,1 +1,31 @@
-"""Testing support."""
+"""Testing support: the fake upstream, its scenarios, and the mock provider.
+
+Users test their own code with these; the demo and the benchmarks run on them.
+
+Synopsis::
+
+    async with open_fake_upstream({"flaky": Scenario(faults=[Fault(kind="status", status=529,
+                                                                   on_requests=[1])])}) as up:
+        anthropic = AnthropicProvider(api_key="test", base_url=up.base_url("flaky", "anthropic"))
+"""
+
+from .._mock import MockCall as MockCall
+from .._mock import MockProvider as MockProvider
+from .._mock import MockResponse as MockResponse
+from ._decode import decode_anthropic_request as decode_anthropic_request
+from ._decode import decode_openai_request as decode_openai_request
+from ._scenario import Fault as Fault
+from ._scenario import FaultKind as FaultKind
+from ._scenario import Fixed as Fixed
+from ._scenario import Latency as Latency
+from ._scenario import LogNormal as LogNormal
+from ._scenario import Mixture as Mixture
+from ._scenario import MixtureComponent as MixtureComponent
+from ._scenario import Scenario as Scenario
+from ._scenario import Uniform as Uniform
+from ._scenario import load_scenarios as load_scenarios
+from ._upstream import FakeUpstream as FakeUpstream
+from ._upstream import RecordedRequest as RecordedRequest
+from ._upstream import UpstreamStats as UpstreamStats
+from ._upstream import open_fake_upstream as open_fake_upstream
+from ._upstream import serve_fake_upstream as serve_fake_upstream
