@@ -246,6 +246,7 @@ class HTTPEventStream:
         "_content_seen",
         "_decoder",
         "_done",
+        "_error",
         "_pending",
         "_provider",
         "_secrets",
@@ -268,6 +269,7 @@ class HTTPEventStream:
         )
         self._pending: deque[StreamEvent] = deque()
         self._done = False
+        self._error: LLMError | None = None
         self._content_seen = False
         self._provider = provider
         self._secrets = secrets
@@ -277,6 +279,8 @@ class HTTPEventStream:
 
     async def __anext__(self) -> StreamEvent:
         while not self._pending:
+            if self._error is not None:
+                raise self._failure()
             if self._done:
                 raise StopAsyncIteration
             await self._pull()
@@ -284,6 +288,22 @@ class HTTPEventStream:
         if not self._content_seen and is_content_event(event):
             self._content_seen = True
         return event
+
+    def _failure(self) -> LLMError:
+        # Events decoded before the failure were delivered first; what the caller has
+        # seen decides whether this is the vendor's error or an interruption.
+        error = self._error
+        assert error is not None
+        if not self._content_seen:
+            return error
+        interrupted = StreamInterrupted(
+            f"the stream failed after content was delivered: {error}",
+            provider=self._provider,
+            status_code=error.status_code,
+            request_id=error.request_id,
+        )
+        interrupted.__cause__ = error
+        return interrupted
 
     async def _pull(self) -> None:
         try:
@@ -305,16 +325,7 @@ class HTTPEventStream:
             self._feed_items(items)
         except LLMError as exc:
             self._done = True
-            delivered = self._content_seen or any(is_content_event(e) for e in self._pending)
-            self._pending.clear()
-            if delivered:
-                raise StreamInterrupted(
-                    f"the stream failed after content was delivered: {exc}",
-                    provider=self._provider,
-                    status_code=exc.status_code,
-                    request_id=exc.request_id,
-                ) from exc
-            raise
+            self._error = exc
 
     def _feed_items(self, items: list[Any]) -> None:
         translator = self._translator

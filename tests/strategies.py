@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from hypothesis import strategies as st
 
 from providers import (
+    AnthropicProvider,
     ChatRequest,
     ForceTool,
     ImagePart,
@@ -102,4 +104,26 @@ def chat_requests(draw: st.DrawFn, *, seed: bool = True) -> ChatRequest:
                 [None, ResponseFormat.json_schema({"type": "object", "properties": {}})]
             )
         ),
+    )
+
+
+def anthropic_view(request: ChatRequest) -> ChatRequest:
+    """What Anthropic can carry: no seed, no image detail, max_tokens always set."""
+
+    def strip(m: Message) -> Message:
+        if isinstance(m.content, list):
+            parts = [
+                ImagePart(url=p.url, data=p.data, media_type=p.media_type)
+                if isinstance(p, ImagePart)
+                else p
+                for p in m.content
+            ]
+            return msgspec.structs.replace(m, content=parts)
+        return m
+
+    return msgspec.structs.replace(
+        request,
+        messages=[strip(m) for m in request.messages],
+        seed=None,
+        max_tokens=request.max_tokens or AnthropicProvider.default_max_tokens,
     )

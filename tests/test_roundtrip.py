@@ -8,14 +8,12 @@ from hypothesis import given, settings
 from providers import (
     AnthropicProvider,
     ChatRequest,
-    ImagePart,
-    Message,
     OpenAIProvider,
     validate_request,
 )
 from providers.testing._decode import decode_anthropic_request, decode_openai_request
 
-from .strategies import chat_requests
+from .strategies import anthropic_view, chat_requests
 
 
 def _json_roundtrip(body: dict[str, object]) -> dict[str, object]:
@@ -33,32 +31,10 @@ def test_openai_translation_round_trips(request: ChatRequest) -> None:
     assert decode_openai_request(_json_roundtrip(body)) == request
 
 
-def _anthropic_view(request: ChatRequest) -> ChatRequest:
-    """What Anthropic can carry: no seed, no image detail, max_tokens always set."""
-
-    def strip(m: Message) -> Message:
-        if isinstance(m.content, list):
-            parts = [
-                ImagePart(url=p.url, data=p.data, media_type=p.media_type)
-                if isinstance(p, ImagePart)
-                else p
-                for p in m.content
-            ]
-            return msgspec.structs.replace(m, content=parts)
-        return m
-
-    return msgspec.structs.replace(
-        request,
-        messages=[strip(m) for m in request.messages],
-        seed=None,
-        max_tokens=request.max_tokens or AnthropicProvider.default_max_tokens,
-    )
-
-
 @settings(max_examples=60, deadline=None)
 @given(chat_requests(seed=False))
 def test_anthropic_translation_round_trips(request: ChatRequest) -> None:
     """Invariant: decode_anthropic(build_body(r)) == r, up to what Anthropic cannot carry."""
     validate_request(request)
     body = AnthropicProvider(api_key="k").build_body(request, stream=False)
-    assert decode_anthropic_request(_json_roundtrip(body)) == _anthropic_view(request)
+    assert decode_anthropic_request(_json_roundtrip(body)) == anthropic_view(request)
