@@ -543,7 +543,7 @@ class AnthropicProvider(HTTPProvider):
             request_id = env.request_id or request_id
         default = error_for_status(status, message, provider=self._name, headers=headers)
         if status in (503, 529):
-            return default  # overloaded, whatever type the body names
+            err_type = "overloaded_error"  # overloaded, whatever type the body names
         typed = _error_from_type(
             err_type,
             message,
