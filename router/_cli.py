@@ -18,6 +18,16 @@ from providers import LLMError
 __all__ = ["main"]
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-router",
@@ -32,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--speed",
-        type=float,
+        type=_non_negative,
         default=1.0,
         help="latency multiplier for the simulated providers (0 = instant; default 1)",
     )

@@ -1,0 +1,433 @@
+"""One provider actor: admission, health, and the calls that go through them.
+
+The actor owns a provider adapter (and through it an ``httpx.AsyncClient``), a
+:class:`~router._limiter.Mailbox`, a circuit breaker, latency and error statistics, and a
+published health snapshot (a ``trio_util.AsyncValue``).  Its own task serves the
+mailbox queue; the HTTP exchange of a call runs in the *caller's* task, so a caller's
+cancellation (deadline, hedge loser, its own scope) reaches the exchange directly and
+the connection is closed before the cancellation propagates.
+
+What counts against health
+    Server-side failures (5xx, overload, timeouts, connection and protocol failures,
+    streams that break) and authentication/permission failures (a dead key should stop
+    being used) count as failures for the breaker and the error window.  A rate limit
+    pauses admission instead (``retry-after``, or one second without it).  Invalid
+    requests, context-length and content-filter errors say nothing about the provider's
+    health and count as successes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+import trio
+from trio_util import AsyncValue
+
+from providers import (
+    AuthenticationError,
+    ChatRequest,
+    ChatResponse,
+    ConnectionFailed,
+    Done,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    LLMError,
+    Overloaded,
+    PermissionDenied,
+    ProtocolError,
+    Provider,
+    RateLimited,
+    ServerError,
+    StreamEvent,
+    StreamInterrupted,
+    Timeout,
+)
+from providers._tokens import estimate_input_tokens, estimate_text_tokens
+from providers._types import is_content_event
+
+from ._config import ProviderConfig
+from ._health import CircuitBreaker, ErrorWindow, HealthSnapshot, LatencyStats, classify
+from ._limiter import Mailbox, Permit
+from ._ratelimits import parse_rate_limit_headers
+from ._retry import RetryBudget
+
+__all__ = ["ActorStatistics", "ProviderActor"]
+
+logger = logging.getLogger("trio_llm_router")
+
+_HEALTH_FAILURES = (
+    ServerError,
+    Overloaded,
+    Timeout,
+    ConnectionFailed,
+    ProtocolError,
+    StreamInterrupted,
+    AuthenticationError,
+    PermissionDenied,
+)
+
+#: Pause after a 429 that did not say how long to wait.
+DEFAULT_RATE_LIMIT_PAUSE = 1.0
+
+
+class ActorStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """A frozen snapshot of one provider actor."""
+
+    provider: str
+    kind: str
+    status: str
+    breaker: str
+    queued: int
+    in_flight: int
+    admitted: int
+    refused: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    retried: int
+    restarts: int
+    input_tokens: int
+    output_tokens: int
+    latency_ewma: float | None
+    latency_p95: float | None
+
+
+def _wall_now() -> float:
+    # Absolute reset timestamps (Anthropic, RFC 3339) can only be read against the wall
+    # clock; this is conversion of a vendor timestamp, not timing of our own logic.
+    import datetime
+
+    return datetime.datetime.now(datetime.UTC).timestamp()
+
+
+class ProviderActor:
+    """A provider deployment as an actor (created and supervised by the router)."""
+
+    def __init__(
+        self,
+        name: str,
+        provider: Provider,
+        config: ProviderConfig,
+        *,
+        default_max_tokens: int = 1024,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.provider = provider
+        self.config = config
+        self._default_max_tokens = default_max_tokens
+        self._on_event = on_event
+        self.mailbox = Mailbox(
+            name,
+            rpm=config.rpm,
+            tpm=config.tpm,
+            rpm_burst=config.rpm_burst,
+            tpm_burst=config.tpm_burst,
+            max_concurrency=config.max_concurrency,
+            max_queue=config.max_queue,
+        )
+        self.breaker = CircuitBreaker(config.breaker, on_transition=self._breaker_moved)
+        self.latency = LatencyStats()
+        self.errors = ErrorWindow()
+        self.retry_budget = RetryBudget(config.retry)
+        self.crashed: str | None = None
+        self.restarts = 0
+        self._succeeded = 0
+        self._failed = 0
+        self._cancelled = 0
+        self.retried = 0
+        self._input_tokens = 0
+        self._output_tokens = 0
+        self._crash_next: BaseException | None = None
+        self.health = AsyncValue(self._classify(trio.current_time()))
+
+    def __repr__(self) -> str:
+        return f"ProviderActor({self.name!r}, kind={self.provider.kind!r})"
+
+    # -- the actor's own loop ----------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the mailbox until cancelled (the supervisor restarts it if it crashes)."""
+        await self.mailbox.run(task_status=task_status, crash=self._maybe_crash)
+
+    def _maybe_crash(self) -> None:
+        if self._crash_next is not None:
+            exc, self._crash_next = self._crash_next, None
+            raise exc
+
+    def inject_crash(self, exc: BaseException) -> None:
+        """Testing hook: make the actor's loop raise ``exc`` at its next wake-up."""
+        self._crash_next = exc
+        self.mailbox._changed.set()
+
+    def on_crash(self, exc: BaseException) -> None:
+        """The loop crashed: fail the queued requests so they can fail over."""
+        self.mailbox.fail_waiting(
+            ServerError(f"the provider's actor crashed ({type(exc).__name__})", provider=self.name)
+        )
+        self._publish()
+
+    def mark_crashed(self, reason: str) -> None:
+        """Too many crashes: refuse everything from now on."""
+        self.crashed = reason
+        self.mailbox.close(Overloaded(f"provider unavailable: {reason}", provider=self.name))
+        self._publish()
+
+    # -- health ----------------------------------------------------------------------
+
+    def _classify(self, now: float) -> HealthSnapshot:
+        stats = self.mailbox.statistics()
+        return classify(
+            self.name,
+            self.breaker.snapshot(now),
+            self.latency.snapshot(now),
+            self.errors.error_rate(now),
+            degraded_latency=self.config.degraded_latency,
+            crashed=self.crashed,
+            in_flight=stats.in_flight,
+            queued=stats.queued,
+        )
+
+    def _publish(self) -> None:
+        snapshot = self._classify(trio.current_time())
+        old = self.health.value
+        if (old.status, old.reason) != (snapshot.status, snapshot.reason):
+            self._emit("health", {"status": snapshot.status, "reason": snapshot.reason})
+        self.health.value = snapshot
+
+    def _breaker_moved(self, old: str, new: str, now: float) -> None:
+        level = logging.WARNING if new == "open" else logging.INFO
+        logger.log(level, "provider %s: circuit breaker %s -> %s", self.name, old, new)
+        self._emit("breaker", {"from": old, "to": new, "at": now})
+
+    def _emit(self, kind: str, fields: dict[str, Any]) -> None:
+        if self._on_event is not None:
+            self._on_event(kind, {"provider": self.name, **fields})
+
+    def _success(self, latency: float, now: float) -> None:
+        self._succeeded += 1
+        self.breaker.record_success(now, latency)
+        self.latency.record(latency, now)
+        self.errors.record_success(now)
+        self._publish()
+
+    def _failure(self, exc: LLMError, now: float) -> None:
+        self._failed += 1
+        if isinstance(exc, _HEALTH_FAILURES):
+            self.breaker.record_failure(now)
+            self.errors.record_failure(type(exc).__name__, now)
+        else:
+            self.breaker.record_success(now, None)
+            self.errors.record_success(now)
+        self._learn(exc.headers, now)
+        if isinstance(exc, RateLimited) or (isinstance(exc, Overloaded) and exc.retry_after):
+            pause = exc.retry_after if exc.retry_after is not None else DEFAULT_RATE_LIMIT_PAUSE
+            self.mailbox.pause_until(now + pause)
+        self._publish()
+
+    def _abandoned(self, now: float) -> None:
+        self._cancelled += 1
+        self.breaker.record_cancelled(now)
+        self._publish()
+
+    def _learn(self, headers: dict[str, str], now: float) -> None:
+        if not headers:
+            return
+        info = parse_rate_limit_headers(headers, wall_now=_wall_now())
+        if info is None:
+            return
+        self.mailbox.learn(
+            remaining_requests=info.remaining_requests,
+            remaining_tokens=info.remaining_tokens,
+            reset_requests=info.reset_requests,
+            reset_tokens=info.reset_tokens,
+            limit_requests=info.limit_requests,
+            limit_tokens=info.limit_tokens,
+        )
+
+    # -- calls -----------------------------------------------------------------------
+
+    def _check_available(self, now: float) -> None:
+        if self.crashed is not None:
+            raise Overloaded(f"provider unavailable: {self.crashed}", provider=self.name)
+        if not self.breaker.allow(now):
+            retry_at = self.breaker.retry_at
+            when = "" if retry_at is None else f" until t={retry_at:.3f}"
+            raise Overloaded(
+                f"circuit breaker open{when}",
+                provider=self.name,
+                retry_after=None if retry_at is None else max(0.0, retry_at - now),
+            )
+
+    def _cost(self, request: ChatRequest) -> tuple[float, float]:
+        output = request.max_tokens or self._default_max_tokens
+        return float(estimate_input_tokens(request) + output), float(output)
+
+    async def _admit(self, cost: float, output_cost: float) -> Permit:
+        now = trio.current_time()
+        self._check_available(now)
+        try:
+            return await self.mailbox.admit(cost, output_cost)
+        except BaseException:
+            # Admission refused or cancelled: the call never started, so any half-open
+            # probe slot the breaker granted goes back.
+            self.breaker.record_cancelled(trio.current_time())
+            self._publish()
+            raise
+
+    def _account(self, response: ChatResponse) -> int | None:
+        usage = response.usage
+        self._input_tokens += usage.input_tokens
+        self._output_tokens += usage.output_tokens
+        total = usage.input_tokens + usage.output_tokens
+        return total if total else None
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        """One attempt at ``request`` on this provider (no retries: the router decides)."""
+        permit = await self._admit(*self._cost(request))
+        start = trio.current_time()
+        try:
+            response = await self.provider.complete(request)
+        except LLMError as exc:
+            permit.release()
+            self._failure(exc, trio.current_time())
+            raise
+        except Exception as exc:
+            permit.release()
+            error = ServerError(
+                f"the provider adapter raised {type(exc).__name__}: {exc}", provider=self.name
+            )
+            self._failure(error, trio.current_time())
+            raise error from exc
+        except BaseException:
+            permit.release()
+            self._abandoned(trio.current_time())
+            raise
+        now = trio.current_time()
+        permit.release(self._account(response))
+        self._learn(response.headers, now)
+        self._success(now - start, now)
+        return response
+
+    @asynccontextmanager
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ActorStream]:
+        """One streaming attempt; admission, health and token accounting around it."""
+        permit = await self._admit(*self._cost(request))
+        start = trio.current_time()
+        wrapped: ActorStream | None = None
+        try:
+            async with self.provider.stream(request) as events:
+                wrapped = ActorStream(self, events, start)
+                yield wrapped
+        except LLMError as exc:
+            if wrapped is None or not wrapped.failed:
+                # Raised opening the stream (or closing it): the provider's failure.
+                self._failure(exc, trio.current_time())
+            raise
+        finally:
+            tokens: int | None = None
+            if wrapped is not None and wrapped.response is not None:
+                tokens = self._account(wrapped.response)
+            permit.release(tokens)
+            if wrapped is not None and wrapped.response is None and not wrapped.failed:
+                self._abandoned(trio.current_time())
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        """Embed through admission (cost: the inputs' estimated tokens)."""
+        cost = float(sum(estimate_text_tokens(t) for t in request.inputs))
+        permit = await self._admit(cost, 0.0)
+        start = trio.current_time()
+        try:
+            response = await self.provider.embed(request)
+        except LLMError as exc:
+            permit.release()
+            self._failure(exc, trio.current_time())
+            raise
+        except BaseException:
+            permit.release()
+            self._abandoned(trio.current_time())
+            raise
+        now = trio.current_time()
+        self._input_tokens += response.usage.input_tokens
+        permit.release(response.usage.input_tokens or None)
+        self._success(now - start, now)
+        return response
+
+    async def probe(self) -> None:
+        """An active health check: list the provider's models (no tokens spent)."""
+        start = trio.current_time()
+        try:
+            await self.provider.list_models()
+        except LLMError as exc:
+            self._failure(exc, trio.current_time())
+            return
+        now = trio.current_time()
+        self._success(now - start, now)
+
+    def statistics(self) -> ActorStatistics:
+        """A frozen snapshot of this actor."""
+        now = trio.current_time()
+        m = self.mailbox.statistics()
+        health = self.health.value
+        return ActorStatistics(
+            provider=self.name,
+            kind=self.provider.kind,
+            status=health.status,
+            breaker=self.breaker.state(now),
+            queued=m.queued,
+            in_flight=m.in_flight,
+            admitted=m.admitted,
+            refused=m.refused,
+            succeeded=self._succeeded,
+            failed=self._failed,
+            cancelled=self._cancelled,
+            retried=self.retried,
+            restarts=self.restarts,
+            input_tokens=self._input_tokens,
+            output_tokens=self._output_tokens,
+            latency_ewma=self.latency.ewma,
+            latency_p95=self.latency.percentile(0.95, now),
+        )
+
+
+class ActorStream:
+    """The events of one streaming attempt, with time-to-first-token and outcome recorded."""
+
+    __slots__ = ("_actor", "_events", "_start", "failed", "first_content_at", "response")
+
+    def __init__(self, actor: ProviderActor, events: Any, start: float) -> None:
+        self._actor = actor
+        self._events = events
+        self._start = start
+        self.first_content_at: float | None = None
+        self.response: ChatResponse | None = None
+        self.failed = False
+
+    @property
+    def provider(self) -> str:
+        """The name of the provider streaming."""
+        return self._actor.name
+
+    def __aiter__(self) -> ActorStream:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        try:
+            event: StreamEvent = await self._events.__anext__()
+        except LLMError as exc:
+            self.failed = True
+            self._actor._failure(exc, trio.current_time())
+            raise
+        if self.first_content_at is None and is_content_event(event):
+            self.first_content_at = trio.current_time()
+        if isinstance(event, Done):
+            self.response = event.response
+            now = trio.current_time()
+            # Health latency for streams is time to first token: what a caller waits for.
+            ttft = (self.first_content_at or now) - self._start
+            self._actor._success(ttft, now)
+        return event
