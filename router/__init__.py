@@ -4,7 +4,11 @@ The shared vocabulary (messages, requests, responses, stream events, usage, the 
 tree) is defined in :mod:`providers` and re-exported here, so users import from one
 place::
 
-    from router import ChatRequest, Message, LLMError
+    from router import ChatRequest, Message, LLMError, open_router, load_config
+
+    config = load_config("router.toml")            # or RouterConfig(...) in code
+    async with open_router(config) as router:
+        reply = await router.complete(ChatRequest(model="fast", messages=[Message.user("hi")]))
 
 Testing support (the mock provider and the fake upstream) lives in :mod:`router.testing`.
 """
@@ -53,5 +57,22 @@ from providers import ToolSpec as ToolSpec
 from providers import UnsupportedFeature as UnsupportedFeature
 from providers import Usage as Usage
 from providers import UsageEvent as UsageEvent
+
+from ._actor import ActorStatistics as ActorStatistics
+from ._config import MockConfig as MockConfig
+from ._config import ProviderConfig as ProviderConfig
+from ._config import RouteConfig as RouteConfig
+from ._config import RouterConfig as RouterConfig
+from ._config import SupervisorConfig as SupervisorConfig
+from ._config import decode_config as decode_config
+from ._config import load_config as load_config
+from ._health import BreakerConfig as BreakerConfig
+from ._health import HealthSnapshot as HealthSnapshot
+from ._retry import RetryConfig as RetryConfig
+from ._router import Attempt as Attempt
+from ._router import Router as Router
+from ._router import RouterStatistics as RouterStatistics
+from ._router import RouterStream as RouterStream
+from ._router import open_router as open_router
 
 __version__ = "0.1.0"

@@ -143,6 +143,7 @@ class ProviderActor:
         self._input_tokens = 0
         self._output_tokens = 0
         self._crash_next: BaseException | None = None
+        self._breaker_changed = trio.Event()
         self.health = AsyncValue(self._classify(trio.current_time()))
 
     def __repr__(self) -> str:
@@ -151,8 +152,31 @@ class ProviderActor:
     # -- the actor's own loop ----------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve the mailbox until cancelled (the supervisor restarts it if it crashes)."""
-        await self.mailbox.run(task_status=task_status, crash=self._maybe_crash)
+        """Serve the mailbox and keep health current until cancelled.
+
+        The supervisor restarts this if it crashes.  Besides the mailbox loop it runs a
+        small watcher: an open breaker turns half-open when time passes, not when a call
+        comes, so the watcher republishes the health snapshot at that moment and tasks
+        waiting on :attr:`health` wake when the provider may be tried again.
+        """
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._watch_breaker)
+            await self.mailbox.run(task_status=task_status, crash=self._maybe_crash)
+
+    async def _watch_breaker(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        while True:
+            self._breaker_changed = trio.Event()
+            retry_at = self.breaker.retry_at
+            if retry_at is None:
+                await self._breaker_changed.wait()
+            else:
+                with trio.move_on_at(retry_at):
+                    await self._breaker_changed.wait()
+                if trio.current_time() >= retry_at:
+                    self._publish()
 
     def _maybe_crash(self) -> None:
         if self._crash_next is not None:
@@ -192,14 +216,25 @@ class ProviderActor:
             queued=stats.queued,
         )
 
-    def _publish(self) -> None:
+    def _publish(self) -> HealthSnapshot:
         snapshot = self._classify(trio.current_time())
         old = self.health.value
         if (old.status, old.reason) != (snapshot.status, snapshot.reason):
             self._emit("health", {"status": snapshot.status, "reason": snapshot.reason})
         self.health.value = snapshot
+        return snapshot
+
+    def refresh_health(self) -> HealthSnapshot:
+        """Recompute, publish and return the health snapshot as of now."""
+        return self._publish()
+
+    def pause_remaining(self, now: float) -> float:
+        """Seconds the provider asked us to wait (``retry-after``) that are still to run."""
+        until = self.mailbox.paused_until
+        return 0.0 if until is None else max(0.0, until - now)
 
     def _breaker_moved(self, old: str, new: str, now: float) -> None:
+        self._breaker_changed.set()
         level = logging.WARNING if new == "open" else logging.INFO
         logger.log(level, "provider %s: circuit breaker %s -> %s", self.name, old, new)
         self._emit("breaker", {"from": old, "to": new, "at": now})
@@ -324,8 +359,10 @@ class ProviderActor:
                 wrapped = ActorStream(self, events, start)
                 yield wrapped
         except LLMError as exc:
-            if wrapped is None or not wrapped.failed:
-                # Raised opening the stream (or closing it): the provider's failure.
+            if wrapped is None:
+                # Raised opening the stream: the provider's failure.  Once the stream is
+                # open, its own failures are recorded by ActorStream as they surface; an
+                # LLMError that reaches here otherwise came from the caller's body.
                 self._failure(exc, trio.current_time())
             raise
         finally:

@@ -17,15 +17,23 @@ Synopsis::
 
 from __future__ import annotations
 
-from typing import Literal, TypeAlias
+import os
+import re
+import tomllib
+from typing import Any, Literal, TypeAlias, TypeVar
 
 import msgspec
+
+from providers import ConfigError
 
 from ._health import BreakerConfig
 from ._retry import RetryConfig
 
 __all__ = [
     "MockConfig",
+    "check_references",
+    "decode_config",
+    "load_config",
     "ProviderConfig",
     "ProviderKind",
     "RouteConfig",
@@ -64,7 +72,7 @@ class MockConfig(_Config, frozen=True):
 
     def __post_init__(self) -> None:
         if self.latency < 0 or self.chunk_latency < 0:
-            raise ValueError("mock latencies must be >= 0")
+            raise ValueError("latencies must be >= 0")
 
 
 class ProviderConfig(_Config, frozen=True):
@@ -142,17 +150,148 @@ class RouterConfig(_Config, frozen=True):
 
     def __post_init__(self) -> None:
         if not self.providers:
-            raise ValueError("configure at least one provider")
+            raise ValueError("`providers` must configure at least one provider")
         for name in self.providers:
             if not name or ":" in name:
                 raise ValueError(f"provider name {name!r} must be non-empty and contain no ':'")
-        for alias, route in self.routes.items():
-            if alias in self.providers:
-                raise ValueError(f"route {alias!r} has the same name as a provider")
-            for t in route.targets:
-                provider = t.partition(":")[0]
-                if provider not in self.providers:
-                    raise ValueError(
-                        f"route {alias!r} targets unknown provider {provider!r}; "
-                        f"configured: {sorted(self.providers)}"
-                    )
+        check_references(self)
+
+
+def check_references(config: RouterConfig) -> None:
+    """Check what refers to what: routes name configured providers, not providers' names.
+
+    Raises:
+        ConfigError: with the path of the first bad reference.
+    """
+    for alias, route in config.routes.items():
+        if alias in config.providers:
+            raise ConfigError(
+                f"route {alias!r} has the same name as a provider", path=f"$.routes.{alias}"
+            )
+        for i, t in enumerate(route.targets):
+            provider = t.partition(":")[0]
+            if provider not in config.providers:
+                raise ConfigError(
+                    f"route {alias!r} targets unknown provider {provider!r}; "
+                    f"configured: {sorted(config.providers)}",
+                    path=f"$.routes.{alias}.targets[{i}]",
+                )
+
+
+# msgspec reports "Expected `int`, got `str` - at `$.rpm`"; __post_init__ messages start
+# with the field they are about ("`rpm` must be positive", "max_attempts: must be ...").
+_AT_PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_FIELD_FIRST = re.compile(r"^`?(?P<field>[a-z_]+)`?:?\s")
+
+
+def _fields(*types: type[msgspec.Struct]) -> frozenset[str]:
+    return frozenset(f for t in types for f in t.__struct_fields__)
+
+
+_ALL_FIELDS = _fields(
+    RouterConfig,
+    ProviderConfig,
+    RouteConfig,
+    SupervisorConfig,
+    MockConfig,
+    BreakerConfig,
+    RetryConfig,
+)
+
+
+def _key(name: str) -> str:
+    return f".{name}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", name) else f"[{name!r}]"
+
+
+def _config_error(exc: msgspec.ValidationError, prefix: str, source: str) -> ConfigError:
+    match = _AT_PATH.match(str(exc))
+    assert match is not None  # the pattern matches any text
+    message = match["message"].replace("`", "")
+    path = prefix + (match["path"] or "")
+    unknown = re.match(r"object contains unknown field (\S+)$", message, re.IGNORECASE)
+    if unknown is not None:
+        return ConfigError(
+            f"unknown field {unknown[1]!r} (in {source})", path=path + _key(unknown[1])
+        )
+    field = _FIELD_FIRST.match(message)
+    if field is not None and field["field"] in _ALL_FIELDS:
+        # A __post_init__ check: point at the field, and drop it from the message.
+        path += _key(field["field"])
+        message = message[field.end() :].lstrip(": ")
+    message = message[:1].lower() + message[1:]
+    return ConfigError(f"{message} (in {source})", path=path)
+
+
+_T = TypeVar("_T")
+
+
+def _convert(value: object, type_: type[_T], prefix: str, source: str) -> _T:
+    try:
+        return msgspec.convert(value, type_)
+    except msgspec.ValidationError as exc:
+        raise _config_error(exc, prefix, source) from None
+
+
+def _table(raw: dict[str, Any], name: str, source: str) -> dict[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"expected a table, got {type(value).__name__} (in {source})", path=f"$.{name}"
+        )
+    return value
+
+
+def decode_config(data: bytes | str, *, source: str = "<config>") -> RouterConfig:
+    """Decode TOML text into a validated :class:`RouterConfig`.
+
+    Raises:
+        ConfigError: the TOML does not parse, or a value is wrong; ``path`` names it
+            (``$.providers.openai.rpm``).
+
+    Example::
+
+        config = decode_config('''
+            [providers.local]
+            kind = "mock"
+        ''')
+    """
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source} is not valid TOML: {exc}") from None
+    # Providers and routes are converted one by one, so an error's path names the
+    # table key ("$.providers.openai.rpm") where msgspec alone would say "$.providers[...]".
+    tables = {
+        name: {
+            key: _convert(value, type_, f"$.{name}{_key(key)}", source)
+            for key, value in _table(raw, name, source).items()
+        }
+        for name, type_ in (("providers", ProviderConfig), ("routes", RouteConfig))
+    }
+    config = _convert({**raw, **tables}, RouterConfig, "$", source)
+    return config
+
+
+def load_config(path: str | os.PathLike[str]) -> RouterConfig:
+    """Read and validate a TOML configuration file (the shape is in docs/configuration.md).
+
+    Unknown fields are errors, so a typo is reported rather than silently ignored.
+
+    Raises:
+        ConfigError: the file cannot be read or is invalid; the message names the file,
+            and ``path`` the field (``$.providers.openai.rpm: expected int, got str``).
+
+    Example::
+
+        config = load_config("router.toml")
+        async with open_router(config) as router:
+            ...
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {name!r}: {exc.strerror}") from None
+    return decode_config(data, source=name)

@@ -326,6 +326,11 @@ class Mailbox:
                 self._tpm.take(-delta, now)
         self._changed.set()
 
+    @property
+    def paused_until(self) -> float | None:
+        """When a provider-imposed pause ends (trio time), or ``None``."""
+        return self._paused_until
+
     # -- what providers tell us ------------------------------------------------------
 
     def pause_until(self, when: float) -> None:

@@ -30,10 +30,11 @@ import random
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import msgspec
 import trio
+from trio_util import AsyncValue
 
 from providers import (
     AllProvidersFailed,
@@ -280,7 +281,8 @@ class Router:
             try:
                 await actor.run(task_status=status)
                 return
-            except Exception as exc:
+            except Exception as raised:
+                exc = _unwrap(raised)
                 status = trio.TASK_STATUS_IGNORED
                 now = trio.current_time()
                 actor.on_crash(exc)
@@ -343,6 +345,15 @@ class Router:
         attempt = 1
         actor.retry_budget.record_request(trio.current_time())
         while True:
+            if more_targets:
+                pause = actor.pause_remaining(trio.current_time())
+                if pause > 0:
+                    # The provider told us to back off; another target can serve now.
+                    raise Overloaded(
+                        f"paused for {pause:.3g}s more by the provider's retry-after",
+                        provider=actor.name,
+                        retry_after=pause,
+                    )
             try:
                 return await call(), attempt - 1
             except LLMError as exc:
@@ -471,10 +482,16 @@ class Router:
         return await self._run(model, call)
 
     def health(self) -> dict[str, HealthSnapshot]:
-        """Each provider's current health: healthy, degraded (latency) or unhealthy (reason)."""
-        return {name: actor.health.value for name, actor in self._actors.items()}
+        """Each provider's health as of now: healthy, degraded (why) or unhealthy (why).
 
-    def health_value(self, provider: str) -> Any:
+        Example::
+
+            for name, h in router.health().items():
+                print(name, h.status, h.reason or "", h.latency_p95)
+        """
+        return {name: actor.refresh_health() for name, actor in self._actors.items()}
+
+    def health_value(self, provider: str) -> AsyncValue[HealthSnapshot]:
         """The ``trio_util.AsyncValue`` publishing ``provider``'s health, to wait on.
 
         Example::
@@ -506,6 +523,13 @@ class Router:
             retries=self._retries,
             providers={name: a.statistics() for name, a in self._actors.items()},
         )
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) single-member groups, for logs and reasons."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _group(attempts: Sequence[Attempt]) -> ExceptionGroup[LLMError]:
