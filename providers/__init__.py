@@ -40,6 +40,7 @@ from ._secret import Secret as Secret
 from ._sse import NDJSONDecoder as NDJSONDecoder
 from ._sse import ServerSentEvent as ServerSentEvent
 from ._sse import SSEDecoder as SSEDecoder
+from ._types import Attempt as Attempt
 from ._types import Capabilities as Capabilities
 from ._types import ChatRequest as ChatRequest
 from ._types import ChatResponse as ChatResponse

@@ -29,13 +29,14 @@ individual errors, never the group itself.
     ├── RouterClosed                      no
     ├── NoRoute                           no     (unknown model / nothing can serve it)
     ├── BudgetExceeded                    no
-    └── AllProvidersFailed                *      (.attempts; retryable if any attempt was)
+    └── AllProvidersFailed                *      (.attempts, .errors; retryable if any was)
 
 Every error carries ``provider`` (the configured provider name, if any), ``status_code``
 (the HTTP status, if any), ``request_id`` (the vendor's, if any), ``retry_after`` (seconds,
 if the provider said) and ``headers`` (the rate-limit and retry headers the router learns
 from).  ``retryable`` is a class default that a vendor's ``x-should-retry`` header may
-override for one instance.
+override for one instance.  An error the router raises also carries ``attempts``, the
+trace of every target it tried for the request.
 
 API keys never appear in any error: adapters scrub their key from vendor messages before
 building an error (:func:`scrub`).
@@ -87,6 +88,9 @@ class LLMError(Exception):
     retryable: ClassVar[bool] = False
     is_rate_limit: ClassVar[bool] = False
     is_authentication: ClassVar[bool] = False
+    #: The router's trace of the request that failed (:class:`~providers.Attempt`
+    #: records); empty for an error straight from an adapter.
+    attempts: tuple[Any, ...] = ()
 
     def __init__(
         self,
@@ -252,17 +256,26 @@ class BudgetExceeded(LLMError):
 
 
 class AllProvidersFailed(LLMError):
-    """Every attempt failed; ``attempts`` says what each target did.
+    """Every attempt failed; ``attempts`` says what each target did, ``errors`` why.
 
-    The individual errors are the ``__cause__`` (an ``ExceptionGroup``).
+    ``attempts`` is the router's trace (:class:`~providers.Attempt` records, skipped
+    targets included); ``errors`` holds the individual errors, which are also the
+    ``__cause__`` (an ``ExceptionGroup``).  It is retryable when any of them is.
     """
 
-    def __init__(self, message: str, *, attempts: Sequence[Any] = (), **kw: Any) -> None:
-        errors = [getattr(a, "error", None) for a in attempts]
-        if "retryable" not in kw or kw["retryable"] is None:
-            kw["retryable"] = any(isinstance(e, LLMError) and e.retryable for e in errors)
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: Sequence[Any] = (),
+        errors: Sequence[LLMError] = (),
+        **kw: Any,
+    ) -> None:
+        if kw.get("retryable") is None:
+            kw["retryable"] = any(e.retryable for e in errors)
         super().__init__(message, **kw)
         self.attempts = tuple(attempts)
+        self.errors = tuple(errors)
 
 
 def scrub(text: str, secrets: Sequence[str]) -> str:

@@ -503,6 +503,42 @@ class Usage(_Struct, frozen=True):
         )
 
 
+#: What became of one attempt in a router's race.
+AttemptOutcome: TypeAlias = Literal["won", "failed", "cancelled", "skipped"]
+#: Why an attempt was started: the first, a hedge (its delay ran out), or a fallback
+#: (an earlier attempt failed).
+AttemptKind: TypeAlias = Literal["primary", "hedge", "fallback"]
+
+
+class Attempt(_Struct, frozen=True):
+    """What one target did for one request: the router's trace, on results and errors.
+
+    ``start`` and ``end`` are seconds since the request began (``None`` for a skipped
+    target).  ``error_type`` and ``reason`` say why an attempt failed, was cancelled
+    (``"lost the race to openai"``) or was skipped (``"circuit open"``).  ``usage`` is
+    what the provider reported for the winner; for attempts that lost or failed after
+    sending, ``wasted_tokens`` estimates the prompt tokens spent on them (hedge waste).
+
+    Example::
+
+        for a in response.attempts:
+            print(a.provider, a.kind, a.outcome, a.reason or "")
+    """
+
+    provider: str
+    model: str
+    kind: AttemptKind = "primary"
+    outcome: AttemptOutcome = "won"
+    start: float | None = None
+    end: float | None = None
+    retries: int = 0
+    error_type: str | None = None
+    reason: str | None = None
+    usage: Usage | None = None
+    cost: float | None = None
+    wasted_tokens: int = 0
+
+
 class ChatResponse(_Struct, frozen=True):
     """A complete answer.
 
@@ -522,6 +558,8 @@ class ChatResponse(_Struct, frozen=True):
     request_id: str | None = None
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     cost: float | None = None
+    #: The router's trace: every target tried for this answer (empty from an adapter).
+    attempts: list[Attempt] = msgspec.field(default_factory=list)
 
     @property
     def message(self) -> Message:

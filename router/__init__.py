@@ -14,6 +14,7 @@ Testing support (the mock provider and the fake upstream) lives in :mod:`router.
 """
 
 from providers import AllProvidersFailed as AllProvidersFailed
+from providers import Attempt as Attempt
 from providers import AuthenticationError as AuthenticationError
 from providers import BudgetExceeded as BudgetExceeded
 from providers import Capabilities as Capabilities
@@ -59,7 +60,9 @@ from providers import Usage as Usage
 from providers import UsageEvent as UsageEvent
 
 from ._actor import ActorStatistics as ActorStatistics
+from ._config import HedgeConfig as HedgeConfig
 from ._config import MockConfig as MockConfig
+from ._config import ModelConfig as ModelConfig
 from ._config import ProviderConfig as ProviderConfig
 from ._config import RouteConfig as RouteConfig
 from ._config import RouterConfig as RouterConfig
@@ -68,8 +71,12 @@ from ._config import decode_config as decode_config
 from ._config import load_config as load_config
 from ._health import BreakerConfig as BreakerConfig
 from ._health import HealthSnapshot as HealthSnapshot
+from ._policy import Candidate as Candidate
+from ._policy import Needs as Needs
+from ._policy import Plan as Plan
+from ._policy import TargetHealth as TargetHealth
+from ._policy import plan_route as plan_route
 from ._retry import RetryConfig as RetryConfig
-from ._router import Attempt as Attempt
 from ._router import Router as Router
 from ._router import RouterStatistics as RouterStatistics
 from ._router import RouterStream as RouterStream

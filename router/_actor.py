@@ -18,6 +18,7 @@ What counts against health
 
 from __future__ import annotations
 
+import datetime
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -52,6 +53,8 @@ from providers._types import is_content_event
 from ._config import ProviderConfig
 from ._health import CircuitBreaker, ErrorWindow, HealthSnapshot, LatencyStats, classify
 from ._limiter import Mailbox, Permit
+from ._policy import TargetHealth
+from ._race import AttemptRecord
 from ._ratelimits import parse_rate_limit_headers
 from ._retry import RetryBudget
 
@@ -69,6 +72,9 @@ _HEALTH_FAILURES = (
     AuthenticationError,
     PermissionDenied,
 )
+
+#: Error rate over the window at or above which a provider is degraded.
+DEGRADED_ERROR_RATE = 0.1
 
 #: Pause after a 429 that did not say how long to wait.
 DEFAULT_RATE_LIMIT_PAUSE = 1.0
@@ -96,12 +102,23 @@ class ActorStatistics(msgspec.Struct, frozen=True, kw_only=True):
     latency_p95: float | None
 
 
-def _wall_now() -> float:
-    # Absolute reset timestamps (Anthropic, RFC 3339) can only be read against the wall
-    # clock; this is conversion of a vendor timestamp, not timing of our own logic.
-    import datetime
+class _WallClock:
+    """Wall-clock time read through trio's clock, for vendors' absolute reset times.
 
-    return datetime.datetime.now(datetime.UTC).timestamp()
+    Anthropic says *when* a limit resets (an RFC 3339 timestamp); turning that into a
+    pause needs the wall clock.  Reading it afresh each time would mix two clocks: under
+    a virtual clock the pause would grow by all the virtual time elapsed.  So the wall
+    clock is read once, and afterwards advanced by trio's clock.
+    """
+
+    __slots__ = ("_trio", "_wall")
+
+    def __init__(self) -> None:
+        self._wall = datetime.datetime.now(datetime.UTC).timestamp()
+        self._trio = trio.current_time()
+
+    def now(self) -> float:
+        return self._wall + (trio.current_time() - self._trio)
 
 
 class ProviderActor:
@@ -131,7 +148,11 @@ class ProviderActor:
             max_queue=config.max_queue,
         )
         self.breaker = CircuitBreaker(config.breaker, on_transition=self._breaker_moved)
+        #: Latency of whole answers (``complete``, ``embed``).
         self.latency = LatencyStats()
+        #: Time to first content event of streams.
+        self.ttft = LatencyStats()
+        self._percentile_cache: dict[tuple[bool, float], tuple[float, float | None]] = {}
         self.errors = ErrorWindow()
         self.retry_budget = RetryBudget(config.retry)
         self.crashed: str | None = None
@@ -144,6 +165,8 @@ class ProviderActor:
         self._output_tokens = 0
         self._crash_next: BaseException | None = None
         self._breaker_changed = trio.Event()
+        self._published_at = trio.current_time()
+        self._wall = _WallClock()
         self.health = AsyncValue(self._classify(trio.current_time()))
 
     def __repr__(self) -> str:
@@ -152,20 +175,18 @@ class ProviderActor:
     # -- the actor's own loop ----------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve the mailbox and keep health current until cancelled.
+        """Serve the mailbox until cancelled; the supervisor restarts it if it crashes."""
+        await self.mailbox.run(task_status=task_status, crash=self._maybe_crash)
 
-        The supervisor restarts this if it crashes.  Besides the mailbox loop it runs a
-        small watcher: an open breaker turns half-open when time passes, not when a call
-        comes, so the watcher republishes the health snapshot at that moment and tasks
-        waiting on :attr:`health` wake when the provider may be tried again.
-        """
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self._watch_breaker)
-            await self.mailbox.run(task_status=task_status, crash=self._maybe_crash)
-
-    async def _watch_breaker(
+    async def watch_breaker(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        """Republish health when an open breaker's time is up, until cancelled.
+
+        An open breaker turns half-open when time passes, not when a call comes, so this
+        republishes the health snapshot at that moment, and tasks waiting on
+        :attr:`health` wake when the provider may be tried again.
+        """
         task_status.started()
         while True:
             self._breaker_changed = trio.Event()
@@ -203,13 +224,79 @@ class ProviderActor:
 
     # -- health ----------------------------------------------------------------------
 
+    def _health_latency(self) -> LatencyStats:
+        # Health speaks of whole answers when there are any, else of first tokens.
+        return self.latency if self.latency.ewma is not None else self.ttft
+
+    def latency_percentile(self, q: float, now: float, *, stream: bool = False) -> float | None:
+        """The ``q``-quantile of latency (of first tokens for ``stream``), refreshed each second.
+
+        Hedge delays read this on every request, so it is cached for one second of trio
+        time, as Finagle refreshes its backup-request histogram every few seconds.
+        """
+        key = (stream, q)
+        cached = self._percentile_cache.get(key)
+        if cached is not None and now - cached[0] < 1.0:
+            return cached[1]
+        value = (self.ttft if stream else self.latency).percentile(q, now)
+        self._percentile_cache[key] = (now, value)
+        return value
+
+    def latency_samples(self, now: float, *, stream: bool = False) -> int:
+        """How many latency samples the window holds (of first tokens for ``stream``)."""
+        return (self.ttft if stream else self.latency).count(now)
+
+    def expected_latency(self, *, stream: bool = False) -> float | None:
+        """The EWMA latency of whole answers (of first tokens for ``stream``), if known."""
+        return (self.ttft if stream else self.latency).ewma
+
+    def policy_health(self, now: float) -> TargetHealth:
+        """The routing policy's cheap view: verdict, latency estimate, load.
+
+        Unhealthy: crashed, or the breaker is open.  Degraded: half-open, error rate of
+        10% or more, or p95 latency at or above ``degraded_latency``.
+        """
+        load = self.mailbox.in_flight + self.mailbox.queued
+        latency = self._health_latency().ewma
+        if self.crashed is not None:
+            return TargetHealth(
+                status="unhealthy",
+                reason=f"actor crashed: {self.crashed}",
+                latency=latency,
+                load=load,
+            )
+        state = self.breaker.state(now)
+        if state == "open":
+            return TargetHealth(
+                status="unhealthy",
+                reason=f"circuit open until t={self.breaker.retry_at:.3f}",
+                latency=latency,
+                load=load,
+            )
+        reason: str | None = None
+        if state == "half_open":
+            reason = "circuit half-open"
+        elif self.errors.error_rate(now) >= DEGRADED_ERROR_RATE:
+            reason = f"error rate {self.errors.error_rate(now):.0%}"
+        elif self.config.degraded_latency is not None:
+            p95 = self.latency_percentile(0.95, now, stream=self.latency.ewma is None)
+            if p95 is not None and p95 >= self.config.degraded_latency:
+                reason = f"p95 latency {p95:.3f}s"
+        return TargetHealth(
+            status="healthy" if reason is None else "degraded",
+            reason=reason,
+            latency=latency,
+            load=load,
+        )
+
     def _classify(self, now: float) -> HealthSnapshot:
         stats = self.mailbox.statistics()
         return classify(
             self.name,
             self.breaker.snapshot(now),
-            self.latency.snapshot(now),
+            self._health_latency().snapshot(now),
             self.errors.error_rate(now),
+            degraded_error_rate=DEGRADED_ERROR_RATE,
             degraded_latency=self.config.degraded_latency,
             crashed=self.crashed,
             in_flight=stats.in_flight,
@@ -224,8 +311,20 @@ class ProviderActor:
         self.health.value = snapshot
         return snapshot
 
+    def _outcome(self, now: float) -> None:
+        # Called after every call.  Recomputing the full snapshot (two percentile walks)
+        # on every call would cost more than the rest of the router's bookkeeping, so it
+        # is republished when the verdict may have changed, and at most once a second
+        # otherwise; router.health() always recomputes.
+        view = self.policy_health(now)
+        current = self.health.value
+        if view.status != current.status or now - self._published_at >= 1.0:
+            self._published_at = now
+            self._publish()
+
     def refresh_health(self) -> HealthSnapshot:
         """Recompute, publish and return the health snapshot as of now."""
+        self._published_at = trio.current_time()
         return self._publish()
 
     def pause_remaining(self, now: float) -> float:
@@ -243,12 +342,12 @@ class ProviderActor:
         if self._on_event is not None:
             self._on_event(kind, {"provider": self.name, **fields})
 
-    def _success(self, latency: float, now: float) -> None:
+    def _success(self, latency: float, now: float, *, stream: bool = False) -> None:
         self._succeeded += 1
         self.breaker.record_success(now, latency)
-        self.latency.record(latency, now)
+        (self.ttft if stream else self.latency).record(latency, now)
         self.errors.record_success(now)
-        self._publish()
+        self._outcome(now)
 
     def _failure(self, exc: LLMError, now: float) -> None:
         self._failed += 1
@@ -262,17 +361,17 @@ class ProviderActor:
         if isinstance(exc, RateLimited) or (isinstance(exc, Overloaded) and exc.retry_after):
             pause = exc.retry_after if exc.retry_after is not None else DEFAULT_RATE_LIMIT_PAUSE
             self.mailbox.pause_until(now + pause)
-        self._publish()
+        self._outcome(now)
 
     def _abandoned(self, now: float) -> None:
         self._cancelled += 1
         self.breaker.record_cancelled(now)
-        self._publish()
+        self._outcome(now)
 
     def _learn(self, headers: dict[str, str], now: float) -> None:
         if not headers:
             return
-        info = parse_rate_limit_headers(headers, wall_now=_wall_now())
+        info = parse_rate_limit_headers(headers, wall_now=self._wall.now())
         if info is None:
             return
         self.mailbox.learn(
@@ -298,20 +397,24 @@ class ProviderActor:
                 retry_after=None if retry_at is None else max(0.0, retry_at - now),
             )
 
-    def _cost(self, request: ChatRequest) -> tuple[float, float]:
+    def _cost(self, request: ChatRequest) -> tuple[float, float, int]:
+        """(TPM cost, its output part, the input estimate) of a chat request."""
         output = request.max_tokens or self._default_max_tokens
-        return float(estimate_input_tokens(request) + output), float(output)
+        prompt = estimate_input_tokens(request)
+        return float(prompt + output), float(output), prompt
 
-    async def _admit(self, cost: float, output_cost: float) -> Permit:
+    async def _admit(self, cost: float, output_cost: float, *, nowait: bool) -> Permit:
         now = trio.current_time()
         self._check_available(now)
         try:
+            if nowait:
+                return self.mailbox.admit_nowait(cost, output_cost)
             return await self.mailbox.admit(cost, output_cost)
         except BaseException:
             # Admission refused or cancelled: the call never started, so any half-open
             # probe slot the breaker granted goes back.
             self.breaker.record_cancelled(trio.current_time())
-            self._publish()
+            self._outcome(trio.current_time())
             raise
 
     def _account(self, response: ChatResponse) -> int | None:
@@ -321,9 +424,18 @@ class ProviderActor:
         total = usage.input_tokens + usage.output_tokens
         return total if total else None
 
-    async def complete(self, request: ChatRequest) -> ChatResponse:
-        """One attempt at ``request`` on this provider (no retries: the router decides)."""
-        permit = await self._admit(*self._cost(request))
+    async def complete(
+        self, request: ChatRequest, *, trace: AttemptRecord | None = None, nowait: bool = False
+    ) -> ChatResponse:
+        """One attempt at ``request`` on this provider (no retries: the router decides).
+
+        ``trace`` is filled in with the tokens sent and the usage; ``nowait`` refuses with
+        :class:`~providers.Overloaded` instead of queueing (load shedding).
+        """
+        cost, output_cost, prompt = self._cost(request)
+        permit = await self._admit(cost, output_cost, nowait=nowait)
+        if trace is not None:
+            trace.sent_tokens = prompt
         start = trio.current_time()
         try:
             response = await self.provider.complete(request)
@@ -344,14 +456,21 @@ class ProviderActor:
             raise
         now = trio.current_time()
         permit.release(self._account(response))
+        if trace is not None:
+            trace.usage = response.usage
         self._learn(response.headers, now)
         self._success(now - start, now)
         return response
 
     @asynccontextmanager
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ActorStream]:
+    async def stream(
+        self, request: ChatRequest, *, trace: AttemptRecord | None = None, nowait: bool = False
+    ) -> AsyncIterator[ActorStream]:
         """One streaming attempt; admission, health and token accounting around it."""
-        permit = await self._admit(*self._cost(request))
+        cost, output_cost, prompt = self._cost(request)
+        permit = await self._admit(cost, output_cost, nowait=nowait)
+        if trace is not None:
+            trace.sent_tokens = prompt
         start = trio.current_time()
         wrapped: ActorStream | None = None
         try:
@@ -369,14 +488,24 @@ class ProviderActor:
             tokens: int | None = None
             if wrapped is not None and wrapped.response is not None:
                 tokens = self._account(wrapped.response)
+                if trace is not None:
+                    trace.usage = wrapped.response.usage
             permit.release(tokens)
             if wrapped is not None and wrapped.response is None and not wrapped.failed:
                 self._abandoned(trio.current_time())
 
-    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+    async def embed(
+        self,
+        request: EmbeddingRequest,
+        *,
+        trace: AttemptRecord | None = None,
+        nowait: bool = False,
+    ) -> EmbeddingResponse:
         """Embed through admission (cost: the inputs' estimated tokens)."""
-        cost = float(sum(estimate_text_tokens(t) for t in request.inputs))
-        permit = await self._admit(cost, 0.0)
+        prompt = sum(estimate_text_tokens(t) for t in request.inputs)
+        permit = await self._admit(float(prompt), 0.0, nowait=nowait)
+        if trace is not None:
+            trace.sent_tokens = prompt
         start = trio.current_time()
         try:
             response = await self.provider.embed(request)
@@ -391,6 +520,8 @@ class ProviderActor:
         now = trio.current_time()
         self._input_tokens += response.usage.input_tokens
         permit.release(response.usage.input_tokens or None)
+        if trace is not None:
+            trace.usage = response.usage
         self._success(now - start, now)
         return response
 
@@ -466,5 +597,5 @@ class ActorStream:
             now = trio.current_time()
             # Health latency for streams is time to first token: what a caller waits for.
             ttft = (self.first_content_at or now) - self._start
-            self._actor._success(ttft, now)
+            self._actor._success(ttft, now, stream=True)
         return event

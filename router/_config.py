@@ -24,13 +24,17 @@ from typing import Any, Literal, TypeAlias, TypeVar
 
 import msgspec
 
-from providers import ConfigError
+import providers
+from providers import ConfigError, LLMError
 
 from ._health import BreakerConfig
 from ._retry import RetryConfig
 
 __all__ = [
+    "DEFAULT_FAIL_OVER",
+    "HedgeConfig",
     "MockConfig",
+    "ModelConfig",
     "check_references",
     "decode_config",
     "load_config",
@@ -53,6 +57,17 @@ ProviderKind: TypeAlias = Literal[
     "openai-compatible",
     "mock",
 ]
+
+
+_ERROR_NAMES = frozenset(
+    {"retryable"}
+    | {
+        name
+        for name in dir(providers)
+        if isinstance(getattr(providers, name), type)
+        and issubclass(getattr(providers, name), LLMError)
+    }
+)
 
 
 class _Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -110,19 +125,176 @@ class ProviderConfig(_Config, frozen=True):
             raise ValueError("`mock` settings belong to providers of kind 'mock'")
 
 
+Strategy: TypeAlias = Literal["fallback", "weighted", "least-latency", "least-cost", "least-busy"]
+
+#: The errors a route fails over on by default: the retryable ones (``"retryable"``),
+#: a busy target (``Overloaded``, also when our own admission refused it for good), and
+#: those specific to one target, which another target may well not have.
+DEFAULT_FAIL_OVER: tuple[str, ...] = (
+    "retryable",
+    "Overloaded",
+    "AuthenticationError",
+    "PermissionDenied",
+    "NotFound",
+    "QuotaExceeded",
+    "ContextLengthExceeded",
+    "UnsupportedFeature",
+)
+
+_PERCENTILE = re.compile(r"^p(?P<q>\d{1,2}(?:\.\d+)?)$")
+#: gRPC's cap on hedged attempts.
+MAX_HEDGED_ATTEMPTS = 5
+
+
+def parse_percentile(text: str) -> float:
+    """``"p95"`` → 0.95, ``"p99.9"`` → 0.999.
+
+    Raises:
+        ValueError: not of the form ``pNN`` with ``0 < NN < 100``.
+    """
+    match = _PERCENTILE.match(text)
+    q = float(match["q"]) if match else 0.0
+    if not 0.0 < q < 100.0:
+        raise ValueError(
+            f"`delay` must be seconds or a percentile such as 'p95' or 'p99.9', got {text!r}"
+        )
+    return q / 100.0
+
+
+class HedgeConfig(_Config, frozen=True):
+    """Hedged requests (gRPC's ``hedgingPolicy``, Tail at Scale's backup requests).
+
+    ==================  ========  ====================================================
+    ``max_attempts``    2         attempts in all, the primary included (1..5)
+    ``delay``           None      seconds between starts, or a percentile of the
+                                  primary's observed latency (``"p95"``); ``0`` starts
+                                  every attempt at once; ``None``: no hedging, the next
+                                  target starts only when the previous one fails
+    ``min_delay``       0.0 s     clamps for a percentile delay
+    ``max_delay``       30.0 s
+    ``default_delay``   1.0 s     a percentile delay before ``min_samples`` samples
+    ``min_samples``     20        latency samples needed to trust a percentile
+    ``budget_ratio``    0.1       hedges earned per primary request (extra load cap)
+    ``budget_burst``    10.0      hedges that may be spent at once
+    ==================  ========  ====================================================
+
+    The hedge budget is a token bucket counted in requests, not time: every request on
+    the route adds ``budget_ratio`` tokens (up to ``budget_burst``), every hedge takes
+    one, and a hedge with no token left is not sent.  So over any run of ``n`` requests::
+
+        hedges ≤ budget_ratio · n + budget_burst
+
+    A fallback started because an attempt *failed* needs no token: it replaces load,
+    it does not add to it.
+
+    Example::
+
+        HedgeConfig(max_attempts=2, delay="p95")
+        # TOML: hedge = { max_attempts = 2, delay = "p95" }
+    """
+
+    max_attempts: int = 2
+    delay: float | str | None = None
+    min_delay: float = 0.0
+    max_delay: float = 30.0
+    default_delay: float = 1.0
+    min_samples: int = 20
+    budget_ratio: float = 0.1
+    budget_burst: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_attempts <= MAX_HEDGED_ATTEMPTS:
+            raise ValueError(
+                f"`max_attempts` must be from 1 to {MAX_HEDGED_ATTEMPTS}, got {self.max_attempts}"
+            )
+        if isinstance(self.delay, str):
+            parse_percentile(self.delay)
+        elif self.delay is not None and not 0.0 <= self.delay < float("inf"):
+            raise ValueError(f"`delay` must be >= 0 seconds, got {self.delay}")
+        for name in ("min_delay", "max_delay", "default_delay", "budget_ratio", "budget_burst"):
+            value = getattr(self, name)
+            if not 0.0 <= value < float("inf"):
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {value}")
+        if self.max_delay < self.min_delay:
+            raise ValueError(f"`max_delay` must be >= min_delay, got {self.max_delay}")
+        if self.min_samples < 1:
+            raise ValueError(f"`min_samples` must be >= 1, got {self.min_samples}")
+
+    @property
+    def percentile(self) -> float | None:
+        """The quantile of a percentile delay (0.95 for ``"p95"``), else ``None``."""
+        return parse_percentile(self.delay) if isinstance(self.delay, str) else None
+
+
 class RouteConfig(_Config, frozen=True):
-    """A model alias: targets (``provider:model``) tried in order on failure."""
+    """A model alias: its targets (``provider:model``), how to choose, whether to hedge.
+
+    ``weights`` (one per target) are for ``strategy = "weighted"``.  ``fail_over_on``
+    lists the error classes (by name, subclasses included) that send a request on to
+    the next target; ``"retryable"`` stands for every retryable error.  Any other error
+    is returned to the caller at once.
+
+    Example::
+
+        RouteConfig(targets=["anthropic:claude-3-5-haiku-latest", "openai:gpt-4o-mini"],
+                    hedge=HedgeConfig(max_attempts=2, delay="p95"))
+    """
 
     targets: list[str]
-    strategy: Literal["fallback"] = "fallback"
+    strategy: Strategy = "fallback"
+    weights: list[float] | None = None
+    hedge: HedgeConfig | None = None
+    fail_over_on: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_FAIL_OVER))
 
     def __post_init__(self) -> None:
         if not self.targets:
-            raise ValueError("a route needs at least one target")
+            raise ValueError("`targets`: a route needs at least one target")
         for t in self.targets:
             provider, sep, model = t.partition(":")
             if not sep or not provider or not model:
-                raise ValueError(f"route target {t!r} must look like 'provider:model'")
+                raise ValueError(f"`targets`: {t!r} must look like 'provider:model'")
+        if self.weights is not None:
+            if len(self.weights) != len(self.targets):
+                raise ValueError(
+                    f"`weights` needs one weight per target ({len(self.targets)}), "
+                    f"got {len(self.weights)}"
+                )
+            if any(not 0 < w < float("inf") for w in self.weights):
+                raise ValueError(f"`weights` must be positive numbers, got {self.weights}")
+        unknown = sorted(set(self.fail_over_on) - _ERROR_NAMES)
+        if unknown:
+            raise ValueError(
+                f"`fail_over_on`: unknown error names {unknown}; use 'retryable' or any of "
+                f"{sorted(_ERROR_NAMES - {'retryable'})}"
+            )
+
+
+class ModelConfig(_Config, frozen=True):
+    """What the router knows about one model: its window, prices and abilities.
+
+    The key in ``[models]`` is ``"provider:model"`` (one deployment) or a bare model id
+    (every provider serving it).  Prices are US dollars per million tokens.  A
+    capability set to ``false`` keeps requests that need it away from the model.
+    """
+
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+    input_price: float | None = None
+    output_price: float | None = None
+    cached_input_price: float | None = None
+    tools: bool | None = None
+    vision: bool | None = None
+    structured_output: bool | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("context_window", "max_output_tokens"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"`{name}` must be positive, got {value}")
+        for name in ("input_price", "output_price", "cached_input_price"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < float("inf"):
+                raise ValueError(f"`{name}` must be a price >= 0, got {value}")
 
 
 class SupervisorConfig(_Config, frozen=True):
@@ -144,6 +316,7 @@ class RouterConfig(_Config, frozen=True):
 
     providers: dict[str, ProviderConfig]
     routes: dict[str, RouteConfig] = msgspec.field(default_factory=dict)
+    models: dict[str, ModelConfig] = msgspec.field(default_factory=dict)
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
     #: Output budget assumed for admission when a request sets no ``max_tokens``.
     default_max_tokens: int = 1024
@@ -190,6 +363,8 @@ def _fields(*types: type[msgspec.Struct]) -> frozenset[str]:
 
 _ALL_FIELDS = _fields(
     RouterConfig,
+    HedgeConfig,
+    ModelConfig,
     ProviderConfig,
     RouteConfig,
     SupervisorConfig,
@@ -267,7 +442,11 @@ def decode_config(data: bytes | str, *, source: str = "<config>") -> RouterConfi
             key: _convert(value, type_, f"$.{name}{_key(key)}", source)
             for key, value in _table(raw, name, source).items()
         }
-        for name, type_ in (("providers", ProviderConfig), ("routes", RouteConfig))
+        for name, type_ in (
+            ("providers", ProviderConfig),
+            ("routes", RouteConfig),
+            ("models", ModelConfig),
+        )
     }
     config = _convert({**raw, **tables}, RouterConfig, "$", source)
     return config

@@ -288,8 +288,12 @@ class Mailbox:
         deadline = trio.current_effective_deadline()
         wait = self.expected_wait(cost, now)
         if now + wait > deadline:
+            # Not retryable here: waiting and asking again cannot make the wait fit (both
+            # shrink together).  Another target can still take it (routes fail over on
+            # Overloaded by default).
             raise self._refuse(
-                f"admission would take ~{wait:.3g}s but the deadline is in {deadline - now:.3g}s"
+                f"admission would take ~{wait:.3g}s but the deadline is in {deadline - now:.3g}s",
+                retryable=False,
             )
         waiter = _Waiter(cost, output_cost)
         self._queue.append(waiter)
@@ -325,6 +329,16 @@ class Mailbox:
             elif delta < 0:
                 self._tpm.take(-delta, now)
         self._changed.set()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests admitted and not yet released."""
+        return self._in_flight
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for admission."""
+        return len(self._queue)
 
     @property
     def paused_until(self) -> float | None:
@@ -371,6 +385,8 @@ class Mailbox:
                 self._tpm.clamp(remaining_tokens, now)
                 if remaining_tokens < 1 and reset_tokens:
                     self.pause_until(now + reset_tokens)
+        elif remaining_tokens is not None and remaining_tokens < 1 and reset_tokens:
+            self.pause_until(now + reset_tokens)
         self._changed.set()
 
     # -- the loop --------------------------------------------------------------------

@@ -3,18 +3,24 @@
 Synopsis::
 
     async with open_router(config) as router:
-        resp = await router.complete(ChatRequest(model="openai:gpt-4o-mini",
-                                                 messages=[Message.user("hi")]))
+        resp = await router.complete(ChatRequest(model="fast", messages=[Message.user("hi")]))
         async with router.stream(request) as events:
             async for event in events:
                 ...
 
-Every request ends with a result or a typed error: a request that cannot be served by
-one target fails over to the next target of its route (for the errors that are
-specific to one target); retryable errors are retried on the same target with
-exponential backoff and full jitter, under a retry budget, and never past the caller's
-deadline; when every target fails the caller gets one :class:`AllProvidersFailed`
-whose ``__cause__`` is the group of individual errors.
+One request, step by step:
+
+1. **Resolve** the model string: ``provider:model``, a route alias, or a bare model id
+   whose provider is found by its prefix (``gpt-*`` → an OpenAI provider...).
+2. **Plan**: the pure policy (:mod:`router._policy`) filters the route's targets by what
+   the request needs and by health, and orders them by the route's strategy.
+3. **Race** (:mod:`router._race`): attempts start in plan order — a fallback when the
+   previous one fails with an error the route fails over on, a hedge when the route's
+   hedge delay passes — and the first success wins; the others are cancelled.  Without
+   hedging, each target also retries its retryable errors with backoff under a retry
+   budget, never past the caller's deadline.
+4. The answer carries its trace (``response.attempts``); a failure raises one error
+   carrying it too (``exc.attempts``).
 
 Streams commit at their first content event: until then a failing target is replaced
 by the next one, invisibly to the caller; after it, the caller sees exactly one stream
@@ -25,25 +31,24 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import random
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Literal, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import msgspec
 import trio
 from trio_util import AsyncValue
 
 from providers import (
-    AllProvidersFailed,
     AnthropicProvider,
-    AuthenticationError,
+    Attempt,
     ChatRequest,
     ChatResponse,
     ConfigError,
-    ContextLengthExceeded,
     Done,
     EmbeddingRequest,
     EmbeddingResponse,
@@ -51,26 +56,31 @@ from providers import (
     MockProvider,
     MockResponse,
     NoRoute,
-    NotFound,
     OpenAIProvider,
     Overloaded,
-    PermissionDenied,
     Provider,
-    QuotaExceeded,
     RateLimited,
     RouterClosed,
     Secret,
     StreamEvent,
-    UnsupportedFeature,
 )
 from providers._types import is_content_event
 
 from ._actor import ActorStatistics, ActorStream, ProviderActor
-from ._config import ProviderConfig, RouterConfig
+from ._config import (
+    DEFAULT_FAIL_OVER,
+    HedgeConfig,
+    ModelConfig,
+    ProviderConfig,
+    RouterConfig,
+    Strategy,
+)
 from ._health import HealthSnapshot
+from ._policy import Candidate, HedgeBudget, Needs, Plan, cost_of, hedge_delay, plan_route
+from ._race import AttemptRecord, Race
 from ._retry import retry_delay
 
-__all__ = ["Attempt", "Router", "RouterStatistics", "RouterStream", "open_router"]
+__all__ = ["Router", "RouterStatistics", "RouterStream", "open_router"]
 
 logger = logging.getLogger("trio_llm_router")
 
@@ -91,48 +101,66 @@ _PREFIX_KINDS: tuple[tuple[str, str], ...] = (
     ("gemini-", "gemini"),
 )
 
-#: Errors specific to one target: another target may well succeed.
-_TARGET_SPECIFIC = (
-    AuthenticationError,
-    PermissionDenied,
-    NotFound,
-    QuotaExceeded,
-    ContextLengthExceeded,
-    UnsupportedFeature,
-)
 
+class _Route:
+    """A resolved model string: its candidates and how to race them."""
 
-def fails_over(exc: LLMError) -> bool:
-    """Whether ``exc`` on one target should send the request to the next target."""
-    return exc.retryable or isinstance(exc, _TARGET_SPECIFIC)
+    __slots__ = (
+        "budget",
+        "candidates",
+        "fail_over",
+        "fail_over_retryable",
+        "hedge",
+        "name",
+        "strategy",
+    )
 
+    def __init__(
+        self,
+        name: str,
+        candidates: tuple[Candidate, ...],
+        *,
+        strategy: Strategy = "fallback",
+        hedge: HedgeConfig | None = None,
+        fail_over_on: Sequence[str] = DEFAULT_FAIL_OVER,
+    ) -> None:
+        self.name = name
+        self.candidates = candidates
+        self.strategy: Strategy = strategy
+        self.hedge = hedge
+        self.fail_over_retryable = "retryable" in fail_over_on
+        self.fail_over = frozenset(fail_over_on) - {"retryable"}
+        self.budget = (
+            HedgeBudget(hedge.budget_ratio, hedge.budget_burst)
+            if hedge is not None and hedge.delay is not None
+            else None
+        )
 
-class Attempt(msgspec.Struct, frozen=True, kw_only=True):
-    """What one target did for a request."""
-
-    provider: str
-    model: str
-    outcome: Literal["won", "failed"]
-    started_at: float
-    ended_at: float
-    retries: int = 0
-    error: LLMError | None = None
+    def fails_over(self, exc: LLMError) -> bool:
+        """Whether ``exc`` on one target sends the request on to the next."""
+        if self.fail_over_retryable and exc.retryable:
+            return True
+        return any(cls.__name__ in self.fail_over for cls in type(exc).__mro__)
 
 
 class RouterStatistics(msgspec.Struct, frozen=True, kw_only=True):
-    """A frozen snapshot of the router."""
+    """A frozen snapshot of the router.
+
+    ``hedges`` counts attempts started because a hedge delay passed, ``fallbacks``
+    those started because an earlier attempt failed; ``wasted_tokens`` estimates the
+    prompt tokens sent on attempts that lost or failed (hedge waste included).
+    """
 
     requests: int
     succeeded: int
     failed: int
+    cancelled: int
     fallbacks: int
+    hedges: int
+    hedge_wins: int
     retries: int
+    wasted_tokens: int
     providers: dict[str, ActorStatistics]
-
-
-class _Target(msgspec.Struct, frozen=True):
-    actor: ProviderActor
-    model: str
 
 
 def build_provider(name: str, config: ProviderConfig) -> Provider:
@@ -214,6 +242,7 @@ async def open_router(
         async with trio.open_nursery() as nursery:
             for actor in router._actors.values():
                 await nursery.start(router._supervise, actor)
+                await nursery.start(actor.watch_breaker)
             try:
                 yield router
             except BaseException as exc:
@@ -240,6 +269,7 @@ class Router:
         self._config = config
         self._rng = rng
         self._closed = False
+        self._default_max_tokens = config.default_max_tokens
         self._actors: dict[str, ProviderActor] = {
             name: ProviderActor(
                 name,
@@ -249,11 +279,32 @@ class Router:
             )
             for name, pc in config.providers.items()
         }
+        self._routes: dict[str, _Route] = {
+            alias: _Route(
+                alias,
+                tuple(
+                    self._candidate(
+                        target, index, None if rc.weights is None else rc.weights[index]
+                    )
+                    for index, target in enumerate(rc.targets)
+                ),
+                strategy=rc.strategy,
+                hedge=rc.hedge,
+                fail_over_on=rc.fail_over_on,
+            )
+            for alias, rc in config.routes.items()
+        }
+        # Single targets resolved on first use ("openai:gpt-4o", "gpt-4o"), bounded.
+        self._resolved: dict[str, _Route] = {}
         self._requests = 0
         self._succeeded = 0
         self._failed = 0
+        self._cancelled = 0
         self._fallbacks = 0
+        self._hedges = 0
+        self._hedge_wins = 0
         self._retries = 0
+        self._wasted_tokens = 0
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -310,54 +361,95 @@ class Router:
 
     # -- resolution ------------------------------------------------------------------
 
-    def _resolve(self, model: str) -> list[_Target]:
+    def _candidate(self, target: str, index: int = 0, weight: float | None = None) -> Candidate:
+        provider, _, model = target.partition(":")
+        actor = self._actors[provider]
+        models = self._config.models
+        info = models.get(target) or models.get(model) or ModelConfig()
+        caps = actor.provider.capabilities
+        overrides = {
+            name: getattr(info, name)
+            for name in ("tools", "vision", "structured_output")
+            if getattr(info, name) is not None
+        }
+        if overrides:
+            caps = msgspec.structs.replace(caps, **overrides)
+        return Candidate(
+            provider=provider,
+            model=model,
+            index=index,
+            weight=1.0 if weight is None else weight,
+            capabilities=caps,
+            context_window=info.context_window,
+            input_price=info.input_price,
+            output_price=info.output_price,
+            cached_input_price=info.cached_input_price,
+        )
+
+    def _route(self, model: str) -> _Route:
+        route = self._routes.get(model) or self._resolved.get(model)
+        if route is not None:
+            return route
+        target = self._resolve_single(model)
+        route = _Route(model, (self._candidate(target),))
+        if len(self._resolved) >= _MAX_RESOLVED:
+            self._resolved.clear()
+        self._resolved[model] = route
+        return route
+
+    def _resolve_single(self, model: str) -> str:
         provider, sep, model_id = model.partition(":")
         if sep:
-            actor = self._actors.get(provider)
-            if actor is None or not model_id:
+            if provider not in self._actors or not model_id:
                 raise NoRoute(
                     f"unknown provider {provider!r} in model {model!r}; configured providers: "
                     f"{sorted(self._actors)}; routes: {sorted(self._config.routes)}"
                 )
-            return [_Target(actor, model_id)]
-        route = self._config.routes.get(model)
-        if route is not None:
-            return [
-                _Target(self._actors[p], m) for p, _, m in (t.partition(":") for t in route.targets)
-            ]
+            return model
         for prefix, kind in _PREFIX_KINDS:
             if model.startswith(prefix):
-                for actor in self._actors.values():
+                for name, actor in self._actors.items():
                     if actor.provider.kind == kind:
-                        return [_Target(actor, model)]
+                        return f"{name}:{model}"
         raise NoRoute(
             f"no provider or route for model {model!r}; use 'provider:model' with one of "
             f"{sorted(self._actors)}, or a route: {sorted(self._config.routes)}"
         )
 
-    # -- the retry / fail-over loop ----------------------------------------------------
+    def plan(self, model: str, needs: Needs | None = None) -> Plan:
+        """The plan the policy would make for ``model`` now: targets in order, exclusions.
+
+        Pure with respect to the router (it draws from the router's rng, nothing else).
+
+        Example::
+
+            print(router.plan("fast").targets[0].target)
+        """
+        route = self._route(model)
+        now = trio.current_time()
+        health = {c.provider: self._actors[c.provider].policy_health(now) for c in route.candidates}
+        return plan_route(
+            route.candidates, route.strategy, needs or Needs(), health, now, self._rng
+        )
+
+    # -- the retry loop and the race -----------------------------------------------------
 
     async def _retrying(
-        self, actor: ProviderActor, call: Callable[[], Awaitable[T]], *, more_targets: bool
-    ) -> tuple[T, int]:
-        """Run ``call`` on one target, retrying retryable errors; return (result, retries)."""
+        self,
+        actor: ProviderActor,
+        call: Callable[[], Awaitable[T]],
+        record: AttemptRecord,
+        race: Race[Any],
+    ) -> T:
+        """Run ``call`` on one target, retrying retryable errors (sequential routes only)."""
         retry = actor.config.retry
         attempt = 1
         actor.retry_budget.record_request(trio.current_time())
         while True:
-            if more_targets:
-                pause = actor.pause_remaining(trio.current_time())
-                if pause > 0:
-                    # The provider told us to back off; another target can serve now.
-                    raise Overloaded(
-                        f"paused for {pause:.3g}s more by the provider's retry-after",
-                        provider=actor.name,
-                        retry_after=pause,
-                    )
             try:
-                return await call(), attempt - 1
+                return await call()
             except LLMError as exc:
-                if more_targets and isinstance(exc, RateLimited | Overloaded):
+                if race.has_remaining and isinstance(exc, RateLimited | Overloaded):
                     raise  # another target can serve it now; don't wait here
                 delay = retry_delay(exc, attempt, retry, self._rng)
                 now = trio.current_time()
@@ -376,77 +468,134 @@ class Router:
                 )
                 actor.retried += 1
                 self._retries += 1
+                record.retries += 1
                 await trio.sleep(delay)
                 attempt += 1
 
-    async def _run(self, model: str, call: Callable[[_Target], Awaitable[T]]) -> T:
-        self._check_open()
-        plan = self._resolve(model)
-        self._requests += 1
-        attempts: list[Attempt] = []
-        for i, target in enumerate(plan):
-            more = i + 1 < len(plan)
-            started = trio.current_time()
-            try:
-                result, _ = await self._retrying(
-                    target.actor, functools.partial(call, target), more_targets=more
-                )
-            except LLMError as exc:
-                attempts.append(
-                    Attempt(
-                        provider=target.actor.name,
-                        model=target.model,
-                        outcome="failed",
-                        started_at=started,
-                        ended_at=trio.current_time(),
-                        error=exc,
-                    )
-                )
-                if more and fails_over(exc):
-                    self._fallbacks += 1
-                    logger.info(
-                        "request for %s: %s failed (%s); falling back to %s",
-                        model,
-                        target.actor.name,
-                        type(exc).__name__,
-                        plan[i + 1].actor.name,
-                    )
-                    continue
-                self._failed += 1
-                if len(attempts) == 1:
-                    raise
-                raise self._all_failed(model, attempts) from _group(attempts)
-            self._succeeded += 1
-            return result
-        self._failed += 1  # pragma: no cover - the loop always returns or raises
-        raise self._all_failed(model, attempts) from _group(attempts)
+    def _skip(self, candidate: Candidate, more: bool) -> str | None:
+        if not more:
+            return None
+        pause = self._actors[candidate.provider].pause_remaining(trio.current_time())
+        if pause > 0:
+            # The provider told us to back off; another target can serve now.
+            return f"paused for {pause:.3g}s more by the provider's retry-after"
+        return None
 
-    def _all_failed(self, model: str, attempts: Sequence[Attempt]) -> AllProvidersFailed:
-        summary = "; ".join(
-            f"{a.provider}: {type(a.error).__name__}" for a in attempts if a.error is not None
+    async def _run(
+        self,
+        model: str,
+        needs: Needs,
+        call: Callable[[ProviderActor, Candidate, AttemptRecord], Awaitable[T]],
+        *,
+        discard: Callable[[T], Awaitable[None]] | None = None,
+    ) -> tuple[T, AttemptRecord, Race[T], float]:
+        """Plan and race one request; return (result, winner, race, start time)."""
+        self._check_open()
+        route = self._route(model)
+        t0 = trio.current_time()
+        actors = self._actors
+        health = {c.provider: actors[c.provider].policy_health(t0) for c in route.candidates}
+        plan = plan_route(route.candidates, route.strategy, needs, health, t0, self._rng)
+        plan.raise_if_empty(model)
+        self._requests += 1
+        hedge = route.hedge
+        targets = plan.targets
+        max_attempts = len(targets) if hedge is None else min(hedge.max_attempts, len(targets))
+        delay = math.inf
+        if hedge is not None and route.budget is not None:
+            route.budget.deposit()
+            primary = actors[targets[0].provider]
+            q = hedge.percentile
+            if q is None:
+                delay = hedge_delay(hedge, None, 0)
+            else:
+                stream = needs.streaming
+                delay = hedge_delay(
+                    hedge,
+                    primary.latency_percentile(q, t0, stream=stream),
+                    primary.latency_samples(t0, stream=stream),
+                )
+        budget = route.budget
+        hedged = delay != math.inf
+
+        async def attempt(candidate: Candidate, record: AttemptRecord) -> T:
+            actor = actors[candidate.provider]
+            if hedged:
+                return await call(actor, candidate, record)
+            return await self._retrying(
+                actor, functools.partial(call, actor, candidate, record), record, race
+            )
+
+        race: Race[T] = Race(
+            targets,
+            attempt=attempt,
+            max_attempts=max_attempts,
+            delay=delay,
+            fails_over=route.fails_over,
+            spend_hedge=budget.try_spend if budget is not None else _never,
+            expected_latency=lambda c: actors[c.provider].expected_latency(stream=needs.streaming),
+            skip=self._skip,
+            discard=discard,
         )
-        return AllProvidersFailed(
-            f"every target for {model!r} failed ({summary})", attempts=attempts
-        )
+        try:
+            result, winner = await race.run()
+        except LLMError as exc:
+            self._failed += 1
+            exc.attempts = tuple(race.trace(t0))
+            raise
+        except BaseException:
+            self._cancelled += 1
+            raise
+        finally:
+            self._hedges += race.hedges
+            self._fallbacks += race.fallbacks
+            self._wasted_tokens += sum(
+                r.sent_tokens for r in race.records if r.outcome in ("failed", "cancelled")
+            )
+        self._succeeded += 1
+        if winner.kind == "hedge":
+            self._hedge_wins += 1
+        return result, winner, race, t0
 
     # -- the public API --------------------------------------------------------------
 
-    async def complete(self, request: ChatRequest) -> ChatResponse:
+    async def complete(self, request: ChatRequest, *, nowait: bool = False) -> ChatResponse:
         """Send ``request`` to its model's target(s); return the first full answer.
+
+        The answer's ``attempts`` traces every target tried.  With ``nowait``, a target
+        that cannot admit the request at once refuses it with
+        :class:`~providers.Overloaded` (and the route fails over) instead of queueing:
+        load shedding.
 
         Example::
 
             resp = await router.complete(ChatRequest(model="fast", messages=[Message.user("hi")]))
+            print(resp.text, resp.provider, [a.outcome for a in resp.attempts])
         """
+        needs = Needs.of(request, streaming=False, default_max_tokens=self._default_max_tokens)
 
-        async def call(target: _Target) -> ChatResponse:
-            return await target.actor.complete(msgspec.structs.replace(request, model=target.model))
+        async def call(
+            actor: ProviderActor, candidate: Candidate, record: AttemptRecord
+        ) -> ChatResponse:
+            sent = msgspec.structs.replace(request, model=candidate.model)
+            return await actor.complete(sent, trace=record, nowait=nowait)
 
-        return await self._run(request.model, call)
+        response, winner, race, t0 = await self._run(request.model, needs, call)
+        return msgspec.structs.replace(
+            response,
+            attempts=race.trace(t0),
+            cost=response.cost
+            if response.cost is not None
+            else cost_of(winner.candidate, response.usage),
+        )
 
     @asynccontextmanager
-    async def stream(self, request: ChatRequest) -> AsyncIterator[RouterStream]:
-        """Stream ``request``'s answer; fail over until the first content event.
+    async def stream(
+        self, request: ChatRequest, *, nowait: bool = False
+    ) -> AsyncIterator[RouterStream]:
+        """Stream ``request``'s answer; race and fail over until the first content event.
+
+        Leaving the block closes the stream (and its connection), also when cancelled.
 
         Example::
 
@@ -455,18 +604,28 @@ class Router:
                     if isinstance(event, TextDelta):
                         print(event.text, end="")
         """
+        needs = Needs.of(request, streaming=True, default_max_tokens=self._default_max_tokens)
 
-        async def call(target: _Target) -> tuple[AsyncExitStack, ActorStream, list[StreamEvent]]:
-            return await _open_committed(
-                target.actor, msgspec.structs.replace(request, model=target.model)
-            )
+        async def call(
+            actor: ProviderActor, candidate: Candidate, record: AttemptRecord
+        ) -> _Opened:
+            sent = msgspec.structs.replace(request, model=candidate.model)
+            return await _open_committed(actor, sent, record, nowait=nowait)
 
-        stack, events, buffered = await self._run(request.model, call)
+        opened, winner, race, t0 = await self._run(
+            request.model, needs, call, discard=_close_opened
+        )
+        stack, events, buffered = opened
         async with stack:
-            yield RouterStream(events, buffered, provider=events.provider)
+            yield RouterStream(events, buffered, winner=winner, race=race, t0=t0)
 
     async def embed(
-        self, model: str, inputs: Sequence[str], *, dimensions: int | None = None
+        self,
+        model: str,
+        inputs: Sequence[str],
+        *,
+        dimensions: int | None = None,
+        nowait: bool = False,
     ) -> EmbeddingResponse:
         """Embed ``inputs`` with ``model`` (a ``provider:model`` string or a route).
 
@@ -474,12 +633,18 @@ class Router:
 
             vectors = (await router.embed("openai:text-embedding-3-small", ["a", "b"])).vectors
         """
+        needs = Needs(embeddings=True)
 
-        async def call(target: _Target) -> EmbeddingResponse:
-            req = EmbeddingRequest(model=target.model, inputs=list(inputs), dimensions=dimensions)
-            return await target.actor.embed(req)
+        async def call(
+            actor: ProviderActor, candidate: Candidate, record: AttemptRecord
+        ) -> EmbeddingResponse:
+            req = EmbeddingRequest(
+                model=candidate.model, inputs=list(inputs), dimensions=dimensions
+            )
+            return await actor.embed(req, trace=record, nowait=nowait)
 
-        return await self._run(model, call)
+        response, _, _, _ = await self._run(model, needs, call)
+        return response
 
     def health(self) -> dict[str, HealthSnapshot]:
         """Each provider's health as of now: healthy, degraded (why) or unhealthy (why).
@@ -514,15 +679,33 @@ class Router:
         return self.health()
 
     def statistics(self) -> RouterStatistics:
-        """A frozen snapshot: per provider queues, in flight, outcomes, breaker, tokens."""
+        """A frozen snapshot: requests, hedges, fallbacks, and per provider queues,
+        in flight, outcomes, breaker state and tokens.
+
+        Example::
+
+            stats = router.statistics()
+            print(stats.hedges / max(1, stats.requests), stats.providers["openai"].in_flight)
+        """
         return RouterStatistics(
             requests=self._requests,
             succeeded=self._succeeded,
             failed=self._failed,
+            cancelled=self._cancelled,
             fallbacks=self._fallbacks,
+            hedges=self._hedges,
+            hedge_wins=self._hedge_wins,
             retries=self._retries,
+            wasted_tokens=self._wasted_tokens,
             providers={name: a.statistics() for name, a in self._actors.items()},
         )
+
+
+_MAX_RESOLVED = 1024
+
+
+def _never() -> bool:
+    return False
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -532,19 +715,16 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-def _group(attempts: Sequence[Attempt]) -> ExceptionGroup[LLMError]:
-    return ExceptionGroup(
-        "errors of every attempt", [a.error for a in attempts if a.error is not None]
-    )
+_Opened: TypeAlias = tuple[AsyncExitStack, ActorStream, list[StreamEvent]]
 
 
 async def _open_committed(
-    actor: ProviderActor, request: ChatRequest
-) -> tuple[AsyncExitStack, ActorStream, list[StreamEvent]]:
+    actor: ProviderActor, request: ChatRequest, record: AttemptRecord, *, nowait: bool
+) -> _Opened:
     """Open a stream and read it up to its first content event (the commit point)."""
     stack = AsyncExitStack()
     try:
-        events = await stack.enter_async_context(actor.stream(request))
+        events = await stack.enter_async_context(actor.stream(request, trace=record, nowait=nowait))
         buffered: list[StreamEvent] = []
         while True:
             try:
@@ -561,16 +741,41 @@ async def _open_committed(
     return stack, events, buffered
 
 
+async def _close_opened(opened: _Opened) -> None:
+    await opened[0].aclose()
+
+
 class RouterStream:
-    """The committed stream the caller reads: one provider's events, start to end."""
+    """The committed stream the caller reads: one provider's events, start to end.
 
-    __slots__ = ("_buffered", "_events", "provider", "response")
+    ``provider`` is the provider streaming; ``attempts`` the race's trace so far (the
+    final one is on the :class:`~providers.Done` event's response); ``response`` the
+    whole answer once the stream is done.
+    """
 
-    def __init__(self, events: ActorStream, buffered: list[StreamEvent], *, provider: str) -> None:
+    __slots__ = ("_buffered", "_events", "_race", "_t0", "_winner", "provider", "response")
+
+    def __init__(
+        self,
+        events: ActorStream,
+        buffered: list[StreamEvent],
+        *,
+        winner: AttemptRecord,
+        race: Race[Any],
+        t0: float,
+    ) -> None:
         self._events = events
         self._buffered = deque(buffered)
-        self.provider = provider
+        self._winner = winner
+        self._race = race
+        self._t0 = t0
+        self.provider = winner.candidate.provider
         self.response: ChatResponse | None = None
+
+    @property
+    def attempts(self) -> list[Attempt]:
+        """Every target the race tried, as it stands."""
+        return self._race.trace(self._t0)
 
     def __aiter__(self) -> RouterStream:
         return self
@@ -582,5 +787,12 @@ class RouterStream:
         else:
             event = await self._events.__anext__()
         if isinstance(event, Done):
-            self.response = event.response
+            response = event.response
+            self._winner.usage = response.usage
+            cost = response.cost
+            if cost is None:
+                cost = cost_of(self._winner.candidate, response.usage)
+            response = msgspec.structs.replace(response, attempts=self.attempts, cost=cost)
+            self.response = response
+            event = Done(response=response)
         return event

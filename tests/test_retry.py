@@ -231,13 +231,9 @@ def test_retry_delay_obeys_x_should_retry() -> None:
 
 
 def test_retry_delay_all_providers_failed_follows_its_attempts() -> None:
-    """AllProvidersFailed is retried only when one of its attempts was retryable."""
-
-    class Attempt(msgspec.Struct):
-        error: LLMError
-
-    transient = AllProvidersFailed("all", attempts=[Attempt(ServerError("500"))])
-    fatal = AllProvidersFailed("all", attempts=[Attempt(QuotaExceeded("quota"))])
+    """AllProvidersFailed is retried only when one of its attempts' errors was retryable."""
+    transient = AllProvidersFailed("all", errors=[QuotaExceeded("quota"), ServerError("500")])
+    fatal = AllProvidersFailed("all", errors=[QuotaExceeded("quota")])
     assert retry_delay(transient, 1, RetryConfig(), MID) == 0.25
     assert retry_delay(fatal, 1, RetryConfig(), MID) is None
 

@@ -1,0 +1,363 @@
+"""Routing policy: which targets may serve a request, and in what order.  Pure.
+
+A policy is a function of what it is given and nothing else::
+
+    plan = plan_route(candidates, strategy, needs, health, now, rng)
+
+No I/O, no clock reads (``now`` is an argument), no global randomness (``rng`` is a
+:class:`random.Random` the caller seeds).  That is what lets hypothesis drive it and the
+simulator replay it: the same arguments give the same plan.
+
+Filters run first, in this order, and every excluded target is listed in
+:attr:`Plan.excluded` with the reason:
+
+==============  ==================================================================
+capabilities    the request needs tools, vision, structured output, streaming or
+                embeddings and the target cannot take them
+context window  estimated input tokens + output budget > the model's window
+health          a target whose health is ``unhealthy`` (open breaker, crashed) is
+                skipped while any other capable target is usable; ``degraded``
+                ones go after the healthy ones; when nothing is usable the
+                unhealthy ones are kept, last, rather than failing without trying
+==============  ==================================================================
+
+Then the strategy orders each health group (healthy first, then degraded, then
+unhealthy):
+
+=================  ===============================================================
+``fallback``       the route's order
+``weighted``       a weighted random order: target ``i`` comes first with
+                   probability ``wᵢ / Σw`` (Efraimidis-Spirakis keys ``u^(1/w)``)
+``least-latency``  power of two choices: of two targets drawn at random the one
+                   with the lower latency estimate goes first (a target with no
+                   estimate yet counts as fastest, so it gets explored); the rest
+                   follow by latency
+``least-cost``     cheapest estimated cost for this request first
+                   (``input·price_in + output·price_out``, per million tokens);
+                   unknown prices last
+``least-busy``     fewest requests in flight and queued first
+=================  ===============================================================
+
+Ties keep the route's order, so every strategy is deterministic for a given ``rng``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from typing import Literal, TypeAlias
+
+import msgspec
+
+from providers import Capabilities, ChatRequest, NoRoute, Usage
+from providers._tokens import estimate_input_tokens
+
+from ._config import HedgeConfig, Strategy
+
+__all__ = [
+    "Candidate",
+    "Exclusion",
+    "HedgeBudget",
+    "Needs",
+    "Plan",
+    "TargetHealth",
+    "cost_of",
+    "estimated_cost",
+    "hedge_delay",
+    "plan_route",
+]
+
+HealthStatus: TypeAlias = Literal["healthy", "degraded", "unhealthy"]
+
+
+class Candidate(msgspec.Struct, frozen=True, kw_only=True):
+    """One target of a route, with what the policy needs to know about it.
+
+    ``index`` is its position in the route; ``provider`` the configured provider name
+    (its actor); prices are US dollars per million tokens.
+    """
+
+    provider: str
+    model: str
+    index: int = 0
+    weight: float = 1.0
+    capabilities: Capabilities = msgspec.field(default_factory=Capabilities)
+    context_window: int | None = None
+    input_price: float | None = None
+    output_price: float | None = None
+    cached_input_price: float | None = None
+
+    @property
+    def target(self) -> str:
+        """``provider:model``."""
+        return f"{self.provider}:{self.model}"
+
+
+class Needs(msgspec.Struct, frozen=True, kw_only=True):
+    """What a request needs of its target: the policy's view of the request."""
+
+    tools: bool = False
+    vision: bool = False
+    structured_output: bool = False
+    streaming: bool = False
+    embeddings: bool = False
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @classmethod
+    def of(cls, request: ChatRequest, *, streaming: bool, default_max_tokens: int) -> Needs:
+        """The needs of a chat request (input tokens by the fast estimator)."""
+        response_format = request.response_format
+        return cls(
+            tools=bool(request.tools),
+            vision=request.has_images,
+            structured_output=response_format is not None and response_format.type != "text",
+            streaming=streaming,
+            input_tokens=estimate_input_tokens(request),
+            output_tokens=request.max_tokens or default_max_tokens,
+        )
+
+
+class TargetHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """The policy's view of a provider's health: a verdict, a latency, a load."""
+
+    status: HealthStatus = "healthy"
+    reason: str | None = None
+    latency: float | None = None
+    load: int = 0
+
+
+_HEALTHY = TargetHealth()
+
+
+class Exclusion(msgspec.Struct, frozen=True):
+    """A target the policy left out, and why."""
+
+    target: str
+    reason: str
+
+
+class Plan(msgspec.Struct, frozen=True, kw_only=True):
+    """The targets to try, in order, and those left out with their reasons."""
+
+    targets: tuple[Candidate, ...]
+    excluded: tuple[Exclusion, ...] = ()
+
+    def explain(self) -> str:
+        """One line per excluded target: ``openai:gpt-4o: circuit open until t=12.000``."""
+        return "; ".join(f"{e.target}: {e.reason}" for e in self.excluded)
+
+    def raise_if_empty(self, model: str) -> None:
+        """Raise :class:`~providers.NoRoute` saying why each target was excluded."""
+        if not self.targets:
+            raise NoRoute(f"no target can serve {model!r}: {self.explain()}")
+
+
+def estimated_cost(candidate: Candidate, needs: Needs) -> float | None:
+    """Dollars this request would cost on ``candidate``, if its prices are known.
+
+    ``(input_tokens · input_price + output_tokens · output_price) / 1e6``, the output
+    budget standing in for the output not yet generated.
+    """
+    if candidate.input_price is None or candidate.output_price is None:
+        return None
+    return (
+        needs.input_tokens * candidate.input_price + needs.output_tokens * candidate.output_price
+    ) / 1e6
+
+
+def cost_of(candidate: Candidate, usage: Usage) -> float | None:
+    """Dollars a finished request cost on ``candidate``, if its prices are known.
+
+    ::
+
+        cost = ((input - cached) · input_price + cached · cached_price
+                + output · output_price) / 1e6
+
+    with ``cached_price`` the input price when no cached price is set.
+    """
+    if candidate.input_price is None or candidate.output_price is None:
+        return None
+    cached = min(usage.cached_input_tokens, usage.input_tokens)
+    cached_price = (
+        candidate.cached_input_price
+        if candidate.cached_input_price is not None
+        else candidate.input_price
+    )
+    return (
+        (usage.input_tokens - cached) * candidate.input_price
+        + cached * cached_price
+        + usage.output_tokens * candidate.output_price
+    ) / 1e6
+
+
+def _incapable(c: Candidate, needs: Needs) -> str | None:
+    caps = c.capabilities
+    for needed, able, what in (
+        (needs.tools, caps.tools, "tools"),
+        (needs.vision, caps.vision, "images"),
+        (needs.structured_output, caps.structured_output, "structured output"),
+        (needs.streaming, caps.streaming, "streaming"),
+        (needs.embeddings, caps.embeddings, "embeddings"),
+    ):
+        if needed and not able:
+            return f"cannot take {what}"
+    return None
+
+
+def _order(
+    group: list[Candidate],
+    strategy: Strategy,
+    needs: Needs,
+    health: Mapping[str, TargetHealth],
+    rng: random.Random,
+) -> list[Candidate]:
+    if len(group) <= 1 or strategy == "fallback":
+        return group
+    if strategy == "weighted":
+        # Efraimidis-Spirakis: sorting by u^(1/w) descending is a weighted draw without
+        # replacement; one rng.random() per target, so the order is reproducible.
+        keys = {c.index: rng.random() ** (1.0 / c.weight) for c in group}
+        return sorted(group, key=lambda c: -keys[c.index])
+    if strategy == "least-cost":
+        return sorted(group, key=lambda c: _cost_key(c, needs))
+    if strategy == "least-busy":
+        return sorted(group, key=lambda c: health.get(c.provider, _HEALTHY).load)
+
+    def latency(c: Candidate) -> float:
+        value = health.get(c.provider, _HEALTHY).latency
+        return 0.0 if value is None else value
+
+    # least-latency: power of two choices for the first, then by latency.
+    a, b = rng.sample(range(len(group)), 2)
+    first = group[a] if (latency(group[a]), a) <= (latency(group[b]), b) else group[b]
+    rest = sorted((c for c in group if c is not first), key=latency)
+    return [first, *rest]
+
+
+def _cost_key(c: Candidate, needs: Needs) -> float:
+    cost = estimated_cost(c, needs)
+    return math.inf if cost is None else cost
+
+
+def plan_route(
+    candidates: Sequence[Candidate],
+    strategy: Strategy,
+    needs: Needs,
+    health: Mapping[str, TargetHealth],
+    now: float,
+    rng: random.Random,
+) -> Plan:
+    """Filter and order a route's candidates for one request (see the module docstring).
+
+    Args:
+        candidates: the route's targets, in the route's order.
+        strategy: how to order the usable ones.
+        needs: what the request needs.
+        health: each provider's health by provider name (missing means healthy).
+        now: trio time; part of the contract so that time-dependent policies stay pure.
+        rng: the only source of randomness.
+
+    Example::
+
+        plan = plan_route(candidates, "least-latency", needs, health, now, random.Random(1))
+        plan.raise_if_empty("fast")
+        for target in plan.targets: ...
+    """
+    del now  # no strategy here depends on time yet; the signature keeps it pure if one does
+    excluded: list[Exclusion] = []
+    capable: list[Candidate] = []
+    for c in candidates:
+        reason = _incapable(c, needs)
+        if reason is None and c.context_window is not None:
+            size = needs.input_tokens + needs.output_tokens
+            if size > c.context_window:
+                reason = (
+                    f"needs ~{size} tokens ({needs.input_tokens} in + {needs.output_tokens} "
+                    f"out), its context window is {c.context_window}"
+                )
+        if reason is None:
+            capable.append(c)
+        else:
+            excluded.append(Exclusion(c.target, reason))
+
+    groups: dict[HealthStatus, list[Candidate]] = {"healthy": [], "degraded": [], "unhealthy": []}
+    for c in capable:
+        groups[health.get(c.provider, _HEALTHY).status].append(c)
+    ordered = _order(groups["healthy"], strategy, needs, health, rng)
+    ordered += _order(groups["degraded"], strategy, needs, health, rng)
+    if ordered:
+        for c in groups["unhealthy"]:
+            why = health.get(c.provider, _HEALTHY).reason or "unhealthy"
+            excluded.append(Exclusion(c.target, why))
+    else:
+        ordered = _order(groups["unhealthy"], strategy, needs, health, rng)
+    return Plan(targets=tuple(ordered), excluded=tuple(excluded))
+
+
+# --------------------------------------------------------------------------- hedging
+
+
+def hedge_delay(config: HedgeConfig, percentile: float | None, samples: int) -> float:
+    """Seconds to wait before the next hedge; ``math.inf`` when the route does not hedge.
+
+    ::
+
+        delay = config.delay                                   if it is a number
+        delay = clamp(percentile, min_delay, max_delay)        if samples ≥ min_samples
+        delay = clamp(default_delay, min_delay, max_delay)     otherwise (cold start)
+
+    ``percentile`` is the primary's observed latency at the configured quantile and
+    ``samples`` how many observations it rests on.
+
+    Example::
+
+        >>> hedge_delay(HedgeConfig(delay="p95", min_samples=1), 0.8, samples=50)
+        0.8
+        >>> hedge_delay(HedgeConfig(delay=0.25), None, samples=0)
+        0.25
+    """
+    delay = config.delay
+    if delay is None:
+        return math.inf
+    if not isinstance(delay, str):
+        return float(delay)
+    value = (
+        percentile
+        if percentile is not None and samples >= config.min_samples
+        else config.default_delay
+    )
+    return min(max(value, config.min_delay), config.max_delay)
+
+
+class HedgeBudget:
+    """The extra-load cap of a hedged route: a token bucket counted in requests.
+
+    Every request deposits ``ratio`` tokens (up to ``burst``); every hedge spends one.
+    Over any ``n`` requests, ``hedges ≤ ratio · n + burst``.
+
+    Example::
+
+        >>> budget = HedgeBudget(ratio=0.1, burst=1.0)
+        >>> budget.try_spend(), budget.try_spend()
+        (True, False)
+    """
+
+    __slots__ = ("burst", "ratio", "tokens")
+
+    def __init__(self, ratio: float, burst: float) -> None:
+        self.ratio = ratio
+        self.burst = burst
+        self.tokens = burst
+
+    def deposit(self) -> None:
+        """One request arrived on the route."""
+        self.tokens = min(self.burst, self.tokens + self.ratio)
+
+    def try_spend(self) -> bool:
+        """Take a token for one hedge, if there is one."""
+        if self.tokens >= 1.0 - 1e-9:
+            self.tokens -= 1.0
+            return True
+        return False

@@ -1,0 +1,324 @@
+"""The race: staggered attempts on a plan's targets, the first success wins.
+
+This is trio's happy eyeballs (``trio/_highlevel_open_tcp_stream.py``) with providers for
+addresses, and gRPC's hedging policy for the rules:
+
+- One nursery, in the caller's task.  The first attempt starts at once.  Each further
+  attempt starts when the hedge delay has passed since the previous start (a *hedge*,
+  which needs a token from the route's hedge budget) or at once when a running attempt
+  fails with an error the route fails over on (a *fallback*, which needs none).  With
+  ``delay = 0`` every attempt starts at once; with ``delay = inf`` it is plain
+  sequential fallback.
+- The first attempt to succeed commits: it stores its result and cancels the nursery
+  with a reason, so every other attempt is cancelled — its permit returned, its
+  connection closed — before the caller gets the result.  For a streaming call "succeed"
+  means "reached its first content event".
+- An error the route does not fail over on is *fatal*: it cancels everything and is
+  raised to the caller as it is.  So is a context-length error when no target with a
+  larger window is left.
+- When every attempt has failed, the caller gets one :class:`~providers.AllProvidersFailed`
+  whose ``__cause__`` is an ``ExceptionGroup`` of the individual errors (a single
+  attempt's error is raised as it is).
+- One deadline covers all attempts (the caller's cancel scope); a target whose expected
+  latency does not fit in the time left is skipped, not started.
+
+Every target the race touched is traced as an :class:`~providers.Attempt`, with its
+outcome: won, failed, cancelled (and why) or skipped (and why).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+import trio
+
+from providers import (
+    AllProvidersFailed,
+    Attempt,
+    ContextLengthExceeded,
+    LLMError,
+    ServerError,
+    Timeout,
+    Usage,
+)
+from providers._types import AttemptKind, AttemptOutcome
+
+from ._policy import Candidate
+
+__all__ = ["AttemptRecord", "Race"]
+
+T = TypeVar("T")
+
+
+class AttemptRecord:
+    """One attempt as the race sees it, filled in as it goes; frozen as an Attempt."""
+
+    __slots__ = (
+        "candidate",
+        "end",
+        "error",
+        "kind",
+        "outcome",
+        "reason",
+        "retries",
+        "sent_tokens",
+        "start",
+        "usage",
+    )
+
+    def __init__(self, candidate: Candidate, kind: AttemptKind, start: float | None) -> None:
+        self.candidate = candidate
+        self.kind: AttemptKind = kind
+        self.start = start
+        self.end: float | None = None
+        self.outcome: AttemptOutcome | None = None
+        self.reason: str | None = None
+        self.error: LLMError | None = None
+        self.retries = 0
+        #: Estimated prompt tokens, set when the attempt got past admission (was sent).
+        self.sent_tokens = 0
+        self.usage: Usage | None = None
+
+    def freeze(self, t0: float) -> Attempt:
+        """The public record; times relative to the request's start ``t0``."""
+        outcome = self.outcome or "cancelled"
+        wasted = 0 if outcome in ("won", "skipped") else self.sent_tokens
+        return Attempt(
+            provider=self.candidate.provider,
+            model=self.candidate.model,
+            kind=self.kind,
+            outcome=outcome,
+            start=None if self.start is None else self.start - t0,
+            end=None if self.end is None else self.end - t0,
+            retries=self.retries,
+            error_type=None if self.error is None else type(self.error).__name__,
+            reason=self.reason,
+            usage=self.usage,
+            wasted_tokens=wasted,
+        )
+
+
+class Race(Generic[T]):
+    """One request's race over a plan; see the module docstring.
+
+    Args:
+        plan: the targets, in the policy's order.
+        attempt: runs one attempt on a target; it may fill in the record's
+            ``retries``, ``sent_tokens`` and ``usage``.
+        max_attempts: attempts started at most (skipped targets do not count).
+        delay: seconds between staggered starts; ``math.inf`` for no hedging.
+        fails_over: whether an error sends the request on to the next target.
+        spend_hedge: takes a token from the hedge budget; False means no hedge.
+        expected_latency: a target's latency estimate, to skip targets that cannot
+            finish before the deadline; ``None`` when unknown.
+        skip: a reason to skip a target now (e.g. paused by its provider), given
+            whether other targets remain; ``None`` to try it.
+        discard: releases the result of an attempt that succeeded after another won
+            (closes a stream).
+    """
+
+    def __init__(
+        self,
+        plan: Sequence[Candidate],
+        *,
+        attempt: Callable[[Candidate, AttemptRecord], Awaitable[T]],
+        max_attempts: int,
+        delay: float,
+        fails_over: Callable[[LLMError], bool],
+        spend_hedge: Callable[[], bool],
+        expected_latency: Callable[[Candidate], float | None],
+        skip: Callable[[Candidate, bool], str | None],
+        discard: Callable[[T], Awaitable[None]] | None = None,
+    ) -> None:
+        self._remaining: deque[Candidate] = deque(plan)
+        self._attempt = attempt
+        self._max_attempts = max_attempts
+        self._delay = delay
+        self._fails_over = fails_over
+        self._spend_hedge = spend_hedge
+        self._expected_latency = expected_latency
+        self._skip = skip
+        self._discard = discard
+        self.records: list[AttemptRecord] = []
+        self.errors: list[LLMError] = []
+        self.winner: AttemptRecord | None = None
+        self._result: T | None = None
+        self._fatal: LLMError | None = None
+        self._failed = trio.Event()
+        self._running = 0
+        self._context_limit: int | None = None
+        self.hedges = 0
+        self.fallbacks = 0
+
+    @property
+    def has_remaining(self) -> bool:
+        """Whether targets are left that the race has not started or skipped."""
+        return bool(self._remaining)
+
+    # -- choosing the next target -------------------------------------------------------
+
+    def _skipped(self, candidate: Candidate, reason: str) -> None:
+        record = AttemptRecord(candidate, "fallback", None)
+        record.outcome = "skipped"
+        record.reason = reason
+        self.records.append(record)
+
+    def _next(self) -> Candidate | None:
+        """The next target worth starting, recording the ones passed over."""
+        while self._remaining:
+            candidate = self._remaining.popleft()
+            limit = self._context_limit
+            window = candidate.context_window
+            if limit is not None and window is not None and window <= limit:
+                # A window we do not know may well be larger: that target is tried.
+                self._skipped(
+                    candidate,
+                    f"its context window ({window}) is not larger than the one that was "
+                    f"exceeded ({limit})",
+                )
+                continue
+            reason = self._skip(candidate, bool(self._remaining))
+            if reason is None:
+                expected = self._expected_latency(candidate)
+                now = trio.current_time()
+                deadline = trio.current_effective_deadline()
+                if expected is not None and now + expected > deadline:
+                    reason = (
+                        f"cannot finish before the deadline (expects ~{expected:.3g}s, "
+                        f"{max(0.0, deadline - now):.3g}s left)"
+                    )
+            if reason is None:
+                return candidate
+            self._skipped(candidate, reason)
+        return None
+
+    async def _turn(self, last_start: float) -> AttemptKind:
+        """Wait until the next attempt is due: a failure (fallback) or the delay (hedge)."""
+        delay = self._delay
+        while True:
+            if self._failed.is_set():
+                self._failed = trio.Event()
+                return "fallback"
+            with trio.move_on_at(last_start + delay):
+                await self._failed.wait()
+                continue
+            if self._spend_hedge():
+                return "hedge"
+            delay = math.inf  # no budget: only a failure starts another attempt now
+
+    # -- running -----------------------------------------------------------------------
+
+    async def run(self) -> tuple[T, AttemptRecord]:
+        """Run the race; return the winner's result and record, or raise (see above)."""
+        async with trio.open_nursery() as nursery:
+            started = 0
+            last_start = trio.current_time()
+            kind: AttemptKind = "primary"
+            while started < self._max_attempts and self._remaining:
+                if started:
+                    kind = await self._turn(last_start)
+                candidate = self._next()
+                if candidate is None:
+                    break
+                started += 1
+                last_start = trio.current_time()
+                if kind == "hedge":
+                    self.hedges += 1
+                elif kind == "fallback":
+                    self.fallbacks += 1
+                record = AttemptRecord(candidate, kind, last_start)
+                self.records.append(record)
+                self._running += 1
+                nursery.start_soon(self._one, record, nursery.cancel_scope)
+        if self.winner is not None:
+            result = self._result
+            assert result is not None
+            return result, self.winner
+        if self._fatal is not None:
+            raise self._fatal
+        skipped = [r for r in self.records if r.outcome == "skipped"]
+        if len(self.errors) == 1 and not skipped:
+            raise self.errors[0]
+        summary = "; ".join(
+            f"{r.candidate.target}: "
+            + (f"skipped, {r.reason}" if r.error is None else type(r.error).__name__)
+            for r in self.records
+        )
+        if not self.errors:
+            raise Timeout(f"no target can answer in the time left ({summary})")
+        raise AllProvidersFailed(
+            f"every target failed ({summary})", errors=self.errors
+        ) from ExceptionGroup("the errors of every attempt", self.errors)
+
+    async def _one(self, record: AttemptRecord, race_scope: trio.CancelScope) -> None:
+        try:
+            try:
+                result = await self._attempt(record.candidate, record)
+            except LLMError as exc:
+                self._lost(record, exc, race_scope)
+                return
+            except trio.Cancelled:
+                record.end = trio.current_time()
+                record.outcome = "cancelled"
+                raise
+            except Exception as exc:
+                error = ServerError(
+                    f"the attempt raised {type(exc).__name__}: {exc}",
+                    provider=record.candidate.provider,
+                )
+                error.__cause__ = exc
+                self._lost(record, error, race_scope)
+                return
+        finally:
+            self._running -= 1
+        record.end = trio.current_time()
+        if self.winner is not None:
+            # Succeeded in the same instant as the winner: lost a photo finish.
+            record.outcome = "cancelled"
+            record.reason = f"lost the race to {self.winner.candidate.provider}"
+            if self._discard is not None:
+                with trio.CancelScope(shield=True):
+                    await self._discard(result)
+            return
+        record.outcome = "won"
+        self.winner = record
+        self._result = result
+        race_scope.cancel(reason=f"{record.candidate.target} won the race")
+
+    def _lost(self, record: AttemptRecord, exc: LLMError, race_scope: trio.CancelScope) -> None:
+        record.end = trio.current_time()
+        record.outcome = "failed"
+        record.error = exc
+        record.reason = str(exc)
+        self.errors.append(exc)
+        if self.winner is not None or self._fatal is not None:
+            return
+        if isinstance(exc, ContextLengthExceeded) and self._fails_over(exc):
+            window = record.candidate.context_window or exc.limit
+            if window is not None:
+                self._context_limit = max(self._context_limit or 0, window)
+        if not self._fails_over(exc):
+            self._fatal = exc
+            race_scope.cancel(reason=f"{record.candidate.target} failed: {type(exc).__name__}")
+            return
+        self._failed.set()
+
+    def trace(self, t0: float) -> list[Attempt]:
+        """Every record as a public :class:`~providers.Attempt`, with cancel reasons."""
+        winner = self.winner
+        fatal = self._fatal
+        for record in self.records:
+            if record.outcome == "cancelled" and record.reason is None:
+                if winner is not None:
+                    record.reason = f"lost the race to {winner.candidate.provider}"
+                elif fatal is not None:
+                    record.reason = f"the race ended: {type(fatal).__name__}"
+                else:
+                    record.reason = "the caller was cancelled"
+            elif record.outcome is None:
+                record.outcome = "cancelled"
+                record.reason = "the caller was cancelled"
+        return [r.freeze(t0) for r in self.records]
