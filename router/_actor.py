@@ -363,9 +363,20 @@ class ProviderActor:
             self.mailbox.pause_until(now + pause)
         self._outcome(now)
 
-    def _abandoned(self, now: float) -> None:
+    def _abandoned(self, now: float, elapsed: float | None, *, stream: bool = False) -> None:
+        """A call was cancelled (a lost race, a deadline) after ``elapsed`` seconds.
+
+        It says nothing either way to the breaker.  But its latency is known to be at
+        least ``elapsed``, and that goes into the latency window: were cancelled calls
+        left out, the slow ones a hedge cuts off would never be counted, the percentile
+        that sets the hedge delay would drift low, and hedges would fire more often
+        than the percentile promises.  A censored sample is on the right side of any
+        threshold it has passed, which is all a percentile needs.
+        """
         self._cancelled += 1
         self.breaker.record_cancelled(now)
+        if elapsed is not None and elapsed > 0.0:
+            (self.ttft if stream else self.latency).record(elapsed, now)
         self._outcome(now)
 
     def _learn(self, headers: dict[str, str], now: float) -> None:
@@ -452,7 +463,8 @@ class ProviderActor:
             raise error from exc
         except BaseException:
             permit.release()
-            self._abandoned(trio.current_time())
+            now = trio.current_time()
+            self._abandoned(now, now - start)
             raise
         now = trio.current_time()
         permit.release(self._account(response))
@@ -473,6 +485,7 @@ class ProviderActor:
             trace.sent_tokens = prompt
         start = trio.current_time()
         wrapped: ActorStream | None = None
+        failed_opening = False
         try:
             async with self.provider.stream(request) as events:
                 wrapped = ActorStream(self, events, start)
@@ -482,17 +495,26 @@ class ProviderActor:
                 # Raised opening the stream: the provider's failure.  Once the stream is
                 # open, its own failures are recorded by ActorStream as they surface; an
                 # LLMError that reaches here otherwise came from the caller's body.
+                failed_opening = True
                 self._failure(exc, trio.current_time())
             raise
         finally:
+            now = trio.current_time()
             tokens: int | None = None
             if wrapped is not None and wrapped.response is not None:
                 tokens = self._account(wrapped.response)
                 if trace is not None:
                     trace.usage = wrapped.response.usage
             permit.release(tokens)
-            if wrapped is not None and wrapped.response is None and not wrapped.failed:
-                self._abandoned(trio.current_time())
+            if wrapped is None:
+                if not failed_opening:  # cancelled while waiting for the response
+                    self._abandoned(now, now - start, stream=True)
+            elif wrapped.response is None and not wrapped.failed:
+                # Left early (a lost race, the caller stopped reading): the time to first
+                # content if it came, else at least the time waited.
+                first = wrapped.first_content_at
+                ttft = (first if first is not None else now) - start
+                self._abandoned(now, ttft, stream=True)
 
     async def embed(
         self,
@@ -515,7 +537,8 @@ class ProviderActor:
             raise
         except BaseException:
             permit.release()
-            self._abandoned(trio.current_time())
+            now = trio.current_time()
+            self._abandoned(now, now - start)
             raise
         now = trio.current_time()
         self._input_tokens += response.usage.input_tokens

@@ -61,7 +61,56 @@ def _parser() -> argparse.ArgumentParser:
         help="TOML file with [scenarios.NAME] tables (latency, faults, replies)",
     )
     upstream.add_argument("--seed", type=int, default=0, help="seed for latency and fault draws")
+
+    simulate = sub.add_parser(
+        "simulate",
+        help="compare routing policies on a scenario, in virtual time (deterministic)",
+    )
+    simulate.add_argument(
+        "scenario",
+        nargs="?",
+        type=Path,
+        default=None,
+        help="scenario TOML file (default: the shipped Tail-at-Scale scenario)",
+    )
+    simulate.add_argument(
+        "--requests", type=_positive_int, default=None, help="requests per policy"
+    )
+    simulate.add_argument("--seed", type=int, default=None, help="seed (default: the scenario's)")
+    simulate.add_argument(
+        "--policy",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="run only this policy (repeatable)",
+    )
+    simulate.add_argument(
+        "--json", type=Path, default=None, metavar="FILE", help="also write the figures as JSON"
+    )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from ._simulate import format_results, load_scenario, simulate
+
+    scenario = load_scenario(args.scenario)
+    results = simulate(scenario, requests=args.requests, seed=args.seed, policies=args.policy)
+    print(format_results(scenario, results))
+    if args.json is not None:
+        import msgspec
+
+        args.json.write_bytes(msgspec.json.format(msgspec.json.encode(results)) + b"\n")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             trio.run(run_demo, args.speed)
         elif args.command == "upstream":
             return _upstream(args)
+        elif args.command == "simulate":
+            return _simulate(args)
     except KeyboardInterrupt:
         return 130
     except (LLMError, OSError, ValueError) as exc:
