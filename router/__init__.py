@@ -13,6 +13,8 @@ place::
 Testing support (the mock provider and the fake upstream) lives in :mod:`router.testing`.
 """
 
+import logging as _logging
+
 from providers import AllProvidersFailed as AllProvidersFailed
 from providers import Attempt as Attempt
 from providers import AuthenticationError as AuthenticationError
@@ -83,3 +85,6 @@ from ._router import RouterStream as RouterStream
 from ._router import open_router as open_router
 
 __version__ = "0.1.0"
+
+# A library stays quiet unless the application configures logging.
+_logging.getLogger("trio_llm_router").addHandler(_logging.NullHandler())
