@@ -38,6 +38,7 @@ __all__ = [
     "check_references",
     "decode_config",
     "load_config",
+    "model_info",
     "ProviderConfig",
     "ProviderKind",
     "RouteConfig",
@@ -295,6 +296,33 @@ class ModelConfig(_Config, frozen=True):
             value = getattr(self, name)
             if value is not None and not 0 <= value < float("inf"):
                 raise ValueError(f"`{name}` must be a price >= 0, got {value}")
+
+
+def model_info(models: dict[str, ModelConfig], target: str) -> ModelConfig:
+    """What is known of ``target`` (``provider:model``): config over the built-in table.
+
+    Field by field, the first that is set wins: ``[models."provider:model"]``, then
+    ``[models."model"]``, then the built-in card of the model (:mod:`router._models`),
+    whose capabilities only ever narrow (a card says ``tools = false``, never "true"
+    over a provider that cannot).
+    """
+    from ._models import model_card  # the table is read on first use, not at import
+
+    model = target.partition(":")[2]
+    configured = [m for m in (models.get(target), models.get(model)) if m is not None]
+    card = model_card(model)
+    values: dict[str, Any] = {}
+    for name in ModelConfig.__struct_fields__:
+        value = next((v for m in configured if (v := getattr(m, name)) is not None), None)
+        if value is None and card is not None:
+            value = getattr(card, name)
+            if name in _CAPABILITIES:
+                value = None if value else False
+        values[name] = value
+    return ModelConfig(**values)
+
+
+_CAPABILITIES = ("tools", "vision", "structured_output")
 
 
 class SupervisorConfig(_Config, frozen=True):

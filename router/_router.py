@@ -70,10 +70,10 @@ from ._actor import ActorStatistics, ActorStream, ProviderActor
 from ._config import (
     DEFAULT_FAIL_OVER,
     HedgeConfig,
-    ModelConfig,
     ProviderConfig,
     RouterConfig,
     Strategy,
+    model_info,
 )
 from ._health import HealthSnapshot
 from ._policy import Candidate, HedgeBudget, Needs, Plan, cost_of, hedge_delay, plan_route
@@ -364,8 +364,7 @@ class Router:
     def _candidate(self, target: str, index: int = 0, weight: float | None = None) -> Candidate:
         provider, _, model = target.partition(":")
         actor = self._actors[provider]
-        models = self._config.models
-        info = models.get(target) or models.get(model) or ModelConfig()
+        info = model_info(self._config.models, target)
         caps = actor.provider.capabilities
         overrides = {
             name: getattr(info, name)
@@ -373,7 +372,10 @@ class Router:
             if getattr(info, name) is not None
         }
         if overrides:
-            caps = msgspec.structs.replace(caps, **overrides)
+            # A model can narrow what its provider takes, never widen it.
+            caps = msgspec.structs.replace(
+                caps, **{k: v and getattr(caps, k) for k, v in overrides.items()}
+            )
         return Candidate(
             provider=provider,
             model=model,
