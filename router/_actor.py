@@ -273,10 +273,25 @@ class ProviderActor:
                 latency=latency,
                 load=load,
             )
-        reason: str | None = None
         if state == "half_open":
-            reason = "circuit half-open"
-        elif self.errors.error_rate(now) >= DEGRADED_ERROR_RATE:
+            # A half-open target keeps its place while it has probe slots: ranking it
+            # last would starve it of the probes that can close it.  With every slot
+            # taken it is as good as open.
+            if self.breaker.would_allow(now):
+                return TargetHealth(
+                    status="healthy",
+                    reason="circuit half-open: probing",
+                    latency=latency,
+                    load=load,
+                )
+            return TargetHealth(
+                status="unhealthy",
+                reason="circuit half-open: every probe slot is taken",
+                latency=latency,
+                load=load,
+            )
+        reason: str | None = None
+        if self.errors.error_rate(now) >= DEGRADED_ERROR_RATE:
             reason = f"error rate {self.errors.error_rate(now):.0%}"
         elif self.config.degraded_latency is not None:
             p95 = self.latency_percentile(0.95, now, stream=self.latency.ewma is None)
@@ -398,7 +413,10 @@ class ProviderActor:
 
     def _check_available(self, now: float) -> None:
         if self.crashed is not None:
-            raise Overloaded(f"provider unavailable: {self.crashed}", provider=self.name)
+            # For good: not worth retrying here (routes still fail over on Overloaded).
+            raise Overloaded(
+                f"provider unavailable: {self.crashed}", provider=self.name, retryable=False
+            )
         if not self.breaker.allow(now):
             retry_at = self.breaker.retry_at
             when = "" if retry_at is None else f" until t={retry_at:.3f}"

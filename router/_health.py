@@ -438,6 +438,16 @@ class CircuitBreaker:
             return True
         return False  # open (_tick never closes)
 
+    def would_allow(self, now: float) -> bool:
+        """Whether :meth:`allow` would say yes at ``now``, without taking a probe slot."""
+        if self._state == "closed":
+            return True
+        self._tick(now)
+        return (
+            self._state == "half_open"
+            and self._in_flight + self._probe_successes < self._config.half_open_probes
+        )
+
     def record_success(self, now: float, latency: float | None = None) -> None:
         """A call admitted by :meth:`allow` succeeded, ``latency`` seconds after it began.
 

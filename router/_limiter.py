@@ -234,6 +234,17 @@ class Mailbox:
         self._admitted += 1
         return Permit(self, cost, output_cost, now)
 
+    def _ungrant(self, permit: Permit) -> None:
+        permit.released = True
+        now = trio.current_time()
+        if self._rpm is not None:
+            self._rpm.give(1, now)
+        if self._tpm is not None:
+            self._tpm.give(permit.cost, now)
+        self._in_flight -= 1
+        self._admitted -= 1
+        self._changed.set()
+
     def _refuse(self, message: str, *, retryable: bool = True) -> Overloaded:
         self._refused += 1
         return Overloaded(message, provider=self.name, retryable=retryable)
@@ -287,7 +298,7 @@ class Mailbox:
             raise self._refuse(f"the queue is full ({self._max_queue} waiting)")
         deadline = trio.current_effective_deadline()
         wait = self.expected_wait(cost, now)
-        if now + wait > deadline:
+        if now + wait >= deadline:
             # Not retryable here: waiting and asking again cannot make the wait fit (both
             # shrink together).  Another target can still take it (routes fail over on
             # Overloaded by default).
@@ -303,8 +314,9 @@ class Mailbox:
             await waiter.event.wait()
         except BaseException:
             if waiter.permit is not None:
-                # Granted in the same instant we were cancelled: nothing was sent.
-                waiter.permit.release(actual_tokens=0)
+                # Granted in the same instant we were cancelled: nothing was sent, so
+                # the grant is undone as if it had never happened.
+                self._ungrant(waiter.permit)
             elif waiter.error is None:
                 self._queue.remove(waiter)
                 self._queued_cost -= waiter.cost

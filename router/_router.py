@@ -500,6 +500,13 @@ class Router:
         plan = plan_route(route.candidates, route.strategy, needs, health, t0, self._rng)
         plan.raise_if_empty(model)
         self._requests += 1
+        try:
+            # A request made in a scope that is already cancelled is cancelled, not
+            # refused for lack of time.
+            await trio.lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            self._cancelled += 1
+            raise
         hedge = route.hedge
         targets = plan.targets
         max_attempts = len(targets) if hedge is None else min(hedge.max_attempts, len(targets))
