@@ -340,7 +340,10 @@ class Mailbox:
                 self._tpm.give(delta, now)
             elif delta < 0:
                 self._tpm.take(-delta, now)
-        self._changed.set()
+        if self._queue:
+            # A release can only matter to someone waiting; with nobody queued the
+            # loop stays asleep (this runs once per request).
+            self._changed.set()
 
     @property
     def in_flight(self) -> int:

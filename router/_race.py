@@ -101,6 +101,14 @@ class AttemptRecord:
         )
 
 
+def _foreign(exc: Exception, record: AttemptRecord) -> LLMError:
+    error = ServerError(
+        f"the attempt raised {type(exc).__name__}: {exc}", provider=record.candidate.provider
+    )
+    error.__cause__ = exc
+    return error
+
+
 class Race(Generic[T]):
     """One request's race over a plan; see the module docstring.
 
@@ -148,6 +156,8 @@ class Race(Generic[T]):
         self._result: T | None = None
         self._fatal: LLMError | None = None
         self._failed = trio.Event()
+        self._failures = 0
+        self._over = False
         self._running = 0
         self._context_limit: int | None = None
         self.hedges = 0
@@ -195,12 +205,21 @@ class Race(Generic[T]):
             self._skipped(candidate, reason)
         return None
 
-    async def _turn(self, last_start: float) -> AttemptKind:
-        """Wait until the next attempt is due: a failure (fallback) or the delay (hedge)."""
+    async def _turn(self, last_start: float) -> AttemptKind | None:
+        """Wait until the next attempt is due: a failure (fallback) or the delay (hedge).
+
+        ``None`` when the race is over (it was won, or a fatal error ended it, while no
+        other attempt was running, so there was nothing to cancel).
+        """
         delay = self._delay
         while True:
-            if self._failed.is_set():
-                self._failed = trio.Event()
+            if self._over:
+                return None
+            if self._failures:
+                # Each failure starts one fallback, even when several came at once.
+                self._failures -= 1
+                if not self._failures:
+                    self._failed = trio.Event()
                 return "fallback"
             with trio.move_on_at(last_start + delay):
                 await self._failed.wait()
@@ -213,13 +232,56 @@ class Race(Generic[T]):
 
     async def run(self) -> tuple[T, AttemptRecord]:
         """Run the race; return the winner's result and record, or raise (see above)."""
+        if self._delay == math.inf:
+            await self._run_sequential()
+        else:
+            await self._run_staggered()
+        return self._conclude()
+
+    async def _run_sequential(self) -> None:
+        # No hedging: one attempt at a time, so no nursery, no task and no cancel scope
+        # are needed; the attempt runs inline and the caller's cancellation reaches it.
+        kind: AttemptKind = "primary"
+        started = 0
+        while started < self._max_attempts and self._remaining:
+            candidate = self._next()
+            if candidate is None:
+                break
+            started += 1
+            if kind == "fallback":
+                self.fallbacks += 1
+            record = AttemptRecord(candidate, kind, trio.current_time())
+            self.records.append(record)
+            try:
+                result = await self._attempt(candidate, record)
+            except LLMError as exc:
+                self._lost(record, exc, None)
+            except trio.Cancelled:
+                record.end = trio.current_time()
+                record.outcome = "cancelled"
+                raise
+            except Exception as exc:
+                self._lost(record, _foreign(exc, record), None)
+            else:
+                record.end = trio.current_time()
+                record.outcome = "won"
+                self.winner = record
+                self._result = result
+                return
+            if self._fatal is not None:
+                return
+            kind = "fallback"
+
+    async def _run_staggered(self) -> None:
         async with trio.open_nursery() as nursery:
             started = 0
             last_start = trio.current_time()
-            kind: AttemptKind = "primary"
+            kind: AttemptKind | None = "primary"
             while started < self._max_attempts and self._remaining:
                 if started:
                     kind = await self._turn(last_start)
+                    if kind is None:
+                        break
                 candidate = self._next()
                 if candidate is None:
                     break
@@ -229,10 +291,13 @@ class Race(Generic[T]):
                     self.hedges += 1
                 elif kind == "fallback":
                     self.fallbacks += 1
+                assert kind is not None
                 record = AttemptRecord(candidate, kind, last_start)
                 self.records.append(record)
                 self._running += 1
                 nursery.start_soon(self._one, record, nursery.cancel_scope)
+
+    def _conclude(self) -> tuple[T, AttemptRecord]:
         if self.winner is not None:
             result = self._result
             assert result is not None
@@ -253,32 +318,40 @@ class Race(Generic[T]):
             f"every target failed ({summary})", errors=self.errors
         ) from ExceptionGroup("the errors of every attempt", self.errors)
 
+    def _end(self, race_scope: trio.CancelScope | None, reason: str) -> None:
+        """The race is decided: cancel what still runs, or just wake the staggering loop."""
+        if race_scope is None:
+            return
+        if self._running:
+            race_scope.cancel(reason=reason)
+        else:
+            # Nothing else runs: waking the loop is enough, and cheaper than a cancel.
+            self._over = True
+            self._failed.set()
+
     async def _one(self, record: AttemptRecord, race_scope: trio.CancelScope) -> None:
         try:
-            try:
-                result = await self._attempt(record.candidate, record)
-            except LLMError as exc:
-                self._lost(record, exc, race_scope)
-                return
-            except trio.Cancelled:
-                record.end = trio.current_time()
-                record.outcome = "cancelled"
-                raise
-            except Exception as exc:
-                error = ServerError(
-                    f"the attempt raised {type(exc).__name__}: {exc}",
-                    provider=record.candidate.provider,
-                )
-                error.__cause__ = exc
-                self._lost(record, error, race_scope)
-                return
-        finally:
+            result = await self._attempt(record.candidate, record)
+        except LLMError as exc:
             self._running -= 1
-        record.end = trio.current_time()
-        if self.winner is not None:
-            # Succeeded in the same instant as the winner: lost a photo finish.
+            self._lost(record, exc, race_scope)
+            return
+        except trio.Cancelled:
+            self._running -= 1
+            record.end = trio.current_time()
             record.outcome = "cancelled"
-            record.reason = f"lost the race to {self.winner.candidate.provider}"
+            raise
+        except Exception as exc:
+            self._running -= 1
+            self._lost(record, _foreign(exc, record), race_scope)
+            return
+        self._running -= 1
+        record.end = trio.current_time()
+        if self.winner is not None or self._fatal is not None:
+            # Succeeded in the same instant the race was decided: lost a photo finish.
+            record.outcome = "cancelled"
+            if self.winner is not None:
+                record.reason = f"lost the race to {self.winner.candidate.provider}"
             if self._discard is not None:
                 with trio.CancelScope(shield=True):
                     await self._discard(result)
@@ -286,9 +359,11 @@ class Race(Generic[T]):
         record.outcome = "won"
         self.winner = record
         self._result = result
-        race_scope.cancel(reason=f"{record.candidate.target} won the race")
+        self._end(race_scope, f"{record.candidate.target} won the race")
 
-    def _lost(self, record: AttemptRecord, exc: LLMError, race_scope: trio.CancelScope) -> None:
+    def _lost(
+        self, record: AttemptRecord, exc: LLMError, race_scope: trio.CancelScope | None
+    ) -> None:
         record.end = trio.current_time()
         record.outcome = "failed"
         record.error = exc
@@ -296,14 +371,20 @@ class Race(Generic[T]):
         self.errors.append(exc)
         if self.winner is not None or self._fatal is not None:
             return
-        if isinstance(exc, ContextLengthExceeded) and self._fails_over(exc):
+        fatal = not self._fails_over(exc)
+        if isinstance(exc, ContextLengthExceeded) and not fatal:
             window = record.candidate.context_window or exc.limit
             if window is not None:
-                self._context_limit = max(self._context_limit or 0, window)
-        if not self._fails_over(exc):
+                limit = self._context_limit = max(self._context_limit or 0, window)
+                # Fatal when no target with a larger (or unknown) window is left.
+                fatal = not any(
+                    c.context_window is None or c.context_window > limit for c in self._remaining
+                )
+        if fatal:
             self._fatal = exc
-            race_scope.cancel(reason=f"{record.candidate.target} failed: {type(exc).__name__}")
+            self._end(race_scope, f"{record.candidate.target} failed: {type(exc).__name__}")
             return
+        self._failures += 1
         self._failed.set()
 
     def trace(self, t0: float) -> list[Attempt]:

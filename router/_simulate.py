@@ -283,8 +283,11 @@ async def _run_policy(
             )
             t0 = trio.current_time()
             try:
-                with trio.fail_after(math.inf if deadline is None else deadline):
+                if deadline is None:
                     response = await router.complete(request)
+                else:
+                    with trio.fail_after(deadline):
+                        response = await router.complete(request)
             except (LLMError, trio.TooSlowError) as exc:
                 trace = getattr(exc, "attempts", ())
                 attempts += sum(1 for a in trace if a.outcome != "skipped")
