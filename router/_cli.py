@@ -7,7 +7,9 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +27,16 @@ def _non_negative(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
     return value
 
 
@@ -52,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
         help="run the fake upstream (OpenAI and Anthropic wire formats) until interrupted",
     )
     upstream.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    upstream.add_argument("--port", type=int, default=8080, help="port to bind (0 = any free port)")
+    upstream.add_argument(
+        "--port", type=_port, default=8080, help="port to bind (0 = any free port)"
+    )
     upstream.add_argument(
         "--scenario",
         type=Path,
@@ -125,49 +139,55 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _upstream(args)
         elif args.command == "simulate":
             return _simulate(args)
-    except KeyboardInterrupt:
-        return 130
-    except (LLMError, OSError, ValueError) as exc:
-        if args.debug:
-            raise
-        print(f"llm-router: error: {exc}", file=sys.stderr)
-        return 1
+    except BaseException as exc:
+        # trio's nurseries wrap what escapes them in exception groups: look inside, so
+        # Ctrl-C and expected failures (a bad file, a port in use) stay one clear line.
+        error = _sole_error(exc)
+        if isinstance(error, KeyboardInterrupt):
+            return 130
+        if isinstance(error, LLMError | OSError | ValueError) and not args.debug:
+            print(f"llm-router: error: {error}", file=sys.stderr)
+            return 1
+        raise
     return 0
 
 
+def _sole_error(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) single-member exception groups, else ``exc``."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def _upstream(args: argparse.Namespace) -> int:
-    from providers.testing import load_scenarios, serve_fake_upstream
+    from providers.testing import load_scenarios, open_fake_upstream
 
     scenarios = load_scenarios(args.scenario) if args.scenario else {}
 
     async def serve() -> None:
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(
-                _serve, args.host, args.port, scenarios, args.seed, serve_fake_upstream
-            )
+        async with open_fake_upstream(
+            scenarios, host=args.host, port=args.port, seed=args.seed, record=False
+        ) as upstream:
+            url = upstream.url
             names = ", ".join(sorted(scenarios)) or "(none: every name gets the default echo)"
             print(f"fake upstream listening on {url}", flush=True)
             print(f"  scenarios: {names}")
             print(f"  OpenAI base URL:    {url}/<scenario>/v1")
             print(f"  Anthropic base URL: {url}/<scenario>")
             print("  Ctrl-C to stop", flush=True)
+            await trio.sleep_forever()
 
-    trio.run(serve)
+    if threading.current_thread() is not threading.main_thread():
+        trio.run(serve)
+        return 0
+    # "Ctrl-C to stop" must hold even when a parent started us with SIGINT ignored
+    # (a background job of a non-interactive shell, some process supervisors).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        trio.run(serve)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return 0
-
-
-async def _serve(
-    host: str,
-    port: int,
-    scenarios: object,
-    seed: int,
-    serve: object,
-    *,
-    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    await serve(  # type: ignore[operator]
-        host=host, port=port, scenarios=scenarios, seed=seed, task_status=task_status
-    )
 
 
 if __name__ == "__main__":

@@ -406,7 +406,9 @@ def _key(name: str) -> str:
     return f".{name}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", name) else f"[{name!r}]"
 
 
-def _config_error(exc: msgspec.ValidationError, prefix: str, source: str) -> ConfigError:
+def _config_error(
+    exc: msgspec.ValidationError, prefix: str, source: str, fields: frozenset[str]
+) -> ConfigError:
     match = _AT_PATH.match(str(exc))
     assert match is not None  # the pattern matches any text
     message = match["message"].replace("`", "")
@@ -417,7 +419,7 @@ def _config_error(exc: msgspec.ValidationError, prefix: str, source: str) -> Con
             f"unknown field {unknown[1]!r} (in {source})", path=path + _key(unknown[1])
         )
     field = _FIELD_FIRST.match(message)
-    if field is not None and field["field"] in _ALL_FIELDS:
+    if field is not None and field["field"] in fields:
         # A __post_init__ check: point at the field, and drop it from the message.
         path += _key(field["field"])
         message = message[field.end() :].lstrip(": ")
@@ -428,11 +430,19 @@ def _config_error(exc: msgspec.ValidationError, prefix: str, source: str) -> Con
 _T = TypeVar("_T")
 
 
-def _convert(value: object, type_: type[_T], prefix: str, source: str) -> _T:
+def _convert(
+    value: object,
+    type_: type[_T],
+    prefix: str,
+    source: str,
+    fields: frozenset[str] = _ALL_FIELDS,
+) -> _T:
+    """``msgspec.convert`` with errors as ConfigError; ``fields`` are the struct fields
+    a ``__post_init__`` message may start with (to point the path at the field)."""
     try:
         return msgspec.convert(value, type_)
     except msgspec.ValidationError as exc:
-        raise _config_error(exc, prefix, source) from None
+        raise _config_error(exc, prefix, source, fields) from None
 
 
 def _table(raw: dict[str, Any], name: str, source: str) -> dict[str, Any]:

@@ -224,6 +224,8 @@ class Race(Generic[T]):
             with trio.move_on_at(last_start + delay):
                 await self._failed.wait()
                 continue
+            if self._over:
+                return None  # decided in the very instant the hedge fell due
             if self._spend_hedge():
                 return "hedge"
             delay = math.inf  # no budget: only a failure starts another attempt now
@@ -320,13 +322,13 @@ class Race(Generic[T]):
 
     def _end(self, race_scope: trio.CancelScope | None, reason: str) -> None:
         """The race is decided: cancel what still runs, or just wake the staggering loop."""
+        self._over = True
         if race_scope is None:
             return
         if self._running:
             race_scope.cancel(reason=reason)
         else:
             # Nothing else runs: waking the loop is enough, and cheaper than a cancel.
-            self._over = True
             self._failed.set()
 
     async def _one(self, record: AttemptRecord, race_scope: trio.CancelScope) -> None:

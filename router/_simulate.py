@@ -45,11 +45,13 @@ from providers import (
 from providers.testing import Fixed, Latency
 
 from ._config import (
+    _ALL_FIELDS,
     ModelConfig,
     ProviderConfig,
     RouteConfig,
     RouterConfig,
     _convert,
+    _fields,
     _key,
 )
 from ._health import BreakerConfig
@@ -185,10 +187,13 @@ def load_scenario(path: str | os.PathLike[str] | None = None) -> SimScenario:
         if not isinstance(value, dict):
             raise ConfigError(f"expected a table (in {source})", path=f"$.{name}")
         tables[name] = {
-            key: _convert(item, type_, f"$.{name}{_key(key)}", source)
+            key: _convert(item, type_, f"$.{name}{_key(key)}", source, _SIM_FIELDS)
             for key, item in value.items()
         }
-    return _convert({**raw, **tables}, SimScenario, "$", source)
+    return _convert({**raw, **tables}, SimScenario, "$", source, _SIM_FIELDS)
+
+
+_SIM_FIELDS = _ALL_FIELDS | _fields(SimScenario, SimProvider)
 
 
 # --------------------------------------------------------------------------- running

@@ -17,3 +17,20 @@ from providers.testing import Scenario as Scenario
 from providers.testing import Uniform as Uniform
 from providers.testing import load_scenarios as load_scenarios
 from providers.testing import open_fake_upstream as open_fake_upstream
+
+__all__ = [
+    "FakeUpstream",
+    "Fault",
+    "Fixed",
+    "LogNormal",
+    "Mixture",
+    "MixtureComponent",
+    "MockCall",
+    "MockProvider",
+    "MockResponse",
+    "RecordedRequest",
+    "Scenario",
+    "Uniform",
+    "load_scenarios",
+    "open_fake_upstream",
+]
