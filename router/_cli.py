@@ -101,7 +101,31 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--json", type=Path, default=None, metavar="FILE", help="also write the figures as JSON"
     )
+    bench = sub.add_parser(
+        "bench", help="measure the router: overhead, loopback HTTP, hedging, scale, cold start"
+    )
+    bench.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="benchmarks to run: overhead, loopback, hedging, scale, coldstart (default: all)",
+    )
+    bench.add_argument("--quick", action="store_true", help="a tenth of the work: a smoke test")
+    bench.add_argument(
+        "--json", type=Path, default=None, metavar="FILE", help="also write the figures as JSON"
+    )
     return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from ._bench import BENCHMARKS, run_benchmarks
+
+    results = run_benchmarks(tuple(args.names) or BENCHMARKS, quick=args.quick)
+    if args.json is not None:
+        args.json.write_bytes(msgspec.json.format(msgspec.json.encode(results)) + b"\n")
+    return 0
 
 
 def _positive_int(text: str) -> int:
@@ -139,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _upstream(args)
         elif args.command == "simulate":
             return _simulate(args)
+        elif args.command == "bench":
+            return _bench(args)
     except BaseException as exc:
         # trio's nurseries wrap what escapes them in exception groups: look inside, so
         # Ctrl-C and expected failures (a bad file, a port in use) stay one clear line.

@@ -1,0 +1,529 @@
+"""``llm-router bench``: how fast the router is, measured against the obvious baselines.
+
+Each benchmark prints a table and returns its figures as a frozen record (``--json``
+writes them all).  Wall-clock time is read here — this is measurement, not routing
+logic — with :func:`time.perf_counter`.
+
+============  ==============================================================================
+overhead      in-process: MockProvider with zero latency, ``router.complete`` against
+              calling the provider directly; µs per request (p50, p99), requests/s at
+              concurrency 1 and 100
+loopback      over HTTP: the fake upstream in a separate process answering at once; the
+              same chat requests through the router and through a bare
+              ``httpx.AsyncClient`` (same body, same JSON decode), in the same run;
+              throughput ratio and added latency
+hedging       the stall scenario over real sockets (fake upstream in a separate process):
+              p50 / p99 / p99.9 with and without hedging, extra attempts
+scale         1,000 concurrent streaming requests through one router over loopback: all
+              complete; peak RSS and RSS per in-flight stream (client process only)
+coldstart     ``python -c "import router"``: wall time and peak RSS
+============  ==============================================================================
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import httpx
+import msgspec
+import trio
+
+from providers import ChatRequest, Message, MockProvider, OpenAIProvider, Secret, TextDelta
+
+from ._config import HedgeConfig, ProviderConfig, RouteConfig, RouterConfig
+from ._router import open_router
+
+__all__ = ["BENCHMARKS", "run_benchmarks"]
+
+
+class Latencies(msgspec.Struct, frozen=True, kw_only=True):
+    """Latency percentiles in microseconds, and throughput."""
+
+    p50_us: float
+    p99_us: float
+    p999_us: float
+    requests: int
+    seconds: float
+    per_second: float
+
+
+def _summary(samples: list[float], seconds: float) -> Latencies:
+    ordered = sorted(samples)
+    n = len(ordered)
+
+    def q(p: float) -> float:
+        return ordered[max(0, math.ceil(p * n) - 1)] * 1e6 if n else math.nan
+
+    return Latencies(
+        p50_us=q(0.50),
+        p99_us=q(0.99),
+        p999_us=q(0.999),
+        requests=n,
+        seconds=seconds,
+        per_second=n / seconds if seconds else math.nan,
+    )
+
+
+async def _drive(call: Callable[[], Awaitable[Any]], requests: int, concurrency: int) -> Latencies:
+    """Run ``requests`` calls with ``concurrency`` workers; per-call latency and rate."""
+    samples: list[float] = []
+    left = requests
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            t0 = time.perf_counter()
+            await call()
+            samples.append(time.perf_counter() - t0)
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(worker)
+    return _summary(samples, time.perf_counter() - start)
+
+
+def _request(model: str = "m:mock-model", text: str = "hello there") -> ChatRequest:
+    return ChatRequest(model=model, messages=[Message.user(text)], max_tokens=64)
+
+
+# --------------------------------------------------------------------------- overhead
+
+
+class OverheadResult(msgspec.Struct, frozen=True, kw_only=True):
+    """In-process: the router against calling the provider directly."""
+
+    direct_c1: Latencies
+    router_c1: Latencies
+    direct_c100: Latencies
+    router_c100: Latencies
+    added_p50_us: float
+    added_p99_us: float
+
+
+async def bench_overhead(requests: int = 20_000) -> OverheadResult:
+    """Router overhead over a zero-latency MockProvider (in-process, no HTTP)."""
+    provider = MockProvider(name="m", record=False)
+    config = RouterConfig(providers={"m": ProviderConfig(kind="mock")})
+    direct_req = _request("mock-model")
+    routed_req = _request()
+
+    async def direct() -> None:
+        await provider.complete(direct_req)
+
+    async with open_router(config, providers={"m": provider}) as router:
+
+        async def routed() -> None:
+            await router.complete(routed_req)
+
+        await _drive(routed, 1000, 1)  # warm up
+        await _drive(direct, 1000, 1)
+        direct_c1 = await _drive(direct, requests, 1)
+        router_c1 = await _drive(routed, requests, 1)
+        direct_c100 = await _drive(direct, requests, 100)
+        router_c100 = await _drive(routed, requests, 100)
+    return OverheadResult(
+        direct_c1=direct_c1,
+        router_c1=router_c1,
+        direct_c100=direct_c100,
+        router_c100=router_c100,
+        added_p50_us=router_c1.p50_us - direct_c1.p50_us,
+        added_p99_us=router_c1.p99_us - direct_c1.p99_us,
+    )
+
+
+# --------------------------------------------------------------------------- upstream
+
+
+@contextmanager
+def _upstream_process(scenarios_toml: str = "") -> Iterator[str]:
+    """A fake upstream in a child process (its CPU is not ours); yields its URL."""
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        f.write(scenarios_toml)
+        path = f.name
+    args = [sys.executable, "-m", "router._cli", "upstream", "--port", "0", "--scenario", path]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "listening on" not in line:
+            raise RuntimeError(f"the fake upstream did not start: {line!r}")
+        yield line.rsplit(" ", 1)[-1].strip()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a wedged child
+            proc.kill()
+        os.unlink(path)
+
+
+def _client(limit: int) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
+        timeout=httpx.Timeout(60.0),
+    )
+
+
+@asynccontextmanager
+async def _openai_router(
+    url: str, client: httpx.AsyncClient, routes: dict[str, RouteConfig] | None = None
+) -> AsyncIterator[Any]:
+    names = ["a", "b"] if routes else ["a"]
+    providers = {
+        name: OpenAIProvider(
+            name=name,
+            api_key=Secret("sk-bench-not-a-key"),
+            base_url=f"{url}/{name}/v1",
+            client=client,
+        )
+        for name in names
+    }
+    config = RouterConfig(
+        providers={name: ProviderConfig(kind="openai") for name in names}, routes=routes or {}
+    )
+    async with open_router(config, providers=providers) as router:
+        yield router
+
+
+class LoopbackResult(msgspec.Struct, frozen=True, kw_only=True):
+    """Over HTTP: the router against bare httpx, same server, same run."""
+
+    concurrency: int
+    bare: Latencies
+    router: Latencies
+    throughput_ratio: float
+    added_p50_us: float
+
+
+async def bench_loopback(requests: int = 5_000, concurrency: int = 1) -> LoopbackResult:
+    """Router over loopback HTTP against a bare ``httpx.AsyncClient`` to the same server."""
+    body = msgspec.json.encode(
+        {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "hello there"}],
+            "max_tokens": 64,
+        }
+    )
+    headers = {"authorization": "Bearer sk-bench-not-a-key", "content-type": "application/json"}
+    with _upstream_process() as url:
+        async with _client(max(concurrency, 1)) as client, _openai_router(url, client) as router:
+            request = _request("a:gpt-4o-mini")
+
+            async def bare() -> None:
+                response = await client.post(
+                    f"{url}/a/v1/chat/completions", content=body, headers=headers
+                )
+                response.raise_for_status()
+                msgspec.json.decode(response.content)
+
+            async def routed() -> None:
+                await router.complete(request)
+
+            await _drive(bare, 300, concurrency)  # warm up connections on both paths
+            await _drive(routed, 300, concurrency)
+            # Interleave rounds so drift (the machine, the server) hits both alike.
+            bare_samples: list[Latencies] = []
+            routed_samples: list[Latencies] = []
+            rounds = 4
+            for _ in range(rounds):
+                bare_samples.append(await _drive(bare, requests // rounds, concurrency))
+                routed_samples.append(await _drive(routed, requests // rounds, concurrency))
+    bare_all = _merge(bare_samples)
+    routed_all = _merge(routed_samples)
+    return LoopbackResult(
+        concurrency=concurrency,
+        bare=bare_all,
+        router=routed_all,
+        throughput_ratio=routed_all.per_second / bare_all.per_second,
+        added_p50_us=routed_all.p50_us - bare_all.p50_us,
+    )
+
+
+def _merge(parts: list[Latencies]) -> Latencies:
+    # Percentiles of the rounds' medians would be biased; use the weighted mean of the
+    # rounds' percentiles (rounds are equal in size) and the total rate.
+    n = sum(p.requests for p in parts)
+    seconds = sum(p.seconds for p in parts)
+    return Latencies(
+        p50_us=sum(p.p50_us for p in parts) / len(parts),
+        p99_us=sum(p.p99_us for p in parts) / len(parts),
+        p999_us=sum(p.p999_us for p in parts) / len(parts),
+        requests=n,
+        seconds=seconds,
+        per_second=n / seconds,
+    )
+
+
+# --------------------------------------------------------------------------- hedging
+
+_STALL_SCENARIOS = """
+[scenarios.a]
+latency = { dist = "mixture", components = [
+  { weight = 0.98, latency = { dist = "lognormal", median = 0.02, sigma = 0.3 } },
+  { weight = 0.02, latency = { dist = "fixed", seconds = 1.0 } } ] }
+[scenarios.b]
+latency = { dist = "mixture", components = [
+  { weight = 0.98, latency = { dist = "lognormal", median = 0.02, sigma = 0.3 } },
+  { weight = 0.02, latency = { dist = "fixed", seconds = 1.0 } } ] }
+"""
+
+
+class HedgingResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The stall scenario over real sockets, with and without hedging (milliseconds)."""
+
+    requests: int
+    plain_p50_ms: float
+    plain_p99_ms: float
+    plain_p999_ms: float
+    hedged_p50_ms: float
+    hedged_p99_ms: float
+    hedged_p999_ms: float
+    extra_attempts: float
+
+
+async def bench_hedging(requests: int = 2_000, concurrency: int = 4) -> HedgingResult:
+    """Tail latency over loopback: 2% of answers stall for 50x the median."""
+    hedge = HedgeConfig(max_attempts=2, delay="p95", min_samples=20, default_delay=0.05)
+    routes = {
+        "plain": RouteConfig(targets=["a:gpt-4o-mini", "b:gpt-4o-mini"]),
+        "hedged": RouteConfig(targets=["a:gpt-4o-mini", "b:gpt-4o-mini"], hedge=hedge),
+    }
+    with _upstream_process(_STALL_SCENARIOS) as url:
+        async with (
+            _client(concurrency * 2) as client,
+            _openai_router(url, client, routes) as router,
+        ):
+            results: dict[str, Latencies] = {}
+            for name in ("plain", "hedged"):
+                request = _request(name)
+
+                async def call(request: ChatRequest = request) -> None:
+                    await router.complete(request)
+
+                before = router.statistics()
+                results[name] = await _drive(call, requests, concurrency)
+                after = router.statistics()
+            extra = (after.hedges + after.fallbacks - before.hedges - before.fallbacks) / requests
+    plain, hedged = results["plain"], results["hedged"]
+    return HedgingResult(
+        requests=requests,
+        plain_p50_ms=plain.p50_us / 1000,
+        plain_p99_ms=plain.p99_us / 1000,
+        plain_p999_ms=plain.p999_us / 1000,
+        hedged_p50_ms=hedged.p50_us / 1000,
+        hedged_p99_ms=hedged.p99_us / 1000,
+        hedged_p999_ms=hedged.p999_us / 1000,
+        extra_attempts=extra,
+    )
+
+
+# --------------------------------------------------------------------------- scale
+
+_SCALE_SCENARIOS = """
+[scenarios.a]
+latency = { dist = "fixed", seconds = 0.2 }
+chunk_interval = 0.05
+reply = "one two three four five six seven eight nine ten eleven twelve"
+"""
+
+
+class ScaleResult(msgspec.Struct, frozen=True, kw_only=True):
+    """Concurrent streams through one router (client process only)."""
+
+    streams: int
+    completed: int
+    seconds: float
+    baseline_rss_mb: float
+    peak_rss_mb: float
+    rss_per_stream_kb: float
+
+
+def _rss_mb() -> float:
+    # Linux reports ru_maxrss in KiB.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def bench_scale(streams: int = 1_000) -> ScaleResult:
+    """``streams`` concurrent streaming requests through one router; all must complete."""
+    with _upstream_process(_SCALE_SCENARIOS) as url:
+        async with _client(streams) as client, _openai_router(url, client) as router:
+            request = _request("a:gpt-4o-mini", "stream please")
+            # Warm up one stream so imports and pools are not counted per stream.
+            async with router.stream(request) as events:
+                async for _ in events:
+                    pass
+            baseline = _rss_mb()
+            completed = 0
+
+            async def one() -> None:
+                nonlocal completed
+                text = []
+                async with router.stream(request) as events:
+                    async for event in events:
+                        if isinstance(event, TextDelta):
+                            text.append(event.text)
+                if text:
+                    completed += 1
+
+            start = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for _ in range(streams):
+                    nursery.start_soon(one)
+            seconds = time.perf_counter() - start
+            peak = _rss_mb()
+    return ScaleResult(
+        streams=streams,
+        completed=completed,
+        seconds=seconds,
+        baseline_rss_mb=baseline,
+        peak_rss_mb=peak,
+        rss_per_stream_kb=(peak - baseline) * 1024 / streams,
+    )
+
+
+# --------------------------------------------------------------------------- cold start
+
+
+class ColdStartResult(msgspec.Struct, frozen=True, kw_only=True):
+    """``python -c "import router"``: median wall time and peak RSS over runs."""
+
+    runs: int
+    median_seconds: float
+    min_seconds: float
+    python_only_seconds: float
+    peak_rss_mb: float
+
+
+def bench_coldstart(runs: int = 15) -> ColdStartResult:
+    """Import time of ``router`` in a fresh interpreter (and of a bare interpreter)."""
+    probe = "import resource, router; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+
+    def timed(code: str) -> tuple[float, str]:
+        start = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        return time.perf_counter() - start, out
+
+    walls: list[float] = []
+    rss: list[float] = []
+    bare: list[float] = []
+    for _ in range(runs):
+        seconds, out = timed(probe)
+        walls.append(seconds)
+        rss.append(int(out.strip()) / 1024)
+        bare.append(timed("pass")[0])
+    walls.sort()
+    bare.sort()
+    return ColdStartResult(
+        runs=runs,
+        median_seconds=walls[runs // 2],
+        min_seconds=walls[0],
+        python_only_seconds=bare[runs // 2],
+        peak_rss_mb=max(rss),
+    )
+
+
+# --------------------------------------------------------------------------- running
+
+BENCHMARKS = ("overhead", "loopback", "hedging", "scale", "coldstart")
+
+
+def _machine() -> str:
+    import platform
+
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"trio {trio.__version__}, httpx {httpx.__version__}, msgspec {msgspec.__version__}"
+    )
+
+
+def _report(name: str, r: Any) -> str:
+    if name == "overhead":
+        rows = [
+            ("direct c=1", r.direct_c1),
+            ("router c=1", r.router_c1),
+            ("direct c=100", r.direct_c100),
+            ("router c=100", r.router_c100),
+        ]
+        lines = [f"overhead (in-process, MockProvider, {r.router_c1.requests} requests)"]
+        lines += [
+            f"  {label:<13} p50 {x.p50_us:7.1f} µs  p99 {x.p99_us:7.1f} µs"
+            f"  {x.per_second:8.0f} req/s"
+            for label, x in rows
+        ]
+        lines.append(f"  router adds: p50 {r.added_p50_us:.1f} µs, p99 {r.added_p99_us:.1f} µs")
+        return "\n".join(lines)
+    if name == "loopback":
+        lines = ["loopback (fake upstream in another process, OpenAI format)"]
+        for x in r:
+            lines.append(
+                f"  c={x.concurrency:<3} bare p50 {x.bare.p50_us:7.1f} µs"
+                f" {x.bare.per_second:6.0f} req/s | router p50 {x.router.p50_us:7.1f} µs"
+                f" {x.router.per_second:6.0f} req/s"
+            )
+            lines.append(
+                f"        throughput ratio {x.throughput_ratio:.1%},"
+                f" router adds {x.added_p50_us:.1f} µs at p50"
+            )
+        return "\n".join(lines)
+    if name == "hedging":
+        return (
+            f"hedging over loopback ({r.requests} requests, 2% stalls of 50x the median)\n"
+            f"  plain:  p50 {r.plain_p50_ms:7.1f} ms  p99 {r.plain_p99_ms:7.1f} ms"
+            f"  p99.9 {r.plain_p999_ms:7.1f} ms\n"
+            f"  hedged: p50 {r.hedged_p50_ms:7.1f} ms  p99 {r.hedged_p99_ms:7.1f} ms"
+            f"  p99.9 {r.hedged_p999_ms:7.1f} ms  extra attempts {r.extra_attempts:.1%}"
+        )
+    if name == "scale":
+        return (
+            f"scale ({r.streams} concurrent streams)\n"
+            f"  completed {r.completed}/{r.streams} in {r.seconds:.2f} s;"
+            f" RSS {r.baseline_rss_mb:.1f} MB -> peak {r.peak_rss_mb:.1f} MB,"
+            f" {r.rss_per_stream_kb:.1f} KB per in-flight stream"
+        )
+    return (
+        f"cold start (python -c 'import router', {r.runs} runs)\n"
+        f"  median {r.median_seconds * 1000:.0f} ms (min {r.min_seconds * 1000:.0f} ms;"
+        f" bare interpreter {r.python_only_seconds * 1000:.0f} ms),"
+        f" peak RSS {r.peak_rss_mb:.1f} MB"
+    )
+
+
+def run_benchmarks(names: tuple[str, ...] = BENCHMARKS, *, quick: bool = False) -> dict[str, Any]:
+    """Run the named benchmarks (``quick`` shrinks them for a smoke test); print tables.
+
+    Returns every result by name, plus ``"machine"``.
+    """
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise ValueError(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
+    scale = 0.1 if quick else 1.0
+    results: dict[str, Any] = {"machine": _machine()}
+    print(f"machine: {results['machine']}", flush=True)
+    for name in names:
+        r: Any
+        if name == "overhead":
+            r = trio.run(bench_overhead, int(20_000 * scale))
+        elif name == "loopback":
+            r = [trio.run(bench_loopback, int(5_000 * scale), c) for c in (1, 16)]
+        elif name == "hedging":
+            r = trio.run(bench_hedging, int(2_000 * scale))
+        elif name == "scale":
+            r = trio.run(bench_scale, int(1_000 * scale))
+        else:
+            r = bench_coldstart(5 if quick else 15)
+        print("\n" + _report(name, r), flush=True)
+        results[name] = r
+    return results
