@@ -370,7 +370,10 @@ class ProviderActor:
             self.breaker.record_failure(now)
             self.errors.record_failure(type(exc).__name__, now)
         else:
-            self.breaker.record_success(now, None)
+            # Says nothing about the provider's health (a bad request, a rate limit the
+            # buckets handle): neither a failure nor a success to the breaker, so a
+            # half-open probe answered this way frees its slot without closing it.
+            self.breaker.record_cancelled(now)
             self.errors.record_success(now)
         self._learn(exc.headers, now)
         if isinstance(exc, RateLimited) or (isinstance(exc, Overloaded) and exc.retry_after):
@@ -636,6 +639,7 @@ class ActorStream:
         if isinstance(event, Done):
             self.response = event.response
             now = trio.current_time()
+            self._actor._learn(event.response.headers, now)
             # Health latency for streams is time to first token: what a caller waits for.
             ttft = (self.first_content_at or now) - self._start
             self._actor._success(ttft, now, stream=True)
