@@ -8,6 +8,11 @@ the protocol (:class:`Provider`), the stream framing (:class:`SSEDecoder`,
 from ._anthropic import AnthropicProvider as AnthropicProvider
 from ._base import EventStream as EventStream
 from ._base import Provider as Provider
+from ._compat import AzureOpenAIProvider as AzureOpenAIProvider
+from ._compat import GroqProvider as GroqProvider
+from ._compat import OpenAICompatibleProvider as OpenAICompatibleProvider
+from ._compat import OpenRouterProvider as OpenRouterProvider
+from ._compat import TogetherProvider as TogetherProvider
 from ._errors import AllProvidersFailed as AllProvidersFailed
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import BudgetExceeded as BudgetExceeded
@@ -30,11 +35,13 @@ from ._errors import ServerError as ServerError
 from ._errors import StreamInterrupted as StreamInterrupted
 from ._errors import Timeout as Timeout
 from ._errors import UnsupportedFeature as UnsupportedFeature
+from ._gemini import GeminiProvider as GeminiProvider
 from ._http import default_client as default_client
 from ._http import parse_retry_after as parse_retry_after
 from ._mock import MockCall as MockCall
 from ._mock import MockProvider as MockProvider
 from ._mock import MockResponse as MockResponse
+from ._ollama import OllamaProvider as OllamaProvider
 from ._openai import OpenAIProvider as OpenAIProvider
 from ._secret import Secret as Secret
 from ._sse import NDJSONDecoder as NDJSONDecoder
@@ -68,3 +75,76 @@ from ._types import ToolSpec as ToolSpec
 from ._types import Usage as Usage
 from ._types import UsageEvent as UsageEvent
 from ._types import validate_request as validate_request
+
+__all__ = [
+    "AllProvidersFailed",
+    "AnthropicProvider",
+    "Attempt",
+    "AuthenticationError",
+    "AzureOpenAIProvider",
+    "BudgetExceeded",
+    "Capabilities",
+    "ChatRequest",
+    "ChatResponse",
+    "ConfigError",
+    "ConnectionFailed",
+    "ContentFiltered",
+    "ContextLengthExceeded",
+    "Done",
+    "EmbeddingRequest",
+    "EmbeddingResponse",
+    "EventStream",
+    "FinishReason",
+    "ForceTool",
+    "GeminiProvider",
+    "GroqProvider",
+    "ImagePart",
+    "InvalidRequest",
+    "LLMError",
+    "Message",
+    "MockCall",
+    "MockProvider",
+    "MockResponse",
+    "ModelInfo",
+    "ModelNotFound",
+    "NDJSONDecoder",
+    "NoRoute",
+    "NotFound",
+    "OllamaProvider",
+    "OpenAICompatibleProvider",
+    "OpenAIProvider",
+    "OpenRouterProvider",
+    "Overloaded",
+    "Part",
+    "PermissionDenied",
+    "ProtocolError",
+    "Provider",
+    "QuotaExceeded",
+    "RateLimited",
+    "ReasoningDelta",
+    "ResponseFormat",
+    "Role",
+    "RouterClosed",
+    "SSEDecoder",
+    "Secret",
+    "ServerError",
+    "ServerSentEvent",
+    "StreamEvent",
+    "StreamInterrupted",
+    "TextDelta",
+    "TextPart",
+    "Timeout",
+    "TogetherProvider",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolCallEnd",
+    "ToolCallStart",
+    "ToolChoice",
+    "ToolSpec",
+    "UnsupportedFeature",
+    "Usage",
+    "UsageEvent",
+    "default_client",
+    "parse_retry_after",
+    "validate_request",
+]

@@ -15,8 +15,9 @@ Wire facts this follows (see the wire-format reference, section 1):
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, ClassVar
+from typing import Any, TypeAlias
 
 import httpx
 import msgspec
@@ -31,6 +32,7 @@ from ._errors import (
     QuotaExceeded,
     RateLimited,
     ServerError,
+    scrub,
 )
 from ._http import (
     HTTPEventStream,
@@ -66,7 +68,16 @@ from ._types import (
     validate_request,
 )
 
-__all__ = ["OpenAIProvider", "OpenAIStreamTranslator", "openai_finish_reason"]
+__all__ = [
+    "OpenAIProvider",
+    "OpenAIStreamTranslator",
+    "StreamErrorMapper",
+    "openai_finish_reason",
+]
+
+#: Maps an error object found inside a 200 response (``code``, ``type``, ``message``) to
+#: our tree; adapters for OpenAI-compatible vendors refine it (OpenRouter's numeric codes).
+StreamErrorMapper: TypeAlias = Callable[[str | int | None, str | None, str], LLMError]
 
 
 # --------------------------------------------------------------------------- wire structs
@@ -240,9 +251,17 @@ def _message_to_wire(m: Message) -> dict[str, Any]:
 class OpenAIStreamTranslator:
     """Pure translation of OpenAI ``chat.completion.chunk`` SSE events into our events."""
 
-    def __init__(self, *, provider: str, model: str, headers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        *,
+        provider: str,
+        model: str,
+        headers: dict[str, str],
+        map_error: StreamErrorMapper | None = None,
+    ) -> None:
         self._acc = StreamAccumulator(provider=provider, model=model)
         self._provider = provider
+        self._map_error = map_error
         self._headers = headers
         self._raw_finish: str | None = None
         self._seen_finish = False
@@ -273,7 +292,7 @@ class OpenAIStreamTranslator:
                 f"malformed stream chunk ({exc}): {data[:120]!r}", provider=self._provider
             ) from exc
         if chunk.error is not None:
-            raise _stream_error(chunk.error, self._provider)
+            raise self._error(chunk.error)
         self._events = []
         if chunk.id and not self._acc.id:
             self._acc.id = chunk.id
@@ -283,7 +302,7 @@ class OpenAIStreamTranslator:
             if choice.index != 0:
                 continue
             if choice.error is not None:
-                raise _stream_error(choice.error, self._provider)
+                raise self._error(choice.error)
             delta = choice.delta
             if delta is not None:
                 reasoning = delta.reasoning_content or delta.reasoning
@@ -306,6 +325,12 @@ class OpenAIStreamTranslator:
         if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
             self._emit(UsageEvent(usage=usage.to_usage()))
         return self._events
+
+    def _error(self, err: _ErrorBody) -> LLMError:
+        message = err.message or "error in stream"
+        if self._map_error is not None:
+            return self._map_error(err.code, err.type, message)
+        return _stream_error(err, self._provider)
 
     def _tool_fragment(self, tc: _ToolCall) -> None:
         index = tc.index
@@ -371,8 +396,8 @@ class OpenAIProvider(HTTPProvider):
 
     kind = "openai"
     default_base_url = "https://api.openai.com/v1"
-    #: The body field for the output token cap.
-    max_tokens_field: ClassVar[str] = "max_completion_tokens"
+    #: The body field for the output token cap (a class default an instance may override).
+    max_tokens_field: str = "max_completion_tokens"
 
     def __init__(
         self,
@@ -399,6 +424,22 @@ class OpenAIProvider(HTTPProvider):
 
     def _chat_url(self, request: ChatRequest) -> str:
         return f"{self._base_url}/chat/completions"
+
+    def _embeddings_url(self, request: EmbeddingRequest) -> str:
+        return f"{self._base_url}/embeddings"
+
+    def _models_url(self) -> str:
+        return f"{self._base_url}/models"
+
+    def _in_band_error(
+        self, code: str | int | None, err_type: str | None, message: str
+    ) -> LLMError:
+        """The error for an error object inside a 200 response (stream chunk or choice).
+
+        Subclasses refine it per vendor; the message is scrubbed of the key like any other.
+        """
+        message = scrub(message, self._secrets)
+        return _stream_error(_ErrorBody(message=message, type=err_type, code=code), self._name)
 
     def build_body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         """The vendor request body for ``request`` (public so tests can check translation)."""
@@ -463,13 +504,16 @@ class OpenAIProvider(HTTPProvider):
         self, c: _Completion, request: ChatRequest, headers: dict[str, str]
     ) -> ChatResponse:
         if c.error is not None:
-            raise _stream_error(c.error, self._name)
+            raise self._in_band_error(
+                c.error.code, c.error.type, c.error.message or "error in stream"
+            )
         choices = c.choices or []
         if not choices or choices[0].message is None:
             raise ProtocolError("the response has no choices", provider=self._name)
         choice = choices[0]
         if choice.error is not None:
-            raise _stream_error(choice.error, self._name)
+            err = choice.error
+            raise self._in_band_error(err.code, err.type, err.message or "error in stream")
         msg = choice.message
         assert msg is not None
         calls: list[ToolCall] = []
@@ -509,6 +553,7 @@ class OpenAIProvider(HTTPProvider):
                 provider=self._name,
                 model=request.model,
                 headers=surface_headers(response.headers),
+                map_error=self._in_band_error,
             )
 
         return self._open_stream(
@@ -525,7 +570,7 @@ class OpenAIProvider(HTTPProvider):
         if request.dimensions is not None:
             body["dimensions"] = request.dimensions
         data, _ = await self._send_json(
-            "POST", f"{self._base_url}/embeddings", body, _embeddings_decoder.decode
+            "POST", self._embeddings_url(request), body, _embeddings_decoder.decode
         )
         if len(data.data) != len(request.inputs):
             raise ProtocolError(
@@ -540,9 +585,7 @@ class OpenAIProvider(HTTPProvider):
 
     async def list_models(self) -> list[ModelInfo]:
         """The models at ``/models``."""
-        data, _ = await self._send_json(
-            "GET", f"{self._base_url}/models", None, _models_decoder.decode
-        )
+        data, _ = await self._send_json("GET", self._models_url(), None, _models_decoder.decode)
         return [
             ModelInfo(
                 id=m.id, provider=self._name, owned_by=m.owned_by, context_window=m.context_length

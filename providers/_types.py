@@ -26,6 +26,7 @@ import msgspec
 from ._errors import InvalidRequest, UnsupportedFeature
 
 __all__ = [
+    "Attempt",
     "Capabilities",
     "ChatRequest",
     "ChatResponse",
@@ -58,6 +59,7 @@ __all__ = [
     "validate_request",
 ]
 
+#: Who speaks a message: the system prompt, the user, the model, or a tool's result.
 Role: TypeAlias = Literal["system", "user", "assistant", "tool"]
 
 #: One vocabulary for why generation stopped, whatever the vendor called it.
@@ -136,6 +138,7 @@ class ImagePart(_Struct, frozen=True, tag="image", tag_field="type"):
         return f"data:{self.media_type};base64,{self.data}"
 
 
+#: One piece of a message's content: text or an image.
 Part: TypeAlias = TextPart | ImagePart
 
 
@@ -654,6 +657,7 @@ class Done(_Struct, frozen=True, tag="done", tag_field="type"):
         return self.response.finish_reason
 
 
+#: What a stream yields; dispatch with ``match`` (every member has a ``type`` tag).
 StreamEvent: TypeAlias = (
     TextDelta | ReasoningDelta | ToolCallStart | ToolCallDelta | ToolCallEnd | UsageEvent | Done
 )

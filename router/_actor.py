@@ -54,6 +54,7 @@ from ._config import ProviderConfig
 from ._health import CircuitBreaker, ErrorWindow, HealthSnapshot, LatencyStats, classify
 from ._limiter import Mailbox, Permit
 from ._policy import TargetHealth
+from ._providers import effective_limits
 from ._race import AttemptRecord
 from ._ratelimits import parse_rate_limit_headers
 from ._retry import RetryBudget
@@ -138,10 +139,11 @@ class ProviderActor:
         self.config = config
         self._default_max_tokens = default_max_tokens
         self._on_event = on_event
+        rpm, tpm = effective_limits(config)
         self.mailbox = Mailbox(
             name,
-            rpm=config.rpm,
-            tpm=config.tpm,
+            rpm=rpm,
+            tpm=tpm,
             rpm_burst=config.rpm_burst,
             tpm_burst=config.tpm_burst,
             max_concurrency=config.max_concurrency,

@@ -113,6 +113,14 @@ class ProviderConfig(_Config, frozen=True):
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
     #: p95 latency (seconds) above which the provider is reported degraded.
     degraded_latency: float | None = None
+    #: Fill unset rpm/tpm with the kind's published entry-tier limits (PRESETS).
+    presets: bool = True
+    #: Azure OpenAI: the API version ("2024-10-21", or "v1") and model → deployment names.
+    api_version: str | None = None
+    deployments: dict[str, str] = msgspec.field(default_factory=dict)
+    #: OpenRouter attribution: sent as X-Title and HTTP-Referer.
+    app_name: str | None = None
+    app_url: str | None = None
     mock: MockConfig | None = None
 
     def __post_init__(self) -> None:
@@ -124,6 +132,10 @@ class ProviderConfig(_Config, frozen=True):
             raise ValueError(f"`max_queue` must be >= 0, got {self.max_queue}")
         if self.mock is not None and self.kind != "mock":
             raise ValueError("`mock` settings belong to providers of kind 'mock'")
+        if (self.api_version is not None or self.deployments) and self.kind != "azure":
+            raise ValueError("`api_version` and `deployments` belong to providers of kind 'azure'")
+        if (self.app_name is not None or self.app_url is not None) and self.kind != "openrouter":
+            raise ValueError("`app_name` and `app_url` belong to providers of kind 'openrouter'")
 
 
 Strategy: TypeAlias = Literal["fallback", "weighted", "least-latency", "least-cost", "least-busy"]

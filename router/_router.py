@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import random
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -44,7 +43,6 @@ import trio
 from trio_util import AsyncValue
 
 from providers import (
-    AnthropicProvider,
     Attempt,
     ChatRequest,
     ChatResponse,
@@ -53,15 +51,11 @@ from providers import (
     EmbeddingRequest,
     EmbeddingResponse,
     LLMError,
-    MockProvider,
-    MockResponse,
     NoRoute,
-    OpenAIProvider,
     Overloaded,
     Provider,
     RateLimited,
     RouterClosed,
-    Secret,
     StreamEvent,
 )
 from providers._types import is_content_event
@@ -70,13 +64,13 @@ from ._actor import ActorStatistics, ActorStream, ProviderActor
 from ._config import (
     DEFAULT_FAIL_OVER,
     HedgeConfig,
-    ProviderConfig,
     RouterConfig,
     Strategy,
     model_info,
 )
 from ._health import HealthSnapshot
 from ._policy import Candidate, HedgeBudget, Needs, Plan, cost_of, hedge_delay, plan_route
+from ._providers import build_provider, config_from_env
 from ._race import AttemptRecord, Race
 from ._retry import retry_delay
 
@@ -85,9 +79,6 @@ __all__ = ["Router", "RouterStatistics", "RouterStream", "open_router"]
 logger = logging.getLogger("trio_llm_router")
 
 T = TypeVar("T")
-
-#: Environment variable holding each kind's key when ``api_key_env`` is not set.
-DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
 #: Bare model ids whose provider kind is known from their prefix.
 _PREFIX_KINDS: tuple[tuple[str, str], ...] = (
@@ -163,42 +154,9 @@ class RouterStatistics(msgspec.Struct, frozen=True, kw_only=True):
     providers: dict[str, ActorStatistics]
 
 
-def build_provider(name: str, config: ProviderConfig) -> Provider:
-    """The adapter for a configured provider; keys come from the environment."""
-    if config.kind == "mock":
-        mock = config.mock
-        if mock is None:
-            return MockProvider(name=name)
-        default = (
-            MockResponse(text=mock.reply, chunk_latency=mock.chunk_latency) if mock.reply else None
-        )
-        return MockProvider(
-            name=name,
-            default=default,
-            latency=mock.latency,
-            models=list(mock.models),
-            record=False,
-        )
-    if config.kind not in ("openai", "anthropic"):
-        raise ConfigError(
-            f"provider kind {config.kind!r} is not available yet (available: openai, "
-            "anthropic, mock)",
-            path=f"$.providers.{name}.kind",
-        )
-    env = config.api_key_env or DEFAULT_KEY_ENV[config.kind]
-    key = os.environ.get(env)
-    if not key:
-        raise ConfigError(
-            f"the API key is missing: set the environment variable {env}",
-            path=f"$.providers.{name}.api_key_env",
-        )
-    cls = OpenAIProvider if config.kind == "openai" else AnthropicProvider
-    return cls(name=name, api_key=Secret(key), base_url=config.base_url, headers=config.headers)
-
-
 @asynccontextmanager
 async def open_router(
-    config: RouterConfig,
+    config: RouterConfig | None = None,
     *,
     providers: Mapping[str, Provider] | None = None,
     seed: int | None = None,
@@ -210,7 +168,8 @@ async def open_router(
     :class:`~providers.RouterClosed`.
 
     Args:
-        config: the providers, routes and supervision settings.
+        config: the providers, routes and supervision settings; ``None`` builds one
+            from the API keys in the environment (:func:`config_from_env`).
         providers: ready-made providers by name (a ``MockProvider``, or an adapter with
             your own ``httpx.AsyncClient``), used instead of building from ``config``.
             Their names must be configured; the router does not close them.
@@ -221,6 +180,8 @@ async def open_router(
         async with open_router(config) as router:
             resp = await router.complete(request)
     """
+    if config is None:
+        config = config_from_env()
     given = dict(providers or {})
     unknown = sorted(set(given) - set(config.providers))
     if unknown:

@@ -12,7 +12,13 @@ Synopsis::
 from .._mock import MockCall as MockCall
 from .._mock import MockProvider as MockProvider
 from .._mock import MockResponse as MockResponse
+from ._conformance import CONFORMANCE_CHECKS as CONFORMANCE_CHECKS
+from ._conformance import ProviderFactory as ProviderFactory
+from ._conformance import check_provider as check_provider
+from ._conformance import fake_base_url as fake_base_url
 from ._decode import decode_anthropic_request as decode_anthropic_request
+from ._decode import decode_gemini_request as decode_gemini_request
+from ._decode import decode_ollama_request as decode_ollama_request
 from ._decode import decode_openai_request as decode_openai_request
 from ._scenario import Fault as Fault
 from ._scenario import FaultKind as FaultKind
@@ -29,3 +35,32 @@ from ._upstream import RecordedRequest as RecordedRequest
 from ._upstream import UpstreamStats as UpstreamStats
 from ._upstream import open_fake_upstream as open_fake_upstream
 from ._upstream import serve_fake_upstream as serve_fake_upstream
+
+__all__ = [
+    "CONFORMANCE_CHECKS",
+    "FakeUpstream",
+    "Fault",
+    "FaultKind",
+    "Fixed",
+    "Latency",
+    "LogNormal",
+    "Mixture",
+    "MixtureComponent",
+    "MockCall",
+    "MockProvider",
+    "MockResponse",
+    "ProviderFactory",
+    "RecordedRequest",
+    "Scenario",
+    "Uniform",
+    "UpstreamStats",
+    "check_provider",
+    "decode_anthropic_request",
+    "decode_gemini_request",
+    "decode_ollama_request",
+    "decode_openai_request",
+    "fake_base_url",
+    "load_scenarios",
+    "open_fake_upstream",
+    "serve_fake_upstream",
+]

@@ -9,8 +9,8 @@ seed and a request order fix every decision.
 
 The wire formats live in :mod:`._upstream`; this module only decides *what* to say:
 :func:`plan_reply` turns a vendor-neutral :class:`ChatView` of a request into a
-:class:`ReplyPlan` (text or a tool call, finish reason, token counts) that both vendors'
-formatters render.
+:class:`ReplyPlan` (text or a tool call, finish reason, token counts) that every
+vendor's formatter renders (:func:`filter_plan` cuts it where the safety filter strikes).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ __all__ = [
     "Uniform",
     "estimate_input_tokens",
     "estimate_text_tokens",
+    "filter_plan",
     "load_scenarios",
     "plan_reply",
     "schema_example",
@@ -167,8 +168,17 @@ Latency: TypeAlias = Fixed | Uniform | LogNormal | Mixture
 
 # --------------------------------------------------------------------------- faults
 
+#: The kinds of :class:`Fault` the fake upstream can inject.
 FaultKind: TypeAlias = Literal[
-    "status", "reset", "hang", "midstream_error", "truncate", "malformed", "slow_drip"
+    "status",
+    "reset",
+    "hang",
+    "midstream_error",
+    "truncate",
+    "malformed",
+    "slow_drip",
+    "error_chunk",
+    "content_filter",
 ]
 
 
@@ -195,6 +205,19 @@ class Fault(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                               line after ``after_chunks`` chunks)
     ``slow_drip``             the body written ``drip_bytes`` at a time, with the
                               scenario's ``chunk_interval`` (or 0.01 s) between writes
+    ``error_chunk``           OpenAI-format streams (OpenRouter's shape): after
+                              ``after_chunks`` content chunks, one chunk with a top-level
+                              ``"error": {"code": status, "message": ...}`` and a choice
+                              with ``finish_reason: "error"``, then ``data: [DONE]``;
+                              other streams: like ``midstream_error``; non-streaming:
+                              like ``status``
+    ``content_filter``        the safety filter strikes: with ``after_chunks == 0`` the
+                              prompt is blocked (Gemini ``promptFeedback.blockReason``;
+                              OpenAI ``finish_reason: "content_filter"`` and no content,
+                              on Azure paths a 400 ``content_filter``; Anthropic
+                              ``stop_reason: "refusal"``), else the output stops after
+                              ``after_chunks`` chunks with the vendor's filter reason
+                              (Gemini ``SAFETY``); Ollama has no filter (never strikes)
     ========================  ==========================================================
 
     ``status``, ``reset`` and ``hang`` strike any request; the others shape a body,
@@ -276,7 +299,20 @@ class Scenario(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         ratelimit_requests: requests per window the headers advertise.
         ratelimit_tokens: tokens per window the headers advertise.
         require_auth: answer 401 without ``Authorization: Bearer`` (OpenAI) or
-            ``x-api-key`` (Anthropic).
+            ``x-api-key`` (Anthropic) or ``api-key`` (Azure), and Gemini's 400
+            ``API_KEY_INVALID`` without ``x-goog-api-key`` (or ``?key=``).  Ollama
+            never asks for a key.
+        openrouter_processing: that many ``: OPENROUTER PROCESSING`` SSE comment lines
+            before the first chunk of an OpenAI-format stream (OpenRouter's keep-alives).
+        usage_location: where OpenAI-format streams carry usage: ``"usage"`` (a
+            separate ``choices: []`` chunk when ``stream_options.include_usage`` is on)
+            or ``"x_groq"`` (Groq's shape: ``x_groq.usage`` on the last chunk before
+            ``[DONE]``, the finish chunk, and no usage chunk).  Non-streaming responses
+            keep ``usage`` at the top level either way.
+        azure_filter_chunks: Azure's content-filter annotations: the first chunk of an
+            OpenAI-format stream has ``"choices": []`` and ``prompt_filter_results``
+            (and ``id``/``model`` empty); non-streaming responses carry
+            ``prompt_filter_results`` and per-choice ``content_filter_results``.
 
     Example::
 
@@ -296,8 +332,13 @@ class Scenario(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     ratelimit_requests: int = 1000
     ratelimit_tokens: int = 1_000_000
     require_auth: bool = True
+    openrouter_processing: int = 0
+    usage_location: Literal["usage", "x_groq"] = "usage"
+    azure_filter_chunks: bool = False
 
     def __post_init__(self) -> None:
+        if self.openrouter_processing < 0:
+            raise ValueError("`openrouter_processing` must be >= 0")
         if not self.chunk_interval >= 0.0:
             raise ValueError("`chunk_interval` must be >= 0")
         if self.chunk_words < 1:
@@ -564,18 +605,50 @@ class ChatView(msgspec.Struct, frozen=True, kw_only=True):
 class ReplyPlan(msgspec.Struct, frozen=True, kw_only=True):
     """The answer, before a vendor format renders it.
 
-    ``finish`` is "stop" (natural end), "stop_sequence", "length" or "tool_use".
+    ``finish`` is "stop" (natural end), "stop_sequence", "length", "tool_use" or
+    "content_filter" (the safety filter cut the output, see :func:`filter_plan`).
     ``chunks`` is the streamed text (or the tool arguments) split into fragments.
+    ``prompt_blocked`` means the filter refused the prompt itself: no output at all.
     """
 
     text: str = ""
     tool_name: str | None = None
     tool_input: Any = None
-    finish: Literal["stop", "stop_sequence", "length", "tool_use"] = "stop"
+    finish: Literal["stop", "stop_sequence", "length", "tool_use", "content_filter"] = "stop"
     stop_sequence: str | None = None
     chunks: Sequence[str] = ()
     input_tokens: int = 0
     output_tokens: int = 1
+    prompt_blocked: bool = False
+
+
+def filter_plan(plan: ReplyPlan, after_chunks: int) -> ReplyPlan:
+    """The plan as the safety filter leaves it: cut after ``after_chunks`` chunks.
+
+    ``after_chunks == 0`` blocks the prompt (no output, no output tokens); otherwise the
+    first ``after_chunks`` text chunks survive (a tool call becomes plain text: the
+    filter stops it before it completes).
+
+    Example::
+
+        >>> filter_plan(ReplyPlan(text="a b", chunks=["a", " b"]), 1).text
+        'a'
+    """
+    if after_chunks == 0:
+        return ReplyPlan(
+            finish="content_filter",
+            input_tokens=plan.input_tokens,
+            output_tokens=0,
+            prompt_blocked=True,
+        )
+    chunks = list(plan.chunks[:after_chunks]) if plan.tool_name is None else []
+    return ReplyPlan(
+        text="".join(chunks),
+        finish="content_filter",
+        chunks=chunks,
+        input_tokens=plan.input_tokens,
+        output_tokens=max(1, len(chunks)),
+    )
 
 
 def plan_reply(view: ChatView, scenario: Scenario) -> ReplyPlan:

@@ -1,22 +1,64 @@
-"""A fake OpenAI/Anthropic HTTP server on loopback, with scripted latency and faults.
+"""A fake LLM-vendor HTTP server on loopback, with scripted latency and faults.
 
 :func:`open_fake_upstream` starts a trio HTTP/1.1 server (``h11`` over
-``trio.serve_tcp``, real sockets, keep-alive) that answers the OpenAI Chat Completions,
-Embeddings and Models endpoints and the Anthropic Messages and Models endpoints, in JSON
-and as server-sent-event streams, faithfully enough that the vendors' official SDKs parse
-every response, stream and error it sends.  Each URL starts with a scenario name that
-selects a :class:`~._scenario.Scenario` (latency, streaming pace, reply, faults)::
+``trio.serve_tcp``, real sockets, keep-alive) that speaks five wire formats natively —
+OpenAI, Anthropic, Gemini, Ollama and Azure OpenAI — in JSON and as streams, faithfully
+enough that the vendors' official SDKs parse every response, stream and error it sends.
+Each URL starts with a scenario name that selects a :class:`~._scenario.Scenario`
+(latency, streaming pace, reply, faults)::
 
-    /{scenario}/v1/chat/completions     OpenAI          POST
-    /{scenario}/v1/embeddings           OpenAI          POST
-    /{scenario}/v1/messages             Anthropic       POST  (also /v1/messages/count_tokens)
-    /{scenario}/v1/models[/{id}]        Anthropic if the request has an ``anthropic-version``
-                                        or ``x-api-key`` header, else OpenAI           GET
+    OpenAI (also OpenRouter, Groq, Together, any compatible server)
+    /{scenario}/v1/chat/completions                              POST  SSE, data: [DONE]
+    /{scenario}/v1/embeddings                                    POST
+    /{scenario}/v1/models[/{id}]                                 GET   (*)
 
-Unknown scenario names behave like ``Scenario()`` (an instant echo); ``/v1/...`` without
-a scenario is the scenario ``"default"``.  Every request is recorded
-(:class:`RecordedRequest`), including how its exchange ended, so tests can prove that
-cancelling a client call really closed its HTTP response.
+    Anthropic
+    /{scenario}/v1/messages                                      POST  SSE, event: names
+    /{scenario}/v1/messages/count_tokens                         POST
+    /{scenario}/v1/models[/{id}]                                 GET   (*)
+
+    Gemini (key: x-goog-api-key or ?key=; base URL {url}/{scenario}/v1beta)
+    /{scenario}/v1beta/models/{model}:generateContent            POST
+    /{scenario}/v1beta/models/{model}:streamGenerateContent      POST  ?alt=sse: SSE with
+                                                                       CRLF, no terminator;
+                                                                       else one JSON array
+    /{scenario}/v1beta/models/{model}:countTokens                POST
+    /{scenario}/v1beta/models/{model}:embedContent               POST
+    /{scenario}/v1beta/models/{model}:batchEmbedContents         POST  (at most 100)
+    /{scenario}/v1beta/models[/{model}]                          GET   paged: pageSize,
+                                                                       pageToken
+    Ollama (no key; base URL {url}/{scenario})
+    /{scenario}/api/chat                                         POST  NDJSON unless
+                                                                       "stream": false
+    /{scenario}/api/embed                                        POST
+    /{scenario}/api/tags                                         GET
+
+    Azure OpenAI (endpoint {url}/{scenario}; OpenAI bodies, Azure errors)
+    /{scenario}/openai/deployments/{deployment}/chat/completions POST  ?api-version= and
+    /{scenario}/openai/deployments/{deployment}/embeddings       POST  api-key required
+    /{scenario}/openai/models                                    GET   (?api-version=)
+    /{scenario}/openai/v1/chat/completions                       POST  api-key or Bearer
+    /{scenario}/openai/v1/embeddings                             POST
+    /{scenario}/openai/v1/models                                 GET
+
+    (*) Anthropic's shape if the request has an ``anthropic-version`` or ``x-api-key``
+        header, else OpenAI's.
+
+Unknown scenario names behave like ``Scenario()`` (an instant echo); a path that starts
+with ``/v1/``, ``/v1beta/`` or ``/api/`` has no scenario and uses ``"default"`` (so
+those three cannot be scenario names).  Every request is recorded
+(:class:`RecordedRequest`) with its headers, body and addressed model (the Azure
+deployment, the Gemini model in the path, or the body's ``model``), including how its
+exchange ended, so tests can prove that cancelling a client call really closed its HTTP
+response.
+
+Each format keeps its vendor's traps: Gemini refuses unknown field names (OpenAI's
+``max_tokens``), roles other than ``user``/``model``, ``data:`` URLs as base64, arguments
+that are strings, function responses that do not answer the previous turn one for one,
+and a missing key with a 400 ``API_KEY_INVALID`` (not a 401); its 429 carries the wait
+in a ``google.rpc.RetryInfo`` detail, not a header, and its usage counts leave zeros out.
+Ollama streams unless told not to, takes images as bare base64 and arguments as objects,
+and reports errors as ``{"error": "..."}``, also as a line inside a 200 stream.
 
 One exchange, in order: record the request, pick the scenario's fault for this request
 number, sample the latency, build the answer (validation errors included), sleep the
@@ -27,6 +69,7 @@ then send the answer, or inject the fault instead.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import itertools
 import math
@@ -40,7 +83,7 @@ from datetime import UTC, datetime
 from functools import partial
 from http import HTTPStatus
 from typing import Any, Literal, TypeAlias
-from urllib.parse import quote, unquote
+from urllib.parse import parse_qs, quote, unquote
 
 import h11
 import msgspec
@@ -54,6 +97,7 @@ from ._scenario import (
     Scenario,
     estimate_input_tokens,
     estimate_text_tokens,
+    filter_plan,
     plan_reply,
     select_fault,
 )
@@ -67,6 +111,9 @@ __all__ = [
 ]
 
 Vendor: TypeAlias = Literal["openai", "anthropic"]
+#: Every wire format the server speaks (``Vendor`` is what :meth:`FakeUpstream.base_url`
+#: builds URLs for).
+_Wire: TypeAlias = Literal["openai", "anthropic", "gemini", "ollama", "azure"]
 
 _RECEIVE_SIZE = 65536
 _DEFAULT_DRIP_INTERVAL = 0.01
@@ -96,7 +143,11 @@ class RecordedRequest(msgspec.Struct, kw_only=True):
         path: the URL path, scenario included (``/flaky/v1/chat/completions``).
         query: the raw query string ("" if none).
         headers: request headers, names lower-cased (repeated headers joined by ", ").
+            Test keys arrive here as sent (``authorization``, ``x-api-key``,
+            ``api-key``, ``x-goog-api-key``), so tests can assert on them.
         body: the decoded JSON body, or None (no body, or not JSON).
+        model: the model the request addressed: the body's ``model``, the Gemini model
+            in the path, or the Azure deployment in the path (None if none).
         received_at: ``trio.current_time()`` when the request was complete.
         outcome: "pending", "completed" (answered as scripted, error answers included),
             "client_disconnected" (the client went away first), or ``"fault:<kind>"``
@@ -113,6 +164,7 @@ class RecordedRequest(msgspec.Struct, kw_only=True):
     query: str = ""
     headers: dict[str, str] = {}
     body: Any = None
+    model: str | None = None
     received_at: float = 0.0
     outcome: str = "pending"
     fault: str | None = None
@@ -306,6 +358,8 @@ class _Reply:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    #: A refusal by the safety filter (the ``content_filter`` fault), not a bad request.
+    filtered: bool = False
 
 
 @dataclass(slots=True)
@@ -318,6 +372,8 @@ class _StreamReply:
     tail: list[bytes]
     error_event: bytes
     malformed_event: bytes
+    #: OpenAI format only: the ``error_chunk`` fault's chunk and terminator, by status.
+    error_chunk: Callable[[int], bytes] | None = None
 
 
 _Answer: TypeAlias = _Reply | _StreamReply
@@ -327,13 +383,21 @@ class _RequestError(Exception):
     """A request the real API would reject: answered with the vendor's error body."""
 
     def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        details: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        #: Gemini: the ``google.rpc`` detail objects of the error body.
+        self.details = details
 
 
 # --------------------------------------------------------------------------- request views
@@ -675,25 +739,75 @@ class _Connection:
 # --------------------------------------------------------------------------- the server
 
 
+Endpoint: TypeAlias = Literal[
+    "chat",
+    "embeddings",
+    "messages",
+    "count_tokens",
+    "models",
+    "model",
+    "generate",
+    "stream_generate",
+    "embed_content",
+    "batch_embed",
+    "embed",
+    "tags",
+    "unknown",
+]
+
+# The first path segments that mean "no scenario in the URL": the "default" scenario.
+_UNSCOPED = frozenset({"v1", "v1beta", "api"})
+_GEMINI_METHODS: dict[str, Endpoint] = {
+    "generateContent": "generate",
+    "streamGenerateContent": "stream_generate",
+    "countTokens": "count_tokens",
+    "embedContent": "embed_content",
+    "batchEmbedContents": "batch_embed",
+}
+
+
 @dataclass(slots=True)
 class _Route:
     scenario: str
-    vendor: Vendor
-    endpoint: Literal[
-        "chat", "embeddings", "messages", "count_tokens", "models", "model", "unknown"
-    ]
+    vendor: _Wire
+    endpoint: Endpoint
     model_id: str = ""
+    #: Azure: the deployment named in the path ("" for the v1 form).
+    deployment: str = ""
+    #: Azure's dated API: the ``api-version`` query parameter is required.
+    dated: bool = False
 
 
 def _route(method: str, path: str, headers: Mapping[str, str]) -> _Route:
     parts = path.split("/")
     # "/{scenario}/v1/..." -> ["", scenario, "v1", ...]; "/v1/..." -> scenario "default".
-    if len(parts) > 1 and parts[1] == "v1":
+    if len(parts) > 1 and parts[1] in _UNSCOPED:
         scenario, rest = "default", parts[1:]
     else:
         scenario, rest = unquote(parts[1]) if len(parts) > 1 else "", parts[2:]
+    # Gemini's v1 surface shares "/v1/models/..." with OpenAI; its POST methods have a
+    # ":verb" suffix no OpenAI path has (fine-tuned OpenAI model ids contain colons too,
+    # but are only ever read with GET).
+    if rest[:1] == ["v1beta"] or (
+        method == "POST"
+        and len(rest) == 3
+        and rest[:2] == ["v1", "models"]
+        and unquote(rest[2]).partition(":")[2] in _GEMINI_METHODS
+    ):
+        return _gemini_route(scenario, method, rest)
+    if rest[:1] == ["api"]:
+        endpoint: Endpoint = "unknown"
+        if method == "POST" and rest == ["api", "chat"]:
+            endpoint = "chat"
+        elif method == "POST" and rest == ["api", "embed"]:
+            endpoint = "embed"
+        elif method == "GET" and rest == ["api", "tags"]:
+            endpoint = "tags"
+        return _Route(scenario, "ollama", endpoint)
+    if rest[:1] == ["openai"]:
+        return _azure_route(scenario, method, rest)
     anthropic = _ANTHROPIC_VERSION_HEADER in headers or "x-api-key" in headers
-    by_header: Vendor = "anthropic" if anthropic else "openai"
+    by_header: _Wire = "anthropic" if anthropic else "openai"
     if method == "POST":
         if rest == ["v1", "chat", "completions"]:
             return _Route(scenario, "openai", "chat")
@@ -711,6 +825,38 @@ def _route(method: str, path: str, headers: Mapping[str, str]) -> _Route:
     if rest[:2] == ["v1", "messages"]:
         by_header = "anthropic"
     return _Route(scenario, by_header, "unknown")
+
+
+def _gemini_route(scenario: str, method: str, rest: list[str]) -> _Route:
+    """``v1beta/models[/{model}[:{method}]]``: the model, and the method after the colon."""
+    if len(rest) == 3 and rest[1] == "models":
+        model, colon, verb = unquote(rest[2]).partition(":")
+        if colon and method == "POST" and verb in _GEMINI_METHODS and model:
+            return _Route(scenario, "gemini", _GEMINI_METHODS[verb], model)
+        if not colon and method == "GET" and model:
+            return _Route(scenario, "gemini", "model", model)
+    if rest == [rest[0], "models"] and method == "GET":
+        return _Route(scenario, "gemini", "models")
+    return _Route(scenario, "gemini", "unknown")
+
+
+def _azure_route(scenario: str, method: str, rest: list[str]) -> _Route:
+    """``openai/deployments/{deployment}/...`` (dated API) or ``openai/v1/...``."""
+    if method == "POST" and len(rest) >= 4 and rest[1] == "deployments" and rest[2]:
+        deployment = unquote(rest[2])
+        if rest[3:] == ["chat", "completions"]:
+            return _Route(scenario, "azure", "chat", deployment, deployment, dated=True)
+        if rest[3:] == ["embeddings"]:
+            return _Route(scenario, "azure", "embeddings", deployment, deployment, dated=True)
+    if method == "GET" and rest == ["openai", "models"]:
+        return _Route(scenario, "azure", "models", dated=True)
+    if method == "POST" and rest == ["openai", "v1", "chat", "completions"]:
+        return _Route(scenario, "azure", "chat")
+    if method == "POST" and rest == ["openai", "v1", "embeddings"]:
+        return _Route(scenario, "azure", "embeddings")
+    if method == "GET" and rest == ["openai", "v1", "models"]:
+        return _Route(scenario, "azure", "models")
+    return _Route(scenario, "azure", "unknown")
 
 
 class FakeUpstream:
@@ -759,7 +905,9 @@ class FakeUpstream:
         """The ``base_url`` to give a client for ``scenario`` in the ``kind`` wire format.
 
         OpenAI clients append ``/chat/completions``, so their base ends in ``/v1``;
-        Anthropic clients append ``/v1/messages`` themselves.
+        Anthropic clients append ``/v1/messages`` themselves.  The other formats'
+        bases are in the module's path table: Gemini ``f"{url}/{scenario}/v1beta"``,
+        Ollama and the Azure endpoint ``f"{url}/{scenario}"``.
 
         Example::
 
@@ -886,6 +1034,7 @@ class FakeUpstream:
             query=query,
             headers=headers,
             body=body,
+            model=_addressed_model(route, body),
             received_at=trio.current_time(),
         )
         if self._record:
@@ -897,13 +1046,13 @@ class FakeUpstream:
         try:
             fault = select_fault(scenario.faults, state.served, state.fault_rng)
             delay = scenario.latency.sample(state.latency_rng)
-            answer = self._answer(route, record, scenario, state, body, body_error)
-            if fault is not None and not _applies(fault, answer):
+            answer = self._answer(route, record, scenario, state, body, body_error, fault)
+            if fault is not None and not _applies(fault, answer, route):
                 fault = None
             fault_reply: _Reply | None = None
             if fault is not None and (
                 fault.kind == "status"
-                or (fault.kind == "midstream_error" and isinstance(answer, _Reply))
+                or (fault.kind in ("midstream_error", "error_chunk") and isinstance(answer, _Reply))
             ):
                 fault_reply = self._status_fault(route.vendor, fault, state)
 
@@ -944,14 +1093,18 @@ class FakeUpstream:
         "pending" for :meth:`_exchange` to turn into "client_disconnected".
         """
         interval = state.scenario.chunk_interval
-        if fault is None:
+        if fault is None or fault.kind == "content_filter":
+            # The filter already shaped the answer; it is delivered like any other.
+            if fault is not None:
+                record.fault = fault.kind
+                state.faults[fault.kind] = state.faults.get(fault.kind, 0) + 1
             if delay > 0:
                 await trio.sleep(delay)
             if isinstance(answer, _Reply):
                 await self._send_reply(conn, record, answer)
             else:
                 await self._send_stream(conn, record, answer, None, interval)
-            record.outcome = "completed"
+            record.outcome = "completed" if fault is None else f"fault:{fault.kind}"
             return True
 
         record.fault = fault.kind
@@ -964,7 +1117,7 @@ class FakeUpstream:
         if fault.kind == "reset":
             await conn.reset()
             keep_alive = False
-        elif fault_reply is not None:  # "status", or "midstream_error" without a stream
+        elif fault_reply is not None:  # "status"; in-stream errors without a stream
             await self._send_reply(conn, record, fault_reply)
         elif isinstance(answer, _StreamReply):
             keep_alive = await self._send_stream(conn, record, answer, fault, interval)
@@ -1046,8 +1199,11 @@ class FakeUpstream:
                     await conn.send(framed())
                     await conn.close()
                     return False
-                if fault.kind == "midstream_error":
-                    batch.append(reply.error_event)
+                if fault.kind in ("midstream_error", "error_chunk"):
+                    if fault.kind == "error_chunk" and reply.error_chunk is not None:
+                        batch.append(reply.error_chunk(fault.status))
+                    else:
+                        batch.append(reply.error_event)
                     await conn.send(framed() + conn.frame(h11.EndOfMessage()))
                     return True
                 batch.append(reply.malformed_event)
@@ -1068,19 +1224,22 @@ class FakeUpstream:
         state: _ScenarioState,
         body: Any,
         body_error: bool,
+        fault: Fault | None,
     ) -> _Answer:
-        vendor = _OPENAI if route.vendor == "openai" else _ANTHROPIC
+        vendor = _FORMATS[route.vendor]
         request_id = f"req_fake{next(_ids):010d}"
         try:
             if route.endpoint == "unknown":
-                raise _RequestError(404, vendor.not_found_message(record.method, record.path))
-            if scenario.require_auth and not vendor.authorized(record.headers):
-                raise _RequestError(401, vendor.missing_auth_message)
+                return vendor.unknown_url_reply(record.method, record.path, request_id)
+            if scenario.require_auth and not vendor.authorized(record, route):
+                raise vendor.auth_error()
             if route.vendor == "anthropic" and _ANTHROPIC_VERSION_HEADER not in record.headers:
                 raise _RequestError(400, "anthropic-version: header is required")
+            if route.dated and not _query_value(record.query, "api-version"):
+                raise _RequestError(400, _AZURE_NO_VERSION, code="MissingApiVersionParameter")
             if body_error:
                 raise _RequestError(400, vendor.bad_json_message)
-            return self._success(route, vendor, scenario, state, body, request_id)
+            return self._success(route, vendor, scenario, state, body, request_id, record, fault)
         except _RequestError as exc:
             return vendor.error_reply(exc, request_id)
 
@@ -1092,44 +1251,38 @@ class FakeUpstream:
         state: _ScenarioState,
         body: Any,
         request_id: str,
+        record: RecordedRequest,
+        fault: Fault | None,
     ) -> _Answer:
         now = trio.current_time()
-        if route.endpoint in ("models", "model"):
+        if route.endpoint in ("models", "model", "tags"):
             state.request_bucket.take(1, now)
-            return vendor.models_reply(scenario, route.model_id, request_id, self._wall())
-        if route.endpoint == "embeddings":
-            req = _convert_body(body, _OAEmbeddingRequest)
-            reply, tokens = _embeddings_reply(req, request_id)
+            return vendor.models_reply(
+                scenario, route.model_id, request_id, self._wall(), record.query
+            )
+        if route.endpoint in ("embeddings", "embed", "embed_content", "batch_embed"):
+            reply, tokens = vendor.embeddings_reply(route, body, request_id)
             state.request_bucket.take(1, now)
             state.token_bucket.take(tokens, now)
             if scenario.ratelimit_headers:
                 reply.headers += vendor.ratelimit_headers(state, self._wall(), None)
             return reply
 
-        view: ChatView
-        stream = False
-        include_usage = False
-        if route.endpoint == "chat":
-            oa = _convert_body(body, _OAChatRequest)
-            if not oa.messages:
-                raise _RequestError(400, "messages: must not be empty", param="messages")
-            view, model = _openai_view(oa), oa.model
-            stream = bool(oa.stream)
-            include_usage = bool(oa.stream_options and oa.stream_options.include_usage)
-        else:
-            an = _convert_body(body, _AnRequest)
-            if route.endpoint == "messages" and an.max_tokens is None:
-                raise _RequestError(400, "max_tokens: Field required", param="max_tokens")
-            view, model = _anthropic_view(an), an.model
-            stream = bool(an.stream)
-
+        chat = vendor.read_chat(route, body, record.query)
         if route.endpoint == "count_tokens":
-            return _json_reply(200, {"input_tokens": view.input_tokens}, vendor, request_id)
+            return vendor.count_tokens_reply(chat.view.input_tokens, request_id)
         window = scenario.context_window
-        if window is not None and view.input_tokens > window:
-            raise vendor.context_error(window, view.input_tokens)
+        if window is not None and chat.view.input_tokens > window:
+            raise vendor.context_error(window, chat.view.input_tokens)
 
-        plan = plan_reply(view, scenario)
+        plan = plan_reply(chat.view, scenario)
+        if fault is not None and fault.kind == "content_filter" and vendor.has_filter:
+            plan = filter_plan(plan, fault.after_chunks)
+            blocked = vendor.prompt_blocked_error() if plan.prompt_blocked else None
+            if blocked is not None:
+                reply = vendor.error_reply(blocked, request_id)
+                reply.filtered = True
+                return reply
         state.request_bucket.take(1, now)
         state.token_bucket.take(plan.input_tokens + plan.output_tokens, now)
         extra = (
@@ -1137,28 +1290,32 @@ class FakeUpstream:
             if scenario.ratelimit_headers
             else []
         )
-        n = next(_ids)
-        created = int(self._wall())
-        cached = min(scenario.cached_tokens, plan.input_tokens)
-        if stream:
-            return vendor.stream_reply(
-                plan, model, n, created, cached, include_usage, request_id, extra
-            )
-        reply = vendor.chat_reply(plan, model, n, created, cached, request_id)
+        shape = _Shape(
+            chat=chat,
+            n=next(_ids),
+            created=int(self._wall()),
+            cached=min(scenario.cached_tokens, plan.input_tokens),
+            request_id=request_id,
+            scenario=scenario,
+            wall=self._wall(),
+        )
+        if chat.stream:
+            return vendor.stream_reply(plan, shape, extra)
+        reply = vendor.chat_reply(plan, shape)
         reply.headers += extra
         return reply
 
-    def _status_fault(self, vendor_name: Vendor, fault: Fault, state: _ScenarioState) -> _Reply:
-        vendor = _OPENAI if vendor_name == "openai" else _ANTHROPIC
+    def _status_fault(self, wire: _Wire, fault: Fault, state: _ScenarioState) -> _Reply:
+        vendor = _FORMATS[wire]
         request_id = f"req_fake{next(_ids):010d}"
         status = fault.status
         retry_after = fault.retry_after
         if status == 429 and retry_after is None:
             retry_after = 1.0
         reply = vendor.error_reply(vendor.fault_error(status, state, retry_after), request_id)
-        if retry_after is not None:
+        if retry_after is not None and vendor.retry_after_header:
             reply.headers.append(("retry-after", _format_seconds(retry_after)))
-            if vendor_name == "openai":
+            if vendor.retry_after_ms_header:
                 reply.headers.append(("retry-after-ms", str(round(retry_after * 1000))))
         if status == 429:
             reply.headers += vendor.ratelimit_headers(state, self._wall(), retry_after)
@@ -1189,24 +1346,53 @@ async def _watching_for_hangup(conn: _Connection, deliver: Callable[[], Awaitabl
     return keep_alive
 
 
-def _applies(fault: Fault, answer: _Answer) -> bool:
+_CHAT_ENDPOINTS = frozenset({"chat", "messages", "generate", "stream_generate"})
+
+
+def _applies(fault: Fault, answer: _Answer, route: _Route) -> bool:
     """Faults that shape a body only strike answers that would have succeeded."""
     if fault.kind in ("status", "reset", "hang"):
         return True
+    if fault.kind == "content_filter":
+        if not _FORMATS[route.vendor].has_filter or route.endpoint not in _CHAT_ENDPOINTS:
+            return False
+        if isinstance(answer, _Reply) and answer.filtered:
+            return True
     return isinstance(answer, _StreamReply) or answer.status < 400
 
 
 def _json_reply(status: int, obj: Any, vendor: _VendorFormat, request_id: str) -> _Reply:
     body = _encode(obj)
-    headers = [
-        ("content-type", "application/json"),
-        ("content-length", str(len(body))),
-        (vendor.request_id_header, request_id),
-    ]
+    headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
+    if vendor.request_id_header:
+        headers.append((vendor.request_id_header, request_id))
     return _Reply(status, headers, body)
 
 
-def _embeddings_reply(req: _OAEmbeddingRequest, request_id: str) -> tuple[_Reply, int]:
+def _text_reply(status: int, content_type: str, text: str) -> _Reply:
+    body = text.encode()
+    return _Reply(
+        status, [("content-type", content_type), ("content-length", str(len(body)))], body
+    )
+
+
+def _addressed_model(route: _Route, body: Any) -> str | None:
+    """The model a request addressed: Azure's deployment, Gemini's path, or the body's."""
+    if route.model_id:
+        return route.model_id
+    if isinstance(body, dict) and isinstance(body.get("model"), str):
+        return str(body["model"])
+    return None
+
+
+def _query_value(query: str, name: str) -> str | None:
+    values = parse_qs(query, keep_blank_values=True).get(name)
+    return values[0] if values else None
+
+
+def _openai_embeddings(
+    req: _OAEmbeddingRequest, request_id: str, vendor: _VendorFormat
+) -> tuple[_Reply, int]:
     inputs = req.input
     if isinstance(inputs, str) or (
         isinstance(inputs, list) and inputs and all(isinstance(x, int) for x in inputs)
@@ -1239,25 +1425,72 @@ def _embeddings_reply(req: _OAEmbeddingRequest, request_id: str) -> tuple[_Reply
         "model": req.model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
-    return _json_reply(200, obj, _OPENAI, request_id), tokens
+    return _json_reply(200, obj, vendor, request_id), tokens
 
 
 # --------------------------------------------------------------------------- wire formats
 
 
+@dataclass(slots=True, frozen=True)
+class _ChatRead:
+    """A chat request as the planner and the formatters need it, whichever vendor."""
+
+    view: ChatView
+    model: str
+    stream: bool = False
+    include_usage: bool = False
+    #: Gemini ``streamGenerateContent`` without ``alt=sse``: one JSON array of chunks.
+    array: bool = False
+    #: The request asked to see the model's thinking (Gemini ``includeThoughts``,
+    #: Ollama ``think``).
+    thinking: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class _Shape:
+    """Everything a formatter needs besides the plan."""
+
+    chat: _ChatRead
+    n: int
+    created: int
+    cached: int
+    request_id: str
+    scenario: Scenario
+    wall: float
+
+    @property
+    def model(self) -> str:
+        return self.chat.model
+
+
 class _VendorFormat:
     """What differs between the vendors: error shapes, headers, bodies and streams."""
 
-    name: Vendor
-    request_id_header: str
-    missing_auth_message: str
-    bad_json_message: str
+    name: _Wire
+    #: The response header carrying the request id ("" for none).
+    request_id_header: str = ""
+    missing_auth_message: str = ""
+    bad_json_message: str = ""
+    #: 429 and other retry answers carry ``retry-after`` (and ``retry-after-ms``).
+    retry_after_header: bool = True
+    retry_after_ms_header: bool = False
+    #: The vendor has a safety filter (the ``content_filter`` fault applies).
+    has_filter: bool = True
 
-    def authorized(self, headers: Mapping[str, str]) -> bool:
+    def authorized(self, record: RecordedRequest, route: _Route) -> bool:
         raise NotImplementedError
+
+    def auth_error(self) -> _RequestError:
+        """The answer to a request without a usable key."""
+        return _RequestError(401, self.missing_auth_message)
 
     def not_found_message(self, method: str, path: str) -> str:
         raise NotImplementedError
+
+    def unknown_url_reply(self, method: str, path: str, request_id: str) -> _Reply:
+        return self.error_reply(
+            _RequestError(404, self.not_found_message(method, path)), request_id
+        )
 
     def error_body(self, error: _RequestError, request_id: str) -> Any:
         raise NotImplementedError
@@ -1274,44 +1507,48 @@ class _VendorFormat:
     def context_error(self, limit: int, requested: int) -> _RequestError:
         raise NotImplementedError
 
+    def prompt_blocked_error(self) -> _RequestError | None:
+        """How a blocked prompt is refused when it is an HTTP error (Azure), else None."""
+        return None
+
     def ratelimit_headers(
         self, state: _ScenarioState, wall: float, retry_after: float | None
     ) -> list[tuple[str, str]]:
-        raise NotImplementedError
+        return []
 
     def models_reply(
-        self, scenario: Scenario, model_id: str, request_id: str, wall: float
+        self, scenario: Scenario, model_id: str, request_id: str, wall: float, query: str
     ) -> _Reply:
         raise NotImplementedError
 
-    def chat_reply(
-        self, plan: ReplyPlan, model: str, n: int, created: int, cached: int, request_id: str
-    ) -> _Reply:
+    def embeddings_reply(self, route: _Route, body: Any, request_id: str) -> tuple[_Reply, int]:
+        raise _RequestError(404, self.not_found_message("POST", "embeddings"))
+
+    def read_chat(self, route: _Route, body: Any, query: str) -> _ChatRead:
+        raise NotImplementedError
+
+    def count_tokens_reply(self, tokens: int, request_id: str) -> _Reply:
+        raise _RequestError(404, self.not_found_message("POST", "countTokens"))
+
+    def chat_reply(self, plan: ReplyPlan, shape: _Shape) -> _Reply:
         raise NotImplementedError
 
     def stream_reply(
-        self,
-        plan: ReplyPlan,
-        model: str,
-        n: int,
-        created: int,
-        cached: int,
-        include_usage: bool,
-        request_id: str,
-        extra: list[tuple[str, str]],
+        self, plan: ReplyPlan, shape: _Shape, extra: list[tuple[str, str]]
     ) -> _StreamReply:
         raise NotImplementedError
 
     def stream_headers(
         self, request_id: str, extra: list[tuple[str, str]]
     ) -> list[tuple[str, str]]:
-        return [
+        headers = [
             ("content-type", "text/event-stream; charset=utf-8"),
             ("cache-control", "no-cache"),
             ("transfer-encoding", "chunked"),
-            (self.request_id_header, request_id),
-            *extra,
         ]
+        if self.request_id_header:
+            headers.append((self.request_id_header, request_id))
+        return headers + extra
 
 
 _OPENAI_FINISH = {
@@ -1319,18 +1556,26 @@ _OPENAI_FINISH = {
     "stop_sequence": "stop",
     "length": "length",
     "tool_use": "tool_calls",
+    "content_filter": "content_filter",
 }
 _ANTHROPIC_STOP = {
     "stop": "end_turn",
     "stop_sequence": "stop_sequence",
     "length": "max_tokens",
     "tool_use": "tool_use",
+    "content_filter": "refusal",
 }
+_AZURE_SAFE = {
+    category: {"filtered": False, "severity": "safe"}
+    for category in ("hate", "self_harm", "sexual", "violence")
+}
+_AZURE_FILTERED = {**_AZURE_SAFE, "violence": {"filtered": True, "severity": "high"}}
 
 
 class _OpenAIFormat(_VendorFormat):
-    name: Vendor = "openai"
+    name: _Wire = "openai"
     request_id_header = "x-request-id"
+    retry_after_ms_header = True
     missing_auth_message = (
         "You didn't provide an API key. You need to provide your API key in an "
         "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
@@ -1341,9 +1586,8 @@ class _OpenAIFormat(_VendorFormat):
         "but what was sent was not valid JSON.)"
     )
 
-    def authorized(self, headers: Mapping[str, str]) -> bool:
-        auth = headers.get("authorization", "")
-        return auth[:7].lower() == "bearer " and bool(auth[7:].strip())
+    def authorized(self, record: RecordedRequest, route: _Route) -> bool:
+        return _bearer(record.headers)
 
     def not_found_message(self, method: str, path: str) -> str:
         return f"Invalid URL ({method} {path})"
@@ -1398,7 +1642,7 @@ class _OpenAIFormat(_VendorFormat):
         ]
 
     def models_reply(
-        self, scenario: Scenario, model_id: str, request_id: str, wall: float
+        self, scenario: Scenario, model_id: str, request_id: str, wall: float, query: str
     ) -> _Reply:
         def entry(model: str) -> dict[str, Any]:
             return {"id": model, "object": "model", "created": 1700000000, "owned_by": "system"}
@@ -1415,6 +1659,24 @@ class _OpenAIFormat(_VendorFormat):
         obj = {"object": "list", "data": [entry(m) for m in scenario.models]}
         return _json_reply(200, obj, self, request_id)
 
+    def _with_model(self, route: _Route, body: Any) -> Any:
+        return body
+
+    def embeddings_reply(self, route: _Route, body: Any, request_id: str) -> tuple[_Reply, int]:
+        req = _convert_body(self._with_model(route, body), _OAEmbeddingRequest)
+        return _openai_embeddings(req, request_id, self)
+
+    def read_chat(self, route: _Route, body: Any, query: str) -> _ChatRead:
+        oa = _convert_body(self._with_model(route, body), _OAChatRequest)
+        if not oa.messages:
+            raise _RequestError(400, "messages: must not be empty", param="messages")
+        return _ChatRead(
+            view=_openai_view(oa),
+            model=oa.model,
+            stream=bool(oa.stream),
+            include_usage=bool(oa.stream_options and oa.stream_options.include_usage),
+        )
+
     @staticmethod
     def _usage(plan: ReplyPlan, cached: int) -> dict[str, Any]:
         return {
@@ -1430,12 +1692,11 @@ class _OpenAIFormat(_VendorFormat):
             },
         }
 
-    def chat_reply(
-        self, plan: ReplyPlan, model: str, n: int, created: int, cached: int, request_id: str
-    ) -> _Reply:
+    def chat_reply(self, plan: ReplyPlan, shape: _Shape) -> _Reply:
+        n, scenario = shape.n, shape.scenario
         message: dict[str, Any] = {
             "role": "assistant",
-            "content": plan.text,
+            "content": plan.text if plan.text or plan.finish != "content_filter" else None,
             "refusal": None,
             "annotations": [],
         }
@@ -1448,49 +1709,64 @@ class _OpenAIFormat(_VendorFormat):
                     "function": {"name": plan.tool_name, "arguments": plan.text},
                 }
             ]
-        obj = {
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": message,
+            "logprobs": None,
+            "finish_reason": _OPENAI_FINISH[plan.finish],
+        }
+        obj: dict[str, Any] = {
             "id": f"chatcmpl-fake{n:012d}",
             "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": None,
-                    "finish_reason": _OPENAI_FINISH[plan.finish],
-                }
-            ],
-            "usage": self._usage(plan, cached),
+            "created": shape.created,
+            "model": shape.model,
+            "choices": [choice],
+            "usage": self._usage(plan, shape.cached),
             "service_tier": "default",
             "system_fingerprint": _FINGERPRINT,
         }
-        return _json_reply(200, obj, self, request_id)
+        if scenario.azure_filter_chunks:
+            filtered = plan.finish == "content_filter"
+            choice["content_filter_results"] = _AZURE_FILTERED if filtered else _AZURE_SAFE
+            obj["prompt_filter_results"] = [
+                {"prompt_index": 0, "content_filter_results": _AZURE_SAFE}
+            ]
+        if scenario.usage_location == "x_groq":
+            obj["x_groq"] = {"id": shape.request_id}
+        return _json_reply(200, obj, self, shape.request_id)
 
     def stream_reply(
-        self,
-        plan: ReplyPlan,
-        model: str,
-        n: int,
-        created: int,
-        cached: int,
-        include_usage: bool,
-        request_id: str,
-        extra: list[tuple[str, str]],
+        self, plan: ReplyPlan, shape: _Shape, extra: list[tuple[str, str]]
     ) -> _StreamReply:
+        n, scenario = shape.n, shape.scenario
+        # Groq's shape: usage rides on the finish chunk, never in a separate chunk.
+        groq = scenario.usage_location == "x_groq"
+        include_usage = shape.chat.include_usage and not groq
+        azure = scenario.azure_filter_chunks
         base: dict[str, Any] = {
             "id": f"chatcmpl-fake{n:012d}",
             "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
+            "created": shape.created,
+            "model": shape.model,
             "system_fingerprint": _FINGERPRINT,
         }
         if include_usage:
             base["usage"] = None
 
-        def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            return b"data: " + _encode({**base, "choices": [choice]}) + b"\n\n"
+        def data(obj: dict[str, Any]) -> bytes:
+            return b"data: " + _encode(obj) + b"\n\n"
+
+        def event(delta: dict[str, Any], finish: str | None = None, **top: Any) -> bytes:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "delta": delta,
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+            if azure:
+                filtered = finish == "content_filter"
+                choice["content_filter_results"] = _AZURE_FILTERED if filtered else _AZURE_SAFE
+            return data({**base, "choices": [choice], **top})
 
         if plan.tool_name is not None:
             call = {
@@ -1509,10 +1785,33 @@ class _OpenAIFormat(_VendorFormat):
         else:
             head = [event({"role": "assistant", "content": "", "refusal": None})]
             content = [event({"content": piece}) for piece in plan.chunks]
-        tail = [event({}, _OPENAI_FINISH[plan.finish])]
+        if azure:
+            # Azure's first chunk: no choices, empty id and model, the prompt's filter.
+            head.insert(
+                0,
+                data(
+                    {
+                        "choices": [],
+                        "created": 0,
+                        "id": "",
+                        "model": "",
+                        "object": "",
+                        "prompt_filter_results": [
+                            {"prompt_index": 0, "content_filter_results": _AZURE_SAFE}
+                        ],
+                    }
+                ),
+            )
+        head[:0] = [b": OPENROUTER PROCESSING\n\n"] * scenario.openrouter_processing
+        usage = self._usage(plan, shape.cached)
+        finish = _OPENAI_FINISH[plan.finish]
+        if groq:
+            x_groq = {"id": shape.request_id, "usage": {**usage, "queue_time": 0.001}}
+            tail = [event({}, finish, x_groq=x_groq)]
+        else:
+            tail = [event({}, finish)]
         if include_usage:
-            usage = {**base, "choices": [], "usage": self._usage(plan, cached)}
-            tail.append(b"data: " + _encode(usage) + b"\n\n")
+            tail.append(data({**base, "choices": [], "usage": usage}))
         tail.append(b"data: [DONE]\n\n")
         error = {
             "error": {
@@ -1522,30 +1821,127 @@ class _OpenAIFormat(_VendorFormat):
                 "code": None,
             }
         }
+
+        def error_chunk(status: int) -> bytes:
+            # OpenRouter: an error during generation arrives as a 200 chunk with a
+            # numeric code and a choice that finished with "error".
+            message = _OPENAI_ERRORS.get(status, ("", None, _phrase(status)))[2]
+            choice = {
+                "index": 0,
+                "delta": {"content": ""},
+                "logprobs": None,
+                "finish_reason": "error",
+            }
+            obj = {
+                **base,
+                "error": {"code": status, "message": message or _phrase(status)},
+                "choices": [choice],
+            }
+            return data(obj) + b"data: [DONE]\n\n"
+
         return _StreamReply(
-            headers=self.stream_headers(request_id, extra),
+            headers=self.stream_headers(shape.request_id, extra),
             head=head,
             content=content,
             tail=tail,
-            error_event=b"data: " + _encode(error) + b"\n\n",
+            error_event=data(error),
             malformed_event=(
                 b'data: {"id":"' + base["id"].encode() + b'","object":"chat.completion.chunk",'
                 b'"choices":[{"index":0,"delta":{"content":"\n\n'
             ),
+            error_chunk=error_chunk,
         )
 
 
+_AZURE_NO_VERSION = "The api-version query parameter (?api-version=) is required for all requests."
+_AZURE_NO_KEY = (
+    "Access denied due to invalid subscription key or wrong API endpoint. Make sure to "
+    "provide a valid key for an active subscription and use a correct regional API "
+    "endpoint for your resource."
+)
+
+
+class _AzureFormat(_OpenAIFormat):
+    """Azure OpenAI: OpenAI's bodies behind Azure's paths, keys and error envelope."""
+
+    name: _Wire = "azure"
+    missing_auth_message = _AZURE_NO_KEY
+
+    def authorized(self, record: RecordedRequest, route: _Route) -> bool:
+        if record.headers.get("api-key", "").strip():
+            return True
+        # The v1 API also takes the key (or an Entra token) as a bearer token.
+        return not route.deployment and _bearer(record.headers)
+
+    def auth_error(self) -> _RequestError:
+        return _RequestError(401, self.missing_auth_message, code="401")
+
+    def not_found_message(self, method: str, path: str) -> str:
+        return "Resource not found"
+
+    def error_body(self, error: _RequestError, request_id: str) -> Any:
+        body: dict[str, Any] = {"code": error.code or str(error.status), "message": error.message}
+        if error.param is not None:
+            body["param"] = error.param
+            body["type"] = super().error_body(error, request_id)["error"]["type"]
+        if error.code == "content_filter":
+            body["status"] = error.status
+            body["innererror"] = {
+                "code": "ResponsibleAIPolicyViolation",
+                "content_filter_result": _AZURE_FILTERED,
+            }
+        return {"error": body}
+
+    def fault_error(
+        self, status: int, state: _ScenarioState, retry_after: float | None
+    ) -> _RequestError:
+        if status == 404:
+            return _RequestError(
+                404,
+                "The API deployment for this resource does not exist. If you created the "
+                "deployment within the last 5 minutes, please wait a moment and try again.",
+                code="DeploymentNotFound",
+            )
+        if status == 429:
+            wait = math.ceil(retry_after or 1.0)
+            return _RequestError(
+                429,
+                "Requests to the ChatCompletions_Create Operation under Azure OpenAI API "
+                "version 2024-10-21 have exceeded token rate limit of your current OpenAI S0 "
+                f"pricing tier. Please retry after {wait} seconds.",
+                code="429",
+            )
+        return _RequestError(status, super().fault_error(status, state, retry_after).message)
+
+    def prompt_blocked_error(self) -> _RequestError | None:
+        return _RequestError(
+            400,
+            "The response was filtered due to the prompt triggering Azure OpenAI's content "
+            "management policy. Please modify your prompt and retry.",
+            param="prompt",
+            code="content_filter",
+        )
+
+    def _with_model(self, route: _Route, body: Any) -> Any:
+        # The dated API names the deployment in the path; a body "model" is ignored.
+        if route.deployment and isinstance(body, dict):
+            return {**body, "model": route.deployment}
+        return body
+
+
+def _bearer(headers: Mapping[str, str]) -> bool:
+    auth = headers.get("authorization", "")
+    return auth[:7].lower() == "bearer " and bool(auth[7:].strip())
+
+
 class _AnthropicFormat(_VendorFormat):
-    name: Vendor = "anthropic"
+    name: _Wire = "anthropic"
     request_id_header = "request-id"
     missing_auth_message = "x-api-key header is required"
     bad_json_message = "There was an error parsing the body of your request: invalid JSON"
 
-    def authorized(self, headers: Mapping[str, str]) -> bool:
-        if headers.get("x-api-key", "").strip():
-            return True
-        auth = headers.get("authorization", "")
-        return auth[:7].lower() == "bearer " and bool(auth[7:].strip())
+    def authorized(self, record: RecordedRequest, route: _Route) -> bool:
+        return bool(record.headers.get("x-api-key", "").strip()) or _bearer(record.headers)
 
     def not_found_message(self, method: str, path: str) -> str:
         return "Not Found"
@@ -1584,7 +1980,7 @@ class _AnthropicFormat(_VendorFormat):
         ]
 
     def models_reply(
-        self, scenario: Scenario, model_id: str, request_id: str, wall: float
+        self, scenario: Scenario, model_id: str, request_id: str, wall: float, query: str
     ) -> _Reply:
         def entry(model: str) -> dict[str, Any]:
             return {
@@ -1607,6 +2003,15 @@ class _AnthropicFormat(_VendorFormat):
         }
         return _json_reply(200, obj, self, request_id)
 
+    def read_chat(self, route: _Route, body: Any, query: str) -> _ChatRead:
+        an = _convert_body(body, _AnRequest)
+        if route.endpoint == "messages" and an.max_tokens is None:
+            raise _RequestError(400, "max_tokens: Field required", param="max_tokens")
+        return _ChatRead(view=_anthropic_view(an), model=an.model, stream=bool(an.stream))
+
+    def count_tokens_reply(self, tokens: int, request_id: str) -> _Reply:
+        return _json_reply(200, {"input_tokens": tokens}, self, request_id)
+
     @staticmethod
     def _usage(plan: ReplyPlan, cached: int, output_tokens: int) -> dict[str, Any]:
         return {
@@ -1616,42 +2021,39 @@ class _AnthropicFormat(_VendorFormat):
             "output_tokens": output_tokens,
         }
 
-    def chat_reply(
-        self, plan: ReplyPlan, model: str, n: int, created: int, cached: int, request_id: str
-    ) -> _Reply:
-        block: dict[str, Any]
+    def chat_reply(self, plan: ReplyPlan, shape: _Shape) -> _Reply:
+        n, cached = shape.n, shape.cached
+        blocks: list[dict[str, Any]]
         if plan.tool_name is not None:
-            block = {
-                "type": "tool_use",
-                "id": f"toolu_fake{n:012d}",
-                "name": plan.tool_name,
-                "input": plan.tool_input,
-            }
+            blocks = [
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_fake{n:012d}",
+                    "name": plan.tool_name,
+                    "input": plan.tool_input,
+                }
+            ]
+        elif plan.text or plan.finish != "content_filter":
+            blocks = [{"type": "text", "text": plan.text}]
         else:
-            block = {"type": "text", "text": plan.text}
+            blocks = []
         obj = {
             "id": f"msg_fake{n:012d}",
             "type": "message",
             "role": "assistant",
-            "model": model,
-            "content": [block],
+            "model": shape.model,
+            "content": blocks,
             "stop_reason": _ANTHROPIC_STOP[plan.finish],
             "stop_sequence": plan.stop_sequence,
             "usage": {**self._usage(plan, cached, plan.output_tokens), "service_tier": "standard"},
         }
-        return _json_reply(200, obj, self, request_id)
+        return _json_reply(200, obj, self, shape.request_id)
 
     def stream_reply(
-        self,
-        plan: ReplyPlan,
-        model: str,
-        n: int,
-        created: int,
-        cached: int,
-        include_usage: bool,
-        request_id: str,
-        extra: list[tuple[str, str]],
+        self, plan: ReplyPlan, shape: _Shape, extra: list[tuple[str, str]]
     ) -> _StreamReply:
+        n, cached = shape.n, shape.cached
+
         def event(name: bytes, obj: dict[str, Any]) -> bytes:
             return b"event: " + name + b"\ndata: " + _encode(obj) + b"\n\n"
 
@@ -1659,7 +2061,7 @@ class _AnthropicFormat(_VendorFormat):
             "id": f"msg_fake{n:012d}",
             "type": "message",
             "role": "assistant",
-            "model": model,
+            "model": shape.model,
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
@@ -1715,10 +2117,10 @@ class _AnthropicFormat(_VendorFormat):
         error = {
             "type": "error",
             "error": {"type": "overloaded_error", "message": "Overloaded"},
-            "request_id": request_id,
+            "request_id": shape.request_id,
         }
         return _StreamReply(
-            headers=self.stream_headers(request_id, extra),
+            headers=self.stream_headers(shape.request_id, extra),
             head=head,
             content=content,
             tail=tail,
@@ -1731,6 +2133,948 @@ class _AnthropicFormat(_VendorFormat):
         )
 
 
+# --------------------------------------------------------------------------- Gemini
+
+_GOOGLE_RPC = "type.googleapis.com/google.rpc."
+_GRPC_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "NOT_IMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+_GEMINI_MESSAGES = {
+    400: "Request contains an invalid argument.",
+    401: "Request had invalid authentication credentials.",
+    403: "The caller does not have permission",
+    404: "Requested entity was not found.",
+    429: "Resource has been exhausted (e.g. check quota).",
+    500: "An internal error has occurred. Please retry or report in "
+    "https://developers.generativeai.google/guide/troubleshooting",
+    503: "The model is overloaded. Please try again later.",
+    504: "Deadline expired before operation could complete.",
+}
+_GEMINI_FINISH = {
+    "stop": "STOP",
+    "stop_sequence": "STOP",
+    "length": "MAX_TOKENS",
+    "tool_use": "STOP",
+    "content_filter": "SAFETY",
+}
+# Field names the fake accepts (proto JSON also takes them in snake_case).
+_GEMINI_TOP = frozenset(
+    {
+        "model",
+        "contents",
+        "systemInstruction",
+        "tools",
+        "toolConfig",
+        "safetySettings",
+        "generationConfig",
+        "cachedContent",
+        "labels",
+    }
+)
+_GEMINI_GENERATION = frozenset(
+    {
+        "stopSequences",
+        "responseMimeType",
+        "responseSchema",
+        "responseJsonSchema",
+        "responseModalities",
+        "candidateCount",
+        "maxOutputTokens",
+        "temperature",
+        "topP",
+        "topK",
+        "seed",
+        "presencePenalty",
+        "frequencyPenalty",
+        "responseLogprobs",
+        "logprobs",
+        "enableEnhancedCivicAnswers",
+        "speechConfig",
+        "thinkingConfig",
+        "mediaResolution",
+        "imageConfig",
+    }
+)
+_GEMINI_TASK_TYPES = frozenset(
+    {
+        "TASK_TYPE_UNSPECIFIED",
+        "RETRIEVAL_QUERY",
+        "RETRIEVAL_DOCUMENT",
+        "SEMANTIC_SIMILARITY",
+        "CLASSIFICATION",
+        "CLUSTERING",
+        "QUESTION_ANSWERING",
+        "FACT_VERIFICATION",
+        "CODE_RETRIEVAL_QUERY",
+    }
+)
+_GEMINI_MAX_BATCH = 100
+_SAFETY_BLOCKED = [
+    {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True}
+]
+_THOUGHT = "Let me think about that."
+_THOUGHT_TOKENS = 5
+
+
+def _camel(name: str) -> str:
+    head, *tail = name.split("_")
+    return head + "".join(t[:1].upper() + t[1:] for t in tail)
+
+
+def _camel_keys(obj: Any) -> dict[str, Any]:
+    """A proto-JSON object with its (top-level) field names in camelCase."""
+    return {_camel(k): v for k, v in obj.items()} if isinstance(obj, dict) else {}
+
+
+def _gemini_invalid(message: str, field: str = "") -> _RequestError:
+    violation = {"field": field, "description": message} if field else {"description": message}
+    return _RequestError(
+        400,
+        message,
+        details=[{"@type": _GOOGLE_RPC + "BadRequest", "fieldViolations": [violation]}],
+    )
+
+
+def _gemini_unknown(name: str, where: str = "") -> _RequestError:
+    at = f" at '{where}'" if where else ""
+    return _gemini_invalid(
+        f'Invalid JSON payload received. Unknown name "{name}"{at}: Cannot find field.', where
+    )
+
+
+def _base64_ok(data: Any, *, urlsafe: bool) -> bool:
+    if not isinstance(data, str):
+        return False
+    if urlsafe:  # Google reads both alphabets, padded or not
+        data = data.replace("-", "+").replace("_", "/")
+        data += "=" * (-len(data) % 4)
+    try:
+        base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+def _lower_types(schema: Any) -> Any:
+    """An OpenAPI-subset schema ("OBJECT", "STRING") with JSON Schema's lower-case types."""
+    if isinstance(schema, dict):
+        out = {k: _lower_types(v) for k, v in schema.items()}
+        if isinstance(out.get("type"), str):
+            out["type"] = out["type"].lower()
+        return out
+    if isinstance(schema, list):
+        return [_lower_types(v) for v in schema]
+    return schema
+
+
+def _gemini_result_text(response: Any) -> str:
+    if isinstance(response, dict):
+        for key in ("output", "result", "content", "error"):
+            value = response.get(key)
+            if isinstance(value, str):
+                return value
+    return _encode(response).decode()
+
+
+def _gemini_text(parts: Any) -> str:
+    if not isinstance(parts, list):
+        return ""
+    return " ".join(
+        str(p["text"]) for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)
+    )
+
+
+def _gemini_view(body: Any) -> tuple[ChatView, bool]:
+    """Read and check a ``generateContent`` body the way Gemini does; (view, thinking).
+
+    The checks are the traps real adapters fall into: unknown (e.g. OpenAI-style)
+    field names, roles other than ``user``/``model``, empty parts, arguments or
+    responses that are not objects, ``data:`` URLs where base64 belongs, a schema
+    without ``responseMimeType``, and function responses that do not answer the
+    previous turn's calls one for one.
+    """
+    if not isinstance(body, dict):
+        raise _gemini_invalid("Invalid JSON payload received. Expected an object.")
+    for key in body:
+        if _camel(key) not in _GEMINI_TOP:
+            raise _gemini_unknown(key)
+    top = _camel_keys(body)
+    raw_generation = top.get("generationConfig") or {}
+    if not isinstance(raw_generation, dict):
+        raise _gemini_invalid("Invalid value at 'generation_config'", "generation_config")
+    for key in raw_generation:
+        if _camel(key) not in _GEMINI_GENERATION:
+            raise _gemini_unknown(key, "generation_config")
+    generation = _camel_keys(raw_generation)
+    contents = top.get("contents")
+    if not isinstance(contents, list) or not contents:
+        raise _gemini_invalid("* GenerateContentRequest.contents: contents is not specified\n")
+
+    chars = 0
+    n_messages = 0
+    system = _camel_keys(top.get("systemInstruction"))
+    if system:
+        chars += len(_gemini_text(system.get("parts")))
+        n_messages += 1
+    last_user = ""
+    tool_result: str | None = None
+    mentions: str | None = None
+    open_calls: int | None = None  # calls made by the previous (model) turn
+    for i, raw_content in enumerate(contents):
+        content = _camel_keys(raw_content)
+        role = content.get("role", "user")
+        if role not in ("user", "model", "function", "tool"):
+            raise _gemini_invalid("Please use a valid role: user, model.")
+        parts = content.get("parts")
+        if not isinstance(parts, list) or not parts:
+            raise _gemini_invalid(
+                f"* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty.\n"
+            )
+        calls = 0
+        results: list[str] = []
+        texts: list[str] = []
+        for j, raw_part in enumerate(parts):
+            part = _camel_keys(raw_part)
+            where = f"contents[{i}].parts[{j}]"
+            if isinstance(part.get("text"), str):
+                if not part.get("thought"):
+                    texts.append(part["text"])
+            elif "inlineData" in part:
+                inline = _camel_keys(part["inlineData"])
+                if not isinstance(inline.get("mimeType"), str):
+                    raise _gemini_invalid(
+                        f"* GenerateContentRequest.{where}.inline_data.mime_type: "
+                        "mime_type is not specified\n"
+                    )
+                if not _base64_ok(inline.get("data"), urlsafe=True):
+                    shown = str(inline.get("data"))[:40]
+                    raise _gemini_invalid(
+                        f"Invalid value at '{where}.inline_data.data' (TYPE_BYTES), "
+                        f'Base64 decoding failed for "{shown}"',
+                        f"{where}.inline_data.data",
+                    )
+            elif "functionCall" in part:
+                call = _camel_keys(part["functionCall"])
+                args = call.get("args", {})
+                if not isinstance(args, dict):
+                    raise _gemini_invalid(
+                        f"Invalid value at '{where}.function_call.args' "
+                        f"(type.googleapis.com/google.protobuf.Struct), {_encode(args).decode()}",
+                        f"{where}.function_call.args",
+                    )
+                if not call.get("name"):
+                    raise _gemini_invalid(
+                        f"* GenerateContentRequest.{where}.function_call.name: "
+                        "name is not specified\n"
+                    )
+                calls += 1
+                chars += len(_encode(args))
+            elif "functionResponse" in part:
+                response = _camel_keys(part["functionResponse"]).get("response", {})
+                if not isinstance(response, dict):
+                    raise _gemini_invalid(
+                        f"Invalid value at '{where}.function_response.response' "
+                        "(type.googleapis.com/google.protobuf.Struct)",
+                        f"{where}.function_response.response",
+                    )
+                results.append(_gemini_result_text(response))
+            elif "fileData" not in part:
+                raise _gemini_invalid(
+                    f"* GenerateContentRequest.{where}.data: required oneof field 'data' "
+                    "must have one initialized field\n"
+                )
+        if open_calls is not None and len(results) != open_calls:
+            raise _gemini_invalid(
+                "Please ensure that the number of function response parts is equal to the "
+                "number of function call parts of the function call turn."
+            )
+        if open_calls is None and results:
+            raise _gemini_invalid(
+                "Please ensure that function response turn comes immediately after a "
+                "function call turn."
+            )
+        open_calls = calls if role == "model" and calls else None
+        text = " ".join(texts)
+        chars += len(text) + sum(len(r) for r in results)
+        n_messages += 1
+        if role == "model":
+            tool_result = mentions = None
+        else:
+            if text or not results:
+                last_user = text
+            tool_result = " ".join(results) if results else None
+            mentions = text if not results else None
+
+    tools: list[OfferedTool] = []
+    for raw_tool in top.get("tools") or ():
+        for raw_decl in _camel_keys(raw_tool).get("functionDeclarations") or ():
+            decl = _camel_keys(raw_decl)
+            schema = decl.get("parametersJsonSchema")
+            if schema is None:
+                schema = _lower_types(decl.get("parameters") or {})
+            tools.append(OfferedTool(str(decl.get("name", "")), schema))
+    calling = _camel_keys(_camel_keys(top.get("toolConfig")).get("functionCallingConfig"))
+    mode = str(calling.get("mode", "AUTO")).upper()
+    allowed = calling.get("allowedFunctionNames") or []
+    if allowed and mode not in ("ANY", "VALIDATED"):
+        raise _gemini_invalid(
+            "allowed_function_names should only be set when the function calling mode is ANY"
+        )
+    choice = {"NONE": "none", "ANY": "required"}.get(mode, "auto")
+    forced: str | None = None
+    if mode == "ANY" and len(allowed) == 1:
+        choice, forced = "tool", str(allowed[0])
+    elif mode == "ANY" and allowed:
+        tools = [t for t in tools if t.name in allowed]
+
+    mime = generation.get("responseMimeType", "text/plain")
+    json_schema = generation.get("responseJsonSchema")
+    legacy_schema = generation.get("responseSchema")
+    if json_schema is not None and legacy_schema is not None:
+        raise _gemini_invalid("response_schema and response_json_schema cannot both be set.")
+    if (json_schema is not None or legacy_schema is not None) and mime not in (
+        "application/json",
+        "text/x.enum",
+    ):
+        raise _gemini_invalid(
+            "* GenerateContentRequest.generation_config.response_mime_type: "
+            "response_mime_type must be application/json when a response schema is set.\n"
+        )
+    schema = json_schema if json_schema is not None else _lower_types(legacy_schema)
+    thinking = _camel_keys(generation.get("thinkingConfig"))
+    max_tokens = generation.get("maxOutputTokens")
+    view = ChatView(
+        last_user_text=last_user,
+        tool_result=tool_result,
+        mentions=mentions,
+        tools=tools,
+        tool_choice=choice,
+        forced_tool=forced,
+        schema=schema if isinstance(schema, dict) else None,
+        json_mode=mime == "application/json" and schema is None,
+        stop=[str(s) for s in generation.get("stopSequences") or ()],
+        max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+        input_tokens=estimate_input_tokens(chars, n_messages),
+    )
+    return view, bool(thinking.get("includeThoughts"))
+
+
+def _gemini_embed_one(request: Any, where: str) -> tuple[list[float], int]:
+    req = _camel_keys(request)
+    content = _camel_keys(req.get("content"))
+    parts = content.get("parts")
+    if not isinstance(parts, list) or not parts:
+        raise _gemini_invalid(f"* {where}.content: content is not specified\n")
+    task = req.get("taskType")
+    if task is not None and task not in _GEMINI_TASK_TYPES:
+        raise _gemini_invalid(f"Invalid value at 'task_type', \"{task}\"", "task_type")
+    dimensions = req.get("outputDimensionality", 8)
+    if not isinstance(dimensions, int) or dimensions < 1:
+        raise _gemini_invalid(f"* {where}.output_dimensionality: must be positive\n")
+    text = "".join(
+        str(p["text"]) for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)
+    )
+    return _embedding(text.encode(), dimensions), estimate_text_tokens(len(text))
+
+
+def _page_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode()
+
+
+def _page_offset(token: str) -> int:
+    try:
+        kind, _, number = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if kind == "offset" and number.isdigit():
+            return int(number)
+    except (binascii.Error, ValueError):
+        pass
+    raise _gemini_invalid("Invalid page token.", "page_token")
+
+
+class _GeminiFormat(_VendorFormat):
+    """The Generative Language API (v1beta): camelCase JSON, ``google.rpc`` errors."""
+
+    name: _Wire = "gemini"
+    # Gemini says when to come back in a RetryInfo detail, not in a header.
+    retry_after_header = False
+    missing_auth_message = "API key not valid. Please pass a valid API key."
+    bad_json_message = "Invalid JSON payload received. Unexpected token."
+
+    def authorized(self, record: RecordedRequest, route: _Route) -> bool:
+        key = record.headers.get("x-goog-api-key") or _query_value(record.query, "key") or ""
+        return bool(key.strip())
+
+    def auth_error(self) -> _RequestError:
+        # Not a 401: a bad (or missing) key is a 400 INVALID_ARGUMENT with this reason.
+        return _RequestError(
+            400,
+            self.missing_auth_message,
+            details=[
+                {
+                    "@type": _GOOGLE_RPC + "ErrorInfo",
+                    "reason": "API_KEY_INVALID",
+                    "domain": "googleapis.com",
+                    "metadata": {"service": "generativelanguage.googleapis.com"},
+                },
+                {
+                    "@type": _GOOGLE_RPC + "LocalizedMessage",
+                    "locale": "en-US",
+                    "message": self.missing_auth_message,
+                },
+            ],
+        )
+
+    def not_found_message(self, method: str, path: str) -> str:
+        return f"The requested URL {path} was not found on this server."
+
+    def unknown_url_reply(self, method: str, path: str, request_id: str) -> _Reply:
+        # Google's front end answers an unknown path with an HTML page, not JSON.
+        html = (
+            "<!DOCTYPE html>\n<html lang=en>\n  <meta charset=utf-8>\n"
+            "  <title>Error 404 (Not Found)!!1</title>\n"
+            "  <p><b>404.</b> <ins>That\u2019s an error.</ins>\n"
+            f"  <p>The requested URL <code>{path}</code> was not found on this server.  "
+            "<ins>That\u2019s all we know.</ins>\n"
+        )
+        return _text_reply(404, "text/html; charset=UTF-8", html)
+
+    def error_body(self, error: _RequestError, request_id: str) -> Any:
+        return {
+            "error": {
+                "code": error.status,
+                "message": error.message,
+                "status": _GRPC_STATUS.get(error.status, "UNKNOWN"),
+                "details": error.details or [],
+            }
+        }
+
+    def fault_error(
+        self, status: int, state: _ScenarioState, retry_after: float | None
+    ) -> _RequestError:
+        if status != 429:
+            return _RequestError(status, _GEMINI_MESSAGES.get(status, _phrase(status)))
+        delay = retry_after if retry_after is not None else 1.0
+        violation = {
+            "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+            "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+            "quotaDimensions": {"location": "global"},
+            "quotaValue": str(state.scenario.ratelimit_requests),
+        }
+        return _RequestError(
+            429,
+            "You exceeded your current quota, please check your plan and billing details. "
+            "For more information on this error, head to: "
+            "https://ai.google.dev/gemini-api/docs/rate-limits.",
+            details=[
+                {"@type": _GOOGLE_RPC + "QuotaFailure", "violations": [violation]},
+                {
+                    "@type": _GOOGLE_RPC + "Help",
+                    "links": [
+                        {
+                            "description": "Learn more about Gemini API quotas",
+                            "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                        }
+                    ],
+                },
+                {"@type": _GOOGLE_RPC + "RetryInfo", "retryDelay": f"{_format_seconds(delay)}s"},
+            ],
+        )
+
+    def context_error(self, limit: int, requested: int) -> _RequestError:
+        return _RequestError(
+            400,
+            f"The input token count ({requested}) exceeds the maximum number of tokens "
+            f"allowed ({limit}).",
+        )
+
+    def models_reply(
+        self, scenario: Scenario, model_id: str, request_id: str, wall: float, query: str
+    ) -> _Reply:
+        def entry(model: str) -> dict[str, Any]:
+            return {
+                "name": f"models/{model}",
+                "version": "001",
+                "displayName": model,
+                "description": "A model of the fake upstream.",
+                "inputTokenLimit": scenario.context_window or 1_048_576,
+                "outputTokenLimit": 65_536,
+                "supportedGenerationMethods": [
+                    "generateContent",
+                    "countTokens",
+                    "embedContent",
+                    "batchEmbedContents",
+                ],
+                "temperature": 1,
+                "topP": 0.95,
+                "topK": 64,
+                "maxTemperature": 2,
+            }
+
+        if model_id:
+            name = model_id.removeprefix("models/")
+            if name not in scenario.models:
+                raise _RequestError(
+                    404,
+                    f"models/{name} is not found for API version v1beta, or is not supported "
+                    "for get. Call ListModels to see the list of available models and their "
+                    "supported methods.",
+                )
+            return _json_reply(200, entry(name), self, request_id)
+        raw_size = _query_value(query, "pageSize") or ""
+        size = int(raw_size) if raw_size.isdigit() and int(raw_size) > 0 else 50
+        size = min(size, 1000)
+        token = _query_value(query, "pageToken") or ""
+        start = _page_offset(token) if token else 0
+        obj: dict[str, Any] = {"models": [entry(m) for m in scenario.models[start : start + size]]}
+        if start + size < len(scenario.models):
+            obj["nextPageToken"] = _page_token(start + size)
+        return _json_reply(200, obj, self, request_id)
+
+    def embeddings_reply(self, route: _Route, body: Any, request_id: str) -> tuple[_Reply, int]:
+        if route.endpoint == "embed_content":
+            vector, tokens = _gemini_embed_one(body, "EmbedContentRequest")
+            return _json_reply(200, {"embedding": {"values": vector}}, self, request_id), tokens
+        requests = _camel_keys(body).get("requests")
+        if not isinstance(requests, list) or not requests:
+            raise _gemini_invalid(
+                "* BatchEmbedContentsRequest.requests: requests is not specified\n"
+            )
+        if len(requests) > _GEMINI_MAX_BATCH:
+            raise _gemini_invalid(
+                "* BatchEmbedContentsRequest.requests: at most "
+                f"{_GEMINI_MAX_BATCH} requests can be in one batch\n"
+            )
+        model = f"models/{route.model_id.removeprefix('models/')}"
+        embeddings: list[dict[str, Any]] = []
+        total = 0
+        for i, request in enumerate(requests):
+            where = f"BatchEmbedContentsRequest.requests[{i}]"
+            named = _camel_keys(request).get("model")
+            if named != model:
+                raise _gemini_invalid(
+                    f"* {where}.model: the model of each request must be the batch's model "
+                    f"({model}), got {_encode(named).decode()}\n"
+                )
+            vector, tokens = _gemini_embed_one(request, where)
+            embeddings.append({"values": vector})
+            total += tokens
+        return _json_reply(200, {"embeddings": embeddings}, self, request_id), total
+
+    def read_chat(self, route: _Route, body: Any, query: str) -> _ChatRead:
+        view, thinking = _gemini_view(body)
+        streaming = route.endpoint == "stream_generate"
+        sse = _query_value(query, "alt") == "sse"
+        return _ChatRead(
+            view=view,
+            model=route.model_id.removeprefix("models/"),
+            stream=streaming and sse,
+            array=streaming and not sse,
+            thinking=thinking,
+        )
+
+    def count_tokens_reply(self, tokens: int, request_id: str) -> _Reply:
+        details = [{"modality": "TEXT", "tokenCount": tokens}]
+        obj = {"totalTokens": tokens, "promptTokensDetails": details}
+        return _json_reply(200, obj, self, request_id)
+
+    @staticmethod
+    def _usage(plan: ReplyPlan, cached: int, output: int, thoughts: int) -> dict[str, Any]:
+        # proto3 JSON leaves zero counts out: candidatesTokenCount may well be missing.
+        usage: dict[str, Any] = {"promptTokenCount": plan.input_tokens}
+        if output:
+            usage["candidatesTokenCount"] = output
+        usage["totalTokenCount"] = plan.input_tokens + output + thoughts
+        if cached:
+            usage["cachedContentTokenCount"] = cached
+        if thoughts:
+            usage["thoughtsTokenCount"] = thoughts
+        usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": plan.input_tokens}]
+        return usage
+
+    def _chunks(
+        self, plan: ReplyPlan, shape: _Shape
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        """The stream's responses: before, during and after the content."""
+        base = {"modelVersion": shape.model, "responseId": f"fake{shape.n:012d}"}
+        cached = shape.cached
+        if plan.prompt_blocked:
+            feedback = {"blockReason": "SAFETY", "safetyRatings": _SAFETY_BLOCKED}
+            usage = self._usage(plan, cached, 0, 0)
+            return [], [], [{"promptFeedback": feedback, "usageMetadata": usage, **base}]
+        thoughts = _THOUGHT_TOKENS if shape.chat.thinking else 0
+
+        def response(parts: list[dict[str, Any]], output: int) -> dict[str, Any]:
+            candidate = {"content": {"parts": parts, "role": "model"}, "index": 0}
+            usage = self._usage(plan, cached, output, thoughts)
+            return {"candidates": [candidate], "usageMetadata": usage, **base}
+
+        head = [response([{"text": _THOUGHT, "thought": True}], 0)] if thoughts else []
+        if plan.tool_name is not None:
+            content = [response([self._call_part(plan, shape)], plan.output_tokens)]
+        else:
+            content = [
+                response([{"text": piece}], min(i + 1, plan.output_tokens))
+                for i, piece in enumerate(plan.chunks)
+            ]
+        final: dict[str, Any] = {"finishReason": _GEMINI_FINISH[plan.finish], "index": 0}
+        if plan.finish == "content_filter":
+            final["safetyRatings"] = _SAFETY_BLOCKED
+        else:
+            final = {"content": {"parts": [{"text": ""}], "role": "model"}, **final}
+        usage = self._usage(plan, cached, plan.output_tokens, thoughts)
+        return head, content, [{"candidates": [final], "usageMetadata": usage, **base}]
+
+    @staticmethod
+    def _call_part(plan: ReplyPlan, shape: _Shape) -> dict[str, Any]:
+        # Gemini 3 signs its function calls; the signature must come back unchanged.
+        signature = base64.b64encode(f"fake-signature-{shape.n}".encode()).decode()
+        call = {"name": plan.tool_name, "args": plan.tool_input}
+        return {"functionCall": call, "thoughtSignature": signature}
+
+    def chat_reply(self, plan: ReplyPlan, shape: _Shape) -> _Reply:
+        if shape.chat.array:
+            head, content, tail = self._chunks(plan, shape)
+            return _json_reply(200, head + content + tail, self, shape.request_id)
+        base = {"modelVersion": shape.model, "responseId": f"fake{shape.n:012d}"}
+        if plan.prompt_blocked:
+            feedback = {"blockReason": "SAFETY", "safetyRatings": _SAFETY_BLOCKED}
+            usage = self._usage(plan, shape.cached, 0, 0)
+            obj: dict[str, Any] = {"promptFeedback": feedback, "usageMetadata": usage, **base}
+            return _json_reply(200, obj, self, shape.request_id)
+        thoughts = _THOUGHT_TOKENS if shape.chat.thinking else 0
+        parts: list[dict[str, Any]] = [{"text": _THOUGHT, "thought": True}] if thoughts else []
+        if plan.tool_name is not None:
+            parts.append(self._call_part(plan, shape))
+        elif plan.text or plan.finish != "content_filter":
+            parts.append({"text": plan.text})
+        candidate: dict[str, Any] = {}
+        if parts:
+            candidate["content"] = {"parts": parts, "role": "model"}
+        candidate["finishReason"] = _GEMINI_FINISH[plan.finish]
+        candidate["index"] = 0
+        if plan.finish == "content_filter":
+            candidate["safetyRatings"] = _SAFETY_BLOCKED
+        usage = self._usage(plan, shape.cached, plan.output_tokens, thoughts)
+        obj = {"candidates": [candidate], "usageMetadata": usage, **base}
+        return _json_reply(200, obj, self, shape.request_id)
+
+    def stream_reply(
+        self, plan: ReplyPlan, shape: _Shape, extra: list[tuple[str, str]]
+    ) -> _StreamReply:
+        def event(obj: dict[str, Any]) -> bytes:
+            # Gemini frames its SSE with CRLF line ends and sends no terminator.
+            return b"data: " + _encode(obj) + b"\r\n\r\n"
+
+        head, content, tail = self._chunks(plan, shape)
+        error = {"code": 500, "message": _GEMINI_MESSAGES[500], "status": "INTERNAL"}
+        return _StreamReply(
+            headers=self.stream_headers(shape.request_id, extra),
+            head=[event(o) for o in head],
+            content=[event(o) for o in content],
+            tail=[event(o) for o in tail],
+            error_event=event({"error": error}),
+            malformed_event=b'data: {"candidates": [{"content": {"parts": [{"text": "\r\n\r\n',
+        )
+
+    def stream_headers(
+        self, request_id: str, extra: list[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        return [
+            ("content-type", "text/event-stream"),
+            ("transfer-encoding", "chunked"),
+            ("x-content-type-options", "nosniff"),
+            *extra,
+        ]
+
+
+# --------------------------------------------------------------------------- Ollama
+
+_OLLAMA_ERRORS = {
+    400: "invalid request",
+    429: "too many requests",
+    500: "an error was encountered while running the model",
+    502: "bad gateway",
+    503: "server busy, please try again.  maximum pending requests exceeded",
+}
+_OLLAMA_DONE = {
+    "stop": "stop",
+    "stop_sequence": "stop",
+    "length": "length",
+    "tool_use": "stop",
+    "content_filter": "stop",
+}
+_B64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+
+
+def _go_base64_error(data: Any) -> int | None:
+    """Where Go's strict standard base64 decoder fails on ``data`` (None if it does not)."""
+    if not isinstance(data, str):
+        return 0
+    for index, char in enumerate(data):
+        if char not in _B64_ALPHABET:
+            return index
+    return None if _base64_ok(data, urlsafe=False) else len(data)
+
+
+def _rfc3339_nano(unix_seconds: float) -> str:
+    moment = datetime.fromtimestamp(unix_seconds, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
+
+
+def _ollama_view(body: Any) -> tuple[ChatView, str, bool, bool]:
+    """Read and check an ``/api/chat`` body as Ollama does; (view, model, stream, think).
+
+    The traps: ``stream`` defaults to true; ``content`` must be a string (no content
+    parts: images go in ``images`` as bare base64, a ``data:`` URL fails to decode);
+    tool-call ``arguments`` must be an object, not a JSON string.
+    """
+    if not isinstance(body, dict):
+        raise _RequestError(400, "json: cannot unmarshal into Go value of type api.ChatRequest")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _RequestError(400, "model is required")
+    messages = body.get("messages") or []
+    if not isinstance(messages, list):
+        raise _RequestError(
+            400, "json: cannot unmarshal object into Go struct field ChatRequest.messages"
+        )
+    chars = 0
+    last_user = ""
+    for message in messages:
+        if not isinstance(message, dict):
+            raise _RequestError(400, "json: cannot unmarshal into Go value of type api.Message")
+        content = message.get("content") or ""
+        if not isinstance(content, str):
+            raise _RequestError(
+                400,
+                "json: cannot unmarshal array into Go struct field Message.messages.content "
+                "of type string",
+            )
+        for image in message.get("images") or ():
+            at = _go_base64_error(image)
+            if at is not None:
+                raise _RequestError(400, f"illegal base64 data at input byte {at}")
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            arguments = function.get("arguments", {}) if isinstance(function, dict) else None
+            if not isinstance(arguments, dict):
+                raise _RequestError(
+                    400,
+                    "json: cannot unmarshal string into Go struct field "
+                    "ToolCallFunction.messages.tool_calls.function.arguments of type "
+                    "api.ToolCallFunctionArguments",
+                )
+            chars += len(_encode(arguments))
+        chars += len(content)
+        if message.get("role") == "user":
+            last_user = content
+    last = messages[-1] if messages else {}
+    tools: list[OfferedTool] = []
+    for tool in body.get("tools") or ():
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict):
+            tools.append(
+                OfferedTool(str(function.get("name", "")), function.get("parameters") or {})
+            )
+    fmt = body.get("format")
+    options = body.get("options") or {}
+    max_tokens = options.get("num_predict") if isinstance(options, dict) else None
+    stop = options.get("stop") if isinstance(options, dict) else None
+    view = ChatView(
+        last_user_text=last_user,
+        tool_result=str(last.get("content") or "") if last.get("role") == "tool" else None,
+        mentions=str(last.get("content") or "") if last.get("role") == "user" else None,
+        tools=tools,
+        schema=fmt if isinstance(fmt, dict) else None,
+        json_mode=fmt == "json",
+        stop=[str(s) for s in stop or ()],
+        max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
+        input_tokens=estimate_input_tokens(chars, len(messages)),
+    )
+    return view, model, body.get("stream", True) is not False, bool(body.get("think"))
+
+
+class _OllamaFormat(_VendorFormat):
+    """Ollama's native API: NDJSON streams by default, ``{"error": "..."}`` bodies."""
+
+    name: _Wire = "ollama"
+    has_filter = False
+    bad_json_message = "invalid character looking for beginning of value"
+
+    def authorized(self, record: RecordedRequest, route: _Route) -> bool:
+        return True  # a local Ollama asks for no key
+
+    def not_found_message(self, method: str, path: str) -> str:
+        return "404 page not found"
+
+    def unknown_url_reply(self, method: str, path: str, request_id: str) -> _Reply:
+        return _text_reply(404, "text/plain", "404 page not found")
+
+    def error_body(self, error: _RequestError, request_id: str) -> Any:
+        return {"error": error.message}
+
+    def fault_error(
+        self, status: int, state: _ScenarioState, retry_after: float | None
+    ) -> _RequestError:
+        if status == 404:
+            model = state.scenario.models[0] if state.scenario.models else "fake-model"
+            return _RequestError(404, f'model "{model}" not found, try pulling it first')
+        return _RequestError(status, _OLLAMA_ERRORS.get(status, _phrase(status).lower()))
+
+    def context_error(self, limit: int, requested: int) -> _RequestError:
+        return _RequestError(400, "the input length exceeds the context length")
+
+    def models_reply(
+        self, scenario: Scenario, model_id: str, request_id: str, wall: float, query: str
+    ) -> _Reply:
+        details = {
+            "parent_model": "",
+            "format": "gguf",
+            "family": "llama",
+            "families": ["llama"],
+            "parameter_size": "3.2B",
+            "quantization_level": "Q4_K_M",
+        }
+        models = [
+            {
+                "name": model,
+                "model": model,
+                "modified_at": "2025-01-01T00:00:00.000000000Z",
+                "size": 2_019_393_189,
+                "digest": hashlib.sha256(model.encode()).hexdigest(),
+                "details": details,
+            }
+            for model in scenario.models
+        ]
+        return _json_reply(200, {"models": models}, self, request_id)
+
+    def embeddings_reply(self, route: _Route, body: Any, request_id: str) -> tuple[_Reply, int]:
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise _RequestError(400, "model is required")
+        inputs = body.get("input", [])
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not all(isinstance(x, str) for x in inputs):
+            raise _RequestError(400, "invalid input type")
+        dimensions = body.get("dimensions") or 8
+        if not isinstance(dimensions, int) or dimensions < 1:
+            raise _RequestError(400, "dimensions must be a positive integer")
+        tokens = sum(estimate_text_tokens(len(text)) for text in inputs)
+        obj = {
+            "model": body["model"],
+            "embeddings": [_embedding(text.encode(), dimensions) for text in inputs],
+            "total_duration": 14_000_000,
+            "load_duration": 1_000_000,
+            "prompt_eval_count": tokens,
+        }
+        return _json_reply(200, obj, self, request_id), tokens
+
+    def read_chat(self, route: _Route, body: Any, query: str) -> _ChatRead:
+        view, model, stream, think = _ollama_view(body)
+        return _ChatRead(view=view, model=model, stream=stream, thinking=think)
+
+    @staticmethod
+    def _metrics(plan: ReplyPlan, cached: int) -> dict[str, Any]:
+        # Only the evaluated (uncached) prompt is counted; zero counts are left out.
+        evaluated = plan.input_tokens - cached
+        metrics: dict[str, Any] = {
+            "total_duration": 1_000_000 * (5 + plan.output_tokens),
+            "load_duration": 1_000_000,
+        }
+        if evaluated:
+            metrics["prompt_eval_count"] = evaluated
+        metrics["prompt_eval_duration"] = 100_000 * max(1, evaluated)
+        if plan.output_tokens:
+            metrics["eval_count"] = plan.output_tokens
+        metrics["eval_duration"] = 1_000_000 * plan.output_tokens
+        return metrics
+
+    @staticmethod
+    def _tool_calls(plan: ReplyPlan) -> list[dict[str, Any]]:
+        function = {"index": 0, "name": plan.tool_name, "arguments": plan.tool_input}
+        return [{"function": function}]
+
+    def chat_reply(self, plan: ReplyPlan, shape: _Shape) -> _Reply:
+        message: dict[str, Any] = {"role": "assistant", "content": plan.text}
+        if shape.chat.thinking:
+            message["thinking"] = _THOUGHT
+        if plan.tool_name is not None:
+            message["content"] = ""
+            message["tool_calls"] = self._tool_calls(plan)
+        obj = {
+            "model": shape.model,
+            "created_at": _rfc3339_nano(shape.wall),
+            "message": message,
+            "done_reason": _OLLAMA_DONE[plan.finish],
+            "done": True,
+            **self._metrics(plan, shape.cached),
+        }
+        return _json_reply(200, obj, self, shape.request_id)
+
+    def stream_reply(
+        self, plan: ReplyPlan, shape: _Shape, extra: list[tuple[str, str]]
+    ) -> _StreamReply:
+        created_at = _rfc3339_nano(shape.wall)
+
+        def line(obj: dict[str, Any]) -> bytes:
+            return _encode(obj) + b"\n"
+
+        def chunk(message: dict[str, Any]) -> bytes:
+            return line(
+                {
+                    "model": shape.model,
+                    "created_at": created_at,
+                    "message": {"role": "assistant", **message},
+                    "done": False,
+                }
+            )
+
+        head = [chunk({"content": "", "thinking": _THOUGHT})] if shape.chat.thinking else []
+        if plan.tool_name is not None:
+            content = [chunk({"content": "", "tool_calls": self._tool_calls(plan)})]
+        else:
+            content = [chunk({"content": piece}) for piece in plan.chunks]
+        done = {
+            "model": shape.model,
+            "created_at": created_at,
+            "message": {"role": "assistant", "content": ""},
+            "done_reason": _OLLAMA_DONE[plan.finish],
+            "done": True,
+            **self._metrics(plan, shape.cached),
+        }
+        return _StreamReply(
+            headers=self.stream_headers(shape.request_id, extra),
+            head=head,
+            content=content,
+            tail=[line(done)],
+            error_event=line(
+                {"error": "an error was encountered while running the model: unexpected EOF"}
+            ),
+            malformed_event=(
+                b'{"model":"'
+                + shape.model.encode()
+                + b'","created_at":"'
+                + created_at.encode()
+                + b'","message":{"role":"assistant","content":"\n'
+            ),
+        )
+
+    def stream_headers(
+        self, request_id: str, extra: list[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        return [("content-type", "application/x-ndjson"), ("transfer-encoding", "chunked"), *extra]
+
+
 def _phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -1740,6 +3084,13 @@ def _phrase(status: int) -> str:
 
 _OPENAI = _OpenAIFormat()
 _ANTHROPIC = _AnthropicFormat()
+_FORMATS: dict[_Wire, _VendorFormat] = {
+    "openai": _OPENAI,
+    "anthropic": _ANTHROPIC,
+    "gemini": _GeminiFormat(),
+    "ollama": _OllamaFormat(),
+    "azure": _AzureFormat(),
+}
 
 
 # --------------------------------------------------------------------------- entry points
@@ -1754,7 +3105,7 @@ async def open_fake_upstream(
     seed: int = 0,
     record: bool = True,
 ) -> AsyncIterator[FakeUpstream]:
-    """Start a fake OpenAI/Anthropic server in a nursery of its own.
+    """Start a fake upstream (every wire format above) in a nursery of its own.
 
     Args:
         scenarios: behaviours by name; any other name in a URL gets ``Scenario()``.
