@@ -1,0 +1,227 @@
+"""The public API: what each package exports, and that nothing private leaks out.
+
+Modelled on trio's ``_tests/test_exports.py``.  Implementation lives in ``_private``
+modules; a package's public names are its explicit re-exports (``from ._x import Y as
+Y``), each documented and each listed in its defining module's ``__all__``, so a helper
+never becomes public by accident.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import inspect
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import providers
+import providers.testing
+import router
+import router.testing
+
+PACKAGES = ["router", "router.testing", "providers", "providers.testing"]
+OURS = ("router", "providers")
+
+
+def public_names(module: types.ModuleType) -> list[str]:
+    """Every attribute of ``module`` without a leading underscore."""
+    return sorted(name for name in dir(module) if not name.startswith("_"))
+
+
+def is_public_submodule(package: types.ModuleType, value: object) -> bool:
+    """Whether ``value`` is a public submodule of ``package`` (``router.testing``)."""
+    return (
+        isinstance(value, types.ModuleType)
+        and value.__name__.startswith(package.__name__ + ".")
+        and not any(part.startswith("_") for part in value.__name__.split("."))
+    )
+
+
+def source_path(name: str) -> Path:
+    """The file module ``name`` is loaded from."""
+    spec = importlib.util.find_spec(name)
+    assert spec is not None, name
+    assert spec.origin is not None, name
+    return Path(spec.origin)
+
+
+def module_ast(name: str) -> ast.Module:
+    """The parsed source of module ``name``."""
+    return ast.parse(source_path(name).read_text(encoding="utf-8"))
+
+
+def package_of(name: str) -> str:
+    """The package relative imports in module ``name`` are resolved against."""
+    module = sys.modules[name]
+    return module.__package__ or name.rpartition(".")[0]
+
+
+def definition(module_name: str, name: str) -> tuple[str, ast.Module, int]:
+    """Follow re-exports of ``name`` to the module statement that defines it.
+
+    Returns the defining module's name, its AST, and the index of the defining statement
+    in its body.
+    """
+    tree = module_ast(module_name)
+    for index, node in enumerate(tree.body):
+        if isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                if (alias.asname or alias.name) == name:
+                    source = importlib.util.resolve_name(
+                        "." * node.level + (node.module or ""), package_of(module_name)
+                    )
+                    importlib.import_module(source)
+                    return definition(source, alias.name)
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        elif (
+            isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            and node.name == name
+        ):
+            return module_name, tree, index
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            return module_name, tree, index
+    raise AssertionError(f"{name} is not defined or imported at the top level of {module_name}")
+
+
+def explicit_reexports(module_name: str) -> set[str]:
+    """Names bound by ``from X import Y as Y`` (the explicit re-export form) in a module."""
+    names: set[str] = set()
+    for node in module_ast(module_name).body:
+        if isinstance(node, ast.ImportFrom):
+            names.update(a.name for a in node.names if a.asname == a.name)
+    return names
+
+
+def defined_here(module_name: str) -> set[str]:
+    """Names a module defines itself at top level (classes, functions, assignments)."""
+    names: set[str] = set()
+    for node in module_ast(module_name).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
+def has_source_doc(module_name: str, tree: ast.Module, index: int) -> bool:
+    """A ``#:`` comment right above the statement, or a string literal right after it."""
+    if index + 1 < len(tree.body):
+        after = tree.body[index + 1]
+        if (
+            isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+            and after.value.value.strip()
+        ):
+            return True
+    lines = source_path(module_name).read_text(encoding="utf-8").splitlines()
+    line = tree.body[index].lineno - 2  # 0-based index of the line above
+    return line >= 0 and lines[line].lstrip().startswith("#:")
+
+
+def exported(package: str) -> list[tuple[str, str]]:
+    """``(package, name)`` for every public name of ``package`` that is not a submodule."""
+    module = importlib.import_module(package)
+    return [
+        (package, name)
+        for name in public_names(module)
+        if not is_public_submodule(module, getattr(module, name))
+    ]
+
+
+ALL_EXPORTS = [pair for package in PACKAGES for pair in exported(package)]
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_public_name_is_an_explicit_reexport_or_defined_here(package: str) -> None:
+    """No public name arrives by accident (a stray ``import trio``, a helper, a star import)."""
+    module = importlib.import_module(package)
+    intended = explicit_reexports(package) | defined_here(package)
+    accidental = [
+        name
+        for name in public_names(module)
+        if name not in intended and not is_public_submodule(module, getattr(module, name))
+    ]
+    assert accidental == []
+
+
+@pytest.mark.parametrize("package", ["router.testing", "providers", "providers.testing"])
+def test_dunder_all_matches_the_public_names(package: str) -> None:
+    """``__all__`` lists exactly the public names: nothing missing, nothing stale."""
+    module = importlib.import_module(package)
+    dunder_all = module.__all__
+    assert len(dunder_all) == len(set(dunder_all)), "duplicates in __all__"
+    assert sorted(dunder_all) == [name for p, name in exported(package) if p == package]
+
+
+@pytest.mark.parametrize(("package", "name"), ALL_EXPORTS)
+def test_every_export_is_importable_and_documented(package: str, name: str) -> None:
+    """``from package import name`` works and the object says what it is."""
+    namespace: dict[str, object] = {}
+    exec(f"from {package} import {name}", namespace)
+    value = namespace[name]
+    assert value is getattr(importlib.import_module(package), name)
+    if inspect.isclass(value) or inspect.isroutine(value):
+        assert (value.__doc__ or "").strip(), f"{package}.{name} has no docstring"
+    else:
+        # Type aliases and constants cannot carry a __doc__: document them in the source
+        # the way Sphinx reads it, with a ``#:`` comment or a string after the assignment.
+        where, tree, index = definition(package, name)
+        assert has_source_doc(where, tree, index), f"{package}.{name} ({where}) is undocumented"
+
+
+@pytest.mark.parametrize(("package", "name"), ALL_EXPORTS)
+def test_reexports_from_private_modules_are_intentional(package: str, name: str) -> None:
+    """An object from a ``_private`` module is in that module's ``__all__``, under its own name."""
+    value = getattr(importlib.import_module(package), name)
+    if not (inspect.isclass(value) or inspect.isroutine(value)):
+        where, _, _ = definition(package, name)
+        owner = sys.modules[where]
+    else:
+        if not value.__module__.startswith(OURS):
+            pytest.fail(f"{package}.{name} is a foreign object from {value.__module__}")
+        assert value.__name__ == name, f"{package}.{name} is {value.__name__} renamed"
+        owner = sys.modules[value.__module__]
+    if owner.__name__ == package:
+        return
+    private = [part for part in owner.__name__.split(".") if part.startswith("_")]
+    assert private, f"{package}.{name} comes from the public module {owner.__name__}"
+    assert name in getattr(owner, "__all__", ()), (
+        f"{package}.{name} is re-exported from {owner.__name__}, whose __all__ does not list it"
+    )
+
+
+def test_router_reexports_the_same_objects_as_providers() -> None:
+    """One class, two import paths: ``router.X is providers.X`` for the shared vocabulary."""
+    for module_a, module_b in [(router, providers), (router.testing, providers.testing)]:
+        shared = set(public_names(module_a)) & set(public_names(module_b))
+        shared -= {"testing"}
+        assert shared
+        different = [n for n in sorted(shared) if getattr(module_a, n) is not getattr(module_b, n)]
+        assert different == []
+
+
+def test_providers_never_import_router_and_imports_are_warning_free() -> None:
+    """Dependency direction holds (providers never imports router) and imports warn nothing."""
+    code = (
+        "import sys\n"
+        "import providers, providers.testing\n"
+        "leaked = sorted(m for m in sys.modules if m == 'router' or m.startswith('router.'))\n"
+        "assert not leaked, leaked\n"
+        "import router, router.testing\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
