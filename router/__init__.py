@@ -62,6 +62,8 @@ from providers import Usage as Usage
 from providers import UsageEvent as UsageEvent
 
 from ._actor import ActorStatistics as ActorStatistics
+from ._budget import BudgetStatistics as BudgetStatistics
+from ._config import BudgetConfig as BudgetConfig
 from ._config import HedgeConfig as HedgeConfig
 from ._config import MockConfig as MockConfig
 from ._config import ModelConfig as ModelConfig
@@ -73,11 +75,15 @@ from ._config import decode_config as decode_config
 from ._config import load_config as load_config
 from ._health import BreakerConfig as BreakerConfig
 from ._health import HealthSnapshot as HealthSnapshot
+from ._models import ModelCard as ModelCard
+from ._models import cheapest as cheapest
+from ._models import model_card as model_card
 from ._policy import Candidate as Candidate
 from ._policy import Needs as Needs
 from ._policy import Plan as Plan
 from ._policy import TargetHealth as TargetHealth
 from ._policy import plan_route as plan_route
+from ._providers import config_from_env as config_from_env
 from ._retry import RetryConfig as RetryConfig
 from ._router import Router as Router
 from ._router import RouterStatistics as RouterStatistics

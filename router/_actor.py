@@ -424,9 +424,12 @@ class ProviderActor:
             )
         if not self.breaker.allow(now):
             retry_at = self.breaker.retry_at
-            when = "" if retry_at is None else f" until t={retry_at:.3f}"
+            if retry_at is None:
+                message = "circuit breaker half-open: every probe slot is taken"
+            else:
+                message = f"circuit breaker open until t={retry_at:.3f}"
             raise Overloaded(
-                f"circuit breaker open{when}",
+                message,
                 provider=self.name,
                 retry_after=None if retry_at is None else max(0.0, retry_at - now),
             )

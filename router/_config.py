@@ -32,6 +32,7 @@ from ._retry import RetryConfig
 
 __all__ = [
     "DEFAULT_FAIL_OVER",
+    "BudgetConfig",
     "HedgeConfig",
     "MockConfig",
     "ModelConfig",
@@ -91,6 +92,27 @@ class MockConfig(_Config, frozen=True):
             raise ValueError("latencies must be >= 0")
 
 
+class BudgetConfig(_Config, frozen=True):
+    """A spend cap: at most ``limit`` US dollars per ``period``.
+
+    ``period`` is ``"hour"``, ``"day"``, ``"week"``, ``"month"`` (30 days) or seconds.
+    See docs/configuration.md for how requests are checked against it.
+
+    Example::
+
+        BudgetConfig(limit=25.0, period="day")     # TOML: budget = { limit = 25.0, period = "day" }
+    """
+
+    limit: float
+    period: Literal["hour", "day", "week", "month"] | float = "day"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.limit < float("inf"):
+            raise ValueError(f"`limit` must be a positive number of dollars, got {self.limit}")
+        if not isinstance(self.period, str) and not 0.0 < self.period < float("inf"):
+            raise ValueError(f"`period` must be positive seconds, got {self.period}")
+
+
 class ProviderConfig(_Config, frozen=True):
     """One provider deployment: how to reach it and how hard it may be pushed.
 
@@ -121,6 +143,8 @@ class ProviderConfig(_Config, frozen=True):
     #: OpenRouter attribution: sent as X-Title and HTTP-Referer.
     app_name: str | None = None
     app_url: str | None = None
+    #: A spend cap for this provider.
+    budget: BudgetConfig | None = None
     mock: MockConfig | None = None
 
     def __post_init__(self) -> None:
@@ -146,6 +170,7 @@ Strategy: TypeAlias = Literal["fallback", "weighted", "least-latency", "least-co
 DEFAULT_FAIL_OVER: tuple[str, ...] = (
     "retryable",
     "Overloaded",
+    "BudgetExceeded",
     "AuthenticationError",
     "PermissionDenied",
     "NotFound",
@@ -258,6 +283,8 @@ class RouteConfig(_Config, frozen=True):
     weights: list[float] | None = None
     hedge: HedgeConfig | None = None
     fail_over_on: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_FAIL_OVER))
+    #: A spend cap for the requests of this route.
+    budget: BudgetConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -360,6 +387,8 @@ class RouterConfig(_Config, frozen=True):
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
     #: Output budget assumed for admission when a request sets no ``max_tokens``.
     default_max_tokens: int = 1024
+    #: A spend cap for everything the router sends.
+    budget: BudgetConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.providers:
@@ -403,6 +432,7 @@ def _fields(*types: type[msgspec.Struct]) -> frozenset[str]:
 
 _ALL_FIELDS = _fields(
     RouterConfig,
+    BudgetConfig,
     HedgeConfig,
     ModelConfig,
     ProviderConfig,

@@ -15,6 +15,7 @@ Filters run first, in this order, and every excluded target is listed in
 capabilities    the request needs tools, vision, structured output, streaming or
                 embeddings and the target cannot take them
 context window  estimated input tokens + output budget > the model's window
+budget          the estimated cost would cross the provider's spend cap
 health          a target whose health is ``unhealthy`` (open breaker, crashed) is
                 skipped while any other capable target is usable; ``degraded``
                 ones go after the healthy ones; when nothing is usable the
@@ -126,6 +127,8 @@ class TargetHealth(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None = None
     latency: float | None = None
     load: int = 0
+    #: Dollars left under the provider's spend cap; ``None``: no cap.
+    budget_left: float | None = None
 
 
 _HEALTHY = TargetHealth()
@@ -277,6 +280,11 @@ def plan_route(
                     f"needs ~{size} tokens ({needs.input_tokens} in + {needs.output_tokens} "
                     f"out), its context window is {c.context_window}"
                 )
+        if reason is None:
+            left = health.get(c.provider, _HEALTHY).budget_left
+            cost = None if left is None else estimated_cost(c, needs)
+            if cost is not None and left is not None and cost > left:
+                reason = f"~${cost:.4f} would cross its provider's spend cap (${left:.4f} left)"
         if reason is None:
             capable.append(c)
         else:

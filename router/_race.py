@@ -58,6 +58,8 @@ class AttemptRecord:
 
     __slots__ = (
         "candidate",
+        "charge",
+        "cost",
         "end",
         "error",
         "kind",
@@ -81,6 +83,10 @@ class AttemptRecord:
         #: Estimated prompt tokens, set when the attempt got past admission (was sent).
         self.sent_tokens = 0
         self.usage: Usage | None = None
+        #: Dollars this attempt cost (the answer, or the prompt of a lost attempt).
+        self.cost: float | None = None
+        #: The router's spend bookkeeping for this attempt, settled when it ends.
+        self.charge: object | None = None
 
     def freeze(self, t0: float) -> Attempt:
         """The public record; times relative to the request's start ``t0``."""
@@ -97,6 +103,7 @@ class AttemptRecord:
             error_type=None if self.error is None else type(self.error).__name__,
             reason=self.reason,
             usage=self.usage,
+            cost=self.cost,
             wasted_tokens=wasted,
         )
 
@@ -125,7 +132,7 @@ class Race(Generic[T]):
         skip: a reason to skip a target now (e.g. paused by its provider), given
             whether other targets remain; ``None`` to try it.
         discard: releases the result of an attempt that succeeded after another won
-            (closes a stream).
+            (closes a stream), given the result and its record.
     """
 
     def __init__(
@@ -139,7 +146,7 @@ class Race(Generic[T]):
         spend_hedge: Callable[[], bool],
         expected_latency: Callable[[Candidate], float | None],
         skip: Callable[[Candidate, bool], str | None],
-        discard: Callable[[T], Awaitable[None]] | None = None,
+        discard: Callable[[T, AttemptRecord], Awaitable[None]] | None = None,
     ) -> None:
         self._remaining: deque[Candidate] = deque(plan)
         self._attempt = attempt
@@ -356,7 +363,7 @@ class Race(Generic[T]):
                 record.reason = f"lost the race to {self.winner.candidate.provider}"
             if self._discard is not None:
                 with trio.CancelScope(shield=True):
-                    await self._discard(result)
+                    await self._discard(result, record)
             return
         record.outcome = "won"
         self.winner = record

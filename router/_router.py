@@ -44,6 +44,7 @@ from trio_util import AsyncValue
 
 from providers import (
     Attempt,
+    BudgetExceeded,
     ChatRequest,
     ChatResponse,
     ConfigError,
@@ -61,15 +62,26 @@ from providers import (
 from providers._types import is_content_event
 
 from ._actor import ActorStatistics, ActorStream, ProviderActor
+from ._budget import Budget, BudgetStatistics, period_seconds
 from ._config import (
     DEFAULT_FAIL_OVER,
+    BudgetConfig,
     HedgeConfig,
     RouterConfig,
     Strategy,
     model_info,
 )
 from ._health import HealthSnapshot
-from ._policy import Candidate, HedgeBudget, Needs, Plan, cost_of, hedge_delay, plan_route
+from ._policy import (
+    Candidate,
+    HedgeBudget,
+    Needs,
+    Plan,
+    cost_of,
+    estimated_cost,
+    hedge_delay,
+    plan_route,
+)
 from ._providers import build_provider, config_from_env
 from ._race import AttemptRecord, Race
 from ._retry import retry_delay
@@ -97,12 +109,13 @@ class _Route:
     """A resolved model string: its candidates and how to race them."""
 
     __slots__ = (
-        "budget",
         "candidates",
         "fail_over",
         "fail_over_retryable",
         "hedge",
+        "hedge_budget",
         "name",
+        "spend_budget",
         "strategy",
     )
 
@@ -114,6 +127,7 @@ class _Route:
         strategy: Strategy = "fallback",
         hedge: HedgeConfig | None = None,
         fail_over_on: Sequence[str] = DEFAULT_FAIL_OVER,
+        spend_budget: Budget | None = None,
     ) -> None:
         self.name = name
         self.candidates = candidates
@@ -121,11 +135,12 @@ class _Route:
         self.hedge = hedge
         self.fail_over_retryable = "retryable" in fail_over_on
         self.fail_over = frozenset(fail_over_on) - {"retryable"}
-        self.budget = (
+        self.hedge_budget = (
             HedgeBudget(hedge.budget_ratio, hedge.budget_burst)
             if hedge is not None and hedge.delay is not None
             else None
         )
+        self.spend_budget = spend_budget
 
     def fails_over(self, exc: LLMError) -> bool:
         """Whether ``exc`` on one target sends the request on to the next."""
@@ -151,6 +166,12 @@ class RouterStatistics(msgspec.Struct, frozen=True, kw_only=True):
     hedge_wins: int
     retries: int
     wasted_tokens: int
+    #: Dollars spent (priced models only): answers, and prompts of lost attempts.
+    spend: float
+    #: The same by ``provider:model``.
+    spend_by_target: dict[str, float]
+    #: Every configured spend cap, as it stands.
+    budgets: list[BudgetStatistics]
     providers: dict[str, ActorStatistics]
 
 
@@ -231,6 +252,7 @@ class Router:
         self._rng = rng
         self._closed = False
         self._default_max_tokens = config.default_max_tokens
+        start = trio.current_time()
         self._actors: dict[str, ProviderActor] = {
             name: ProviderActor(
                 name,
@@ -252,9 +274,17 @@ class Router:
                 strategy=rc.strategy,
                 hedge=rc.hedge,
                 fail_over_on=rc.fail_over_on,
+                spend_budget=_budget(f"route {alias}", rc.budget, start),
             )
             for alias, rc in config.routes.items()
         }
+        self._budget = _budget("router", config.budget, start)
+        self._provider_budgets = {
+            name: budget
+            for name, pc in config.providers.items()
+            if (budget := _budget(f"provider {name}", pc.budget, start)) is not None
+        }
+        self._spend: dict[str, float] = {}
         # Single targets resolved on first use ("openai:gpt-4o", "gpt-4o"), bounded.
         self._resolved: dict[str, _Route] = {}
         self._requests = 0
@@ -435,6 +465,40 @@ class Router:
                 await trio.sleep(delay)
                 attempt += 1
 
+    def _check_budgets(self, route: _Route, plan: Plan, needs: Needs, now: float) -> None:
+        """Refuse at once when even the cheapest target would cross a router/route cap."""
+        caps = [b for b in (self._budget, route.spend_budget) if b is not None]
+        if not caps:
+            return
+        cheapest = min(estimated_cost(c, needs) or 0.0 for c in plan.targets)
+        for budget in caps:
+            if cheapest > budget.headroom(now) + 1e-12:
+                raise BudgetExceeded(_over_budget(budget, cheapest, now))
+
+    def _reserve(self, route: _Route, candidate: Candidate, needs: Needs) -> _Charge:
+        """Reserve the attempt's estimated cost under every cap that applies, or refuse."""
+        budgets = [
+            b
+            for b in (
+                self._budget,
+                route.spend_budget,
+                self._provider_budgets.get(candidate.provider),
+            )
+            if b is not None
+        ]
+        estimate = 0.0
+        if budgets:
+            estimate = estimated_cost(candidate, needs) or 0.0
+            now = trio.current_time()
+            for i, budget in enumerate(budgets):
+                if not budget.try_reserve(estimate, now):
+                    for taken in budgets[:i]:
+                        taken.settle(estimate, 0.0, now)
+                    raise BudgetExceeded(
+                        _over_budget(budget, estimate, now), provider=candidate.provider
+                    )
+        return _Charge(candidate, budgets, estimate, self._spend)
+
     def _skip(self, candidate: Candidate, more: bool) -> str | None:
         if not more:
             return None
@@ -450,7 +514,7 @@ class Router:
         needs: Needs,
         call: Callable[[ProviderActor, Candidate, AttemptRecord], Awaitable[T]],
         *,
-        discard: Callable[[T], Awaitable[None]] | None = None,
+        discard: Callable[[T, AttemptRecord], Awaitable[None]] | None = None,
     ) -> tuple[T, AttemptRecord, Race[T], float]:
         """Plan and race one request; return (result, winner, race, start time)."""
         self._check_open()
@@ -458,8 +522,18 @@ class Router:
         t0 = trio.current_time()
         actors = self._actors
         health = {c.provider: actors[c.provider].policy_health(t0) for c in route.candidates}
+        provider_budgets = self._provider_budgets
+        if provider_budgets:
+            for name, budget in provider_budgets.items():
+                if name in health:
+                    health[name] = msgspec.structs.replace(
+                        health[name], budget_left=budget.headroom(t0)
+                    )
         plan = plan_route(route.candidates, route.strategy, needs, health, t0, self._rng)
+        if not plan.targets and any("spend cap" in e.reason for e in plan.excluded):
+            raise BudgetExceeded(f"no target of {model!r} fits its budget: {plan.explain()}")
         plan.raise_if_empty(model)
+        self._check_budgets(route, plan, needs, t0)
         self._requests += 1
         try:
             # A request made in a scope that is already cancelled is cancelled, not
@@ -472,8 +546,9 @@ class Router:
         targets = plan.targets
         max_attempts = len(targets) if hedge is None else min(hedge.max_attempts, len(targets))
         delay = math.inf
-        if hedge is not None and route.budget is not None:
-            route.budget.deposit()
+        hedge_budget = route.hedge_budget
+        if hedge is not None and hedge_budget is not None:
+            hedge_budget.deposit()
             primary = actors[targets[0].provider]
             q = hedge.percentile
             if q is None:
@@ -485,16 +560,26 @@ class Router:
                     primary.latency_percentile(q, t0, stream=stream),
                     primary.latency_samples(t0, stream=stream),
                 )
-        budget = route.budget
         hedged = delay != math.inf
 
         async def attempt(candidate: Candidate, record: AttemptRecord) -> T:
             actor = actors[candidate.provider]
-            if hedged:
-                return await call(actor, candidate, record)
-            return await self._retrying(
-                actor, functools.partial(call, actor, candidate, record), record, race
-            )
+            charge = self._reserve(route, candidate, needs)
+            record.charge = charge
+            try:
+                if hedged:
+                    result = await call(actor, candidate, record)
+                else:
+                    result = await self._retrying(
+                        actor, functools.partial(call, actor, candidate, record), record, race
+                    )
+            except BaseException:
+                charge.settle(record, answered=False)
+                raise
+            if not needs.streaming:
+                charge.settle(record, answered=True)
+            # A stream's charge is settled when the caller's stream ends.
+            return result
 
         race: Race[T] = Race(
             targets,
@@ -502,7 +587,7 @@ class Router:
             max_attempts=max_attempts,
             delay=delay,
             fails_over=route.fails_over,
-            spend_hedge=budget.try_spend if budget is not None else _never,
+            spend_hedge=hedge_budget.try_spend if hedge_budget is not None else _never,
             expected_latency=lambda c: actors[c.provider].expected_latency(stream=needs.streaming),
             skip=self._skip,
             discard=discard,
@@ -586,8 +671,13 @@ class Router:
             request.model, needs, call, discard=_close_opened
         )
         stack, events, buffered = opened
-        async with stack:
-            yield RouterStream(events, buffered, winner=winner, race=race, t0=t0)
+        try:
+            async with stack:
+                yield RouterStream(events, buffered, winner=winner, race=race, t0=t0)
+        finally:
+            charge = winner.charge
+            if isinstance(charge, _Charge):
+                charge.settle(winner, answered=winner.usage is not None)
 
     async def embed(
         self,
@@ -657,6 +747,7 @@ class Router:
             stats = router.statistics()
             print(stats.hedges / max(1, stats.requests), stats.providers["openai"].in_flight)
         """
+        now = trio.current_time()
         return RouterStatistics(
             requests=self._requests,
             succeeded=self._succeeded,
@@ -667,11 +758,76 @@ class Router:
             hedge_wins=self._hedge_wins,
             retries=self._retries,
             wasted_tokens=self._wasted_tokens,
+            spend=sum(self._spend.values()),
+            spend_by_target=dict(self._spend),
+            budgets=[b.statistics(now) for b in self._all_budgets()],
             providers={name: a.statistics() for name, a in self._actors.items()},
         )
 
+    def _all_budgets(self) -> list[Budget]:
+        budgets = [] if self._budget is None else [self._budget]
+        budgets += [r.spend_budget for r in self._routes.values() if r.spend_budget is not None]
+        return budgets + list(self._provider_budgets.values())
+
 
 _MAX_RESOLVED = 1024
+
+
+def _budget(scope: str, config: BudgetConfig | None, start: float) -> Budget | None:
+    if config is None:
+        return None
+    return Budget(scope, limit=config.limit, period=period_seconds(config.period), start=start)
+
+
+class _Charge:
+    """One attempt's spend: its reservations under the caps, settled exactly once.
+
+    ``answered``: the provider's usage is on the record (the answer's cost is known);
+    otherwise the attempt is charged the prompt it sent, if it sent one.
+    """
+
+    __slots__ = ("_budgets", "_candidate", "_estimate", "_settled", "_spend")
+
+    def __init__(
+        self,
+        candidate: Candidate,
+        budgets: list[Budget],
+        estimate: float,
+        spend: dict[str, float],
+    ) -> None:
+        self._candidate = candidate
+        self._budgets = budgets
+        self._estimate = estimate
+        self._spend = spend
+        self._settled = False
+
+    def settle(self, record: AttemptRecord, *, answered: bool) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        c = self._candidate
+        if answered and record.usage is not None:
+            actual = cost_of(c, record.usage)
+        elif record.sent_tokens and c.input_price is not None:
+            actual = record.sent_tokens * c.input_price / 1e6
+        else:
+            actual = None
+        record.cost = actual
+        now = trio.current_time()
+        for budget in self._budgets:
+            budget.settle(self._estimate, actual or 0.0, now)
+        if actual:
+            key = c.target
+            self._spend[key] = self._spend.get(key, 0.0) + actual
+
+
+def _over_budget(budget: Budget, estimate: float, now: float) -> str:
+    stats = budget.statistics(now)
+    return (
+        f"sending this request (~${estimate:.4f}) would cross the {budget.scope} spend cap "
+        f"(${stats.limit:g} per {stats.period:g}s: ${stats.spent:.4f} spent, "
+        f"${stats.reserved:.4f} reserved; it resets at t={stats.resets_at:.0f})"
+    )
 
 
 def _never() -> bool:
@@ -711,8 +867,13 @@ async def _open_committed(
     return stack, events, buffered
 
 
-async def _close_opened(opened: _Opened) -> None:
-    await opened[0].aclose()
+async def _close_opened(opened: _Opened, record: AttemptRecord) -> None:
+    try:
+        await opened[0].aclose()
+    finally:
+        charge = record.charge
+        if isinstance(charge, _Charge):
+            charge.settle(record, answered=record.usage is not None)
 
 
 class RouterStream:
