@@ -1,12 +1,17 @@
-"""``llm-router demo``: the adapters and the router at work on the built-in fake upstream.
+"""``llm-router demo``: hedging against plain fallback, live, on the built-in fake upstream.
 
-Everything runs on 127.0.0.1 against :func:`providers.testing.open_fake_upstream`; no key
-and no network are needed.
+Three simulated providers run on 127.0.0.1 — real HTTP, each in its vendor's wire
+format, no key and no network — with different latency bodies, rare stalls, some 429s
+and some 5xx.  The same few hundred requests go through the router twice: once over a
+plain fallback route, once over a hedged one.  Then a table compares them, and one
+answer streams to the terminal.
 """
 
 from __future__ import annotations
 
+import math
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 import httpx
@@ -15,133 +20,297 @@ import trio
 from providers import (
     AnthropicProvider,
     ChatRequest,
-    Done,
     LLMError,
     Message,
     OpenAIProvider,
     Provider,
     Secret,
     TextDelta,
-    ToolSpec,
 )
-from providers.testing import Fault, Fixed, LogNormal, Scenario, open_fake_upstream
-
-__all__ = ["run_demo"]
-
-ANSWERS = {
-    "openai": (
-        "Structured concurrency means every task has a parent that waits for it, so "
-        "errors and cancellation always have somewhere to go."
-    ),
-    "anthropic": (
-        "A nursery is a scope for tasks: it does not exit until every task it started "
-        "has finished, and a failure in one cancels the rest."
-    ),
-}
-
-WEATHER = ToolSpec(
-    name="get_weather",
-    description="Current weather in a city",
-    parameters={"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+from providers.testing import (
+    Fault,
+    Fixed,
+    LogNormal,
+    Mixture,
+    MixtureComponent,
+    Scenario,
+    open_fake_upstream,
 )
+
+from ._config import HedgeConfig, ProviderConfig, RouteConfig, RouterConfig
+from ._router import Router, open_router
+
+__all__ = ["DemoRun", "run_demo"]
+
+TARGETS = ["alpha:gpt-4o-mini", "beta:claude-3-5-haiku-latest", "gamma:gpt-4o-mini"]
+QUESTIONS = [
+    "What is structured concurrency?",
+    "Why should a timeout be a cancel scope?",
+    "What does a nursery guarantee?",
+    "When is a hedged request worth its cost?",
+]
+ANSWER = (
+    "Structured concurrency means every task has a parent that waits for it, so errors "
+    "and cancellation always have somewhere to go."
+)
+
+
+def _latency(median: float, stall: float, speed: float) -> Mixture | Fixed:
+    if speed == 0:
+        return Fixed(0.0)
+    return Mixture(
+        [
+            MixtureComponent(0.98, LogNormal(median * speed, 0.35)),
+            MixtureComponent(0.02, LogNormal(stall * speed, 0.1)),  # the rare stall
+        ]
+    )
 
 
 def _scenarios(speed: float) -> dict[str, Scenario]:
+    chunk = 0.03 * speed
     return {
-        name: Scenario(
-            reply=text,
-            latency=LogNormal(median=0.12 * speed, sigma=0.3) if speed else Fixed(0.0),
-            chunk_interval=0.035 * speed,
-            chunk_words=1,
-        )
-        for name, text in ANSWERS.items()
-    } | {
-        "limited": Scenario(faults=[Fault(kind="status", status=429, retry_after=1.5, rate=1.0)]),
-        "tools": Scenario(
-            latency=LogNormal(median=0.05 * speed, sigma=0.2) if speed else Fixed(0.0)
+        "alpha": Scenario(
+            latency=_latency(0.08, 2.0, speed),
+            chunk_interval=chunk,
+            reply=ANSWER,
+            faults=[Fault(kind="status", status=429, retry_after=0.2 * speed, rate=0.02)],
         ),
+        "beta": Scenario(
+            latency=_latency(0.10, 2.5, speed),
+            chunk_interval=chunk,
+            reply=ANSWER,
+            faults=[Fault(kind="status", status=500, rate=0.03)],
+        ),
+        "gamma": Scenario(latency=_latency(0.12, 2.5, speed), chunk_interval=chunk, reply=ANSWER),
     }
 
 
-async def _stream_one(
-    out: TextIO, provider: Provider, label: str, model: str, question: str
-) -> None:
-    print(f"\n▸ {label} · streamed · model {model}", file=out)
-    print(f"  you: {question}", file=out)
-    print("  ", end="", file=out, flush=True)
-    start = trio.current_time()
-    first: float | None = None
-    request = ChatRequest(model=model, messages=[Message.user(question)], max_tokens=200)
-    async with provider.stream(request) as events:
-        async for event in events:
-            if isinstance(event, TextDelta):
-                if first is None:
-                    first = trio.current_time() - start
-                print(event.text, end="", file=out, flush=True)
-            elif isinstance(event, Done):
-                r = event.response
-                total = trio.current_time() - start
+class DemoRun:
+    """The figures of one pass over the requests."""
+
+    def __init__(self, route: str, latencies: list[float], failures: int, stats: dict[str, float]):
+        self.route = route
+        self.latencies = sorted(latencies)
+        self.failures = failures
+        self.stats = stats
+
+    def percentile(self, q: float) -> float:
+        """Nearest-rank percentile of the successful requests' latency, in seconds."""
+        if not self.latencies:
+            return math.nan
+        return self.latencies[max(0, math.ceil(q * len(self.latencies)) - 1)]
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies) + self.failures
+
+
+async def _pass(
+    router: Router,
+    route: str,
+    requests: int,
+    concurrency: int,
+    progress: Callable[[str, int, int], None],
+) -> DemoRun:
+    before = router.statistics()
+    latencies: list[float] = []
+    failures = 0
+    done = 0
+    left = iter(range(requests))
+
+    async def worker() -> None:
+        nonlocal failures, done
+        for i in left:
+            request = ChatRequest(
+                model=route,
+                messages=[Message.user(QUESTIONS[i % len(QUESTIONS)])],
+                max_tokens=120,
+            )
+            t0 = trio.current_time()
+            try:
+                await router.complete(request)
+            except LLMError:
+                failures += 1
+            else:
+                latencies.append(trio.current_time() - t0)
+            done += 1
+            progress(route, done, requests)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(worker)
+    after = router.statistics()
+    stats = {
+        "hedges": after.hedges - before.hedges,
+        "fallbacks": after.fallbacks - before.fallbacks,
+        "retries": after.retries - before.retries,
+        "cost": after.spend - before.spend,
+    }
+    return DemoRun(route, latencies, failures, stats)
+
+
+def _table(runs: list[DemoRun]) -> str:
+    head = (
+        f"  {'route':<8} {'p50':>8} {'p95':>8} {'p99':>8} {'success':>8} {'fallbacks':>9} "
+        f"{'hedges':>7} {'extra load':>10} {'cost':>9}"
+    )
+    lines = [head, "  " + "-" * (len(head) - 2)]
+    for r in runs:
+        extra = (r.stats["hedges"] + r.stats["fallbacks"] + r.stats["retries"]) / r.requests
+        lines.append(
+            f"  {r.route:<8} {1000 * r.percentile(0.5):>6.0f}ms"
+            f" {1000 * r.percentile(0.95):>6.0f}ms {1000 * r.percentile(0.99):>6.0f}ms"
+            f" {len(r.latencies) / r.requests:>8.1%} {r.stats['fallbacks']:>9.0f}"
+            f" {r.stats['hedges']:>7.0f} {extra:>10.1%} ${r.stats['cost']:>8.4f}"
+        )
+    return "\n".join(lines)
+
+
+def _progress_printer(out: TextIO) -> Callable[[str, int, int], None]:
+    tty = out.isatty()
+    width = 30
+
+    def show(route: str, done: int, total: int) -> None:
+        if tty:
+            filled = width * done // total
+            bar = "█" * filled + "·" * (width - filled)
+            end = "\n" if done == total else ""
+            print(f"\r  {route:<8} [{bar}] {done}/{total}", end=end, file=out, flush=True)
+        elif done == total:
+            print(f"  {route:<8} {done}/{total} requests done", file=out, flush=True)
+
+    return show
+
+
+def _plot(runs: list[DemoRun], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for run in runs:
+        xs = [1000 * x for x in run.latencies]
+        ys = [(i + 1) / len(xs) for i in range(len(xs))]
+        ax.step(xs, ys, where="post", label=run.route)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms, log scale)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title("llm-router demo: latency CDF, plain fallback vs hedged")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def check_plot_available() -> None:
+    """Raise a clear error when ``--plot`` cannot work (matplotlib is an optional extra)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise RuntimeError(
+            "--plot needs matplotlib, an optional extra: pip install 'trio-llm-router[plot]'"
+        ) from None
+
+
+async def run_demo(
+    speed: float = 1.0,
+    out: TextIO | None = None,
+    *,
+    requests: int = 300,
+    concurrency: int = 16,
+    plot: str | None = None,
+) -> list[DemoRun]:
+    """Run the demo, printing to ``out`` (stdout by default); return both passes' figures.
+
+    ``speed`` scales every simulated latency (0: instant); ``plot`` writes a latency CDF.
+    """
+    out = out or sys.stdout
+    if plot is not None:
+        check_plot_available()
+    key = Secret("sk-demo-not-a-real-key")
+    hedge = HedgeConfig(max_attempts=2, delay="p95", min_samples=20, default_delay=0.25 * speed)
+    config = RouterConfig(
+        providers={
+            name: ProviderConfig(kind=kind, presets=False)  # type: ignore[arg-type]
+            for name, kind in (("alpha", "openai"), ("beta", "anthropic"), ("gamma", "openai"))
+        },
+        routes={
+            "plain": RouteConfig(targets=TARGETS),
+            "hedged": RouteConfig(targets=TARGETS, hedge=hedge),
+        },
+    )
+    async with (
+        open_fake_upstream(_scenarios(speed), record=False, seed=7) as up,
+        httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=64)) as client,
+    ):
+        providers: dict[str, Provider] = {
+            "alpha": OpenAIProvider(
+                name="alpha", api_key=key, base_url=up.base_url("alpha", "openai"), client=client
+            ),
+            "beta": AnthropicProvider(
+                name="beta", api_key=key, base_url=up.base_url("beta", "anthropic"), client=client
+            ),
+            "gamma": OpenAIProvider(
+                name="gamma", api_key=key, base_url=up.base_url("gamma", "openai"), client=client
+            ),
+        }
+        print(
+            "trio-llm-router demo: three simulated providers on the built-in fake upstream at\n"
+            f"{up.url} (real HTTP, each vendor's own wire format; no keys, no network).\n"
+            "  alpha (OpenAI format)     ~80 ms, 2% stalls of ~2 s, 2% answer 429\n"
+            "  beta  (Anthropic format) ~100 ms, 2% stalls, 3% answer 500\n"
+            "  gamma (OpenAI format)    ~120 ms, 2% stalls\n"
+            f"\n{requests} requests, {concurrency} at a time, through each route:\n"
+            "  plain   fallback: alpha, then beta, then gamma, on failure only\n"
+            "  hedged  the same, plus a second request once the first has been out longer\n"
+            "          than alpha's observed p95 latency; the slower one is cancelled\n",
+            file=out,
+        )
+        progress = _progress_printer(out)
+        async with open_router(config, providers=providers, seed=7) as router:
+            runs = [
+                await _pass(router, route, requests, concurrency, progress)
+                for route in ("plain", "hedged")
+            ]
+            print("\n" + _table(runs), file=out)
+            plain, hedged = runs
+            p99_plain, p99_hedged = plain.percentile(0.99), hedged.percentile(0.99)
+            if p99_hedged > 0 and not math.isnan(p99_plain):
+                hedges = hedged.stats["hedges"] / hedged.requests
                 print(
-                    f"\n  [{r.finish_reason} · {r.usage.input_tokens} in / {r.usage.output_tokens} "
-                    f"out tokens · first token {1000 * (first or total):.0f} ms · "
-                    f"{1000 * total:.0f} ms total · request id {r.request_id}]",
+                    f"\n  Hedging took p99 from {1000 * p99_plain:.0f} ms to "
+                    f"{1000 * p99_hedged:.0f} ms ({p99_plain / p99_hedged:.1f}x), sending a "
+                    f"hedge for {hedges:.1%} of the requests.",
                     file=out,
                 )
 
-
-async def run_demo(speed: float = 1.0, out: TextIO | None = None) -> None:
-    """Run the demo, printing to ``out`` (stdout by default)."""
-    out = out or sys.stdout
-    async with (
-        open_fake_upstream(_scenarios(speed), record=False) as up,
-        httpx.AsyncClient() as client,
-    ):
-        print(
-            "trio-llm-router demo — everything below talks to the built-in fake upstream at\n"
-            f"{up.url} over real HTTP, in each vendor's own wire format. No keys, no network.",
-            file=out,
-        )
-        key = Secret("sk-demo-not-a-real-key")
-        openai = OpenAIProvider(
-            api_key=key, base_url=up.base_url("openai", "openai"), client=client
-        )
-        anthropic = AnthropicProvider(
-            api_key=key, base_url=up.base_url("anthropic", "anthropic"), client=client
-        )
-        await _stream_one(
-            out, openai, "OpenAI Chat Completions", "gpt-4o-mini", "What is structured concurrency?"
-        )
-        await _stream_one(
-            out, anthropic, "Anthropic Messages", "claude-3-5-haiku-latest", "What is a nursery?"
-        )
-
-        tools = OpenAIProvider(api_key=key, base_url=up.base_url("tools", "openai"), client=client)
-        reply = await tools.complete(
-            ChatRequest(
-                model="gpt-4o-mini",
-                messages=[Message.user("What's the weather in Paris? Use get_weather.")],
-                tools=[WEATHER],
-            )
-        )
-        call = reply.tool_calls[0]
-        print(f"\n▸ Tool call, assembled from the wire: {call.name}({call.arguments})", file=out)
-
-        limited = AnthropicProvider(
-            api_key=key, base_url=up.base_url("limited", "anthropic"), client=client
-        )
-        try:
-            await limited.complete(
-                ChatRequest(model="claude-3-5-haiku-latest", messages=[Message.user("hi")])
-            )
-        except LLMError as exc:
+            question = "What is structured concurrency?"
             print(
-                f"\n▸ A rate-limited provider, as a typed error:\n  {type(exc).__name__}: {exc}\n"
-                f"  retryable={exc.retryable} rate_limit={exc.is_rate_limit} "
-                f"retry_after={exc.retry_after}s",
+                f"\n▸ One answer, streamed through the hedged route\n  you: {question}\n  ",
+                end="",
                 file=out,
             )
+            request = ChatRequest(model="hedged", messages=[Message.user(question)], max_tokens=200)
+            async with router.stream(request) as events:
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        print(event.text, end="", file=out, flush=True)
+                response = events.response
+            if response is not None:
+                cost = f"${response.cost:.6f}" if response.cost is not None else "unpriced"
+                print(
+                    f"\n  [answered by {response.provider} ({response.model}) · "
+                    f"{response.usage.input_tokens} in / {response.usage.output_tokens} out · "
+                    f"{cost} · {len(response.attempts)} attempt(s)]",
+                    file=out,
+                )
         print(
-            "\nThe key given to every adapter above never appears in any output or error: "
-            f"{key!r}.",
+            f"\nThe key given to every provider never appears in any output or error: {key!r}.",
             file=out,
         )
+    if plot is not None:
+        _plot(runs, plot)
+        print(f"Latency CDF written to {plot}.", file=out)
+    return runs

@@ -114,18 +114,35 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     assert b"Traceback" not in err, err.decode()
 
 
-def test_demo_shows_both_vendors_a_tool_call_and_a_typed_rate_limit() -> None:
-    """``demo --speed 0`` exits 0, shows each exchange, and never prints the key."""
+def test_demo_races_both_routes_streams_an_answer_and_hides_the_key() -> None:
+    """``demo --speed 0`` exits 0, compares both routes, streams one answer, hides the key."""
     result = llm_router("demo", "--speed", "0")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "OpenAI Chat Completions" in out
+    assert "three simulated providers on the built-in fake upstream" in out
+    assert "plain    300/300 requests done" in out
+    assert "hedged   300/300 requests done" in out
+    header = next(line for line in out.splitlines() if "p99" in line and "route" in line)
+    assert header.split() == [
+        "route",
+        "p50",
+        "p95",
+        "p99",
+        "success",
+        "fallbacks",
+        "hedges",
+        "extra",
+        "load",
+        "cost",
+    ]
+    rows = {
+        line.split()[0]: line.split()
+        for line in out.splitlines()
+        if line.strip().startswith(("plain ", "hedged "))
+    }
+    assert set(rows) == {"plain", "hedged"}
     assert "Structured concurrency means every task has a parent that waits for it" in out
-    assert "Anthropic Messages" in out
-    assert "A nursery is a scope for tasks" in out
-    assert "Tool call, assembled from the wire: get_weather({'city': 'value'})" in out
-    assert "RateLimited: [anthropic] HTTP 429:" in out
-    assert "retryable=True rate_limit=True retry_after=1.5s" in out
+    assert "[answered by " in out
     assert result.stderr == ""
     assert DEMO_KEY not in out
     assert DEMO_KEY not in result.stderr
