@@ -1,6 +1,15 @@
-"""Testing support, re-exported for users of ``router``: mock provider and fake upstream.
+"""Testing support, re-exported for users of ``router``.
 
-See :mod:`providers.testing` for the details.
+=========================  ================================================================
+:class:`MockProvider`      an in-process provider: scripted, rule-based or echoing answers
+                           on trio's clock, with every call recorded
+:func:`open_fake_upstream` a loopback HTTP server speaking every vendor's wire format, with
+                           scripted latency and faults
+:func:`check_provider`     the conformance suite every adapter passes (yours too)
+:func:`simulate`           route policies against a scenario, in virtual time
+=========================  ================================================================
+
+See :mod:`providers.testing` and docs/testing.md for the details.
 """
 
 from providers.testing import FakeUpstream as FakeUpstream
@@ -15,8 +24,16 @@ from providers.testing import MockResponse as MockResponse
 from providers.testing import RecordedRequest as RecordedRequest
 from providers.testing import Scenario as Scenario
 from providers.testing import Uniform as Uniform
+from providers.testing import check_provider as check_provider
 from providers.testing import load_scenarios as load_scenarios
 from providers.testing import open_fake_upstream as open_fake_upstream
+
+from ._simulate import PolicyResult as PolicyResult
+from ._simulate import SimProvider as SimProvider
+from ._simulate import SimScenario as SimScenario
+from ._simulate import hedging_bound as hedging_bound
+from ._simulate import load_scenario as load_scenario
+from ._simulate import simulate as simulate
 
 __all__ = [
     "FakeUpstream",
@@ -28,9 +45,16 @@ __all__ = [
     "MockCall",
     "MockProvider",
     "MockResponse",
+    "PolicyResult",
     "RecordedRequest",
     "Scenario",
+    "SimProvider",
+    "SimScenario",
     "Uniform",
+    "check_provider",
+    "hedging_bound",
+    "load_scenario",
     "load_scenarios",
     "open_fake_upstream",
+    "simulate",
 ]
