@@ -2,22 +2,39 @@
 
 Every command prints one clear line and exits non-zero on failure; ``--debug`` shows the
 traceback instead.
+
+======  ===================================================================
+status  meaning
+======  ===================================================================
+0       done (``health``: every provider healthy or degraded)
+1       an error: configuration, a missing key, a provider, a file, a port
+2       a usage error (bad flags, no prompt): argparse's message
+3       ``health``: at least one provider is unhealthy
+130     interrupted (Ctrl-C)
+======  ===================================================================
+
+The ``chat``, ``health`` and ``models`` commands live in :mod:`router._commands`.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
 from providers import LLMError
 
 __all__ = ["main"]
+
+T = TypeVar("T")
 
 
 def _non_negative(text: str) -> float:
@@ -27,6 +44,20 @@ def _non_negative(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _temperature(text: str) -> float:
+    value = _non_negative(text)
+    if value > 2:
+        raise argparse.ArgumentTypeError(f"expected a temperature from 0 to 2, got {text!r}")
     return value
 
 
@@ -50,13 +81,26 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="show the adapters at work against the built-in fake upstream (no keys, no network)",
+        help="hedging against plain fallback, live, on the built-in fake upstream (no keys)",
     )
     demo.add_argument(
         "--speed",
         type=_non_negative,
         default=1.0,
         help="latency multiplier for the simulated providers (0 = instant; default 1)",
+    )
+    demo.add_argument(
+        "--requests",
+        type=_positive_int,
+        default=300,
+        metavar="N",
+        help="requests through each route (default 300)",
+    )
+    demo.add_argument(
+        "--plot",
+        default=None,
+        metavar="FILE.png",
+        help="write a latency CDF of both routes (needs the 'plot' extra: matplotlib)",
     )
 
     upstream = sub.add_parser(
@@ -101,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--json", type=Path, default=None, metavar="FILE", help="also write the figures as JSON"
     )
+    _add_router_commands(sub)
     bench = sub.add_parser(
         "bench", help="measure the router: overhead, loopback HTTP, hedging, scale, cold start"
     )
@@ -115,6 +160,128 @@ def _parser() -> argparse.ArgumentParser:
         "--json", type=Path, default=None, metavar="FILE", help="also write the figures as JSON"
     )
     return parser
+
+
+def _add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``chat``, ``health`` and ``models``: the router on a config file or the environment."""
+    config_help = "router config (TOML); default: one provider per API key in the environment"
+    chat = sub.add_parser(
+        "chat",
+        help="send one prompt; stream the answer, then say who answered and what it cost",
+        description="Send one prompt through the router and stream the answer to stdout; "
+        "a summary (provider, tokens, cost, attempts) goes to stderr.",
+    )
+    chat.add_argument(
+        "-m",
+        "--model",
+        required=True,
+        help="provider:model, a route from the config, or a bare model id (gpt-4o-mini)",
+    )
+    chat.add_argument(
+        "prompt", nargs="?", default=None, help="the prompt; default (or '-'): read stdin"
+    )
+    chat.add_argument("--config", type=Path, default=None, metavar="FILE", help=config_help)
+    chat.add_argument("--system", default=None, metavar="TEXT", help="a system prompt")
+    chat.add_argument(
+        "--max-tokens", type=_positive_int, default=None, metavar="N", help="output token cap"
+    )
+    chat.add_argument(
+        "--temperature", type=_temperature, default=None, metavar="T", help="sampling temperature"
+    )
+    chat.add_argument(
+        "--json",
+        action="store_true",
+        help="print the whole response (text, usage, cost, attempts) as JSON, not a stream",
+    )
+
+    health = sub.add_parser(
+        "health",
+        help="probe every configured provider at once; exit 3 if any is unhealthy",
+    )
+    health.add_argument("--config", type=Path, default=None, metavar="FILE", help=config_help)
+    health.add_argument(
+        "--deadline",
+        type=_positive,
+        default=10.0,
+        metavar="SECONDS",
+        help="give up on probes not answered by then (default 10)",
+    )
+    health.add_argument("--json", action="store_true", help="print the rows as JSON")
+
+    models = sub.add_parser(
+        "models",
+        help="list the configured targets with context window and prices (no network)",
+    )
+    models.add_argument("--config", type=Path, default=None, metavar="FILE", help=config_help)
+    models.add_argument("--json", action="store_true", help="print the rows as JSON")
+
+
+def _read_prompt(parser: argparse.ArgumentParser, prompt: str | None) -> str:
+    """The prompt argument, or stdin when it is absent or ``-``; empty is a usage error."""
+    if prompt is None or prompt == "-":
+        stdin = sys.stdin
+        if stdin is None or stdin.closed:
+            prompt = ""
+        else:
+            if stdin.isatty():
+                print("(reading the prompt from the terminal: end it with Ctrl-D)", file=sys.stderr)
+            prompt = stdin.read().rstrip()
+    if not prompt.strip():
+        parser.error("chat: no prompt: give one as an argument or on stdin")
+    return prompt
+
+
+def _chat(args: argparse.Namespace, prompt: str) -> int:
+    from ._commands import run_chat
+
+    return _run_interruptibly(
+        lambda: trio.run(
+            lambda: run_chat(
+                args.model,
+                prompt,
+                config_path=args.config,
+                system=args.system,
+                max_tokens=args.max_tokens,
+                temperature=args.temperature,
+                as_json=args.json,
+                out=sys.stdout,
+                err=sys.stderr,
+            )
+        )
+    )
+
+
+def _health(args: argparse.Namespace) -> int:
+    from ._commands import run_health
+
+    return _run_interruptibly(
+        lambda: trio.run(
+            lambda: run_health(
+                args.config, deadline=args.deadline, as_json=args.json, out=sys.stdout
+            )
+        )
+    )
+
+
+def _models(args: argparse.Namespace) -> int:
+    from ._commands import run_models
+
+    return run_models(args.config, as_json=args.json, out=sys.stdout)
+
+
+def _run_interruptibly(run: Callable[[], T]) -> T:
+    """``run()`` with Ctrl-C raising KeyboardInterrupt, even if our parent ignored SIGINT.
+
+    A background job of a non-interactive shell (and some supervisors) starts us with
+    SIGINT ignored, and trio leaves an ignored SIGINT alone.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return run()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -153,26 +320,53 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llm-router`` console script."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    # Read before anything starts, so an empty prompt is a usage error like a bad flag.
+    prompt = _read_prompt(parser, args.prompt) if args.command == "chat" else ""
     try:
         if args.command == "demo":
-            from ._demo import run_demo
+            from ._demo import check_plot_available, run_demo
 
-            trio.run(run_demo, args.speed)
+            if args.plot is not None:
+                try:
+                    check_plot_available()
+                except RuntimeError as exc:
+                    print(f"llm-router: error: {exc}", file=sys.stderr)
+                    return 1
+            trio.run(
+                functools.partial(run_demo, args.speed, requests=args.requests, plot=args.plot)
+            )
         elif args.command == "upstream":
             return _upstream(args)
         elif args.command == "simulate":
             return _simulate(args)
         elif args.command == "bench":
             return _bench(args)
+        elif args.command == "chat":
+            return _chat(args, prompt)
+        elif args.command == "health":
+            return _health(args)
+        elif args.command == "models":
+            return _models(args)
     except BaseException as exc:
         # trio's nurseries wrap what escapes them in exception groups: look inside, so
         # Ctrl-C and expected failures (a bad file, a port in use) stay one clear line.
         error = _sole_error(exc)
         if isinstance(error, KeyboardInterrupt):
             return 130
+        if isinstance(error, BrokenPipeError):
+            # The reader went away (`llm-router chat ... | head -1`): not our failure.
+            # Point stdout at /dev/null so the interpreter's final flush is quiet too.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 1
         if isinstance(error, LLMError | OSError | ValueError) and not args.debug:
-            print(f"llm-router: error: {error}", file=sys.stderr)
+            from ._commands import error_line
+
+            # The router commands name the error's type; the older ones keep their format.
+            typed = args.command in ("chat", "health", "models")
+            print(f"llm-router: error: {error_line(error, with_type=typed)}", file=sys.stderr)
             return 1
         raise
     return 0

@@ -7,6 +7,7 @@ seconds in all.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import select
 import shutil
@@ -146,6 +147,20 @@ def test_demo_races_both_routes_streams_an_answer_and_hides_the_key() -> None:
     assert result.stderr == ""
     assert DEMO_KEY not in out
     assert DEMO_KEY not in result.stderr
+
+
+def test_demo_plot_writes_a_png_or_says_how_to_get_matplotlib(tmp_path: Path) -> None:
+    """``demo --plot`` writes a PNG with matplotlib, or names the extra to install without it."""
+    target = tmp_path / "cdf.png"
+    result = llm_router("demo", "--speed", "0", "--requests", "20", "--plot", str(target))
+    if importlib.util.find_spec("matplotlib") is None:
+        assert result.returncode == 1
+        assert "pip install 'trio-llm-router[plot]'" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert not target.exists()
+    else:
+        assert result.returncode == 0, result.stderr
+        assert target.read_bytes().startswith(b"\x89PNG")
 
 
 def test_upstream_serves_an_openai_request_and_stops_on_ctrl_c(
