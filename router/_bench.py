@@ -190,7 +190,8 @@ async def _openai_router(
         for name in names
     }
     config = RouterConfig(
-        providers={name: ProviderConfig(kind="openai") for name in names}, routes=routes or {}
+        providers={name: ProviderConfig(kind="openai", presets=False) for name in names},
+        routes=routes or {},
     )
     async with open_router(config, providers=providers) as router:
         yield router
