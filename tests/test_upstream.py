@@ -976,7 +976,7 @@ async def test_default_scenario_and_unknown_names_echo(
     assert upstream.requests[0].scenario == "default"
     assert upstream.scenario("anything") == Scenario()
     with pytest.raises(ValueError, match="unknown wire format"):
-        upstream.base_url("x", "gemini")  # type: ignore[arg-type]
+        upstream.base_url("x", "cohere")
 
 
 async def test_errors_in_the_block_are_not_wrapped_in_groups() -> None:

@@ -137,9 +137,9 @@ class ProviderFactory(Protocol):
     def __call__(self, *, base_url: str, api_key: str, client: httpx.AsyncClient) -> Provider: ...
 
 
-# Where each wire format lives below the fake upstream's URL, for formats its own
-# ``base_url`` does not name yet (the path table in :mod:`._upstream`).
-_KNOWN_BASES: dict[str, str] = {
+# Where each wire format lives below the fake upstream's URL (the path table in
+# :mod:`._upstream`), for a stand-in upstream whose ``base_url`` does not know them.
+_FALLBACK_BASES: dict[str, str] = {
     "azure": "{url}/{scenario}",
     "gemini": "{url}/{scenario}/v1beta",
     "ollama": "{url}/{scenario}",
@@ -149,32 +149,28 @@ _KNOWN_BASES: dict[str, str] = {
 def fake_base_url(upstream: FakeUpstream, scenario: str, vendor: str) -> str:
     """The base URL an adapter of ``vendor``'s wire format uses for ``scenario``.
 
-    ``"azure"`` gives the resource endpoint (the adapter adds
-    ``/openai/deployments/...``).  Other vendors are asked of
-    :meth:`FakeUpstream.base_url`, so a wire format the fake upstream learns is
-    supported here at once; Gemini (``.../v1beta``) and Ollama are known besides.
+    This is :meth:`FakeUpstream.base_url`, which knows every provider kind (for
+    ``"azure"``, the resource endpoint: the adapter adds ``/openai/...``).  An upstream
+    stand-in whose ``base_url`` refuses Azure, Gemini or Ollama gets their bases from
+    the fake upstream's path table instead.
 
     Raises:
-        ValueError: neither the upstream nor this function knows ``vendor``.
+        ValueError: neither the upstream nor the path table knows ``vendor``.
 
     Example::
 
         OpenAIProvider(api_key="sk-test", base_url=fake_base_url(up, "flaky", "openai"))
     """
-    name = quote(scenario, safe="")
-    if vendor == "azure":
-        return _KNOWN_BASES["azure"].format(url=upstream.url, scenario=name)
-    # Typed loosely: the fake upstream learns wire formats beyond its current Literal.
-    base_url: Callable[..., str] = upstream.base_url
     try:
-        return base_url(scenario, vendor)
+        return upstream.base_url(scenario, vendor)
     except ValueError:
-        if vendor not in _KNOWN_BASES:
+        template = _FALLBACK_BASES.get(vendor)
+        if template is None:
             raise ValueError(
                 f"no base URL known for the wire format {vendor!r}; pass base_url_for= "
                 "to check_provider"
             ) from None
-        return _KNOWN_BASES[vendor].format(url=upstream.url, scenario=name)
+        return template.format(url=upstream.url, scenario=quote(scenario, safe=""))
 
 
 async def check_provider(

@@ -901,24 +901,46 @@ class FakeUpstream:
 
     # -- public API ------------------------------------------------------------------
 
-    def base_url(self, scenario: str, kind: Vendor) -> str:
+    def base_url(self, scenario: str, kind: str) -> str:
         """The ``base_url`` to give a client for ``scenario`` in the ``kind`` wire format.
 
-        OpenAI clients append ``/chat/completions``, so their base ends in ``/v1``;
-        Anthropic clients append ``/v1/messages`` themselves.  The other formats'
-        bases are in the module's path table: Gemini ``f"{url}/{scenario}/v1beta"``,
-        Ollama and the Azure endpoint ``f"{url}/{scenario}"``.
+        ``kind`` is a provider kind, as in the router's configuration; the URL is what
+        that adapter (or the vendor's SDK) expects, since each appends its own paths:
+
+        =====================================================  ==========================
+        kind                                                   base URL
+        =====================================================  ==========================
+        ``openai``, ``openrouter``, ``groq``, ``together``,    ``{url}/{scenario}/v1``
+        ``openai-compatible`` (+ ``/chat/completions``)
+        ``anthropic`` (+ ``/v1/messages``)                     ``{url}/{scenario}``
+        ``gemini`` (+ ``/models/{model}:generateContent``)     ``{url}/{scenario}/v1beta``
+        ``ollama`` (+ ``/api/chat``)                           ``{url}/{scenario}``
+        ``azure``: the resource endpoint (+ ``/openai/...``)   ``{url}/{scenario}``
+        =====================================================  ==========================
+
+        The scenario name is percent-encoded into one path segment.
+
+        Raises:
+            ValueError: ``kind`` is none of these (``"mock"`` included: the mock provider
+                is in-process and has no URL).
 
         Example::
 
             openai.AsyncOpenAI(base_url=upstream.base_url("slow", "openai"), api_key="sk-x")
+            GeminiProvider(api_key="k", base_url=upstream.base_url("slow", "gemini"))
+            AzureOpenAIProvider(api_key="k", endpoint=upstream.base_url("slow", "azure"))
         """
         name = quote(scenario, safe="")
-        if kind == "openai":
+        if kind in ("openai", "openrouter", "groq", "together", "openai-compatible"):
             return f"{self.url}/{name}/v1"
-        if kind == "anthropic":
+        if kind == "gemini":
+            return f"{self.url}/{name}/v1beta"
+        if kind in ("anthropic", "ollama", "azure"):
             return f"{self.url}/{name}"
-        raise ValueError(f"unknown wire format {kind!r}; expected 'openai' or 'anthropic'")
+        raise ValueError(
+            f"unknown wire format {kind!r}; expected one of 'openai', 'anthropic', 'gemini', "
+            "'ollama', 'azure', 'openrouter', 'groq', 'together', 'openai-compatible'"
+        )
 
     def stats(self, scenario: str | None = None) -> UpstreamStats:
         """A frozen snapshot of ``scenario``'s counters, or of all scenarios together."""
