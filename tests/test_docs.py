@@ -218,9 +218,12 @@ def test_readme_example_talks_to_the_fake_upstream(
     outcome = run_block(readme)
     assert outcome.returncode == 0, outcome.explain()
     lines = outcome.stdout.splitlines()
-    assert lines[0].startswith("echo: hello there Usage(input_tokens=")  # complete()
-    assert "echo: hello there" in lines[1]  # the streamed deltas
-    assert lines[-1] == "[stop]"  # Done's finish reason
+    # complete(): the echo, the provider, its cost from the built-in gpt-4o-mini price,
+    # and the trace; then the streamed deltas of the same echo.
+    assert lines[0].startswith("echo: hello there openai ")
+    assert lines[0].endswith("['won']")
+    assert float(lines[0].split()[4]) > 0
+    assert lines[1] == "echo: hello there"
 
 
 def test_not_runnable_examples_still_parse() -> None:
