@@ -11,6 +11,7 @@ place::
         reply = await router.complete(ChatRequest(model="fast", messages=[Message.user("hi")]))
 
 Testing support (the mock provider and the fake upstream) lives in :mod:`router.testing`.
+Observability (events, the audit log, tracing, metrics) is in docs/observability.md.
 """
 
 import logging as _logging
@@ -62,7 +63,9 @@ from providers import Usage as Usage
 from providers import UsageEvent as UsageEvent
 
 from ._actor import ActorStatistics as ActorStatistics
+from ._audit import AuditStatistics as AuditStatistics
 from ._budget import BudgetStatistics as BudgetStatistics
+from ._config import AuditConfig as AuditConfig
 from ._config import BudgetConfig as BudgetConfig
 from ._config import HedgeConfig as HedgeConfig
 from ._config import MockConfig as MockConfig
@@ -71,8 +74,23 @@ from ._config import ProviderConfig as ProviderConfig
 from ._config import RouteConfig as RouteConfig
 from ._config import RouterConfig as RouterConfig
 from ._config import SupervisorConfig as SupervisorConfig
+from ._config import TracingConfig as TracingConfig
 from ._config import decode_config as decode_config
 from ._config import load_config as load_config
+from ._events import ActorCrashed as ActorCrashed
+from ._events import ActorRestarted as ActorRestarted
+from ._events import AttemptFinished as AttemptFinished
+from ._events import AttemptStarted as AttemptStarted
+from ._events import BreakerChanged as BreakerChanged
+from ._events import BudgetRefused as BudgetRefused
+from ._events import FallbackLaunched as FallbackLaunched
+from ._events import HealthChanged as HealthChanged
+from ._events import HedgeLaunched as HedgeLaunched
+from ._events import RequestFinished as RequestFinished
+from ._events import RequestStarted as RequestStarted
+from ._events import RetryScheduled as RetryScheduled
+from ._events import RouterEvent as RouterEvent
+from ._events import Subscription as Subscription
 from ._health import BreakerConfig as BreakerConfig
 from ._health import HealthSnapshot as HealthSnapshot
 from ._models import ModelCard as ModelCard

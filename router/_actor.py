@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -51,6 +51,7 @@ from providers._tokens import estimate_input_tokens, estimate_text_tokens
 from providers._types import is_content_event
 
 from ._config import ProviderConfig
+from ._events import BreakerChanged, HealthChanged, Listener
 from ._health import CircuitBreaker, ErrorWindow, HealthSnapshot, LatencyStats, classify
 from ._limiter import Mailbox, Permit
 from ._policy import TargetHealth
@@ -132,7 +133,7 @@ class ProviderActor:
         config: ProviderConfig,
         *,
         default_max_tokens: int = 1024,
-        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        on_event: Listener | None = None,
     ) -> None:
         self.name = name
         self.provider = provider
@@ -321,11 +322,16 @@ class ProviderActor:
         )
 
     def _publish(self) -> HealthSnapshot:
-        snapshot = self._classify(trio.current_time())
+        now = trio.current_time()
+        snapshot = self._classify(now)
         old = self.health.value
-        if (old.status, old.reason) != (snapshot.status, snapshot.reason):
-            self._emit("health", {"status": snapshot.status, "reason": snapshot.reason})
         self.health.value = snapshot
+        if old.status != snapshot.status and self._on_event is not None:
+            self._on_event(
+                HealthChanged(
+                    time=now, provider=self.name, status=snapshot.status, reason=snapshot.reason
+                )
+            )
         return snapshot
 
     def _outcome(self, now: float) -> None:
@@ -352,12 +358,16 @@ class ProviderActor:
     def _breaker_moved(self, old: str, new: str, now: float) -> None:
         self._breaker_changed.set()
         level = logging.WARNING if new == "open" else logging.INFO
-        logger.log(level, "provider %s: circuit breaker %s -> %s", self.name, old, new)
-        self._emit("breaker", {"from": old, "to": new, "at": now})
-
-    def _emit(self, kind: str, fields: dict[str, Any]) -> None:
+        logger.log(
+            level,
+            "provider %s: circuit breaker %s -> %s",
+            self.name,
+            old,
+            new,
+            extra={"provider": self.name, "breaker_from": old, "breaker_to": new},
+        )
         if self._on_event is not None:
-            self._on_event(kind, {"provider": self.name, **fields})
+            self._on_event(BreakerChanged(time=now, provider=self.name, old=old, new=new))
 
     def _success(self, latency: float, now: float, *, stream: bool = False) -> None:
         self._succeeded += 1

@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import types
+import typing
 from typing import Any, Literal, TypeAlias, TypeVar
 
 import msgspec
@@ -32,6 +34,7 @@ from ._retry import RetryConfig
 
 __all__ = [
     "DEFAULT_FAIL_OVER",
+    "AuditConfig",
     "BudgetConfig",
     "HedgeConfig",
     "MockConfig",
@@ -45,6 +48,7 @@ __all__ = [
     "RouteConfig",
     "RouterConfig",
     "SupervisorConfig",
+    "TracingConfig",
 ]
 
 ProviderKind: TypeAlias = Literal[
@@ -88,8 +92,10 @@ class MockConfig(_Config, frozen=True):
     models: list[str] = msgspec.field(default_factory=lambda: ["mock-model"])
 
     def __post_init__(self) -> None:
-        if self.latency < 0 or self.chunk_latency < 0:
-            raise ValueError("latencies must be >= 0")
+        for field in ("latency", "chunk_latency"):
+            value = getattr(self, field)
+            if not value >= 0:  # NaN too
+                raise ValueError(f"`{field}` must be >= 0 seconds, got {value}")
 
 
 class BudgetConfig(_Config, frozen=True):
@@ -154,12 +160,24 @@ class ProviderConfig(_Config, frozen=True):
                 raise ValueError(f"`{field}` must be positive, got {value}")
         if self.max_queue < 0:
             raise ValueError(f"`max_queue` must be >= 0, got {self.max_queue}")
+        if self.degraded_latency is not None and not 0.0 < self.degraded_latency < float("inf"):
+            raise ValueError(
+                f"`degraded_latency` must be positive seconds, got {self.degraded_latency}"
+            )
         if self.mock is not None and self.kind != "mock":
             raise ValueError("`mock` settings belong to providers of kind 'mock'")
-        if (self.api_version is not None or self.deployments) and self.kind != "azure":
-            raise ValueError("`api_version` and `deployments` belong to providers of kind 'azure'")
-        if (self.app_name is not None or self.app_url is not None) and self.kind != "openrouter":
-            raise ValueError("`app_name` and `app_url` belong to providers of kind 'openrouter'")
+        for field, kind in _KIND_FIELDS:
+            if getattr(self, field) not in (None, {}) and self.kind != kind:
+                raise ValueError(f"`{field}` belongs to providers of kind {kind!r}")
+
+
+#: Fields that only one kind of provider takes.
+_KIND_FIELDS = (
+    ("api_version", "azure"),
+    ("deployments", "azure"),
+    ("app_name", "openrouter"),
+    ("app_url", "openrouter"),
+)
 
 
 Strategy: TypeAlias = Literal["fallback", "weighted", "least-latency", "least-cost", "least-busy"]
@@ -289,24 +307,25 @@ class RouteConfig(_Config, frozen=True):
     def __post_init__(self) -> None:
         if not self.targets:
             raise ValueError("`targets`: a route needs at least one target")
-        for t in self.targets:
+        for i, t in enumerate(self.targets):
             provider, sep, model = t.partition(":")
             if not sep or not provider or not model:
-                raise ValueError(f"`targets`: {t!r} must look like 'provider:model'")
+                raise ValueError(f"`targets[{i}]`: {t!r} must look like 'provider:model'")
         if self.weights is not None:
             if len(self.weights) != len(self.targets):
                 raise ValueError(
                     f"`weights` needs one weight per target ({len(self.targets)}), "
                     f"got {len(self.weights)}"
                 )
-            if any(not 0 < w < float("inf") for w in self.weights):
-                raise ValueError(f"`weights` must be positive numbers, got {self.weights}")
-        unknown = sorted(set(self.fail_over_on) - _ERROR_NAMES)
-        if unknown:
-            raise ValueError(
-                f"`fail_over_on`: unknown error names {unknown}; use 'retryable' or any of "
-                f"{sorted(_ERROR_NAMES - {'retryable'})}"
-            )
+            for i, w in enumerate(self.weights):
+                if not 0 < w < float("inf"):
+                    raise ValueError(f"`weights[{i}]` must be a positive number, got {w}")
+        for i, name in enumerate(self.fail_over_on):
+            if name not in _ERROR_NAMES:
+                raise ValueError(
+                    f"`fail_over_on[{i}]`: unknown error name {name!r}; use 'retryable' or any "
+                    f"of {sorted(_ERROR_NAMES - {'retryable'})}"
+                )
 
 
 class ModelConfig(_Config, frozen=True):
@@ -377,9 +396,96 @@ class SupervisorConfig(_Config, frozen=True):
     restart_backoff: float = 0.1
     max_restart_backoff: float = 5.0
 
+    def __post_init__(self) -> None:
+        if self.max_restarts < 0:
+            raise ValueError(f"`max_restarts` must be >= 0, got {self.max_restarts}")
+        if not 0.0 < self.restart_window < float("inf"):
+            raise ValueError(
+                f"`restart_window` must be positive seconds, got {self.restart_window}"
+            )
+        for name in ("restart_backoff", "max_restart_backoff"):
+            value = getattr(self, name)
+            if not 0.0 <= value < float("inf"):
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {value}")
+
+
+class AuditConfig(_Config, frozen=True):
+    r"""The audit log: one JSON line per request, written off the event loop.
+
+    ================  ==========  ======================================================
+    ``path``          (required)  the JSONL file; rotated files are ``path.1`` (newest)
+                                  to ``path.<keep>``
+    ``content``       "hashed"    what of the prompt and answer is written: ``"full"``,
+                                  ``"truncated"`` (``max_chars`` per text),
+                                  ``"hashed"`` (the SHA-256 hex of each text) or
+                                  ``"none"``
+    ``max_chars``     1000        characters kept per text in ``"truncated"`` mode
+    ``redact``        []          regular expressions whose matches are replaced by
+                                  ``[REDACTED]`` in every text written, before
+                                  truncating or hashing
+    ``rotate_bytes``  None        rotate when the file would grow past this many bytes
+    ``keep``          5           rotated files kept
+    ``max_pending``   10000       records waiting to be written at most; beyond, a
+                                  record is dropped and counted
+    ================  ==========  ======================================================
+
+    API keys of the router's providers are never written, in any mode.
+
+    Example::
+
+        AuditConfig(path="audit.jsonl", content="truncated", redact=[r"\d{16}"])
+        # TOML: [audit]  path = "audit.jsonl"  content = "truncated"  redact = ['\d{16}']
+    """
+
+    path: str
+    content: Literal["full", "truncated", "hashed", "none"] = "hashed"
+    max_chars: int = 1000
+    redact: list[str] = msgspec.field(default_factory=list)
+    rotate_bytes: int | None = None
+    keep: int = 5
+    max_pending: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("`path` must name a file")
+        if self.max_chars < 1:
+            raise ValueError(f"`max_chars` must be >= 1, got {self.max_chars}")
+        if self.rotate_bytes is not None and self.rotate_bytes < 1:
+            raise ValueError(f"`rotate_bytes` must be >= 1, got {self.rotate_bytes}")
+        if self.keep < 0:
+            raise ValueError(f"`keep` must be >= 0, got {self.keep}")
+        if self.max_pending < 1:
+            raise ValueError(f"`max_pending` must be >= 1, got {self.max_pending}")
+        for pattern in self.redact:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"`redact`: {pattern!r} is not a regular expression: {exc}"
+                ) from None
+
+
+class TracingConfig(_Config, frozen=True):
+    """OpenTelemetry tracing (needs the ``otel`` extra).
+
+    With ``enabled``, the router traces through the global tracer provider
+    (``opentelemetry.trace.get_tracer_provider()``); ``open_router(config,
+    tracer_provider=...)`` names one explicitly and needs no switch.
+
+    Example::
+
+        TracingConfig(enabled=True)          # TOML: [tracing]  enabled = true
+    """
+
+    enabled: bool = False
+
 
 class RouterConfig(_Config, frozen=True):
-    """The whole router: providers by name, routes by alias, supervision."""
+    """The whole router: providers by name, routes by alias, supervision.
+
+    ``audit`` writes an audit log (:class:`AuditConfig`); ``tracing`` turns on
+    OpenTelemetry spans (:class:`TracingConfig`).
+    """
 
     providers: dict[str, ProviderConfig]
     routes: dict[str, RouteConfig] = msgspec.field(default_factory=dict)
@@ -389,13 +495,22 @@ class RouterConfig(_Config, frozen=True):
     default_max_tokens: int = 1024
     #: A spend cap for everything the router sends.
     budget: BudgetConfig | None = None
+    #: The audit log: one JSON line per request.
+    audit: AuditConfig | None = None
+    #: OpenTelemetry spans per request and attempt.
+    tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
 
     def __post_init__(self) -> None:
         if not self.providers:
             raise ValueError("`providers` must configure at least one provider")
+        if self.default_max_tokens < 1:
+            raise ValueError(f"`default_max_tokens` must be >= 1, got {self.default_max_tokens}")
         for name in self.providers:
             if not name or ":" in name:
-                raise ValueError(f"provider name {name!r} must be non-empty and contain no ':'")
+                raise ConfigError(
+                    f"provider name {name!r} must be non-empty and contain no ':'",
+                    path=f"$.providers{_key(name)}",
+                )
         check_references(self)
 
 
@@ -408,7 +523,7 @@ def check_references(config: RouterConfig) -> None:
     for alias, route in config.routes.items():
         if alias in config.providers:
             raise ConfigError(
-                f"route {alias!r} has the same name as a provider", path=f"$.routes.{alias}"
+                f"route {alias!r} has the same name as a provider", path=f"$.routes{_key(alias)}"
             )
         for i, t in enumerate(route.targets):
             provider = t.partition(":")[0]
@@ -416,14 +531,14 @@ def check_references(config: RouterConfig) -> None:
                 raise ConfigError(
                     f"route {alias!r} targets unknown provider {provider!r}; "
                     f"configured: {sorted(config.providers)}",
-                    path=f"$.routes.{alias}.targets[{i}]",
+                    path=f"$.routes{_key(alias)}.targets[{i}]",
                 )
 
 
 # msgspec reports "Expected `int`, got `str` - at `$.rpm`"; __post_init__ messages start
 # with the field they are about ("`rpm` must be positive", "max_attempts: must be ...").
 _AT_PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
-_FIELD_FIRST = re.compile(r"^`?(?P<field>[a-z_]+)`?:?\s")
+_FIELD_FIRST = re.compile(r"^`?(?P<field>[a-z_]+)(?P<index>\[\d+\])?`?:?\s")
 
 
 def _fields(*types: type[msgspec.Struct]) -> frozenset[str]:
@@ -432,6 +547,8 @@ def _fields(*types: type[msgspec.Struct]) -> frozenset[str]:
 
 _ALL_FIELDS = _fields(
     RouterConfig,
+    AuditConfig,
+    TracingConfig,
     BudgetConfig,
     HedgeConfig,
     ModelConfig,
@@ -455,15 +572,15 @@ def _config_error(
     assert match is not None  # the pattern matches any text
     message = match["message"].replace("`", "")
     path = prefix + (match["path"] or "")
-    unknown = re.match(r"object contains unknown field (\S+)$", message, re.IGNORECASE)
+    unknown = re.match(r"object contains unknown field (.+)$", message, re.IGNORECASE)
     if unknown is not None:
         return ConfigError(
             f"unknown field {unknown[1]!r} (in {source})", path=path + _key(unknown[1])
         )
     field = _FIELD_FIRST.match(message)
     if field is not None and field["field"] in fields:
-        # A __post_init__ check: point at the field, and drop it from the message.
-        path += _key(field["field"])
+        # A __post_init__ check: point at the field (and item), and drop it from the message.
+        path += _key(field["field"]) + (field["index"] or "")
         message = message[field.end() :].lstrip(": ")
     message = message[:1].lower() + message[1:]
     return ConfigError(f"{message} (in {source})", path=path)
@@ -484,7 +601,65 @@ def _convert(
     try:
         return msgspec.convert(value, type_)
     except msgspec.ValidationError as exc:
-        raise _config_error(exc, prefix, source, fields) from None
+        error = _config_error(exc, prefix, source, fields)
+        if error.path is not None and "[...]" in error.path:
+            error = ConfigError(
+                str(error).removeprefix(f"{error.path}: "),
+                path=prefix + _dict_keys(value, type_, error.path.removeprefix(prefix)),
+            )
+        raise error from None
+    except ConfigError as exc:  # raised by a __post_init__ (check_references): add the source
+        message = str(exc).removeprefix(f"{exc.path}: ")
+        raise ConfigError(f"{message} (in {source})", path=exc.path) from None
+
+
+def _dict_keys(value: object, type_: object, path: str) -> str:
+    """msgspec names a dict's entry ``[...]``: put the key of the first bad entry there.
+
+    ``path`` is msgspec's, relative to ``value`` (``.headers[...]``); the raw ``value``
+    and its ``type_`` are walked along it.  Where the walk fails, ``path`` is returned.
+    """
+    node, out = value, ""
+    for step in re.findall(r"\.[^.\[]+|\[\d+\]|\[\.\.\.\]", path):
+        type_ = _member(type_, node)
+        if step == "[...]" and isinstance(node, dict) and typing.get_origin(type_) is dict:
+            item_type = typing.get_args(type_)[1]
+            bad = next((k for k, v in node.items() if not _converts(v, item_type)), None)
+            if bad is None:
+                return path
+            node, type_, out = node[bad], item_type, out + _key(str(bad))
+        elif step.startswith("[") and step != "[...]" and isinstance(node, list):
+            node, out = node[int(step[1:-1])], out + step
+            type_ = typing.get_args(type_)[0]
+        elif step.startswith(".") and isinstance(node, dict) and isinstance(type_, type):
+            node, out = node.get(step[1:]), out + step
+            type_ = typing.get_type_hints(type_)[step[1:]]
+        else:
+            return path
+    return out
+
+
+def _member(type_: object, node: object) -> object:
+    """The member of a union ``type_`` that a raw ``node`` (a table, an array) is meant for."""
+    if not isinstance(type_, types.UnionType) and typing.get_origin(type_) is not typing.Union:
+        return type_
+    for member in typing.get_args(type_):
+        origin = typing.get_origin(member) or member
+        if isinstance(node, dict) and (
+            origin is dict or (isinstance(origin, type) and issubclass(origin, msgspec.Struct))
+        ):
+            return member
+        if isinstance(node, list) and origin is list:
+            return member
+    return type_
+
+
+def _converts(value: object, type_: object) -> bool:
+    try:
+        msgspec.convert(value, type_)
+    except msgspec.ValidationError:
+        return False
+    return True
 
 
 def _table(raw: dict[str, Any], name: str, source: str) -> dict[str, Any]:

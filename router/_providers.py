@@ -46,6 +46,7 @@ from providers import (
 )
 
 from ._config import ProviderConfig, ProviderKind, RouterConfig
+from ._config import _key as _path_key
 
 __all__ = ["KEY_ENV", "PRESETS", "build_provider", "config_from_env", "effective_limits"]
 
@@ -91,7 +92,7 @@ def _key(
         wanted = " or ".join(names) or "api_key_env"
         raise ConfigError(
             f"the API key is missing: set the environment variable {wanted}",
-            path=f"$.providers.{name}.api_key_env",
+            path=f"$.providers{_path_key(name)}.api_key_env",
         )
     return None
 
@@ -127,7 +128,7 @@ def build_provider(
         if not config.base_url:
             raise ConfigError(
                 "an openai-compatible provider needs the server's base_url",
-                path=f"$.providers.{name}.base_url",
+                path=f"$.providers{_path_key(name)}.base_url",
             )
         return OpenAICompatibleProvider(
             api_key=_key(name, config, env, required=False),
@@ -141,7 +142,7 @@ def build_provider(
         if not endpoint:
             raise ConfigError(
                 f"an azure provider needs its endpoint: set base_url or {AZURE_ENDPOINT_ENV}",
-                path=f"$.providers.{name}.base_url",
+                path=f"$.providers{_path_key(name)}.base_url",
             )
         return AzureOpenAIProvider(
             api_key=key,

@@ -23,15 +23,19 @@ addresses, and gRPC's hedging policy for the rules:
   latency does not fit in the time left is skipped, not started.
 
 Every target the race touched is traced as an :class:`~providers.Attempt`, with its
-outcome: won, failed, cancelled (and why) or skipped (and why).
+outcome: won, failed, cancelled (and why) or skipped (and why).  A
+:class:`RaceObserver`, when given, hears of each attempt as it starts and ends, in the
+task where it runs (so an attempt's tracing span can be the current span of its task);
+hedges are logged at DEBUG and fallbacks at INFO on the ``trio_llm_router`` logger.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import trio
 
@@ -48,9 +52,11 @@ from providers._types import AttemptKind, AttemptOutcome
 
 from ._policy import Candidate
 
-__all__ = ["AttemptRecord", "Race"]
+__all__ = ["AttemptRecord", "Race", "RaceObserver"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("trio_llm_router")
 
 
 class AttemptRecord:
@@ -63,6 +69,7 @@ class AttemptRecord:
         "end",
         "error",
         "kind",
+        "number",
         "outcome",
         "reason",
         "retries",
@@ -74,6 +81,8 @@ class AttemptRecord:
     def __init__(self, candidate: Candidate, kind: AttemptKind, start: float | None) -> None:
         self.candidate = candidate
         self.kind: AttemptKind = kind
+        #: 1 for the request's first attempt started, 2 for the next...; 0 if skipped.
+        self.number = 0
         self.start = start
         self.end: float | None = None
         self.outcome: AttemptOutcome | None = None
@@ -108,6 +117,20 @@ class AttemptRecord:
         )
 
 
+class RaceObserver(Protocol):
+    """Hears of a race's attempts as they happen (the router's events are built on it)."""
+
+    def attempt_started(self, record: AttemptRecord) -> None:
+        """``record`` starts, in the task that runs it."""
+
+    def attempt_finished(self, record: AttemptRecord) -> None:
+        """``record`` won, failed, was cancelled or skipped; its outcome is set."""
+
+    def launched(self, record: AttemptRecord, previous: AttemptRecord | None) -> None:
+        """A hedge or fallback ``record`` is about to start; ``previous`` is the attempt
+        it hedges, or the failed one it replaces."""
+
+
 def _foreign(exc: Exception, record: AttemptRecord) -> LLMError:
     error = ServerError(
         f"the attempt raised {type(exc).__name__}: {exc}", provider=record.candidate.provider
@@ -133,6 +156,8 @@ class Race(Generic[T]):
             whether other targets remain; ``None`` to try it.
         discard: releases the result of an attempt that succeeded after another won
             (closes a stream), given the result and its record.
+        request_id: the request's id, for log lines.
+        observer: told of every attempt as it starts and ends; ``None`` for nobody.
     """
 
     def __init__(
@@ -147,7 +172,11 @@ class Race(Generic[T]):
         expected_latency: Callable[[Candidate], float | None],
         skip: Callable[[Candidate, bool], str | None],
         discard: Callable[[T, AttemptRecord], Awaitable[None]] | None = None,
+        request_id: str = "",
+        observer: RaceObserver | None = None,
     ) -> None:
+        self.request_id = request_id
+        self.observer = observer
         self._remaining: deque[Candidate] = deque(plan)
         self._attempt = attempt
         self._max_attempts = max_attempts
@@ -167,6 +196,10 @@ class Race(Generic[T]):
         self._over = False
         self._running = 0
         self._context_limit: int | None = None
+        # The failed attempts whose fallbacks have not started yet, oldest first
+        # (staggered races only).
+        self._failed_records: deque[AttemptRecord] | None = None
+        self._started = 0
         self.hedges = 0
         self.fallbacks = 0
 
@@ -182,6 +215,44 @@ class Race(Generic[T]):
         record.outcome = "skipped"
         record.reason = reason
         self.records.append(record)
+        if self.observer is not None:
+            self.observer.attempt_finished(record)
+
+    def _launch(self, record: AttemptRecord, previous: AttemptRecord | None) -> None:
+        """Log (and tell the observer of) a hedge or a fallback about to start."""
+        provider = record.candidate.provider
+        if record.kind == "hedge":
+            if previous is not None and logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "request %s: hedging on %s, %s has not answered in %.3gs",
+                    self.request_id,
+                    provider,
+                    previous.candidate.provider,
+                    (record.start or 0.0) - (previous.start or 0.0),
+                    extra={"request_id": self.request_id, "provider": provider},
+                )
+        elif previous is not None and logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "request %s: falling back to %s, %s failed (%s)",
+                self.request_id,
+                provider,
+                previous.candidate.provider,
+                type(previous.error).__name__,
+                extra={"request_id": self.request_id, "provider": provider},
+            )
+        if self.observer is not None:
+            self.observer.launched(record, previous)
+
+    def _cancel_reason(self) -> str:
+        if self.winner is not None:
+            return f"lost the race to {self.winner.candidate.provider}"
+        if self._fatal is not None:
+            return f"the race ended: {type(self._fatal).__name__}"
+        return "the caller was cancelled"
+
+    def _finished(self, record: AttemptRecord) -> None:
+        if self.observer is not None:
+            self.observer.attempt_finished(record)
 
     def _next(self) -> Candidate | None:
         """The next target worth starting, recording the ones passed over."""
@@ -251,16 +322,22 @@ class Race(Generic[T]):
         # No hedging: one attempt at a time, so no nursery, no task and no cancel scope
         # are needed; the attempt runs inline and the caller's cancellation reaches it.
         kind: AttemptKind = "primary"
+        previous: AttemptRecord | None = None
         started = 0
         while started < self._max_attempts and self._remaining:
             candidate = self._next()
             if candidate is None:
                 break
             started += 1
-            if kind == "fallback":
-                self.fallbacks += 1
             record = AttemptRecord(candidate, kind, trio.current_time())
             self.records.append(record)
+            if kind == "fallback":
+                self.fallbacks += 1
+                self._launch(record, previous)
+            self._started += 1
+            record.number = self._started
+            if self.observer is not None:
+                self.observer.attempt_started(record)
             try:
                 result = await self._attempt(candidate, record)
             except LLMError as exc:
@@ -268,6 +345,8 @@ class Race(Generic[T]):
             except trio.Cancelled:
                 record.end = trio.current_time()
                 record.outcome = "cancelled"
+                record.reason = self._cancel_reason()
+                self._finished(record)
                 raise
             except Exception as exc:
                 self._lost(record, _foreign(exc, record), None)
@@ -276,16 +355,21 @@ class Race(Generic[T]):
                 record.outcome = "won"
                 self.winner = record
                 self._result = result
+                if self.observer is not None:
+                    self.observer.attempt_finished(record)
                 return
             if self._fatal is not None:
                 return
             kind = "fallback"
+            previous = record
 
     async def _run_staggered(self) -> None:
+        self._failed_records = deque()
         async with trio.open_nursery() as nursery:
             started = 0
             last_start = trio.current_time()
             kind: AttemptKind | None = "primary"
+            last: AttemptRecord | None = None
             while started < self._max_attempts and self._remaining:
                 if started:
                     kind = await self._turn(last_start)
@@ -296,14 +380,20 @@ class Race(Generic[T]):
                     break
                 started += 1
                 last_start = trio.current_time()
-                if kind == "hedge":
-                    self.hedges += 1
-                elif kind == "fallback":
-                    self.fallbacks += 1
                 assert kind is not None
                 record = AttemptRecord(candidate, kind, last_start)
                 self.records.append(record)
+                if kind == "hedge":
+                    self.hedges += 1
+                    self._launch(record, last)
+                elif kind == "fallback":
+                    self.fallbacks += 1
+                    failed = self._failed_records
+                    self._launch(record, failed.popleft() if failed is not None else None)
+                last = record
                 self._running += 1
+                self._started += 1
+                record.number = self._started
                 nursery.start_soon(self._one, record, nursery.cancel_scope)
 
     def _conclude(self) -> tuple[T, AttemptRecord]:
@@ -339,6 +429,8 @@ class Race(Generic[T]):
             self._failed.set()
 
     async def _one(self, record: AttemptRecord, race_scope: trio.CancelScope) -> None:
+        if self.observer is not None:
+            self.observer.attempt_started(record)
         try:
             result = await self._attempt(record.candidate, record)
         except LLMError as exc:
@@ -349,6 +441,8 @@ class Race(Generic[T]):
             self._running -= 1
             record.end = trio.current_time()
             record.outcome = "cancelled"
+            record.reason = self._cancel_reason()
+            self._finished(record)
             raise
         except Exception as exc:
             self._running -= 1
@@ -359,15 +453,16 @@ class Race(Generic[T]):
         if self.winner is not None or self._fatal is not None:
             # Succeeded in the same instant the race was decided: lost a photo finish.
             record.outcome = "cancelled"
-            if self.winner is not None:
-                record.reason = f"lost the race to {self.winner.candidate.provider}"
+            record.reason = self._cancel_reason()
             if self._discard is not None:
                 with trio.CancelScope(shield=True):
                     await self._discard(result, record)
+            self._finished(record)
             return
         record.outcome = "won"
         self.winner = record
         self._result = result
+        self._finished(record)
         self._end(race_scope, f"{record.candidate.target} won the race")
 
     def _lost(
@@ -378,6 +473,7 @@ class Race(Generic[T]):
         record.error = exc
         record.reason = str(exc)
         self.errors.append(exc)
+        self._finished(record)
         if self.winner is not None or self._fatal is not None:
             return
         fatal = not self._fails_over(exc)
@@ -394,20 +490,15 @@ class Race(Generic[T]):
             self._end(race_scope, f"{record.candidate.target} failed: {type(exc).__name__}")
             return
         self._failures += 1
+        if self._failed_records is not None:
+            self._failed_records.append(record)
         self._failed.set()
 
     def trace(self, t0: float) -> list[Attempt]:
         """Every record as a public :class:`~providers.Attempt`, with cancel reasons."""
-        winner = self.winner
-        fatal = self._fatal
         for record in self.records:
             if record.outcome == "cancelled" and record.reason is None:
-                if winner is not None:
-                    record.reason = f"lost the race to {winner.candidate.provider}"
-                elif fatal is not None:
-                    record.reason = f"the race ended: {type(fatal).__name__}"
-                else:
-                    record.reason = "the caller was cancelled"
+                record.reason = self._cancel_reason()
             elif record.outcome is None:
                 record.outcome = "cancelled"
                 record.reason = "the caller was cancelled"

@@ -32,11 +32,13 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import random
+import re
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import msgspec
 import trio
@@ -58,10 +60,12 @@ from providers import (
     RateLimited,
     RouterClosed,
     StreamEvent,
+    TextDelta,
 )
 from providers._types import is_content_event
 
 from ._actor import ActorStatistics, ActorStream, ProviderActor
+from ._audit import AuditLog, AuditStatistics
 from ._budget import Budget, BudgetStatistics, period_seconds
 from ._config import (
     DEFAULT_FAIL_OVER,
@@ -70,6 +74,24 @@ from ._config import (
     RouterConfig,
     Strategy,
     model_info,
+)
+from ._events import (
+    ActorCrashed,
+    ActorRestarted,
+    AttemptFinished,
+    AttemptStarted,
+    BudgetRefused,
+    EventHub,
+    FallbackLaunched,
+    HedgeLaunched,
+    Listener,
+    Operation,
+    RequestFinished,
+    RequestOutcome,
+    RequestStarted,
+    RetryScheduled,
+    RouterEvent,
+    Subscription,
 )
 from ._health import HealthSnapshot
 from ._policy import (
@@ -85,6 +107,12 @@ from ._policy import (
 from ._providers import build_provider, config_from_env
 from ._race import AttemptRecord, Race
 from ._retry import retry_delay
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+    from prometheus_client import CollectorRegistry
+
+    from ._metrics import PrometheusMetrics
 
 __all__ = ["Router", "RouterStatistics", "RouterStream", "open_router"]
 
@@ -173,6 +201,16 @@ class RouterStatistics(msgspec.Struct, frozen=True, kw_only=True):
     #: Every configured spend cap, as it stands.
     budgets: list[BudgetStatistics]
     providers: dict[str, ActorStatistics]
+    #: Events handed to listeners and subscribers (none are built while nobody listens).
+    events_emitted: int = 0
+    #: Events dropped because a subscriber's buffer was full.
+    events_dropped: int = 0
+    #: Exceptions raised by event listeners (each listener's first one is logged).
+    listener_errors: int = 0
+    #: Subscriptions open now.
+    subscribers: int = 0
+    #: The audit log's counters, when one is configured.
+    audit: AuditStatistics | None = None
 
 
 @asynccontextmanager
@@ -181,6 +219,8 @@ async def open_router(
     *,
     providers: Mapping[str, Provider] | None = None,
     seed: int | None = None,
+    tracer_provider: TracerProvider | None = None,
+    metrics_registry: CollectorRegistry | None = None,
 ) -> AsyncIterator[Router]:
     """Open a router: one supervised actor per configured provider.
 
@@ -194,7 +234,16 @@ async def open_router(
         providers: ready-made providers by name (a ``MockProvider``, or an adapter with
             your own ``httpx.AsyncClient``), used instead of building from ``config``.
             Their names must be configured; the router does not close them.
-        seed: seed for the router's random choices (retry jitter), for reproducibility.
+        seed: seed for the router's random choices (retry jitter) and its request ids,
+            for reproducibility.
+        tracer_provider: an OpenTelemetry ``TracerProvider`` to trace requests and
+            attempts with (needs the ``otel`` extra); ``config.tracing.enabled`` uses the
+            global one instead.
+        metrics_registry: a ``prometheus_client.CollectorRegistry`` to register the
+            router's Prometheus metrics in (needs the ``prometheus`` extra); they are
+            unregistered when the router closes.
+
+    An audit log is written when ``config.audit`` is set.  See docs/observability.md.
 
     Example::
 
@@ -219,21 +268,42 @@ async def open_router(
             else:
                 built[name] = build_provider(name, pc)
                 owned.append(built[name])
-        router = Router(config, built, random.Random(seed))
+        router = Router(config, built, random.Random(seed), id_prefix=_id_prefix(seed))
+        tracer = _tracer(config, tracer_provider, router)
+        audit: AuditLog | None = None
+        metrics: PrometheusMetrics | None = None
         body_error: BaseException | None = None
-        async with trio.open_nursery() as nursery:
-            for actor in router._actors.values():
-                await nursery.start(router._supervise, actor)
-                await nursery.start(actor.watch_breaker)
-            try:
-                yield router
-            except BaseException as exc:
-                # Re-raised below, outside the nursery, so the caller gets its own
-                # exception rather than an ExceptionGroup wrapping it.
-                body_error = exc
-            finally:
-                router._close()
-                nursery.cancel_scope.cancel()
+        try:
+            if config.audit is not None:
+                audit = AuditLog(config.audit, _known_secrets(config, built))
+                await audit.open()
+            metrics = _metrics(metrics_registry, router)
+            async with trio.open_nursery() as nursery:
+                for actor in router._actors.values():
+                    await nursery.start(router._supervise, actor)
+                    await nursery.start(actor.watch_breaker)
+                if audit is not None:
+                    await nursery.start(audit.run)
+                    router._audit = audit
+                    router.add_listener(audit.listen)
+                if tracer is not None:
+                    router.add_listener(tracer)
+                if metrics is not None:
+                    router.add_listener(metrics.listen)
+                try:
+                    yield router
+                except BaseException as exc:
+                    # Re-raised below, outside the nursery, so the caller gets its own
+                    # exception rather than an ExceptionGroup wrapping it.
+                    body_error = exc
+                finally:
+                    router._close()
+                    nursery.cancel_scope.cancel()
+        finally:
+            if metrics is not None:
+                metrics.unregister()
+            if audit is not None:
+                audit.close()  # already closed by its task, unless that never started
         if body_error is not None:
             raise body_error
     finally:
@@ -246,12 +316,21 @@ class Router:
     """Routes requests to provider actors.  Made by :func:`open_router`, never directly."""
 
     def __init__(
-        self, config: RouterConfig, providers: Mapping[str, Provider], rng: random.Random
+        self,
+        config: RouterConfig,
+        providers: Mapping[str, Provider],
+        rng: random.Random,
+        *,
+        id_prefix: str = "req",
     ) -> None:
         self._config = config
         self._rng = rng
         self._closed = False
         self._default_max_tokens = config.default_max_tokens
+        self._hub = EventHub()
+        self._id_prefix = id_prefix
+        self._sequence = 0
+        self._audit: AuditLog | None = None
         start = trio.current_time()
         self._actors: dict[str, ProviderActor] = {
             name: ProviderActor(
@@ -259,6 +338,7 @@ class Router:
                 providers[name],
                 pc,
                 default_max_tokens=config.default_max_tokens,
+                on_event=self._hub.emit,
             )
             for name, pc in config.providers.items()
         }
@@ -305,6 +385,7 @@ class Router:
 
     def _close(self) -> None:
         self._closed = True
+        self._hub.close()
         for actor in self._actors.values():
             actor.mailbox.close(RouterClosed("the router is closed", provider=actor.name))
 
@@ -327,28 +408,58 @@ class Router:
                 exc = _unwrap(raised)
                 status = trio.TASK_STATUS_IGNORED
                 now = trio.current_time()
-                actor.on_crash(exc)
                 crashes.append(now)
                 while crashes and crashes[0] < now - cfg.restart_window:
                     crashes.popleft()
-                if len(crashes) > cfg.max_restarts:
+                error_type = type(exc).__name__
+                extra: dict[str, object] = {"provider": actor.name, "error_type": error_type}
+                delay: float | None = None
+                if len(crashes) <= cfg.max_restarts:
+                    delay = min(
+                        cfg.restart_backoff * 2 ** (len(crashes) - 1), cfg.max_restart_backoff
+                    )
+                self._hub.emit(
+                    ActorCrashed(
+                        time=now,
+                        provider=actor.name,
+                        error_type=error_type,
+                        error=str(exc),
+                        crashes=len(crashes),
+                        restart_in=delay,
+                    )
+                )
+                actor.on_crash(exc)
+                if delay is None:
                     reason = (
                         f"crashed {len(crashes)} times within {cfg.restart_window:g}s "
-                        f"(last: {type(exc).__name__}: {exc})"
+                        f"(last: {error_type}: {exc})"
                     )
-                    logger.error("provider %s: %s; marked unhealthy", actor.name, reason)
+                    logger.error(
+                        "provider %s: %s; marked unhealthy", actor.name, reason, extra=extra
+                    )
                     actor.mark_crashed(reason)
                     return
-                delay = min(cfg.restart_backoff * 2 ** (len(crashes) - 1), cfg.max_restart_backoff)
                 logger.warning(
                     "provider %s: actor crashed (%s: %s); restarting in %.3gs",
                     actor.name,
-                    type(exc).__name__,
+                    error_type,
                     exc,
                     delay,
+                    extra={**extra, "restart_in": delay},
                 )
                 actor.restarts += 1
                 await trio.sleep(delay)
+                logger.info(
+                    "provider %s: actor restarted (restart %d)",
+                    actor.name,
+                    actor.restarts,
+                    extra={"provider": actor.name, "restarts": actor.restarts},
+                )
+                self._hub.emit(
+                    ActorRestarted(
+                        time=trio.current_time(), provider=actor.name, restarts=actor.restarts
+                    )
+                )
 
     # -- resolution ------------------------------------------------------------------
 
@@ -433,6 +544,7 @@ class Router:
         call: Callable[[], Awaitable[T]],
         record: AttemptRecord,
         race: Race[Any],
+        events: _RequestEvents | None,
     ) -> T:
         """Run ``call`` on one target, retrying retryable errors (sequential routes only)."""
         retry = actor.config.retry
@@ -458,14 +570,43 @@ class Router:
                     type(exc).__name__,
                     attempt,
                     delay,
+                    extra={"provider": actor.name, "request_id": race.request_id},
                 )
                 actor.retried += 1
                 self._retries += 1
                 record.retries += 1
+                if events is not None:
+                    events.retry(actor.name, type(exc).__name__, attempt, delay)
                 await trio.sleep(delay)
                 attempt += 1
 
-    def _check_budgets(self, route: _Route, plan: Plan, needs: Needs, now: float) -> None:
+    def _refused(
+        self,
+        events: _RequestEvents | None,
+        request_id: str,
+        provider: str | None,
+        scope: str,
+        message: str,
+    ) -> None:
+        """A spend cap refused a request or a target: log it, tell the listeners."""
+        logger.info(
+            "request %s: refused by the %s spend cap",
+            request_id,
+            scope,
+            extra={"request_id": request_id, "provider": provider, "budget_scope": scope},
+        )
+        if events is not None:
+            events.budget_refused(provider, scope, message)
+
+    def _check_budgets(
+        self,
+        route: _Route,
+        plan: Plan,
+        needs: Needs,
+        now: float,
+        request_id: str,
+        events: _RequestEvents | None,
+    ) -> None:
         """Refuse at once when even the cheapest target would cross a router/route cap."""
         caps = [b for b in (self._budget, route.spend_budget) if b is not None]
         if not caps:
@@ -473,9 +614,18 @@ class Router:
         cheapest = min(estimated_cost(c, needs) or 0.0 for c in plan.targets)
         for budget in caps:
             if cheapest > budget.headroom(now) + 1e-12:
-                raise BudgetExceeded(_over_budget(budget, cheapest, now))
+                message = _over_budget(budget, cheapest, now)
+                self._refused(events, request_id, None, budget.scope, message)
+                raise BudgetExceeded(message)
 
-    def _reserve(self, route: _Route, candidate: Candidate, needs: Needs) -> _Charge:
+    def _reserve(
+        self,
+        route: _Route,
+        candidate: Candidate,
+        needs: Needs,
+        request_id: str,
+        events: _RequestEvents | None,
+    ) -> _Charge:
         """Reserve the attempt's estimated cost under every cap that applies, or refuse."""
         budgets = [
             b
@@ -494,9 +644,9 @@ class Router:
                 if not budget.try_reserve(estimate, now):
                     for taken in budgets[:i]:
                         taken.settle(estimate, 0.0, now)
-                    raise BudgetExceeded(
-                        _over_budget(budget, estimate, now), provider=candidate.provider
-                    )
+                    message = _over_budget(budget, estimate, now)
+                    self._refused(events, request_id, candidate.provider, budget.scope, message)
+                    raise BudgetExceeded(message, provider=candidate.provider)
         return _Charge(candidate, budgets, estimate, self._spend)
 
     def _skip(self, candidate: Candidate, more: bool) -> str | None:
@@ -514,103 +664,144 @@ class Router:
         needs: Needs,
         call: Callable[[ProviderActor, Candidate, AttemptRecord], Awaitable[T]],
         *,
+        request: ChatRequest | None = None,
+        inputs: Sequence[str] | None = None,
         discard: Callable[[T, AttemptRecord], Awaitable[None]] | None = None,
-    ) -> tuple[T, AttemptRecord, Race[T], float]:
-        """Plan and race one request; return (result, winner, race, start time)."""
+    ) -> tuple[T, AttemptRecord, Race[T], float, _RequestEvents | None]:
+        """Plan and race one request; return (result, winner, race, start time, events).
+
+        ``events`` is ``None`` unless someone listens.  When the request fails this
+        emits its ``RequestFinished``; when it succeeds, the caller does (with the
+        final answer, or when its stream ends).
+        """
         self._check_open()
-        route = self._route(model)
         t0 = trio.current_time()
-        actors = self._actors
-        health = {c.provider: actors[c.provider].policy_health(t0) for c in route.candidates}
-        provider_budgets = self._provider_budgets
-        if provider_budgets:
-            for name, budget in provider_budgets.items():
-                if name in health:
-                    health[name] = msgspec.structs.replace(
-                        health[name], budget_left=budget.headroom(t0)
-                    )
-        plan = plan_route(route.candidates, route.strategy, needs, health, t0, self._rng)
-        if not plan.targets and any("spend cap" in e.reason for e in plan.excluded):
-            raise BudgetExceeded(f"no target of {model!r} fits its budget: {plan.explain()}")
-        plan.raise_if_empty(model)
-        self._check_budgets(route, plan, needs, t0)
-        self._requests += 1
-        try:
-            # A request made in a scope that is already cancelled is cancelled, not
-            # refused for lack of time.
-            await trio.lowlevel.checkpoint_if_cancelled()
-        except BaseException:
-            self._cancelled += 1
-            raise
-        hedge = route.hedge
-        targets = plan.targets
-        max_attempts = len(targets) if hedge is None else min(hedge.max_attempts, len(targets))
-        delay = math.inf
-        hedge_budget = route.hedge_budget
-        if hedge is not None and hedge_budget is not None:
-            hedge_budget.deposit()
-            primary = actors[targets[0].provider]
-            q = hedge.percentile
-            if q is None:
-                delay = hedge_delay(hedge, None, 0)
-            else:
-                stream = needs.streaming
-                delay = hedge_delay(
-                    hedge,
-                    primary.latency_percentile(q, t0, stream=stream),
-                    primary.latency_samples(t0, stream=stream),
-                )
-        hedged = delay != math.inf
-
-        async def attempt(candidate: Candidate, record: AttemptRecord) -> T:
-            actor = actors[candidate.provider]
-            charge = self._reserve(route, candidate, needs)
-            record.charge = charge
-            try:
-                if hedged:
-                    result = await call(actor, candidate, record)
-                else:
-                    result = await self._retrying(
-                        actor, functools.partial(call, actor, candidate, record), record, race
-                    )
-            except BaseException:
-                charge.settle(record, answered=False)
-                raise
-            if not needs.streaming:
-                charge.settle(record, answered=True)
-            # A stream's charge is settled when the caller's stream ends.
-            return result
-
-        race: Race[T] = Race(
-            targets,
-            attempt=attempt,
-            max_attempts=max_attempts,
-            delay=delay,
-            fails_over=route.fails_over,
-            spend_hedge=hedge_budget.try_spend if hedge_budget is not None else _never,
-            expected_latency=lambda c: actors[c.provider].expected_latency(stream=needs.streaming),
-            skip=self._skip,
-            discard=discard,
-        )
-        try:
-            result, winner = await race.run()
-        except LLMError as exc:
-            self._failed += 1
-            exc.attempts = tuple(race.trace(t0))
-            raise
-        except BaseException:
-            self._cancelled += 1
-            raise
-        finally:
-            self._hedges += race.hedges
-            self._fallbacks += race.fallbacks
-            self._wasted_tokens += sum(
-                r.sent_tokens for r in race.records if r.outcome in ("failed", "cancelled")
+        self._sequence += 1
+        if request is not None and request.metadata and request.metadata.get("request_id"):
+            request_id = request.metadata["request_id"]
+        else:
+            request_id = f"{self._id_prefix}-{self._sequence}"
+        events: _RequestEvents | None = None
+        if self._hub.listeners:
+            events = _RequestEvents(
+                self._hub.emit,
+                request_id,
+                model,
+                "embeddings" if needs.embeddings else "chat",
+                needs.streaming,
+                t0,
+                request,
+                None if inputs is None else list(inputs),
             )
+            events.started()
+        race: Race[T] | None = None
+        try:
+            route = self._route(model)
+            actors = self._actors
+            health = {c.provider: actors[c.provider].policy_health(t0) for c in route.candidates}
+            provider_budgets = self._provider_budgets
+            if provider_budgets:
+                for name, budget in provider_budgets.items():
+                    if name in health:
+                        health[name] = msgspec.structs.replace(
+                            health[name], budget_left=budget.headroom(t0)
+                        )
+            plan = plan_route(route.candidates, route.strategy, needs, health, t0, self._rng)
+            if not plan.targets and any("spend cap" in e.reason for e in plan.excluded):
+                message = f"no target of {model!r} fits its budget: {plan.explain()}"
+                self._refused(events, request_id, None, "provider", message)
+                raise BudgetExceeded(message)
+            plan.raise_if_empty(model)
+            self._check_budgets(route, plan, needs, t0, request_id, events)
+            self._requests += 1
+            try:
+                # A request made in a scope that is already cancelled is cancelled, not
+                # refused for lack of time.
+                await trio.lowlevel.checkpoint_if_cancelled()
+            except BaseException:
+                self._cancelled += 1
+                raise
+            hedge = route.hedge
+            targets = plan.targets
+            max_attempts = len(targets) if hedge is None else min(hedge.max_attempts, len(targets))
+            delay = math.inf
+            hedge_budget = route.hedge_budget
+            if hedge is not None and hedge_budget is not None:
+                hedge_budget.deposit()
+                primary = actors[targets[0].provider]
+                q = hedge.percentile
+                if q is None:
+                    delay = hedge_delay(hedge, None, 0)
+                else:
+                    stream = needs.streaming
+                    delay = hedge_delay(
+                        hedge,
+                        primary.latency_percentile(q, t0, stream=stream),
+                        primary.latency_samples(t0, stream=stream),
+                    )
+            hedged = delay != math.inf
+
+            async def attempt(candidate: Candidate, record: AttemptRecord) -> T:
+                actor = actors[candidate.provider]
+                charge = self._reserve(route, candidate, needs, request_id, events)
+                record.charge = charge
+                try:
+                    if hedged:
+                        result = await call(actor, candidate, record)
+                    else:
+                        result = await self._retrying(
+                            actor,
+                            functools.partial(call, actor, candidate, record),
+                            record,
+                            race_,
+                            events,
+                        )
+                except BaseException:
+                    charge.settle(record, answered=False)
+                    raise
+                if not needs.streaming:
+                    charge.settle(record, answered=True)
+                # A stream's charge is settled when the caller's stream ends.
+                return result
+
+            race = race_ = Race(
+                targets,
+                attempt=attempt,
+                max_attempts=max_attempts,
+                delay=delay,
+                fails_over=route.fails_over,
+                spend_hedge=hedge_budget.try_spend if hedge_budget is not None else _never,
+                expected_latency=lambda c: actors[c.provider].expected_latency(
+                    stream=needs.streaming
+                ),
+                skip=self._skip,
+                discard=discard,
+                request_id=request_id,
+                observer=events,
+            )
+            try:
+                result, winner = await race.run()
+            except LLMError as exc:
+                self._failed += 1
+                exc.attempts = tuple(race.trace(t0))
+                raise
+            except BaseException:
+                self._cancelled += 1
+                raise
+            finally:
+                self._hedges += race.hedges
+                self._fallbacks += race.fallbacks
+                self._wasted_tokens += sum(
+                    r.sent_tokens for r in race.records if r.outcome in ("failed", "cancelled")
+                )
+        except BaseException as exc:
+            if events is not None:
+                events.failed(exc, [] if race is None else race.trace(t0))
+            raise
         self._succeeded += 1
         if winner.kind == "hedge":
             self._hedge_wins += 1
-        return result, winner, race, t0
+        return result, winner, race, t0, events
 
     # -- the public API --------------------------------------------------------------
 
@@ -635,14 +826,19 @@ class Router:
             sent = msgspec.structs.replace(request, model=candidate.model)
             return await actor.complete(sent, trace=record, nowait=nowait)
 
-        response, winner, race, t0 = await self._run(request.model, needs, call)
-        return msgspec.structs.replace(
+        response, winner, race, t0, events = await self._run(
+            request.model, needs, call, request=request
+        )
+        response = msgspec.structs.replace(
             response,
             attempts=race.trace(t0),
             cost=response.cost
             if response.cost is not None
             else cost_of(winner.candidate, response.usage),
         )
+        if events is not None:
+            events.succeeded(winner, response.attempts, response, response.cost)
+        return response
 
     @asynccontextmanager
     async def stream(
@@ -667,17 +863,32 @@ class Router:
             sent = msgspec.structs.replace(request, model=candidate.model)
             return await _open_committed(actor, sent, record, nowait=nowait)
 
-        opened, winner, race, t0 = await self._run(
-            request.model, needs, call, discard=_close_opened
+        opened, winner, race, t0, observed = await self._run(
+            request.model, needs, call, request=request, discard=_close_opened
         )
         stack, events, buffered = opened
+        routed = RouterStream(
+            events,
+            buffered,
+            winner=winner,
+            race=race,
+            t0=t0,
+            request_id=race.request_id,
+            collect=observed is not None,
+        )
+        error: BaseException | None = None
         try:
             async with stack:
-                yield RouterStream(events, buffered, winner=winner, race=race, t0=t0)
+                yield routed
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
             charge = winner.charge
             if isinstance(charge, _Charge):
                 charge.settle(winner, answered=winner.usage is not None)
+            if observed is not None:
+                observed.stream_finished(routed, winner, race.trace(t0), error)
 
     async def embed(
         self,
@@ -703,8 +914,53 @@ class Router:
             )
             return await actor.embed(req, trace=record, nowait=nowait)
 
-        response, _, _, _ = await self._run(model, needs, call)
+        response, winner, race, t0, events = await self._run(model, needs, call, inputs=inputs)
+        if events is not None:
+            events.succeeded(winner, race.trace(t0), response, response.cost)
         return response
+
+    # -- observability ---------------------------------------------------------------
+
+    def subscribe(
+        self,
+        *,
+        buffer: int | float = 1000,
+        types: tuple[type[RouterEvent], ...] | None = None,
+    ) -> Subscription:
+        """Receive the router's events in an ``async with`` block (see :mod:`router._events`).
+
+        Events are buffered (``buffer`` of them; ``math.inf`` for no bound) without ever
+        waiting: when the buffer is full the event is dropped and counted
+        (``subscription.dropped``, ``router.statistics().events_dropped``), so a slow
+        subscriber never slows routing.  ``types`` keeps only events of those classes.
+        Iteration ends when the block exits or the router closes.
+
+        Example::
+
+            async with router.subscribe(types=(AttemptFinished,)) as events:
+                async for event in events:
+                    print(event.provider, event.outcome, event.reason)
+        """
+        self._check_open()
+        return Subscription(self._hub, buffer, types)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(event)`` with every event from now on, synchronously.
+
+        The listener runs in the task where the event happened, so it must be cheap and
+        must not block; an exception it raises is logged (once per listener) and counted
+        in ``statistics().listener_errors``, never propagated.  Prefer
+        :meth:`subscribe` for anything that waits.
+
+        Example::
+
+            router.add_listener(lambda event: print(type(event).__name__, event.time))
+        """
+        self._hub.add(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop calling ``listener``; a listener that is not registered is ignored."""
+        self._hub.remove(listener)
 
     def health(self) -> dict[str, HealthSnapshot]:
         """Each provider's health as of now: healthy, degraded (why) or unhealthy (why).
@@ -762,6 +1018,11 @@ class Router:
             spend_by_target=dict(self._spend),
             budgets=[b.statistics(now) for b in self._all_budgets()],
             providers={name: a.statistics() for name, a in self._actors.items()},
+            events_emitted=self._hub.emitted,
+            events_dropped=self._hub.dropped,
+            listener_errors=self._hub.listener_errors,
+            subscribers=self._hub.subscribers,
+            audit=None if self._audit is None else self._audit.statistics(),
         )
 
     def _all_budgets(self) -> list[Budget]:
@@ -881,10 +1142,20 @@ class RouterStream:
 
     ``provider`` is the provider streaming; ``attempts`` the race's trace so far (the
     final one is on the :class:`~providers.Done` event's response); ``response`` the
-    whole answer once the stream is done.
+    whole answer once the stream is done; ``request_id`` the router's id of the request.
     """
 
-    __slots__ = ("_buffered", "_events", "_race", "_t0", "_winner", "provider", "response")
+    __slots__ = (
+        "_buffered",
+        "_events",
+        "_race",
+        "_t0",
+        "_texts",
+        "_winner",
+        "provider",
+        "request_id",
+        "response",
+    )
 
     def __init__(
         self,
@@ -894,6 +1165,8 @@ class RouterStream:
         winner: AttemptRecord,
         race: Race[Any],
         t0: float,
+        request_id: str = "",
+        collect: bool = False,
     ) -> None:
         self._events = events
         self._buffered = deque(buffered)
@@ -901,7 +1174,12 @@ class RouterStream:
         self._race = race
         self._t0 = t0
         self.provider = winner.candidate.provider
+        #: The router's id of this request (as in its events and audit record).
+        self.request_id = request_id
         self.response: ChatResponse | None = None
+        # The text delivered, kept only while someone listens to events (for the
+        # audit record of a stream that ends without its Done event).
+        self._texts: list[str] | None = [] if collect else None
 
     @property
     def attempts(self) -> list[Attempt]:
@@ -917,6 +1195,9 @@ class RouterStream:
             await trio.lowlevel.checkpoint()
         else:
             event = await self._events.__anext__()
+        texts = self._texts
+        if texts is not None and isinstance(event, TextDelta):
+            texts.append(event.text)
         if isinstance(event, Done):
             response = event.response
             self._winner.usage = response.usage
@@ -927,3 +1208,298 @@ class RouterStream:
             self.response = response
             event = Done(response=response)
         return event
+
+
+# --------------------------------------------------------------------------- observability
+
+
+def _id_prefix(seed: int | None) -> str:
+    """The router's request-id prefix: random, or derived from ``seed`` (reproducible)."""
+    return f"{random.Random(seed).getrandbits(32):08x}"
+
+
+_SECRET_HEADER = re.compile(r"auth|key|token|secret", re.IGNORECASE)
+
+
+def _known_secrets(config: RouterConfig, providers: Mapping[str, Provider]) -> list[str]:
+    """Every secret the router knows of: its adapters' keys, and keys in its config.
+
+    The HTTP adapters keep the values they must never show in ``_secrets`` (their API
+    key, an Azure AD token); configured keys come from ``api_key_env`` and from headers
+    whose names say they carry one.
+    """
+    found: list[str] = []
+    for provider in providers.values():
+        try:
+            found.extend(getattr(provider, "_secrets", ()))
+        except Exception:  # a user's provider with an odd ``_secrets``: nothing known
+            pass
+    for pc in config.providers.values():
+        if pc.api_key_env:
+            value = os.environ.get(pc.api_key_env)
+            if value:
+                found.append(value)
+        for name, value in pc.headers.items():
+            if _SECRET_HEADER.search(name):
+                found.append(value)
+                found.append(value.rpartition(" ")[2])  # "Bearer <token>"
+    return sorted({s for s in found if isinstance(s, str) and len(s) >= 4}, key=len, reverse=True)
+
+
+def _tracer(
+    config: RouterConfig, tracer_provider: TracerProvider | None, router: Router
+) -> Listener | None:
+    if tracer_provider is None and not config.tracing.enabled:
+        return None
+    try:
+        from ._tracing import Tracing
+    except ImportError as exc:
+        raise ConfigError(
+            "tracing needs OpenTelemetry: pip install 'trio-llm-router[otel]' "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    kinds = {name: actor.provider.kind for name, actor in router._actors.items()}
+    return Tracing(tracer_provider, kinds)
+
+
+def _metrics(registry: CollectorRegistry | None, router: Router) -> PrometheusMetrics | None:
+    if registry is None:
+        return None
+    try:
+        from ._metrics import PrometheusMetrics
+    except ImportError as exc:
+        raise ConfigError(
+            "metrics need prometheus-client: pip install 'trio-llm-router[prometheus]' "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    return PrometheusMetrics(registry, router.statistics, trio.lowlevel.current_trio_token())
+
+
+class _RequestEvents:
+    """One request's events (the race's observer), made only while someone listens."""
+
+    __slots__ = (
+        "emit",
+        "inputs",
+        "model",
+        "operation",
+        "request",
+        "request_id",
+        "stream",
+        "t0",
+    )
+
+    def __init__(
+        self,
+        emit: Listener,
+        request_id: str,
+        model: str,
+        operation: Operation,
+        stream: bool,
+        t0: float,
+        request: ChatRequest | None,
+        inputs: list[str] | None,
+    ) -> None:
+        self.emit = emit
+        self.request_id = request_id
+        self.model = model
+        self.operation: Operation = operation
+        self.stream = stream
+        self.t0 = t0
+        self.request = request
+        self.inputs = inputs
+
+    def started(self) -> None:
+        self.emit(
+            RequestStarted(
+                time=self.t0,
+                request_id=self.request_id,
+                model=self.model,
+                operation=self.operation,
+                stream=self.stream,
+            )
+        )
+
+    # -- the race's observer
+
+    def attempt_started(self, record: AttemptRecord) -> None:
+        c = record.candidate
+        self.emit(
+            AttemptStarted(
+                time=trio.current_time() if record.start is None else record.start,
+                request_id=self.request_id,
+                model=self.model,
+                provider=c.provider,
+                provider_model=c.model,
+                kind=record.kind,
+                number=record.number,
+            )
+        )
+
+    def attempt_finished(self, record: AttemptRecord) -> None:
+        c = record.candidate
+        error = record.error
+        self.emit(
+            AttemptFinished(
+                time=trio.current_time() if record.end is None else record.end,
+                request_id=self.request_id,
+                model=self.model,
+                provider=c.provider,
+                provider_model=c.model,
+                kind=record.kind,
+                number=record.number,
+                outcome=record.outcome or "cancelled",
+                started=record.start,
+                retries=record.retries,
+                error_type=None if error is None else type(error).__name__,
+                reason=record.reason,
+                usage=record.usage,
+                cost=record.cost,
+            )
+        )
+
+    def launched(self, record: AttemptRecord, previous: AttemptRecord | None) -> None:
+        c = record.candidate
+        now = trio.current_time() if record.start is None else record.start
+        if record.kind == "hedge":
+            self.emit(
+                HedgeLaunched(
+                    time=now,
+                    request_id=self.request_id,
+                    model=self.model,
+                    provider=c.provider,
+                    provider_model=c.model,
+                    previous="" if previous is None else previous.candidate.provider,
+                    delay=0.0
+                    if previous is None or previous.start is None
+                    else now - previous.start,
+                )
+            )
+        else:
+            error = None if previous is None else previous.error
+            self.emit(
+                FallbackLaunched(
+                    time=now,
+                    request_id=self.request_id,
+                    model=self.model,
+                    provider=c.provider,
+                    provider_model=c.model,
+                    failed=None if previous is None else previous.candidate.provider,
+                    error_type=None if error is None else type(error).__name__,
+                )
+            )
+
+    # -- the router's own
+
+    def retry(self, provider: str, error_type: str, retry: int, delay: float) -> None:
+        self.emit(
+            RetryScheduled(
+                time=trio.current_time(),
+                request_id=self.request_id,
+                model=self.model,
+                provider=provider,
+                error_type=error_type,
+                retry=retry,
+                delay=delay,
+            )
+        )
+
+    def budget_refused(self, provider: str | None, scope: str, message: str) -> None:
+        self.emit(
+            BudgetRefused(
+                time=trio.current_time(),
+                request_id=self.request_id,
+                model=self.model,
+                provider=provider,
+                scope=scope,
+                message=message,
+            )
+        )
+
+    def _finished(
+        self,
+        outcome: RequestOutcome,
+        attempts: list[Attempt],
+        *,
+        winner: AttemptRecord | None = None,
+        response: ChatResponse | EmbeddingResponse | None = None,
+        cost: float | None = None,
+        error: BaseException | None = None,
+        ttft: float | None = None,
+        streamed_text: str | None = None,
+    ) -> None:
+        now = trio.current_time()
+        failed = outcome == "failed" and error is not None
+        usage = None
+        if response is not None:
+            usage = response.usage
+        elif winner is not None:
+            usage = winner.usage
+        self.emit(
+            RequestFinished(
+                time=now,
+                request_id=self.request_id,
+                model=self.model,
+                operation=self.operation,
+                stream=self.stream,
+                outcome=outcome,
+                latency=now - self.t0,
+                ttft=ttft,
+                provider=None if winner is None else winner.candidate.provider,
+                provider_model=None if winner is None else winner.candidate.model,
+                response_model=None if response is None else response.model,
+                finish_reason=response.finish_reason
+                if isinstance(response, ChatResponse)
+                else None,
+                usage=usage,
+                cost=cost,
+                spend=sum((a.cost for a in attempts if a.cost), 0.0),
+                attempts=attempts,
+                error_type=type(error).__name__ if failed else None,
+                error=str(error) if failed else None,
+                request=self.request,
+                inputs=self.inputs,
+                response=response if isinstance(response, ChatResponse) else None,
+                streamed_text=streamed_text,
+            )
+        )
+
+    def succeeded(
+        self,
+        winner: AttemptRecord,
+        attempts: list[Attempt],
+        response: ChatResponse | EmbeddingResponse,
+        cost: float | None,
+    ) -> None:
+        self._finished("succeeded", attempts, winner=winner, response=response, cost=cost)
+
+    def failed(self, error: BaseException, attempts: list[Attempt]) -> None:
+        outcome: RequestOutcome = "failed" if isinstance(error, Exception) else "cancelled"
+        self._finished(outcome, attempts, error=error)
+
+    def stream_finished(
+        self,
+        stream: RouterStream,
+        winner: AttemptRecord,
+        attempts: list[Attempt],
+        error: BaseException | None,
+    ) -> None:
+        response = stream.response
+        outcome: RequestOutcome
+        if response is not None:
+            outcome = "succeeded"
+        elif isinstance(error, Exception):
+            outcome = "failed"
+        else:
+            outcome = "cancelled"  # the caller left early, or was cancelled
+        texts = stream._texts
+        self._finished(
+            outcome,
+            attempts,
+            winner=winner,
+            response=response,
+            cost=None if response is None else response.cost,
+            error=error,
+            ttft=None if winner.end is None else winner.end - self.t0,
+            streamed_text="".join(texts) if response is None and texts else None,
+        )

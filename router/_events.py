@@ -1,0 +1,440 @@
+"""Router events: what happened to each request, attempt and provider, as typed records.
+
+Every event is a frozen msgspec Struct carrying ``time`` (trio's clock) and, where
+relevant, the router's ``request_id``, the ``model`` string as the caller wrote it (a
+route alias, ``provider:model`` or a bare model id), and the configured ``provider``.
+:data:`RouterEvent` is their tagged union (the tag is the ``"type"`` field), so events
+encode to JSON and decode back with ``msgspec.json.decode(data, type=RouterEvent)``.
+
+Synopsis::
+
+    async with router.subscribe(buffer=1000) as events:
+        async for event in events:
+            match event:
+                case AttemptFinished(outcome="failed", provider=p, error_type=e):
+                    print(f"{p} failed: {e}")
+                case BreakerChanged(provider=p, new="open"):
+                    print(f"{p}: circuit open")
+
+=================  ====================================================================
+request_started    the router took a request (before planning it)
+attempt_started    an attempt on one target began (after its start was decided)
+hedge_launched     an attempt started because the hedge delay passed
+fallback_launched  an attempt started because an earlier one failed
+retry_scheduled    a target's retryable error will be retried after a backoff
+attempt_finished   an attempt won, failed, was cancelled (why) or skipped (why)
+budget_refused     a spend cap refused a request, or one of its targets
+request_finished   the caller got its answer or its error (a stream: when it closed)
+breaker_changed    a provider's circuit breaker moved (closed, open, half_open)
+health_changed     a provider's health verdict changed (healthy, degraded, unhealthy)
+actor_crashed      a provider actor's loop raised; it restarts, or is given up on
+actor_restarted    a crashed provider actor's loop runs again
+=================  ====================================================================
+
+Two ways to receive them:
+
+=========================  ============================================================
+``router.subscribe()``     an ``async with`` block that yields an async iterator backed
+                           by a bounded trio memory channel; when its buffer is full an
+                           event is dropped and counted, so a slow or stuck subscriber
+                           never slows routing
+``router.add_listener()``  a plain function the router calls synchronously with each
+                           event, in the task where it happened; it must be cheap and
+                           must not block; what it raises is logged once and counted,
+                           never propagated (the audit log, tracing and metrics are
+                           listeners)
+=========================  ============================================================
+
+With neither, the router builds no events at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from types import TracebackType
+from typing import Literal, TypeAlias
+
+import msgspec
+import trio
+
+from providers import Attempt, ChatRequest, ChatResponse, Usage
+from providers._types import AttemptKind, AttemptOutcome
+
+__all__ = [
+    "ActorCrashed",
+    "ActorRestarted",
+    "AttemptFinished",
+    "AttemptStarted",
+    "BreakerChanged",
+    "BudgetRefused",
+    "FallbackLaunched",
+    "HealthChanged",
+    "HedgeLaunched",
+    "Listener",
+    "RequestFinished",
+    "RequestOutcome",
+    "RequestStarted",
+    "RetryScheduled",
+    "RouterEvent",
+    "Subscription",
+]
+
+logger = logging.getLogger("trio_llm_router")
+
+#: How a request ended: ``succeeded`` (an answer, or a stream read to its end),
+#: ``failed`` (an error reached the caller), ``cancelled`` (the caller's scope was
+#: cancelled, or it left a stream before its end).
+RequestOutcome: TypeAlias = Literal["succeeded", "failed", "cancelled"]
+Operation: TypeAlias = Literal["chat", "embeddings"]
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every event: when it happened, in trio time."""
+
+    time: float
+
+
+class RequestStarted(_Event, frozen=True, tag="request_started"):
+    """The router took a request; ``model`` is the model string as the caller wrote it."""
+
+    request_id: str
+    model: str
+    operation: Operation
+    stream: bool
+
+
+class AttemptStarted(_Event, frozen=True, tag="attempt_started"):
+    """An attempt on ``provider`` (``provider_model`` is the vendor's model id) began."""
+
+    request_id: str
+    model: str
+    provider: str
+    provider_model: str
+    kind: AttemptKind
+    #: 1 for the first attempt of the request, 2 for the next...
+    number: int
+
+
+class HedgeLaunched(_Event, frozen=True, tag="hedge_launched"):
+    """A hedge on ``provider``: ``previous`` had run ``delay`` seconds without an answer."""
+
+    request_id: str
+    model: str
+    provider: str
+    provider_model: str
+    previous: str
+    delay: float
+
+
+class FallbackLaunched(_Event, frozen=True, tag="fallback_launched"):
+    """A fallback on ``provider`` because the attempt on ``failed`` failed with ``error_type``."""
+
+    request_id: str
+    model: str
+    provider: str
+    provider_model: str
+    failed: str | None
+    error_type: str | None
+
+
+class RetryScheduled(_Event, frozen=True, tag="retry_scheduled"):
+    """``provider`` failed with ``error_type``; retry ``retry`` follows in ``delay`` seconds."""
+
+    request_id: str
+    model: str
+    provider: str
+    error_type: str
+    retry: int
+    delay: float
+
+
+class AttemptFinished(_Event, frozen=True, tag="attempt_finished"):
+    """An attempt ended: ``won``, ``failed``, ``cancelled`` or ``skipped``.
+
+    ``reason`` says why it failed (the error message), was cancelled (``"lost the race
+    to openai"``) or was skipped (``"circuit open ..."``); ``started`` is ``None`` for a
+    skipped target.  ``usage`` and ``cost`` are known for a finished answer; a stream's
+    winner finishes at its first content event, before its usage is (see
+    :class:`RequestFinished`).
+    """
+
+    request_id: str
+    model: str
+    provider: str
+    provider_model: str
+    kind: AttemptKind
+    #: As in :class:`AttemptStarted`; 0 for a skipped target.
+    number: int
+    outcome: AttemptOutcome
+    started: float | None
+    retries: int = 0
+    error_type: str | None = None
+    reason: str | None = None
+    usage: Usage | None = None
+    cost: float | None = None
+
+
+class BudgetRefused(_Event, frozen=True, tag="budget_refused"):
+    """A spend cap refused the request (``provider`` is ``None``) or one of its targets."""
+
+    request_id: str
+    model: str
+    provider: str | None
+    scope: str
+    message: str
+
+
+class RequestFinished(_Event, frozen=True, tag="request_finished"):
+    """The caller got its answer or its error; a stream finishes when its block exits.
+
+    ``provider`` and ``provider_model`` name the winning target; ``attempts`` is the
+    final trace; ``cost`` is the answer's and ``spend`` everything the request was
+    charged (lost and failed attempts' prompts included); ``ttft`` the seconds to a
+    stream's first content event.  ``request`` is the chat request (``None`` for
+    embeddings, whose texts are ``inputs``); ``response`` the answer (for a stream, the
+    one its ``Done`` event carried), and ``streamed_text`` the text a stream delivered
+    when it ended without one.
+    """
+
+    request_id: str
+    model: str
+    operation: Operation
+    stream: bool
+    outcome: RequestOutcome
+    latency: float
+    ttft: float | None = None
+    provider: str | None = None
+    provider_model: str | None = None
+    response_model: str | None = None
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    cost: float | None = None
+    spend: float = 0.0
+    attempts: list[Attempt] = msgspec.field(default_factory=list)
+    error_type: str | None = None
+    error: str | None = None
+    request: ChatRequest | None = None
+    inputs: list[str] | None = None
+    response: ChatResponse | None = None
+    streamed_text: str | None = None
+
+
+class BreakerChanged(_Event, frozen=True, tag="breaker_changed"):
+    """``provider``'s circuit breaker moved from ``old`` to ``new`` at ``time``."""
+
+    provider: str
+    old: str
+    new: str
+
+
+class HealthChanged(_Event, frozen=True, tag="health_changed"):
+    """``provider``'s health verdict is now ``status`` (``reason`` says why)."""
+
+    provider: str
+    status: str
+    reason: str | None
+
+
+class ActorCrashed(_Event, frozen=True, tag="actor_crashed"):
+    """``provider``'s actor loop raised; it restarts in ``restart_in`` seconds, or never.
+
+    ``crashes`` counts the crashes within the supervisor's restart window; with
+    ``restart_in`` ``None`` the provider is given up on (unhealthy for good).
+    """
+
+    provider: str
+    error_type: str
+    error: str
+    crashes: int
+    restart_in: float | None
+
+
+class ActorRestarted(_Event, frozen=True, tag="actor_restarted"):
+    """``provider``'s actor loop runs again; ``restarts`` counts every restart so far."""
+
+    provider: str
+    restarts: int
+
+
+#: Every event the router emits (a tagged union on the ``"type"`` field).
+RouterEvent: TypeAlias = (
+    RequestStarted
+    | AttemptStarted
+    | HedgeLaunched
+    | FallbackLaunched
+    | RetryScheduled
+    | AttemptFinished
+    | BudgetRefused
+    | RequestFinished
+    | BreakerChanged
+    | HealthChanged
+    | ActorCrashed
+    | ActorRestarted
+)
+
+#: A synchronous event listener: called with each event; must be cheap and not block.
+Listener: TypeAlias = Callable[[RouterEvent], None]
+
+
+class EventHub:
+    """The router's listeners, and what it costs to tell them (counted, never raised).
+
+    ``listeners`` is a tuple replaced on every change, so a listener may remove itself
+    while it is being called, and the router's hot path tests it for emptiness only.
+    """
+
+    __slots__ = (
+        "_complained",
+        "_subscriptions",
+        "closed",
+        "dropped",
+        "emitted",
+        "listener_errors",
+        "listeners",
+    )
+
+    def __init__(self) -> None:
+        self.listeners: tuple[Listener, ...] = ()
+        self.emitted = 0
+        self.dropped = 0
+        self.listener_errors = 0
+        self.closed = False
+        self._complained: set[int] = set()
+        self._subscriptions: set[Subscription] = set()
+
+    @property
+    def subscribers(self) -> int:
+        """Subscriptions open now."""
+        return len(self._subscriptions)
+
+    def close(self) -> None:
+        """The router closed: end every subscription's iteration, take no more."""
+        self.closed = True
+        for subscription in list(self._subscriptions):
+            subscription._close()
+
+    def add(self, listener: Listener) -> None:
+        self.listeners = (*self.listeners, listener)
+
+    def remove(self, listener: Listener) -> None:
+        listeners = list(self.listeners)
+        try:
+            listeners.remove(listener)
+        except ValueError:
+            return
+        self.listeners = tuple(listeners)
+
+    def emit(self, event: RouterEvent) -> None:
+        """Call every listener with ``event``; a listener's exception is logged once, counted."""
+        listeners = self.listeners
+        if not listeners:
+            return
+        self.emitted += 1
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:
+                self.listener_errors += 1
+                key = id(listener)
+                if key not in self._complained:
+                    self._complained.add(key)
+                    logger.error(
+                        "event listener %r raised (further errors are only counted)",
+                        listener,
+                        exc_info=True,
+                        extra={"event_type": type(event).__name__},
+                    )
+
+
+class Subscription:
+    """Events as an async iterator, from a bounded buffer: made by ``router.subscribe()``.
+
+    While the ``async with`` block is open, every event the router emits is put in the
+    buffer without waiting; when the buffer is full the event is dropped and counted in
+    :attr:`dropped` (and in ``router.statistics().events_dropped``).  Iteration ends
+    when the block exits or the router closes.
+
+    Example::
+
+        async with router.subscribe(buffer=100) as events:
+            async for event in events:
+                print(event.time, type(event).__name__)
+    """
+
+    __slots__ = ("_hub", "_receive", "_send", "_types", "buffer", "dropped", "received")
+
+    def __init__(
+        self,
+        hub: EventHub,
+        buffer: int | float,
+        types: tuple[type[RouterEvent], ...] | None,
+    ) -> None:
+        if not (buffer == math.inf or (isinstance(buffer, int) and buffer >= 0)):
+            raise ValueError(f"`buffer` must be an int >= 0 (or math.inf), got {buffer!r}")
+        self._hub = hub
+        self._types = types
+        self._send, self._receive = trio.open_memory_channel[RouterEvent](buffer)
+        #: The buffer's capacity, in events.
+        self.buffer = buffer
+        #: Events dropped because the buffer was full.
+        self.dropped = 0
+        #: Events put in the buffer.
+        self.received = 0
+
+    def __repr__(self) -> str:
+        return f"<Subscription buffer={self.buffer} dropped={self.dropped}>"
+
+    def _deliver(self, event: RouterEvent) -> None:
+        types = self._types
+        if types is not None and not isinstance(event, types):
+            return
+        try:
+            self._send.send_nowait(event)
+        except trio.WouldBlock:
+            self.dropped += 1
+            self._hub.dropped += 1
+        except trio.ClosedResourceError:
+            pass
+        else:
+            self.received += 1
+
+    def _close(self) -> None:
+        self._hub._subscriptions.discard(self)
+        self._hub.remove(self._deliver)
+        self._send.close()
+
+    async def __aenter__(self) -> Subscription:
+        if self._hub.closed:
+            self._send.close()
+        else:
+            self._hub._subscriptions.add(self)
+            self._hub.add(self._deliver)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._close()
+        await self._receive.aclose()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> RouterEvent:
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+    def receive_nowait(self) -> RouterEvent:
+        """The next buffered event, or raise ``trio.WouldBlock`` if there is none yet.
+
+        Raises ``trio.EndOfChannel`` once the router closed and the buffer is drained,
+        ``trio.ClosedResourceError`` after the ``async with`` block exited.
+        """
+        return self._receive.receive_nowait()

@@ -1,0 +1,876 @@
+"""Configuration: every mistake is a ConfigError at its exact path; valid configs round-trip.
+
+Also: reading files, preset limits, configuration from the environment, and building
+every kind of provider from its config with a fake environment (keys never shown).
+
+The properties work on the raw TOML structure (tables as dicts): hypothesis builds a
+valid :class:`RouterConfig`, turns it into TOML text, then applies one mutation whose
+expected ``path`` it knows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from providers import (
+    AnthropicProvider,
+    AzureOpenAIProvider,
+    ConfigError,
+    GeminiProvider,
+    GroqProvider,
+    MockProvider,
+    OllamaProvider,
+    OpenAICompatibleProvider,
+    OpenAIProvider,
+    OpenRouterProvider,
+    TogetherProvider,
+)
+from router._config import (
+    BudgetConfig,
+    HedgeConfig,
+    MockConfig,
+    ModelConfig,
+    ProviderConfig,
+    RouteConfig,
+    RouterConfig,
+    SupervisorConfig,
+    _key,
+    decode_config,
+    load_config,
+)
+from router._health import BreakerConfig
+from router._providers import (
+    AZURE_ENDPOINT_ENV,
+    KEY_ENV,
+    PRESETS,
+    build_provider,
+    config_from_env,
+    effective_limits,
+)
+from router._retry import RetryConfig
+
+KINDS: list[str] = list(typing.get_args(typing.get_type_hints(ProviderConfig)["kind"]))
+ERROR_NAMES = ["retryable", "Overloaded", "RateLimited", "ServerError", "Timeout", "NotFound"]
+
+# --------------------------------------------------------------------------- TOML text
+
+
+def toml_value(value: Any) -> str:
+    """One TOML value, tables inline."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else repr(value)
+    if isinstance(value, str):
+        # A JSON string is a TOML basic string, but for DEL, which TOML wants escaped.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{toml_value(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def to_toml(raw: dict[str, Any]) -> str:
+    """A TOML document for ``raw``: one line per top-level key."""
+    return "".join(f"{toml_value(k)} = {toml_value(v)}\n" for k, v in raw.items())
+
+
+def without_none(value: Any) -> Any:
+    """``value`` with every ``None`` dropped (TOML has no null; None is every default)."""
+    if isinstance(value, dict):
+        return {k: without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_none(v) for v in value]
+    return value
+
+
+def raw_of(config: RouterConfig) -> dict[str, Any]:
+    """The raw TOML structure of ``config``."""
+    raw: dict[str, Any] = without_none(msgspec.to_builtins(config))
+    return raw
+
+
+# --------------------------------------------------------------------------- valid configs
+
+idents = st.from_regex(r"[a-z][a-z0-9_-]{0,7}", fullmatch=True)
+names = idents | st.sampled_from(["my provider", "a.b", "ünï", "x'y"])
+model_ids = st.from_regex(r"[a-z0-9][a-z0-9.:/-]{0,12}", fullmatch=True)
+seconds = st.floats(0.0, 60.0, allow_nan=False)
+positive = st.floats(0.001, 100.0, allow_nan=False)
+counts = st.none() | st.integers(1, 1_000_000)
+
+
+@st.composite
+def breakers(draw: st.DrawFn) -> BreakerConfig:
+    """A valid circuit-breaker config."""
+    open_duration = draw(positive)
+    return BreakerConfig(
+        failure_rate_threshold=draw(st.floats(0.01, 1.0)),
+        minimum_calls=draw(st.integers(1, 50)),
+        window=draw(st.floats(1.0, 3600.0)),
+        open_duration=open_duration,
+        max_open_duration=open_duration + draw(seconds),
+        half_open_probes=draw(st.integers(1, 5)),
+        slow_call_threshold=draw(st.none() | positive),
+    )
+
+
+budgets = st.none() | st.builds(
+    BudgetConfig,
+    limit=positive,
+    period=st.sampled_from(["hour", "day", "week", "month"]) | st.floats(1.0, 1e6),
+)
+
+
+@st.composite
+def providers_(draw: st.DrawFn, kind: str) -> ProviderConfig:
+    """A valid provider of ``kind``, with the fields its kind takes."""
+    rpm, tpm = draw(counts), draw(counts)
+    extra: dict[str, Any] = {}
+    if kind == "mock":
+        extra["mock"] = draw(
+            st.none()
+            | st.builds(
+                MockConfig,
+                reply=st.none() | st.text(max_size=20),
+                latency=seconds,
+                chunk_latency=seconds,
+                models=st.lists(model_ids, min_size=1, max_size=3),
+            )
+        )
+    if kind == "azure":
+        extra["api_version"] = draw(st.none() | st.sampled_from(["2024-10-21", "v1"]))
+        extra["deployments"] = draw(st.dictionaries(model_ids, idents, max_size=2))
+    if kind == "openrouter":
+        extra["app_name"] = draw(st.none() | st.text(max_size=10))
+        extra["app_url"] = draw(st.none() | st.just("https://example.com"))
+    return ProviderConfig(
+        kind=kind,  # type: ignore[arg-type]
+        api_key_env=draw(st.none() | st.from_regex(r"[A-Z][A-Z0-9_]{0,15}", fullmatch=True)),
+        base_url=draw(st.none() | st.just("http://127.0.0.1:8000/v1")),
+        rpm=rpm,
+        tpm=tpm,
+        rpm_burst=draw(counts),
+        tpm_burst=draw(counts),
+        max_concurrency=draw(counts),
+        max_queue=draw(st.integers(0, 10_000)),
+        headers=draw(st.dictionaries(names, st.text(max_size=10), max_size=2)),
+        breaker=draw(st.just(BreakerConfig()) | breakers()),
+        retry=RetryConfig(max_attempts=draw(st.integers(1, 10))),
+        degraded_latency=draw(st.none() | positive),
+        presets=draw(st.booleans()),
+        budget=draw(budgets),
+        **extra,
+    )
+
+
+@st.composite
+def hedges(draw: st.DrawFn) -> HedgeConfig:
+    """A valid hedging policy."""
+    min_delay = draw(seconds)
+    return HedgeConfig(
+        max_attempts=draw(st.integers(1, 5)),
+        delay=draw(st.none() | seconds | st.sampled_from(["p50", "p95", "p99.9"])),
+        min_delay=min_delay,
+        max_delay=min_delay + draw(seconds),
+        default_delay=draw(seconds),
+        min_samples=draw(st.integers(1, 100)),
+        budget_ratio=draw(st.floats(0.0, 1.0)),
+        budget_burst=draw(st.floats(0.0, 100.0)),
+    )
+
+
+@st.composite
+def routes(draw: st.DrawFn, providers: list[str]) -> RouteConfig:
+    """A valid route over ``providers``."""
+    targets = draw(
+        st.lists(st.tuples(st.sampled_from(providers), model_ids), min_size=1, max_size=4)
+    )
+    weighted = draw(st.booleans())
+    return RouteConfig(
+        targets=[f"{p}:{m}" for p, m in targets],
+        strategy="weighted" if weighted else draw(st.sampled_from(["fallback", "least-cost"])),
+        weights=[draw(positive) for _ in targets] if weighted else None,
+        hedge=draw(st.none() | hedges()),
+        fail_over_on=draw(st.lists(st.sampled_from(ERROR_NAMES), min_size=1, max_size=3)),
+        budget=draw(budgets),
+    )
+
+
+models_ = st.builds(
+    ModelConfig,
+    context_window=counts,
+    max_output_tokens=counts,
+    input_price=st.none() | st.floats(0.0, 100.0),
+    output_price=st.none() | st.floats(0.0, 100.0),
+    cached_input_price=st.none() | st.floats(0.0, 100.0),
+    tools=st.none() | st.booleans(),
+    vision=st.none() | st.booleans(),
+    structured_output=st.none() | st.booleans(),
+)
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> RouterConfig:
+    """A valid router configuration: providers of any kinds, routes, models, supervision."""
+    provider_names = draw(st.lists(names, min_size=1, max_size=2, unique=True))
+    providers = {n: draw(providers_(draw(st.sampled_from(KINDS)))) for n in provider_names}
+    aliases = [a for a in draw(st.lists(names, max_size=2, unique=True)) if a not in providers]
+    model_keys = draw(st.lists(model_ids, max_size=2, unique=True))
+    return RouterConfig(
+        providers=providers,
+        routes={a: draw(routes(provider_names)) for a in aliases},
+        models={k: draw(models_) for k in model_keys},
+        supervisor=SupervisorConfig(
+            max_restarts=draw(st.integers(0, 10)),
+            restart_window=draw(positive),
+            restart_backoff=draw(seconds),
+            max_restart_backoff=draw(seconds),
+        ),
+        default_max_tokens=draw(st.integers(1, 100_000)),
+        budget=draw(budgets),
+    )
+
+
+@settings(max_examples=60)
+@given(configs())
+def test_valid_configs_round_trip_through_toml(config: RouterConfig) -> None:
+    """Any valid config, written as TOML and decoded again, is the same config."""
+    assert decode_config(to_toml(raw_of(config))) == config
+
+
+def test_the_documented_example_decodes() -> None:
+    """The shape docs/configuration.md shows decodes to the structures it names."""
+    config = decode_config(
+        """
+        [providers.openai]
+        kind = "openai"
+        api_key_env = "OPENAI_API_KEY"
+        rpm = 500
+        tpm = 150000
+
+        [providers.local]
+        kind = "mock"
+        mock = { reply = "hi", latency = 0.1 }
+
+        [routes.fast]
+        targets = ["openai:gpt-4o-mini", "local:mock-model"]
+        hedge = { max_attempts = 2, delay = "p95" }
+
+        [models."openai:gpt-4o-mini"]
+        context_window = 128000
+        """
+    )
+    assert config.providers["openai"].rpm == 500
+    assert config.providers["local"].mock == MockConfig(reply="hi", latency=0.1)
+    assert config.routes["fast"].hedge == HedgeConfig(max_attempts=2, delay="p95")
+    assert config.models["openai:gpt-4o-mini"].context_window == 128000
+
+
+# --------------------------------------------------------------------------- invalid configs
+
+#: A value of each TOML type, to put where another type belongs.
+SAMPLES: dict[str, Any] = {
+    "int": 7,
+    "float": 1.5,
+    "str": "x",
+    "bool": True,
+    "array": [1],
+    "table": {"a": 1},
+}
+
+
+def accepted(type_: Any) -> set[str]:
+    """The TOML types a field of ``type_`` takes."""
+    origin = typing.get_origin(type_)
+    if origin is typing.Union or isinstance(type_, types.UnionType):
+        return set().union(*(accepted(t) for t in typing.get_args(type_)))
+    if origin is Literal:
+        return {"str" for a in typing.get_args(type_) if isinstance(a, str)}
+    if origin is list:
+        return {"array"}
+    if origin is dict or (isinstance(type_, type) and issubclass(type_, msgspec.Struct)):
+        return {"table"}
+    return {
+        bool: {"bool"},
+        int: {"int"},
+        float: {"int", "float"},
+        str: {"str"},
+        type(None): set(),
+    }[type_]
+
+
+#: The structs of a config, the fields the tests may touch in each (RouterConfig's own
+#: fields are listed so that sections added later do not change what is tested).
+FIELDS: dict[type[msgspec.Struct], tuple[str, ...]] = {
+    RouterConfig: ("providers", "routes", "models", "supervisor", "default_max_tokens", "budget"),
+    ProviderConfig: ProviderConfig.__struct_fields__,
+    RouteConfig: RouteConfig.__struct_fields__,
+    HedgeConfig: HedgeConfig.__struct_fields__,
+    ModelConfig: ModelConfig.__struct_fields__,
+    MockConfig: MockConfig.__struct_fields__,
+    SupervisorConfig: SupervisorConfig.__struct_fields__,
+    BudgetConfig: BudgetConfig.__struct_fields__,
+    BreakerConfig: BreakerConfig.__struct_fields__,
+    RetryConfig: RetryConfig.__struct_fields__,
+}
+
+#: Values out of range, per struct and field; the error is at the field.
+OUT_OF_RANGE: dict[type[msgspec.Struct], dict[str, list[Any]]] = {
+    RouterConfig: {"default_max_tokens": [0, -1]},
+    ProviderConfig: {
+        "rpm": [0, -5],
+        "tpm": [0],
+        "rpm_burst": [0],
+        "tpm_burst": [-1],
+        "max_concurrency": [0],
+        "max_queue": [-1],
+        "degraded_latency": [0.0, -1.0, math.inf, math.nan],
+    },
+    RouteConfig: {"targets": [[]]},
+    HedgeConfig: {
+        "max_attempts": [0, 6, -1],
+        "delay": [-1.0, math.inf, math.nan, "p0", "p100", "fast", "95", "p", "p9x"],
+        "min_delay": [-0.5, math.nan],
+        "default_delay": [-1.0, math.inf],
+        "min_samples": [0],
+        "budget_ratio": [-0.1],
+        "budget_burst": [math.inf],
+    },
+    ModelConfig: {
+        "context_window": [0, -1],
+        "max_output_tokens": [0],
+        "input_price": [-1.0, math.nan],
+        "output_price": [math.inf],
+        "cached_input_price": [-0.01],
+    },
+    MockConfig: {"latency": [-1.0, math.nan], "chunk_latency": [-0.1]},
+    SupervisorConfig: {
+        "max_restarts": [-1],
+        "restart_window": [0.0, -1.0, math.inf],
+        "restart_backoff": [-1.0],
+        "max_restart_backoff": [math.inf, math.nan],
+    },
+    BudgetConfig: {"limit": [0.0, -1.0, math.inf], "period": [0.0, -5.0, "year"]},
+    BreakerConfig: {
+        "failure_rate_threshold": [0.0, 1.5],
+        "minimum_calls": [0],
+        "window": [0.0, 4000.0],
+        "open_duration": [0.0],
+        "open_backoff_multiplier": [0.5],
+        "half_open_probes": [0],
+        "slow_call_threshold": [0.0, -1.0],
+    },
+    RetryConfig: {
+        "max_attempts": [0, 11],
+        "initial_backoff": [-1.0],
+        "multiplier": [0.5],
+        "max_retry_after": [-1.0],
+        "budget_ratio": [math.nan],
+        "budget_window": [0.5, 61.0],
+    },
+}
+
+
+def tables(raw: dict[str, Any]) -> list[tuple[str, dict[str, Any], type[msgspec.Struct]]]:
+    """Every table of ``raw`` the tests mutate: (path, the table, its struct).
+
+    Optional sub-tables a struct may hold (breaker, retry, hedge, budget, a mock's
+    settings) are created empty (all defaults) so that they can be mutated too.
+    """
+    found: list[tuple[str, dict[str, Any], type[msgspec.Struct]]] = [("$", raw, RouterConfig)]
+    found.append(("$.supervisor", raw.setdefault("supervisor", {}), SupervisorConfig))
+    found.append(("$.budget", raw.setdefault("budget", {"limit": 1.0}), BudgetConfig))
+    for name, p in raw["providers"].items():
+        at = f"$.providers{_key(name)}"
+        found.append((at, p, ProviderConfig))
+        found.append((f"{at}.breaker", p.setdefault("breaker", {}), BreakerConfig))
+        found.append((f"{at}.retry", p.setdefault("retry", {}), RetryConfig))
+        found.append((f"{at}.budget", p.setdefault("budget", {"limit": 1.0}), BudgetConfig))
+        if p["kind"] == "mock":
+            found.append((f"{at}.mock", p.setdefault("mock", {}), MockConfig))
+    for alias, r in raw.get("routes", {}).items():
+        at = f"$.routes{_key(alias)}"
+        found.append((at, r, RouteConfig))
+        found.append((f"{at}.hedge", r.setdefault("hedge", {}), HedgeConfig))
+        found.append((f"{at}.budget", r.setdefault("budget", {"limit": 1.0}), BudgetConfig))
+    for key, m in raw.get("models", {}).items():
+        found.append((f"$.models{_key(key)}", m, ModelConfig))
+    return found
+
+
+MUTATIONS = [
+    "wrong type",
+    "out of range",
+    "unknown field",
+    "missing field",
+    "bad target",
+    "unknown provider",
+    "fail_over_on",
+    "weights",
+    "kind field",
+    "header value",
+    "provider name",
+    "alias clash",
+]
+
+
+@st.composite
+def invalid_configs(draw: st.DrawFn, mutation: str) -> tuple[dict[str, Any], str, str]:
+    """A config with exactly one mistake of the kind ``mutation``: (raw TOML structure,
+    expected path, what)."""
+    raw = raw_of(draw(configs()))
+    places = tables(raw)
+    decode_config(to_toml(raw))  # still valid with the empty sub-tables
+    wanted = {
+        "out of range": tuple(OUT_OF_RANGE),
+        "bad target": (RouteConfig,),
+        "unknown provider": (RouteConfig,),
+        "fail_over_on": (RouteConfig,),
+        "weights": (RouteConfig,),
+        "kind field": (ProviderConfig,),
+        "header value": (ProviderConfig,),
+    }.get(mutation, tuple(FIELDS))
+    candidates = [place for place in places if place[2] in wanted]
+    if mutation == "missing field":
+        candidates = [p for p in places if {"kind", "targets", "limit"} & set(p[1])]
+    assume(candidates)  # a config without routes has no route to get wrong
+    at, table, struct = draw(st.sampled_from(candidates))
+    if mutation == "wrong type":
+        field = draw(st.sampled_from(FIELDS[struct]))
+        wrong = sorted(set(SAMPLES) - accepted(typing.get_type_hints(struct)[field]))
+        table[field] = SAMPLES[draw(st.sampled_from(wrong))]
+        return raw, f"{at}.{field}", f"{field} of the wrong type"
+    if mutation == "out of range":
+        field = draw(st.sampled_from(sorted(OUT_OF_RANGE[struct])))
+        value = draw(st.sampled_from(OUT_OF_RANGE[struct][field]))
+        if struct is RetryConfig and field == "initial_backoff":
+            table.pop("max_backoff", None)
+        table[field] = value
+        return raw, f"{at}.{field}", f"{field} = {value!r}"
+    if mutation == "unknown field":
+        name = draw(names.filter(lambda n: n not in struct.__struct_fields__))
+        table[name] = draw(st.sampled_from(list(SAMPLES.values())))
+        return raw, f"{at}{_key(name)}", f"unknown field {name!r}"
+    if mutation == "missing field":
+        field = draw(st.sampled_from([f for f in ("kind", "targets", "limit") if f in table]))
+        del table[field]
+        return raw, at, f"no {field}"  # the table that lacks it
+    if mutation in ("bad target", "unknown provider", "fail_over_on", "weights"):
+        n = len(table["targets"])
+        i = draw(st.integers(0, n - 1))
+        if mutation == "bad target":
+            table["targets"][i] = draw(st.sampled_from(["noprovider", ":model", "provider:", ""]))
+            return raw, f"{at}.targets[{i}]", "a target without provider:model"
+        if mutation == "unknown provider":
+            provider = draw(idents.filter(lambda p: p not in raw["providers"]))
+            table["targets"][i] = f"{provider}:m"
+            return raw, f"{at}.targets[{i}]", f"a target on unknown provider {provider!r}"
+        if mutation == "fail_over_on":
+            names_ = table["fail_over_on"]
+            j = draw(st.integers(0, len(names_)))
+            names_.insert(j, draw(st.sampled_from(["Bogus", "retriable", "valueerror", ""])))
+            return raw, f"{at}.fail_over_on[{j}]", "an unknown error name"
+        if draw(st.booleans()):
+            table["weights"] = [1.0] * (n + 1)
+            return raw, f"{at}.weights", "a weight too many"
+        table["weights"] = [1.0] * n
+        table["weights"][i] = draw(st.sampled_from([0.0, -1.0, math.inf, math.nan]))
+        return raw, f"{at}.weights[{i}]", "a weight out of range"
+    if mutation in ("kind field", "header value"):
+        if mutation == "header value":
+            key = draw(names)
+            table.setdefault("headers", {})[key] = draw(st.sampled_from([1, 2.5, True, [], {}]))
+            return raw, f"{at}.headers{_key(key)}", "a header that is not a string"
+        field, value, kind = draw(
+            st.sampled_from(
+                [
+                    ("mock", {}, "mock"),
+                    ("api_version", "2024-10-21", "azure"),
+                    ("deployments", {"gpt-4o": "d"}, "azure"),
+                    ("app_name", "app", "openrouter"),
+                    ("app_url", "https://example.com", "openrouter"),
+                ]
+            )
+        )
+        assume(table["kind"] != kind)
+        table[field] = value
+        return raw, f"{at}.{field}", f"{field} on a {table['kind']} provider"
+    if mutation == "provider name":
+        name = draw(st.sampled_from(["", "a:b", ":", "openai:"]))
+        raw["providers"][name] = {"kind": "mock"}
+        return raw, f"$.providers{_key(name)}", f"provider name {name!r}"
+    # An alias that is also a provider's name.
+    name = draw(st.sampled_from(sorted(raw["providers"])))
+    first = next(iter(raw["providers"]))
+    raw.setdefault("routes", {})
+    assume(name not in raw["routes"])
+    raw["routes"] = {name: {"targets": [f"{first}:m"]}, **raw["routes"]}
+    return raw, f"$.routes{_key(name)}", "a route named like a provider"
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS)
+@settings(max_examples=15)
+@given(data=st.data())
+def test_every_mistake_is_a_config_error_at_its_path(mutation: str, data: st.DataObject) -> None:
+    """One mistake anywhere: a ConfigError whose path names exactly where it is."""
+    raw, path, _what = data.draw(invalid_configs(mutation))
+    with pytest.raises(ConfigError) as info:
+        decode_config(to_toml(raw), source="router.toml")
+    assert info.value.path == path
+    assert str(info.value).startswith(f"{path}: ")
+    assert "(in router.toml)" in str(info.value)
+
+
+def leaves(value: Any, at: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The paths (keys and indices) of every value inside ``value``."""
+    found = [at] if at else []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found += leaves(v, (*at, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found += leaves(v, (*at, i))
+    return found
+
+
+toml_values = st.recursive(
+    st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats()
+    | st.text(st.characters(exclude_categories=("Cs",)), max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(names, inner, max_size=3),
+    max_leaves=5,
+)
+
+
+@settings(max_examples=60)
+@given(configs(), st.data())
+def test_any_value_anywhere_gives_a_config_or_a_config_error(
+    config: RouterConfig, data: st.DataObject
+) -> None:
+    """Any value put anywhere: a config, or a ConfigError with a path, never another error."""
+    raw = raw_of(config)
+    where = data.draw(st.sampled_from(leaves(raw)))
+    parent = raw
+    for step in where[:-1]:
+        parent = parent[step]
+    parent[where[-1]] = data.draw(toml_values)
+    try:
+        decode_config(to_toml(raw))
+    except ConfigError as exc:
+        path = exc.path
+    else:
+        return
+    assert path is not None
+    assert path.startswith("$")
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ("providers = 3", "$.providers"),
+        ("routes = []\n[providers.a]\nkind = 'mock'", "$.routes"),
+        ("[providers]", "$.providers"),
+        ("[providers.a]\nkind = 'nope'", "$.providers.a.kind"),
+        ("[providers.a]\nkind = 'mock'\nrpm = 1.5", "$.providers.a.rpm"),
+        ("[providers.a]\nkind = 'openai'\nheaders = { 'x y' = 1 }", "$.providers.a.headers['x y']"),
+        (
+            "[providers.a]\nkind = 'mock'\n[routes.'r.1']\ntargets = ['b:m']",
+            "$.routes['r.1'].targets[0]",
+        ),
+        (
+            "[providers.a]\nkind = 'mock'\n[routes.r]\ntargets = ['a:m', 'a']",
+            "$.routes.r.targets[1]",
+        ),
+        (
+            "[providers.a]\nkind = 'mock'\n[routes.r]\ntargets = ['a:m']\nhedge = { delay = 'p100' }",
+            "$.routes.r.hedge.delay",
+        ),
+        (
+            "[providers.a]\nkind = 'mock'\n[routes.r]\ntargets = ['a:m']\nhedge = { min_delay = 2.0, max_delay = 1.0 }",
+            "$.routes.r.hedge.max_delay",
+        ),
+        ("[providers.a]\nkind = 'mock'\nmock = { latency = -1.0 }", "$.providers.a.mock.latency"),
+        ("[providers.a]\nkind = 'groq'\ndeployments = { m = 'd' }", "$.providers.a.deployments"),
+        (
+            "[providers.a]\nkind = 'mock'\n[models.'a:m']\ncontext_window = 0",
+            "$.models['a:m'].context_window",
+        ),
+        (
+            "[providers.a]\nkind = 'mock'\nbreaker = { open_duration = 10.0, max_open_duration = 5.0 }",
+            "$.providers.a.breaker.max_open_duration",
+        ),
+    ],
+)
+def test_config_error_paths_table(text: str, path: str) -> None:
+    """Hand-picked mistakes and the exact path each is reported at."""
+    with pytest.raises(ConfigError) as info:
+        decode_config(text)
+    assert info.value.path == path
+
+
+def test_invalid_toml_is_a_config_error_naming_the_source() -> None:
+    """Text that is not TOML: a ConfigError that names the source, with no path."""
+    with pytest.raises(ConfigError, match=r"router\.toml is not valid TOML") as info:
+        decode_config("x = = 1", source="router.toml")
+    assert info.value.path is None
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_load_config_reads_a_file(tmp_path: Path) -> None:
+    """A valid file loads; bytes or text decode the same."""
+    path = tmp_path / "router.toml"
+    path.write_text("[providers.local]\nkind = 'mock'\n", encoding="utf-8")
+    assert load_config(path) == decode_config(path.read_bytes()) == decode_config(path.read_text())
+    assert load_config(str(path)).providers["local"].kind == "mock"
+
+
+@pytest.mark.parametrize("make", ["missing", "directory"])
+def test_load_config_names_a_file_it_cannot_read(tmp_path: Path, make: str) -> None:
+    """A missing file or a directory: a ConfigError naming the file, with no path."""
+    path = tmp_path / "router.toml"
+    if make == "directory":
+        path.mkdir()
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    assert info.value.path is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[providers.a]\nkind = 'mock'\nrpm = 'x'\n",  # a value
+        "[providers.a]\nkind = 'mock'\n[routes.r]\ntargets = ['b:m']\n",  # a reference
+        "[providers\n",  # the TOML itself
+    ],
+)
+def test_load_config_errors_name_the_file(tmp_path: Path, text: str) -> None:
+    """Whatever is wrong inside a file, the message names the file."""
+    path = tmp_path / "router.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=str(path)):
+        load_config(path)
+
+
+# --------------------------------------------------------------------------- presets
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_presets_fill_unset_limits_for_every_kind(kind: str) -> None:
+    """Unset rpm/tpm take the kind's preset (none for kinds without one)."""
+    assert effective_limits(ProviderConfig(kind=kind)) == PRESETS.get(kind, (None, None))  # type: ignore[arg-type]
+
+
+@given(st.sampled_from(KINDS), counts, counts)
+def test_the_config_wins_over_presets(kind: str, rpm: int | None, tpm: int | None) -> None:
+    """A configured limit is kept; only unset ones come from the preset."""
+    preset = PRESETS.get(kind, (None, None))
+    config = ProviderConfig(kind=kind, rpm=rpm, tpm=tpm)  # type: ignore[arg-type]
+    expected = (rpm if rpm is not None else preset[0], tpm if tpm is not None else preset[1])
+    assert effective_limits(config) == expected
+
+
+@given(st.sampled_from(KINDS), counts, counts)
+def test_presets_false_disables_them(kind: str, rpm: int | None, tpm: int | None) -> None:
+    """With presets = false, the limits are exactly the configured ones."""
+    config = ProviderConfig(kind=kind, rpm=rpm, tpm=tpm, presets=False)  # type: ignore[arg-type]
+    assert effective_limits(config) == (rpm, tpm)
+
+
+# --------------------------------------------------------------------------- the environment
+
+ALL_KEY_VARS = sorted({var for names_ in KEY_ENV.values() for var in names_})
+
+
+def test_config_from_env_without_keys_lists_the_variables() -> None:
+    """No key at all: a ConfigError naming every variable it looked for."""
+    with pytest.raises(ConfigError) as info:
+        config_from_env({"PATH": "/bin", "OPENAI_API_KEY": ""})
+    for var in [*ALL_KEY_VARS, AZURE_ENDPOINT_ENV]:
+        assert var in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "kinds"),
+    [
+        ({"OPENAI_API_KEY": "k"}, {"openai"}),
+        ({"GEMINI_API_KEY": "k"}, {"gemini"}),
+        ({"GOOGLE_API_KEY": "k"}, {"gemini"}),
+        ({"GEMINI_API_KEY": "k", "GOOGLE_API_KEY": "k2"}, {"gemini"}),
+        ({"ANTHROPIC_API_KEY": "k", "GROQ_API_KEY": "k"}, {"anthropic", "groq"}),
+        (
+            {"AZURE_OPENAI_API_KEY": "k", AZURE_ENDPOINT_ENV: "https://x.openai.azure.com"},
+            {"azure"},
+        ),
+        ({"AZURE_OPENAI_API_KEY": "k", "OPENROUTER_API_KEY": "k"}, {"openrouter"}),
+    ],
+)
+def test_config_from_env_table(environ: dict[str, str], kinds: set[str]) -> None:
+    """One provider per kind whose key is set, named after the kind; Azure needs its endpoint."""
+    config = config_from_env(environ)
+    assert set(config.providers) == kinds
+    assert all(config.providers[k] == ProviderConfig(kind=k) for k in kinds)  # type: ignore[arg-type]
+
+
+def test_azure_without_its_endpoint_is_not_configured() -> None:
+    """An Azure key alone configures nothing, so it is the no-key error."""
+    with pytest.raises(ConfigError, match=AZURE_ENDPOINT_ENV):
+        config_from_env({"AZURE_OPENAI_API_KEY": "k"})
+
+
+@given(st.sets(st.sampled_from([*ALL_KEY_VARS, AZURE_ENDPOINT_ENV])))
+def test_config_from_env_configures_exactly_the_kinds_with_keys(present: set[str]) -> None:
+    """The providers are exactly the kinds with a key set (Azure: and its endpoint)."""
+    environ = {var: "value" for var in present}
+    expected = {
+        kind
+        for kind, vars_ in KEY_ENV.items()
+        if set(vars_) & present and (kind != "azure" or AZURE_ENDPOINT_ENV in present)
+    }
+    if not expected:
+        with pytest.raises(ConfigError):
+            config_from_env(environ)
+    else:
+        assert set(config_from_env(environ).providers) == expected
+
+
+# --------------------------------------------------------------------------- building providers
+
+KEY = "sk-test-0123456789abcdef"
+ENDPOINT = "https://example.openai.azure.com"
+FULL_ENV = {**{var: KEY for var in ALL_KEY_VARS}, AZURE_ENDPOINT_ENV: ENDPOINT}
+ADAPTERS: dict[str, type[Any]] = {
+    "openai": OpenAIProvider,
+    "anthropic": AnthropicProvider,
+    "gemini": GeminiProvider,
+    "ollama": OllamaProvider,
+    "openrouter": OpenRouterProvider,
+    "groq": GroqProvider,
+    "together": TogetherProvider,
+    "azure": AzureOpenAIProvider,
+    "openai-compatible": OpenAICompatibleProvider,
+    "mock": MockProvider,
+}
+
+
+def config_of(kind: str, **fields: Any) -> ProviderConfig:
+    """A provider config of ``kind``; openai-compatible gets the base_url it needs."""
+    if kind == "openai-compatible":
+        fields.setdefault("base_url", "http://127.0.0.1:8000/v1")
+    return ProviderConfig(kind=kind, **fields)  # type: ignore[arg-type]
+
+
+def test_every_kind_has_an_adapter() -> None:
+    """The table below covers every kind the config accepts."""
+    assert set(ADAPTERS) == set(KINDS)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_build_provider_gives_the_kinds_adapter(kind: str) -> None:
+    """Each kind builds its adapter class, with the configured name and the kind's kind."""
+    provider = build_provider("my-name", config_of(kind), FULL_ENV)
+    try:
+        assert type(provider) is ADAPTERS[kind]
+        assert provider.name == "my-name"
+        assert provider.kind == kind
+        assert KEY not in repr(provider)
+        assert KEY not in str(provider)
+    finally:
+        await provider.aclose()
+
+
+@pytest.mark.parametrize("kind", sorted(KEY_ENV))
+def test_a_missing_key_names_its_variables(kind: str) -> None:
+    """A kind that needs a key, without it: a ConfigError at api_key_env naming the variables."""
+    with pytest.raises(ConfigError) as info:
+        build_provider("p", config_of(kind), {AZURE_ENDPOINT_ENV: ENDPOINT})
+    assert info.value.path == "$.providers.p.api_key_env"
+    for var in KEY_ENV[kind]:
+        assert var in str(info.value)
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "mock"])
+def test_a_missing_custom_key_variable_is_named(kind: str) -> None:
+    """api_key_env names a variable that is not set: that variable is in the error."""
+    config = config_of(kind, api_key_env="MY_ROUTER_KEY")
+    with pytest.raises(ConfigError, match="MY_ROUTER_KEY") as info:
+        build_provider("my provider", config, FULL_ENV)
+    assert info.value.path == "$.providers['my provider'].api_key_env"
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "mock"])
+async def test_a_custom_key_variable_is_used(kind: str) -> None:
+    """api_key_env set and present: the provider builds from it alone."""
+    provider = build_provider(
+        "p",
+        config_of(kind, api_key_env="MY_ROUTER_KEY"),
+        {
+            "MY_ROUTER_KEY": KEY,
+            AZURE_ENDPOINT_ENV: ENDPOINT,
+        },
+    )
+    await provider.aclose()
+
+
+@pytest.mark.parametrize("kind", ["ollama", "openai-compatible", "mock"])
+async def test_keyless_kinds_need_no_environment(kind: str) -> None:
+    """Local servers and the mock build with an empty environment."""
+    provider = build_provider("p", config_of(kind), {})
+    await provider.aclose()
+
+
+def test_openai_compatible_needs_a_base_url() -> None:
+    """openai-compatible without base_url: a ConfigError at base_url."""
+    with pytest.raises(ConfigError, match="base_url") as info:
+        build_provider("p", ProviderConfig(kind="openai-compatible"), FULL_ENV)
+    assert info.value.path == "$.providers.p.base_url"
+
+
+async def test_azure_needs_an_endpoint() -> None:
+    """Azure without base_url or AZURE_OPENAI_ENDPOINT: a ConfigError at base_url."""
+    env = {"AZURE_OPENAI_API_KEY": KEY}
+    with pytest.raises(ConfigError, match=AZURE_ENDPOINT_ENV) as info:
+        build_provider("az", ProviderConfig(kind="azure"), env)
+    assert info.value.path == "$.providers.az.base_url"
+    assert KEY not in str(info.value)
+    for config in (ProviderConfig(kind="azure", base_url=ENDPOINT), ProviderConfig(kind="azure")):
+        environ = env if config.base_url else {**env, AZURE_ENDPOINT_ENV: ENDPOINT}
+        provider = build_provider("az", config, environ)
+        assert isinstance(provider, AzureOpenAIProvider)
+        await provider.aclose()
+
+
+@settings(max_examples=25)
+@given(
+    st.sampled_from(KINDS),
+    st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=12, max_size=40),
+)
+async def test_the_key_never_shows(kind: str, key: str) -> None:
+    """Whatever the key, it is in no error message and no repr of what is built."""
+    key = "sk-" + key
+    environ = {var: key for var in ALL_KEY_VARS}
+    try:
+        provider = build_provider("p", config_of(kind), environ)  # azure: no endpoint
+    except ConfigError as exc:
+        shown = [str(exc), repr(exc)]
+    else:
+        shown = [repr(provider), str(provider), repr(getattr(provider, "__dict__", {}))]
+        await provider.aclose()
+    assert all(key not in text for text in shown)
