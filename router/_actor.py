@@ -47,7 +47,7 @@ from providers import (
     StreamInterrupted,
     Timeout,
 )
-from providers._tokens import estimate_input_tokens, estimate_text_tokens
+from providers._tokens import TokenCalibration, count_input_tokens, estimate_text_tokens
 from providers._types import is_content_event
 
 from ._config import ProviderConfig
@@ -158,6 +158,8 @@ class ProviderActor:
         self._percentile_cache: dict[tuple[bool, float], tuple[float, float | None]] = {}
         self.errors = ErrorWindow()
         self.retry_budget = RetryBudget(config.retry)
+        #: Prompt-size correction learned from reported usage, per model.
+        self.calibration = TokenCalibration()
         self.crashed: str | None = None
         self.restarts = 0
         self._succeeded = 0
@@ -445,10 +447,20 @@ class ProviderActor:
             )
 
     def _cost(self, request: ChatRequest) -> tuple[float, float, int]:
-        """(TPM cost, its output part, the input estimate) of a chat request."""
+        """(TPM cost, its output part, the prompt count) of a chat request.
+
+        The prompt is counted exactly where an offline tokenizer knows the model, else
+        estimated (providers._tokens); the TPM cost scales that by what this provider's
+        reported usage has taught :attr:`calibration` about the model.  The unscaled
+        count is returned, for :meth:`_calibrate` to learn from.
+        """
         output = request.max_tokens or self._default_max_tokens
-        prompt = estimate_input_tokens(request)
-        return float(prompt + output), float(output), prompt
+        prompt = count_input_tokens(request)
+        scaled = self.calibration.scale(request.model, prompt)
+        return float(scaled + output), float(output), prompt
+
+    def _calibrate(self, model: str, prompt: int, response: ChatResponse) -> None:
+        self.calibration.observe(model, prompt, response.usage.input_tokens)
 
     async def _admit(self, cost: float, output_cost: float, *, nowait: bool) -> Permit:
         now = trio.current_time()
@@ -504,6 +516,7 @@ class ProviderActor:
             raise
         now = trio.current_time()
         permit.release(self._account(response))
+        self._calibrate(request.model, prompt, response)
         if trace is not None:
             trace.usage = response.usage
         self._learn(response.headers, now)
@@ -539,6 +552,7 @@ class ProviderActor:
             tokens: int | None = None
             if wrapped is not None and wrapped.response is not None:
                 tokens = self._account(wrapped.response)
+                self._calibrate(request.model, prompt, wrapped.response)
                 if trace is not None:
                     trace.usage = wrapped.response.usage
             permit.release(tokens)

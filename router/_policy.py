@@ -52,7 +52,7 @@ from typing import Literal, TypeAlias
 import msgspec
 
 from providers import Capabilities, ChatRequest, NoRoute, Usage
-from providers._tokens import estimate_input_tokens
+from providers._tokens import count_input_tokens
 
 from ._config import HedgeConfig, Strategy
 
@@ -108,14 +108,15 @@ class Needs(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def of(cls, request: ChatRequest, *, streaming: bool, default_max_tokens: int) -> Needs:
-        """The needs of a chat request (input tokens by the fast estimator)."""
+        """The needs of a chat request (input tokens counted exactly where an offline
+        tokenizer knows ``request.model``, else estimated)."""
         response_format = request.response_format
         return cls(
             tools=bool(request.tools),
             vision=request.has_images,
             structured_output=response_format is not None and response_format.type != "text",
             streaming=streaming,
-            input_tokens=estimate_input_tokens(request),
+            input_tokens=count_input_tokens(request),
             output_tokens=request.max_tokens or default_max_tokens,
         )
 

@@ -30,13 +30,14 @@ and a failure is :class:`~providers.StreamInterrupted`.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import math
 import os
 import random
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
@@ -268,6 +269,7 @@ async def open_router(
             else:
                 built[name] = build_provider(name, pc)
                 owned.append(built[name])
+        await _warm_tokenizers(built.values())
         router = Router(config, built, random.Random(seed), id_prefix=_id_prefix(seed))
         tracer = _tracer(config, tracer_provider, router)
         audit: AuditLog | None = None
@@ -1032,6 +1034,28 @@ class Router:
 
 
 _MAX_RESOLVED = 1024
+
+#: Kinds whose models an offline tokenizer may count exactly (OpenAI's encodings).
+_OPENAI_FAMILY = frozenset({"openai", "azure", "openrouter", "openai-compatible"})
+_warmed = False
+
+
+async def _warm_tokenizers(providers: Iterable[Provider]) -> None:
+    """Load the exact tokenizer in a thread once, if one is installed and may be used.
+
+    Loading it takes about half a second; done lazily, the first request to an OpenAI
+    model would block the event loop that long.
+    """
+    global _warmed
+    if _warmed or not any(p.kind in _OPENAI_FAMILY for p in providers):
+        return
+    _warmed = True
+    if importlib.util.find_spec("bpe_openai") is None:
+        return
+    from providers._tokens import exact_backend
+
+    for model in ("gpt-4o", "gpt-4"):
+        await trio.to_thread.run_sync(exact_backend, model)
 
 
 def _budget(scope: str, config: BudgetConfig | None, start: float) -> Budget | None:
