@@ -421,6 +421,7 @@ def _bare_model(model: str) -> str:
         name = rest.partition(":")[0] if head == "ft" else rest
 
 
+@functools.lru_cache(maxsize=1024)
 def encoding_for_model(model: str | None) -> Encoding | None:
     """The BPE encoding of an OpenAI model, or ``None`` for any other (or no) model.
 

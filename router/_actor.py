@@ -446,7 +446,9 @@ class ProviderActor:
                 retry_after=None if retry_at is None else max(0.0, retry_at - now),
             )
 
-    def _cost(self, request: ChatRequest) -> tuple[float, float, int]:
+    def _cost(
+        self, request: ChatRequest, prompt_tokens: int | None = None
+    ) -> tuple[float, float, int]:
         """(TPM cost, its output part, the prompt count) of a chat request.
 
         The prompt is counted exactly where an offline tokenizer knows the model, else
@@ -455,7 +457,7 @@ class ProviderActor:
         count is returned, for :meth:`_calibrate` to learn from.
         """
         output = request.max_tokens or self._default_max_tokens
-        prompt = count_input_tokens(request)
+        prompt = count_input_tokens(request) if prompt_tokens is None else prompt_tokens
         scaled = self.calibration.scale(request.model, prompt)
         return float(scaled + output), float(output), prompt
 
@@ -484,14 +486,19 @@ class ProviderActor:
         return total if total else None
 
     async def complete(
-        self, request: ChatRequest, *, trace: AttemptRecord | None = None, nowait: bool = False
+        self,
+        request: ChatRequest,
+        *,
+        trace: AttemptRecord | None = None,
+        nowait: bool = False,
+        prompt_tokens: int | None = None,
     ) -> ChatResponse:
         """One attempt at ``request`` on this provider (no retries: the router decides).
 
         ``trace`` is filled in with the tokens sent and the usage; ``nowait`` refuses with
         :class:`~providers.Overloaded` instead of queueing (load shedding).
         """
-        cost, output_cost, prompt = self._cost(request)
+        cost, output_cost, prompt = self._cost(request, prompt_tokens)
         permit = await self._admit(cost, output_cost, nowait=nowait)
         if trace is not None:
             trace.sent_tokens = prompt
@@ -525,10 +532,15 @@ class ProviderActor:
 
     @asynccontextmanager
     async def stream(
-        self, request: ChatRequest, *, trace: AttemptRecord | None = None, nowait: bool = False
+        self,
+        request: ChatRequest,
+        *,
+        trace: AttemptRecord | None = None,
+        nowait: bool = False,
+        prompt_tokens: int | None = None,
     ) -> AsyncIterator[ActorStream]:
         """One streaming attempt; admission, health and token accounting around it."""
-        cost, output_cost, prompt = self._cost(request)
+        cost, output_cost, prompt = self._cost(request, prompt_tokens)
         permit = await self._admit(cost, output_cost, nowait=nowait)
         if trace is not None:
             trace.sent_tokens = prompt

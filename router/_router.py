@@ -63,6 +63,7 @@ from providers import (
     StreamEvent,
     TextDelta,
 )
+from providers._tokens import encoding_for_model
 from providers._types import is_content_event
 
 from ._actor import ActorStatistics, ActorStream, ProviderActor
@@ -826,7 +827,9 @@ class Router:
             actor: ProviderActor, candidate: Candidate, record: AttemptRecord
         ) -> ChatResponse:
             sent = msgspec.structs.replace(request, model=candidate.model)
-            return await actor.complete(sent, trace=record, nowait=nowait)
+            return await actor.complete(
+                sent, trace=record, nowait=nowait, prompt_tokens=_same_count(needs, request, sent)
+            )
 
         response, winner, race, t0, events = await self._run(
             request.model, needs, call, request=request
@@ -863,7 +866,9 @@ class Router:
             actor: ProviderActor, candidate: Candidate, record: AttemptRecord
         ) -> _Opened:
             sent = msgspec.structs.replace(request, model=candidate.model)
-            return await _open_committed(actor, sent, record, nowait=nowait)
+            return await _open_committed(
+                actor, sent, record, nowait=nowait, prompt_tokens=_same_count(needs, request, sent)
+            )
 
         opened, winner, race, t0, observed = await self._run(
             request.model, needs, call, request=request, discard=_close_opened
@@ -1035,6 +1040,18 @@ class Router:
 
 _MAX_RESOLVED = 1024
 
+
+def _same_count(needs: Needs, request: ChatRequest, sent: ChatRequest) -> int | None:
+    """The policy's prompt count, when counting ``sent`` would give the same number.
+
+    Counting is by the model's encoding (exact for OpenAI models, else the estimate):
+    when the target's model counts like the requested one, the actor need not count again.
+    """
+    if encoding_for_model(sent.model) == encoding_for_model(request.model):
+        return needs.input_tokens
+    return None
+
+
 #: Kinds whose models an offline tokenizer may count exactly (OpenAI's encodings).
 _OPENAI_FAMILY = frozenset({"openai", "azure", "openrouter", "openai-compatible"})
 _warmed = False
@@ -1130,12 +1147,19 @@ _Opened: TypeAlias = tuple[AsyncExitStack, ActorStream, list[StreamEvent]]
 
 
 async def _open_committed(
-    actor: ProviderActor, request: ChatRequest, record: AttemptRecord, *, nowait: bool
+    actor: ProviderActor,
+    request: ChatRequest,
+    record: AttemptRecord,
+    *,
+    nowait: bool,
+    prompt_tokens: int | None = None,
 ) -> _Opened:
     """Open a stream and read it up to its first content event (the commit point)."""
     stack = AsyncExitStack()
     try:
-        events = await stack.enter_async_context(actor.stream(request, trace=record, nowait=nowait))
+        events = await stack.enter_async_context(
+            actor.stream(request, trace=record, nowait=nowait, prompt_tokens=prompt_tokens)
+        )
         buffered: list[StreamEvent] = []
         while True:
             try:
