@@ -44,6 +44,7 @@ Synopsis::
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 from typing import Literal, TypeAlias, TypeGuard
@@ -84,7 +85,7 @@ def _is_number(value: object) -> TypeGuard[float]:
 # --------------------------------------------------------------------------- the ring
 
 
-class _Ring:
+class _Ring(abc.ABC):
     """A ring of ``n`` time buckets covering ``window`` seconds, evicted lazily.
 
     Bucket ``e`` (its *epoch*) covers ``[e·w, (e+1)·w)`` with ``w = window / n``.  At time
@@ -119,8 +120,9 @@ class _Ring:
             epoch = head  # time never goes backwards: a stale now is the latest one seen
         return epoch % self._n
 
+    @abc.abstractmethod
     def _evict(self, slot: int) -> None:
-        raise NotImplementedError
+        """Subtract bucket ``slot`` from the running totals and clear it."""
 
     def _clear(self) -> None:
         """Forget everything: O(n), for rare events such as the breaker closing."""

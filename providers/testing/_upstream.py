@@ -68,6 +68,7 @@ then send the answer, or inject the fault instead.
 
 from __future__ import annotations
 
+import abc
 import base64
 import binascii
 import hashlib
@@ -1485,7 +1486,7 @@ class _Shape:
         return self.chat.model
 
 
-class _VendorFormat:
+class _VendorFormat(abc.ABC):
     """What differs between the vendors: error shapes, headers, bodies and streams."""
 
     name: _Wire
@@ -1499,35 +1500,36 @@ class _VendorFormat:
     #: The vendor has a safety filter (the ``content_filter`` fault applies).
     has_filter: bool = True
 
-    def authorized(self, record: RecordedRequest, route: _Route) -> bool:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def authorized(self, record: RecordedRequest, route: _Route) -> bool: ...
 
     def auth_error(self) -> _RequestError:
         """The answer to a request without a usable key."""
         return _RequestError(401, self.missing_auth_message)
 
-    def not_found_message(self, method: str, path: str) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def not_found_message(self, method: str, path: str) -> str: ...
 
     def unknown_url_reply(self, method: str, path: str, request_id: str) -> _Reply:
         return self.error_reply(
             _RequestError(404, self.not_found_message(method, path)), request_id
         )
 
-    def error_body(self, error: _RequestError, request_id: str) -> Any:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def error_body(self, error: _RequestError, request_id: str) -> Any: ...
 
     def error_reply(self, error: _RequestError, request_id: str) -> _Reply:
         return _json_reply(error.status, self.error_body(error, request_id), self, request_id)
 
+    @abc.abstractmethod
     def fault_error(
         self, status: int, state: _ScenarioState, retry_after: float | None
     ) -> _RequestError:
         """The error a ``status`` fault answers, as the vendor words it."""
-        raise NotImplementedError
+        ...
 
-    def context_error(self, limit: int, requested: int) -> _RequestError:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def context_error(self, limit: int, requested: int) -> _RequestError: ...
 
     def prompt_blocked_error(self) -> _RequestError | None:
         """How a blocked prompt is refused when it is an HTTP error (Azure), else None."""
@@ -1538,27 +1540,27 @@ class _VendorFormat:
     ) -> list[tuple[str, str]]:
         return []
 
+    @abc.abstractmethod
     def models_reply(
         self, scenario: Scenario, model_id: str, request_id: str, wall: float, query: str
-    ) -> _Reply:
-        raise NotImplementedError
+    ) -> _Reply: ...
 
     def embeddings_reply(self, route: _Route, body: Any, request_id: str) -> tuple[_Reply, int]:
         raise _RequestError(404, self.not_found_message("POST", "embeddings"))
 
-    def read_chat(self, route: _Route, body: Any, query: str) -> _ChatRead:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def read_chat(self, route: _Route, body: Any, query: str) -> _ChatRead: ...
 
     def count_tokens_reply(self, tokens: int, request_id: str) -> _Reply:
         raise _RequestError(404, self.not_found_message("POST", "countTokens"))
 
-    def chat_reply(self, plan: ReplyPlan, shape: _Shape) -> _Reply:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def chat_reply(self, plan: ReplyPlan, shape: _Shape) -> _Reply: ...
 
+    @abc.abstractmethod
     def stream_reply(
         self, plan: ReplyPlan, shape: _Shape, extra: list[tuple[str, str]]
-    ) -> _StreamReply:
-        raise NotImplementedError
+    ) -> _StreamReply: ...
 
     def stream_headers(
         self, request_id: str, extra: list[tuple[str, str]]
