@@ -155,14 +155,7 @@ class OpenRouterProvider(OpenAIProvider):
             status, error.message, metadata if isinstance(metadata, dict) else {}
         )
         if cls is ContentFiltered:
-            return ContentFiltered(
-                error.message,
-                provider=self._name,
-                status_code=status,
-                request_id=error.request_id,
-                retry_after=error.retry_after,
-                headers=headers,
-            )
+            return _recast(error, ContentFiltered)
         return error
 
     def _in_band_error(
@@ -233,15 +226,20 @@ class GroqProvider(OpenAIProvider):
     def _map_error(self, status: int, headers: dict[str, str], body: bytes) -> LLMError:
         error = super()._map_error(status, headers, body)
         if status == 498:
-            return Overloaded(
-                error.message,
-                provider=self._name,
-                status_code=status,
-                request_id=error.request_id,
-                retry_after=error.retry_after,
-                headers=headers,
-            )
+            return _recast(error, Overloaded)
         return error
+
+
+def _recast(error: LLMError, cls: type[LLMError]) -> LLMError:
+    """``error`` as a ``cls``, keeping its message, provider, status, ids and headers."""
+    return cls(
+        error.message,
+        provider=error.provider,
+        status_code=error.status_code,
+        request_id=error.request_id,
+        retry_after=error.retry_after,
+        headers=error.headers,
+    )
 
 
 # --------------------------------------------------------------------------- Together
@@ -412,14 +410,7 @@ class AzureOpenAIProvider(OpenAIProvider):
         if inner_code == "ResponsibleAIPolicyViolation" or (
             isinstance(inner, dict) and "content_filter_result" in inner
         ):
-            return ContentFiltered(
-                error.message,
-                provider=self._name,
-                status_code=status,
-                request_id=error.request_id,
-                retry_after=error.retry_after,
-                headers=headers,
-            )
+            return _recast(error, ContentFiltered)
         return error
 
 
