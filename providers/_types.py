@@ -601,6 +601,8 @@ class EmbeddingResponse(_Struct, frozen=True):
     vectors: list[list[float]]
     usage: Usage = msgspec.field(default_factory=Usage)
     cost: float | None = None
+    #: The router's trace: every target tried for these vectors (empty from an adapter).
+    attempts: list[Attempt] = msgspec.field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- streaming

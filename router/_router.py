@@ -922,8 +922,11 @@ class Router:
             return await actor.embed(req, trace=record, nowait=nowait)
 
         response, winner, race, t0, events = await self._run(model, needs, call, inputs=inputs)
+        cost = response.cost if response.cost is not None else winner.cost
+        attempts = race.trace(t0)
+        response = msgspec.structs.replace(response, attempts=attempts, cost=cost)
         if events is not None:
-            events.succeeded(winner, race.trace(t0), response, response.cost)
+            events.succeeded(winner, attempts, response, cost)
         return response
 
     # -- observability ---------------------------------------------------------------
@@ -1252,6 +1255,7 @@ class RouterStream:
             cost = response.cost
             if cost is None:
                 cost = cost_of(self._winner.candidate, response.usage)
+            self._winner.cost = cost  # the trace shows what the winner cost, too
             response = msgspec.structs.replace(response, attempts=self.attempts, cost=cost)
             self.response = response
             event = Done(response=response)

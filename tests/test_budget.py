@@ -220,3 +220,23 @@ async def test_stream_is_charged_when_it_ends(autojump_clock: trio.abc.Clock) ->
         assert stats.reserved == pytest.approx(0.0, abs=1e-12)
         assert stats.spent == pytest.approx((5 * 1.0 + 50 * 2.0) / 1e6)
         assert not math.isnan(stats.spent)
+
+
+async def test_embeddings_and_streams_carry_their_cost_in_the_trace(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Embeddings come back with their attempts and cost; a stream's winner shows its cost."""
+    config = RouterConfig(providers={"a": ProviderConfig(kind="mock")}, models={"a:m": PRICES})
+    mock = MockProvider(name="a", default=answer())
+    async with open_router(config, providers={"a": mock}) as router:
+        vectors = await router.embed("a:m", ["one", "two"])
+        assert [a.outcome for a in vectors.attempts] == ["won"]
+        assert vectors.cost == pytest.approx(vectors.usage.input_tokens * 1.0 / 1e6)
+        assert vectors.attempts[0].cost == pytest.approx(vectors.cost)
+        async with router.stream(chat()) as events:
+            async for _ in events:
+                pass
+        response = events.response
+        assert response is not None
+        assert response.attempts[0].cost == pytest.approx(response.cost)
+        assert response.cost == pytest.approx((5 * 1.0 + 50 * 2.0) / 1e6)
