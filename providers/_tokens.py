@@ -137,9 +137,23 @@ def _byte_classes() -> bytes:
 _CLASSES = _byte_classes()
 
 
+#: Each byte mapped straight to its class's weight (every weight fits in a byte).
+_BYTE_WEIGHTS = bytes(_WEIGHTS.get(bytes((c,)), 0) for c in _CLASSES)
+_WEIGHTED = tuple((cls[0], weight) for cls, weight in _WEIGHTS.items())
+
+#: Up to this many bytes, summing the per-byte weights beats counting each class.
+_SHORT = 256
+
+
 def _estimate_utf8(data: bytes, chars: int) -> int:
-    classes = data.translate(_CLASSES)
-    weighted = sum(weight * classes.count(cls) for cls, weight in _WEIGHTS.items())
+    if len(data) <= _SHORT:
+        weighted = sum(data.translate(_BYTE_WEIGHTS))
+    else:
+        classes = data.translate(_CLASSES)
+        count = classes.count
+        weighted = 0
+        for cls, weight in _WEIGHTED:
+            weighted += weight * count(cls)
     return max((chars + 3) // 4, -(-weighted // 60))
 
 

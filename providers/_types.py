@@ -371,7 +371,13 @@ class ChatRequest(_Struct, frozen=True):
     @property
     def has_images(self) -> bool:
         """Whether any message carries an image."""
-        return any(m.images for m in self.messages)
+        for m in self.messages:
+            content = m.content
+            if not isinstance(content, str):
+                for p in content:
+                    if isinstance(p, ImagePart):
+                        return True
+        return False
 
 
 class Capabilities(_Struct, frozen=True):

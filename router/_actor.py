@@ -54,10 +54,10 @@ from ._config import ProviderConfig
 from ._events import BreakerChanged, HealthChanged, Listener
 from ._health import CircuitBreaker, ErrorWindow, HealthSnapshot, LatencyStats, classify
 from ._limiter import Mailbox, Permit
-from ._policy import TargetHealth
+from ._policy import HealthStatus, TargetHealth
 from ._providers import effective_limits
 from ._race import AttemptRecord
-from ._ratelimits import parse_rate_limit_headers
+from ._ratelimits import has_rate_limit_headers, parse_rate_limit_headers
 from ._retry import RetryBudget
 
 __all__ = ["ActorStatistics", "ProviderActor"]
@@ -309,6 +309,26 @@ class ProviderActor:
             load=load,
         )
 
+    def policy_status(self, now: float) -> HealthStatus:
+        """:meth:`policy_health`'s ``status`` alone, with the same effects (a due breaker
+        transition, the percentile cache) but none of its allocations: the hot path's."""
+        if self.crashed is not None:
+            return "unhealthy"
+        breaker = self.breaker
+        state = breaker.state(now)
+        if state == "open":
+            return "unhealthy"
+        if state == "half_open":
+            return "healthy" if breaker.would_allow(now) else "unhealthy"
+        if self.errors.error_rate(now) >= DEGRADED_ERROR_RATE:
+            return "degraded"
+        degraded_latency = self.config.degraded_latency
+        if degraded_latency is not None:
+            p95 = self.latency_percentile(0.95, now, stream=self.latency.ewma is None)
+            if p95 is not None and p95 >= degraded_latency:
+                return "degraded"
+        return "healthy"
+
     def _classify(self, now: float) -> HealthSnapshot:
         stats = self.mailbox.statistics()
         return classify(
@@ -341,9 +361,8 @@ class ProviderActor:
         # on every call would cost more than the rest of the router's bookkeeping, so it
         # is republished when the verdict may have changed, and at most once a second
         # otherwise; router.health() always recomputes.
-        view = self.policy_health(now)
-        current = self.health.value
-        if view.status != current.status or now - self._published_at >= 1.0:
+        status = self.policy_status(now)
+        if status != self.health.value.status or now - self._published_at >= 1.0:
             self._published_at = now
             self._publish()
 
@@ -412,8 +431,8 @@ class ProviderActor:
         self._outcome(now)
 
     def _learn(self, headers: dict[str, str], now: float) -> None:
-        if not headers:
-            return
+        if not headers or not has_rate_limit_headers(headers):
+            return  # most answers: nothing to learn, and no need to read the clock
         info = parse_rate_limit_headers(headers, wall_now=self._wall.now())
         if info is None:
             return

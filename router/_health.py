@@ -99,15 +99,27 @@ class _Ring(abc.ABC):
     query reads the totals, and nothing runs while nothing happens (no timer task).
     """
 
-    __slots__ = ("_head", "_n", "_width")
+    __slots__ = ("_head", "_last_now", "_last_slot", "_n", "_width")
 
     def __init__(self, window: float, n: int) -> None:
         self._n = n
         self._width = window / n
         self._head: int | None = None  # the newest epoch seen
+        # The last answer of _slot: asked again for the same instant (as a call's
+        # bookkeeping does several times), the ring has not moved since.
+        self._last_now: float | None = None
+        self._last_slot = 0
 
     def _slot(self, now: float) -> int:
         """Move the ring to ``now``, evicting what fell out; the index of now's bucket."""
+        if now == self._last_now:
+            return self._last_slot
+        slot = self._move(now)
+        self._last_now = now
+        self._last_slot = slot
+        return slot
+
+    def _move(self, now: float) -> int:
         epoch = math.floor(now / self._width)
         head = self._head
         if head is None:
@@ -129,6 +141,7 @@ class _Ring(abc.ABC):
         for slot in range(self._n):
             self._evict(slot)
         self._head = None
+        self._last_now = None
 
 
 def _check_window(window: object, name: str = "window") -> float:

@@ -67,6 +67,7 @@ __all__ = [
     "estimated_cost",
     "hedge_delay",
     "plan_route",
+    "unfit",
 ]
 
 HealthStatus: TypeAlias = Literal["healthy", "degraded", "unhealthy"]
@@ -197,6 +198,9 @@ def cost_of(candidate: Candidate, usage: Usage) -> float | None:
 
 
 def _incapable(c: Candidate, needs: Needs) -> str | None:
+    wants = needs.tools or needs.vision or needs.structured_output
+    if not (wants or needs.streaming or needs.embeddings):
+        return None  # needs nothing any target could lack
     caps = c.capabilities
     for needed, able, what in (
         (needs.tools, caps.tools, "tools"),
@@ -245,6 +249,20 @@ def _cost_key(c: Candidate, needs: Needs) -> float:
     return math.inf if cost is None else cost
 
 
+def unfit(c: Candidate, needs: Needs) -> str | None:
+    """Why ``c`` cannot take a request with ``needs`` (a capability, its context
+    window), or ``None``: the filter :func:`plan_route` applies before health and cost."""
+    reason = _incapable(c, needs)
+    if reason is None and c.context_window is not None:
+        size = needs.input_tokens + needs.output_tokens
+        if size > c.context_window:
+            reason = (
+                f"needs ~{size} tokens ({needs.input_tokens} in + {needs.output_tokens} "
+                f"out), its context window is {c.context_window}"
+            )
+    return reason
+
+
 def plan_route(
     candidates: Sequence[Candidate],
     strategy: Strategy,
@@ -273,14 +291,7 @@ def plan_route(
     excluded: list[Exclusion] = []
     capable: list[Candidate] = []
     for c in candidates:
-        reason = _incapable(c, needs)
-        if reason is None and c.context_window is not None:
-            size = needs.input_tokens + needs.output_tokens
-            if size > c.context_window:
-                reason = (
-                    f"needs ~{size} tokens ({needs.input_tokens} in + {needs.output_tokens} "
-                    f"out), its context window is {c.context_window}"
-                )
+        reason = unfit(c, needs)
         if reason is None:
             left = health.get(c.provider, _HEALTHY).budget_left
             cost = None if left is None else estimated_cost(c, needs)

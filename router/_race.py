@@ -191,7 +191,9 @@ class Race(Generic[T]):
         self.winner: AttemptRecord | None = None
         self._result: T | None = None
         self._fatal: LLMError | None = None
-        self._failed = trio.Event()
+        # Set when an attempt fails, to wake the staggering loop (staggered races only:
+        # made when one starts).
+        self._failed: trio.Event
         self._failures = 0
         self._over = False
         self._running = 0
@@ -271,13 +273,15 @@ class Race(Generic[T]):
             reason = self._skip(candidate, bool(self._remaining))
             if reason is None:
                 expected = self._expected_latency(candidate)
-                now = trio.current_time()
-                deadline = trio.current_effective_deadline()
-                if expected is not None and now + expected > deadline:
-                    reason = (
-                        f"cannot finish before the deadline (expects ~{expected:.3g}s, "
-                        f"{max(0.0, deadline - now):.3g}s left)"
-                    )
+                if expected is not None:
+                    deadline = trio.current_effective_deadline()
+                    if deadline != math.inf:
+                        now = trio.current_time()
+                        if now + expected > deadline:
+                            reason = (
+                                f"cannot finish before the deadline (expects ~{expected:.3g}s, "
+                                f"{max(0.0, deadline - now):.3g}s left)"
+                            )
             if reason is None:
                 return candidate
             self._skipped(candidate, reason)
@@ -365,6 +369,7 @@ class Race(Generic[T]):
 
     async def _run_staggered(self) -> None:
         self._failed_records = deque()
+        self._failed = trio.Event()
         async with trio.open_nursery() as nursery:
             started = 0
             last_start = trio.current_time()
@@ -492,7 +497,7 @@ class Race(Generic[T]):
         self._failures += 1
         if self._failed_records is not None:
             self._failed_records.append(record)
-        self._failed.set()
+            self._failed.set()
 
     def trace(self, t0: float) -> list[Attempt]:
         """Every record as a public :class:`~providers.Attempt`, with cancel reasons."""

@@ -211,6 +211,16 @@ _HEADERS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+#: Every name in _HEADERS starts with one of these.
+RATE_LIMIT_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+assert all(name.startswith(RATE_LIMIT_PREFIXES) for name, _, _ in _HEADERS)
+
+
+def has_rate_limit_headers(headers: Mapping[str, str]) -> bool:
+    """Whether any name could be one :func:`parse_rate_limit_headers` reads (cheap)."""
+    return any(name.startswith(RATE_LIMIT_PREFIXES) for name in headers)
+
+
 def parse_rate_limit_headers(
     headers: Mapping[str, str], *, wall_now: float
 ) -> RateLimitInfo | None:

@@ -98,6 +98,7 @@ from ._events import (
 from ._health import HealthSnapshot
 from ._policy import (
     Candidate,
+    Exclusion,
     HedgeBudget,
     Needs,
     Plan,
@@ -105,6 +106,7 @@ from ._policy import (
     estimated_cost,
     hedge_delay,
     plan_route,
+    unfit,
 )
 from ._providers import build_provider, config_from_env
 from ._race import AttemptRecord, Race
@@ -144,6 +146,7 @@ class _Route:
         "fail_over_retryable",
         "hedge",
         "hedge_budget",
+        "lone_plan",
         "name",
         "spend_budget",
         "strategy",
@@ -171,6 +174,8 @@ class _Route:
             else None
         )
         self.spend_budget = spend_budget
+        #: The plan of a one-target route whose target fits the request.
+        self.lone_plan = Plan(targets=candidates)
 
     def fails_over(self, exc: LLMError) -> bool:
         """Whether ``exc`` on one target sends the request on to the next."""
@@ -552,7 +557,9 @@ class Router:
         """Run ``call`` on one target, retrying retryable errors (sequential routes only)."""
         retry = actor.config.retry
         attempt = 1
-        actor.retry_budget.record_request(trio.current_time())
+        # The attempt started this instant (no checkpoint since): its start is now.
+        start = record.start
+        actor.retry_budget.record_request(start if start is not None else trio.current_time())
         while True:
             try:
                 return await call()
@@ -611,9 +618,9 @@ class Router:
         events: _RequestEvents | None,
     ) -> None:
         """Refuse at once when even the cheapest target would cross a router/route cap."""
-        caps = [b for b in (self._budget, route.spend_budget) if b is not None]
-        if not caps:
+        if self._budget is None and route.spend_budget is None:
             return
+        caps = [b for b in (self._budget, route.spend_budget) if b is not None]
         cheapest = min(estimated_cost(c, needs) or 0.0 for c in plan.targets)
         for budget in caps:
             if cheapest > budget.headroom(now) + 1e-12:
@@ -701,15 +708,30 @@ class Router:
         try:
             route = self._route(model)
             actors = self._actors
-            health = {c.provider: actors[c.provider].policy_health(t0) for c in route.candidates}
+            candidates = route.candidates
             provider_budgets = self._provider_budgets
-            if provider_budgets:
-                for name, budget in provider_budgets.items():
-                    if name in health:
-                        health[name] = msgspec.structs.replace(
-                            health[name], budget_left=budget.headroom(t0)
-                        )
-            plan = plan_route(route.candidates, route.strategy, needs, health, t0, self._rng)
+            if len(candidates) == 1 and candidates[0].provider not in provider_budgets:
+                # A lone target is planned alike whatever its health (an unhealthy one is
+                # still tried), so only its status is read, for policy_health's effects
+                # (a due breaker transition, the percentile cache).
+                # Health is then irrelevant, and so is the strategy (one target to order),
+                # so the plan is plan_route's: the target, or its exclusion.
+                lone = candidates[0]
+                actors[lone.provider].policy_status(t0)
+                reason = unfit(lone, needs)
+                if reason is None:
+                    plan = route.lone_plan
+                else:
+                    plan = Plan(targets=(), excluded=(Exclusion(lone.target, reason),))
+            else:
+                health = {c.provider: actors[c.provider].policy_health(t0) for c in candidates}
+                if provider_budgets:
+                    for name, budget in provider_budgets.items():
+                        if name in health:
+                            health[name] = msgspec.structs.replace(
+                                health[name], budget_left=budget.headroom(t0)
+                            )
+                plan = plan_route(candidates, route.strategy, needs, health, t0, self._rng)
             if not plan.targets and any("spend cap" in e.reason for e in plan.excluded):
                 message = f"no target of {model!r} fits its budget: {plan.explain()}"
                 self._refused(events, request_id, None, "provider", message)
@@ -794,9 +816,9 @@ class Router:
             finally:
                 self._hedges += race.hedges
                 self._fallbacks += race.fallbacks
-                self._wasted_tokens += sum(
-                    r.sent_tokens for r in race.records if r.outcome in ("failed", "cancelled")
-                )
+                for r in race.records:
+                    if r.outcome == "failed" or r.outcome == "cancelled":
+                        self._wasted_tokens += r.sent_tokens
         except BaseException as exc:
             if events is not None:
                 events.failed(exc, [] if race is None else race.trace(t0))
@@ -1118,9 +1140,10 @@ class _Charge:
         else:
             actual = None
         record.cost = actual
-        now = trio.current_time()
-        for budget in self._budgets:
-            budget.settle(self._estimate, actual or 0.0, now)
+        if self._budgets:
+            now = trio.current_time()
+            for budget in self._budgets:
+                budget.settle(self._estimate, actual or 0.0, now)
         if actual:
             key = c.target
             self._spend[key] = self._spend.get(key, 0.0) + actual
