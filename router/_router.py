@@ -822,6 +822,11 @@ class Router:
         except BaseException as exc:
             if events is not None:
                 events.failed(exc, [] if race is None else race.trace(t0))
+            if isinstance(exc, LLMError):
+                # Every call is a schedule point, as trio's own operations are, also when
+                # it fails before reaching any I/O (an invalid request, no route): a
+                # loop of failing calls must not starve the other tasks.
+                await trio.lowlevel.cancel_shielded_checkpoint()
             raise
         self._succeeded += 1
         if winner.kind == "hedge":

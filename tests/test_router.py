@@ -1854,3 +1854,24 @@ def test_every_request_ends_and_nothing_leaks(
             assert p.admitted >= len(providers[n].calls)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_a_failing_call_is_still_a_schedule_point() -> None:
+    """A loop of calls that fail before any I/O (invalid requests) lets other tasks run."""
+    config = RouterConfig(providers={"m": ProviderConfig(kind="mock")})
+    async with open_router(config) as router:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            for _ in range(3):
+                ticks += 1
+                await trio.lowlevel.checkpoint()
+
+        bad = ChatRequest(model="m:x", messages=[Message.user("hi")], temperature=5.0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            for _ in range(10):
+                with pytest.raises(LLMError):
+                    await router.complete(bad)
+            assert ticks == 3
