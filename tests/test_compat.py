@@ -45,6 +45,8 @@ from providers import (
 from providers._openai import OpenAIProvider
 from providers.testing import FakeUpstream, Fault, Scenario, open_fake_upstream
 
+from ._helpers import collect
+
 KEY = "sk-compat-SECRET-1357924680"
 
 
@@ -63,11 +65,6 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 def req(text: str = "hello compat", **kw: Any) -> ChatRequest:
     kw.setdefault("messages", [Message.system("Be terse."), Message.user(text)])
     return ChatRequest(model="test-model", **kw)
-
-
-async def collect(p: OpenAIProvider, r: ChatRequest) -> list[Any]:
-    async with p.stream(r) as events:
-        return [e async for e in events]
 
 
 async def raw_stream(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> bytes:

@@ -64,6 +64,7 @@ from providers.testing import (
     open_fake_upstream,
 )
 
+from ._helpers import collect, one_fault
 from .strategies import chat_requests, text
 
 KEY = "AIza-gemini-SECRET-0123456789"
@@ -72,6 +73,7 @@ WEATHER = ToolSpec(
     description="Weather in a city",
     parameters={"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 )
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -99,15 +101,6 @@ def gemini(
 def req(words: str = "hello gemini world", **kw: Any) -> ChatRequest:
     kw.setdefault("messages", [Message.system("Be terse."), Message.user(words)])
     return ChatRequest(model="gemini-test", **kw)
-
-
-async def collect(p: GeminiProvider, r: ChatRequest) -> list[Any]:
-    async with p.stream(r) as events:
-        return [e async for e in events]
-
-
-def one_fault(kind: str, **kw: Any) -> dict[str, Scenario]:
-    return {"s": Scenario(faults=[Fault(kind=kind, rate=1.0, **kw)])}  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- happy paths

@@ -62,6 +62,7 @@ from providers.testing import (
 )
 from providers.testing._decode import sniff_image_type
 
+from ._helpers import collect, one_fault
 from .strategies import chat_requests, text
 
 KEY = "ollama-cloud-SECRET-0123456789"
@@ -70,6 +71,7 @@ WEATHER = ToolSpec(
     description="Weather in a city",
     parameters={"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 )
+
 TIME = ToolSpec(name="get_time")
 
 
@@ -94,15 +96,6 @@ def ollama(
 def req(words: str = "hello ollama world", **kw: Any) -> ChatRequest:
     kw.setdefault("messages", [Message.system("Be terse."), Message.user(words)])
     return ChatRequest(model="llama3.2", **kw)
-
-
-async def collect(p: OllamaProvider, r: ChatRequest) -> list[Any]:
-    async with p.stream(r) as events:
-        return [e async for e in events]
-
-
-def one_fault(kind: str, **kw: Any) -> dict[str, Scenario]:
-    return {"s": Scenario(faults=[Fault(kind=kind, rate=1.0, **kw)])}  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- happy paths

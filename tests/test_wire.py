@@ -55,6 +55,7 @@ from providers.testing import (
     open_fake_upstream,
 )
 
+from ._helpers import collect
 from .strategies import anthropic_view, chat_requests
 
 KEY = "sk-wire-SECRET-9876543210"
@@ -90,11 +91,6 @@ def adapter(
 def req(text: str = "hello wire world", **kw: Any) -> ChatRequest:
     kw.setdefault("messages", [Message.system("Be terse."), Message.user(text)])
     return ChatRequest(model="test-model", **kw)
-
-
-async def collect(p: HTTPProvider, r: ChatRequest) -> list[Any]:
-    async with p.stream(r) as events:
-        return [e async for e in events]
 
 
 # --------------------------------------------------------------------------- happy paths
