@@ -232,6 +232,11 @@ class StreamTranslator(Protocol):
     def finish(self) -> list[StreamEvent]: ...
 
 
+#: Reads :meth:`HTTPEventStream.finish_reading` makes at most (each returns a chunk that
+#: was buffered before the connection closed, until the closed connection raises).
+_MAX_DRAIN_READS = 1000
+
+
 class HTTPEventStream:
     """Events from one streaming HTTP response; an explicit iterator, not an async generator.
 
@@ -288,6 +293,22 @@ class HTTPEventStream:
         if not self._content_seen and is_content_event(event):
             self._content_seen = True
         return event
+
+    async def finish_reading(self) -> None:
+        """Run the body reader to its end, once the response is closed.
+
+        httpx and httpcore read a body through nested async generators.  One left
+        suspended (the caller stopped reading early) is finalized by the garbage
+        collector, and trio warns about each (``ResourceWarning``: "garbage collected
+        before it had been exhausted") — closing the outer one does not close the inner
+        ones.  With the connection closed, the next read raises (after at most what was
+        already buffered), and that ends every generator in the chain.
+        """
+        for _ in range(_MAX_DRAIN_READS):
+            try:
+                await self._bytes.__anext__()
+            except (StopAsyncIteration, Exception):
+                return
 
     def _failure(self) -> LLMError:
         # Events decoded before the failure were delivered first; what the caller has
@@ -469,6 +490,7 @@ class HTTPProvider:
     ) -> AsyncIterator[HTTPEventStream]:
         """Send a streaming request; yield its events; close the response on exit."""
         request = self._request("POST", url, body, params=params)
+        events: HTTPEventStream | None = None
         try:
             response = await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:
@@ -480,18 +502,21 @@ class HTTPProvider:
                 except httpx.HTTPError:
                     raw = b""
                 raise self._error_from_response(response, raw)
-            yield HTTPEventStream(
+            events = HTTPEventStream(
                 response,
                 make_translator(response),
                 framing=framing,
                 provider=self._name,
                 secrets=self._secrets,
             )
+            yield events
         finally:
             # Shielded, so a cancelled caller still closes the connection before leaving;
             # bounded, so a misbehaving transport cannot hold the caller forever.
             with trio.CancelScope(shield=True), trio.move_on_after(5.0):
                 await response.aclose()
+                if events is not None:
+                    await events.finish_reading()
 
 
 def decode_error_json(body: bytes) -> Any:

@@ -29,7 +29,6 @@ and a failure is :class:`~providers.StreamInterrupted`.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import logging
 import math
@@ -548,47 +547,49 @@ class Router:
 
     async def _retrying(
         self,
+        exc: LLMError,
         actor: ProviderActor,
-        call: Callable[[], Awaitable[T]],
+        call: Callable[[ProviderActor, Candidate, AttemptRecord], Awaitable[T]],
+        candidate: Candidate,
         record: AttemptRecord,
         race: Race[Any],
         events: _RequestEvents | None,
     ) -> T:
-        """Run ``call`` on one target, retrying retryable errors (sequential routes only)."""
+        """The first call on one target failed with ``exc``: retry it while the error is
+        retryable, the retry budget allows and the deadline leaves time (sequential
+        routes only).  Raises the last error when it gives up."""
         retry = actor.config.retry
         attempt = 1
-        # The attempt started this instant (no checkpoint since): its start is now.
-        start = record.start
-        actor.retry_budget.record_request(start if start is not None else trio.current_time())
         while True:
+            if race.has_remaining and isinstance(exc, RateLimited | Overloaded):
+                raise exc  # another target can serve it now; don't wait here
+            delay = retry_delay(exc, attempt, retry, self._rng)
+            now = trio.current_time()
+            if (
+                delay is None
+                or now + delay >= trio.current_effective_deadline()
+                or not actor.retry_budget.try_spend(now)
+            ):
+                raise exc
+            logger.info(
+                "provider %s: %s; retry %d in %.3gs",
+                actor.name,
+                type(exc).__name__,
+                attempt,
+                delay,
+                extra={"provider": actor.name, "request_id": race.request_id},
+            )
+            actor.retried += 1
+            self._retries += 1
+            record.retries += 1
+            if events is not None:
+                events.retry(actor.name, type(exc).__name__, attempt, delay)
+            await trio.sleep(delay)
+            attempt += 1
             try:
-                return await call()
-            except LLMError as exc:
-                if race.has_remaining and isinstance(exc, RateLimited | Overloaded):
-                    raise  # another target can serve it now; don't wait here
-                delay = retry_delay(exc, attempt, retry, self._rng)
-                now = trio.current_time()
-                if (
-                    delay is None
-                    or now + delay >= trio.current_effective_deadline()
-                    or not actor.retry_budget.try_spend(now)
-                ):
-                    raise
-                logger.info(
-                    "provider %s: %s; retry %d in %.3gs",
-                    actor.name,
-                    type(exc).__name__,
-                    attempt,
-                    delay,
-                    extra={"provider": actor.name, "request_id": race.request_id},
-                )
-                actor.retried += 1
-                self._retries += 1
-                record.retries += 1
-                if events is not None:
-                    events.retry(actor.name, type(exc).__name__, attempt, delay)
-                await trio.sleep(delay)
-                attempt += 1
+                return await call(actor, candidate, record)
+            except LLMError as again:
+                exc = again
 
     def _refused(
         self,
@@ -774,13 +775,22 @@ class Router:
                     if hedged:
                         result = await call(actor, candidate, record)
                     else:
-                        result = await self._retrying(
-                            actor,
-                            functools.partial(call, actor, candidate, record),
-                            record,
-                            race_,
-                            events,
+                        # Sequential routes retry on the same target.  The first call is
+                        # made here, not in _retrying: one coroutine layer fewer to
+                        # resume on each of its I/O wake-ups.
+                        start = record.start
+                        actor.retry_budget.record_request(
+                            start if start is not None else trio.current_time()
                         )
+                        failure: LLMError | None = None
+                        try:
+                            result = await call(actor, candidate, record)
+                        except LLMError as exc:
+                            failure = exc
+                        if failure is not None:
+                            result = await self._retrying(
+                                failure, actor, call, candidate, record, race_, events
+                            )
                 except BaseException:
                     charge.settle(record, answered=False)
                     raise
