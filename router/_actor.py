@@ -170,9 +170,14 @@ class ProviderActor:
         self._output_tokens = 0
         self._crash_next: BaseException | None = None
         self._breaker_changed = trio.Event()
-        self._published_at = trio.current_time()
+        # The run's clock, read through its bound method: trio.current_time() without
+        # the two lookups in between (the hot path reads the time a few times per call).
+        self._now = trio.lowlevel.current_clock().current_time
+        self._published_at = self._now()
         self._wall = _WallClock()
-        self.health = AsyncValue(self._classify(trio.current_time()))
+        first = self._classify(self._published_at)
+        self._status: HealthStatus = first.status  # the published verdict
+        self.health = AsyncValue(first)
 
     def __repr__(self) -> str:
         return f"ProviderActor({self.name!r}, kind={self.provider.kind!r})"
@@ -348,6 +353,7 @@ class ProviderActor:
         snapshot = self._classify(now)
         old = self.health.value
         self.health.value = snapshot
+        self._status = snapshot.status
         if old.status != snapshot.status and self._on_event is not None:
             self._on_event(
                 HealthChanged(
@@ -362,7 +368,7 @@ class ProviderActor:
         # is republished when the verdict may have changed, and at most once a second
         # otherwise; router.health() always recomputes.
         status = self.policy_status(now)
-        if status != self.health.value.status or now - self._published_at >= 1.0:
+        if status != self._status or now - self._published_at >= 1.0:
             self._published_at = now
             self._publish()
 
@@ -484,18 +490,41 @@ class ProviderActor:
         self.calibration.observe(model, prompt, response.usage.input_tokens)
 
     async def _admit(self, cost: float, output_cost: float, *, nowait: bool) -> Permit:
-        now = trio.current_time()
+        permit = self._admit_at_once(cost, output_cost, nowait=nowait)
+        if permit is not None:
+            return permit
+        return await self._wait_for_admission(cost, output_cost)
+
+    async def _wait_for_admission(self, cost: float, output_cost: float) -> Permit:
+        """Queue for a permit (after :meth:`_admit_at_once` said ``None``)."""
+        try:
+            return await self.mailbox.admit(cost, output_cost)
+        except BaseException:
+            self._not_admitted()
+            raise
+
+    def _admit_at_once(self, cost: float, output_cost: float, *, nowait: bool) -> Permit | None:
+        """The permit, when admission needs no wait; ``None`` when it must queue.
+
+        Callers reach here right after a checkpoint of their own (the router checks for
+        cancellation before it plans), so admission granted at once needs none.
+        """
+        now = self._now()
         self._check_available(now)
         try:
             if nowait:
-                return self.mailbox.admit_nowait(cost, output_cost)
-            return await self.mailbox.admit(cost, output_cost)
+                return self.mailbox.admit_nowait(cost, output_cost, now=now)
+            return self.mailbox.try_admit(cost, output_cost, now=now)
         except BaseException:
-            # Admission refused or cancelled: the call never started, so any half-open
-            # probe slot the breaker granted goes back.
-            self.breaker.record_cancelled(trio.current_time())
-            self._outcome(trio.current_time())
+            self._not_admitted()
             raise
+
+    def _not_admitted(self) -> None:
+        # Admission refused or cancelled: the call never started, so any half-open probe
+        # slot the breaker granted goes back.
+        now = self._now()
+        self.breaker.record_cancelled(now)
+        self._outcome(now)
 
     def _account(self, response: ChatResponse) -> int | None:
         usage = response.usage
@@ -518,15 +547,19 @@ class ProviderActor:
         :class:`~providers.Overloaded` instead of queueing (load shedding).
         """
         cost, output_cost, prompt = self._cost(request, prompt_tokens)
-        permit = await self._admit(cost, output_cost, nowait=nowait)
+        permit = self._admit_at_once(cost, output_cost, nowait=nowait)
+        if permit is None:
+            permit = await self._wait_for_admission(cost, output_cost)
         if trace is not None:
             trace.sent_tokens = prompt
-        start = trio.current_time()
+        # Admitted at once, or granted from the queue: either way the call starts when
+        # admission was granted (no schedule point in between, so the same instant).
+        start = permit.granted_at
         try:
             response = await self.provider.complete(request)
         except LLMError as exc:
             permit.release()
-            self._failure(exc, trio.current_time())
+            self._failure(exc, self._now())
             raise
         except Exception as exc:
             permit.release()

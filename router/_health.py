@@ -186,6 +186,11 @@ class _CallWindow(_Ring):
         self._slot(now)
         return self._calls, self._failures
 
+    @property
+    def has_failures(self) -> bool:
+        """Whether any failure may still be in the window (eviction only lowers it)."""
+        return self._failures > 0
+
 
 def _rate(failures: int, calls: int) -> float:
     return failures / calls if calls else 0.0
@@ -417,7 +422,8 @@ class CircuitBreaker:
 
     def state(self, now: float) -> BreakerState:
         """The state at ``now``, after applying a due open → half-open transition."""
-        self._tick(now)
+        if self._state == "open":
+            self._tick(now)
         return self._state
 
     def snapshot(self, now: float) -> BreakerSnapshot:
@@ -473,10 +479,13 @@ class CircuitBreaker:
         if slow is not None and latency is not None and latency > slow:
             self.record_failure(now)
             return
-        self._tick(now)
+        if self._state == "open":
+            self._tick(now)
         if self._state == "closed":
-            self._window.add(now, failed=False)
-            self._maybe_trip(now)
+            window = self._window
+            window.add(now, failed=False)
+            if window.has_failures:  # with none in the window the rate is 0: no trip
+                self._maybe_trip(now)
         elif self._state == "half_open" and self._in_flight:
             self._in_flight -= 1
             self._probe_successes += 1
@@ -860,6 +869,8 @@ class ErrorWindow(_Ring):
 
     def error_rate(self, now: float) -> float:
         """``failures / (successes + failures)`` over the window; 0.0 when it is empty."""
+        if not self._failures:
+            return 0.0  # moving the window can only evict failures, never add one
         self._slot(now)
         return _rate(self._failures, self._successes + self._failures)
 

@@ -277,18 +277,42 @@ class Mailbox:
             wait = max(wait, deficit / self._tpm.rate)
         return wait
 
-    def admit_nowait(self, cost: float = 0.0, output_cost: float = 0.0) -> Permit:
+    def admit_nowait(
+        self, cost: float = 0.0, output_cost: float = 0.0, *, now: float | None = None
+    ) -> Permit:
         """Admit now or raise :class:`~providers.Overloaded` — for load shedding."""
-        now = trio.current_time()
+        permit = self.try_admit(cost, output_cost, now=now)
+        if permit is None:
+            raise self._refuse("the provider cannot take a request right now")
+        return permit
+
+    def try_admit(
+        self, cost: float = 0.0, output_cost: float = 0.0, *, now: float | None = None
+    ) -> Permit | None:
+        """Admit now if that needs no wait, else ``None`` (nothing queued, nothing refused).
+
+        Raises like :meth:`admit` when the request can never be admitted (the mailbox is
+        closed, the cost exceeds the TPM bucket).  ``now``: the current time, when the
+        caller has just read it.  No checkpoint: the hot path's way in, for callers
+        that checkpoint themselves.
+        """
+        if now is None:
+            now = trio.current_time()
         self._check(cost, now)
         if self._queue or not self._can_admit(cost, now):
-            raise self._refuse("the provider cannot take a request right now")
+            return None
         return self._grant(cost, output_cost, now)
 
-    async def admit(self, cost: float = 0.0, output_cost: float = 0.0) -> Permit:
-        """Wait for admission in FIFO order; see the class docstring for refusals."""
+    async def admit(
+        self, cost: float = 0.0, output_cost: float = 0.0, *, now: float | None = None
+    ) -> Permit:
+        """Wait for admission in FIFO order; see the class docstring for refusals.
+
+        ``now``: the current time, when the caller has just read it.
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
-        now = trio.current_time()
+        if now is None:
+            now = trio.current_time()
         self._check(cost, now)
         if not self._queue and self._can_admit(cost, now):
             permit = self._grant(cost, output_cost, now)

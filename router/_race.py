@@ -163,6 +163,8 @@ class Race(Generic[T]):
             (closes a stream), given the result and its record.
         request_id: the request's id, for log lines.
         observer: told of every attempt as it starts and ends; ``None`` for nobody.
+        clock: reads the current time: ``trio.current_time`` or, faster, the bound
+            ``current_time`` of the run's clock.
     """
 
     def __init__(
@@ -179,8 +181,10 @@ class Race(Generic[T]):
         discard: Callable[[T, AttemptRecord], Awaitable[None]] | None = None,
         request_id: str = "",
         observer: RaceObserver | None = None,
+        clock: Callable[[], float] = trio.current_time,
     ) -> None:
         self.request_id = request_id
+        self._clock = clock
         self.observer = observer
         self._remaining: deque[Candidate] = deque(plan)
         self._attempt = attempt
@@ -207,6 +211,7 @@ class Race(Generic[T]):
         # (staggered races only).
         self._failed_records: deque[AttemptRecord] | None = None
         self._started = 0
+        self._previous: AttemptRecord | None = None  # the last sequential attempt begun
         self.hedges = 0
         self.fallbacks = 0
 
@@ -281,7 +286,7 @@ class Race(Generic[T]):
                 if expected is not None:
                     deadline = trio.current_effective_deadline()
                     if deadline != math.inf:
-                        now = trio.current_time()
+                        now = self._clock()
                         if now + expected > deadline:
                             reason = (
                                 f"cannot finish before the deadline (expects ~{expected:.3g}s, "
@@ -319,71 +324,101 @@ class Race(Generic[T]):
 
     # -- running -----------------------------------------------------------------------
 
-    async def run(self) -> tuple[T, AttemptRecord]:
-        """Run the race; return the winner's result and record, or raise (see above).
+    # -- the sequential race, driven by its caller ---------------------------------------
+    #
+    # Without hedging, one attempt runs at a time: no nursery, task or cancel scope is
+    # needed, and the caller runs each attempt inline in its own frame (every coroutine
+    # layer between the caller's task and the socket is resumed on each I/O wake-up of
+    # the attempt, so the router keeps that stack short).  The loop is::
+    #
+    #     while (candidate := race.next_target()) is not None:
+    #         record = race.begin(candidate)
+    #         try:
+    #             result = await ...attempt...
+    #         except LLMError as exc:
+    #             race.lost(record, exc)          # then: if race.decided: break
+    #         except trio.Cancelled:
+    #             race.cancelled(record); raise
+    #         else:
+    #             race.won(record, result); break
+    #     race.finish(); result, winner = race.conclude()
 
-        A race runs once.  When it ends it lets go of its callbacks: they are closures
-        that usually reference the race, and a cycle per request would leave every
-        request's objects to the cyclic garbage collector (measurable pauses at high
-        concurrency) instead of freeing them when the request ends.
+    def next_target(self) -> Candidate | None:
+        """The next target of a sequential race, or ``None`` when it is over."""
+        if self.winner is not None or self._fatal is not None:
+            return None
+        if self._started >= self._max_attempts:
+            return None
+        return self._next()
+
+    def begin(self, candidate: Candidate) -> AttemptRecord:
+        """Record the start of a sequential attempt on ``candidate`` (from next_target)."""
+        previous = self._previous
+        record = AttemptRecord(
+            candidate, "primary" if previous is None else "fallback", self._clock()
+        )
+        self.records.append(record)
+        if previous is not None:
+            self.fallbacks += 1
+            self._launch(record, previous)
+        self._previous = record
+        self._started += 1
+        record.number = self._started
+        if self.observer is not None:
+            self.observer.attempt_started(record)
+        return record
+
+    def won(self, record: AttemptRecord, result: T) -> None:
+        """A sequential attempt succeeded: the race is won."""
+        record.end = self._clock()
+        record.outcome = "won"
+        self.winner = record
+        self._result = result
+        if self.observer is not None:
+            self.observer.attempt_finished(record)
+
+    def lost(self, record: AttemptRecord, exc: Exception) -> None:
+        """A sequential attempt failed (an LLMError, or a foreign error to wrap)."""
+        self._lost(record, exc if isinstance(exc, LLMError) else _foreign(exc, record), None)
+
+    def cancelled(self, record: AttemptRecord) -> None:
+        """A sequential attempt was cancelled (the caller's scope)."""
+        record.end = self._clock()
+        record.outcome = "cancelled"
+        record.reason = self._cancel_reason()
+        self._finished(record)
+
+    def finish(self) -> None:
+        """The race is over: let go of the callbacks.
+
+        They are closures that usually reference the race, and a cycle per request
+        would leave every request's objects to the cyclic garbage collector (measurable
+        pauses at high concurrency) instead of freeing them when the request ends.
+        """
+        self._attempt = _spent
+        self._fails_over = _spent
+        self._spend_hedge = _spent
+        self._expected_latency = _spent
+        self._skip = _spent
+        self._discard = None
+        self.observer = None
+
+    def conclude(self) -> tuple[T, AttemptRecord]:
+        """The winner's result and record, or raise the race's error (see above)."""
+        return self._conclude()
+
+    # -- the staggered race ----------------------------------------------------------------
+
+    async def run(self) -> tuple[T, AttemptRecord]:
+        """Run the race in a nursery; return the winner's result and record, or raise.
+
+        Used for hedged races (attempts overlap); it runs a sequential plan too
+        (``delay = inf``), though the router drives those inline (see above).
         """
         try:
-            if self._delay == math.inf:
-                # No hedging: one attempt at a time, so no nursery, no task and no cancel
-                # scope are needed; each attempt runs inline (in this frame: every
-                # coroutine layer is resumed on every I/O wake-up of the attempt) and the
-                # caller's cancellation reaches it.
-                kind: AttemptKind = "primary"
-                previous: AttemptRecord | None = None
-                started = 0
-                while started < self._max_attempts and self._remaining:
-                    candidate = self._next()
-                    if candidate is None:
-                        break
-                    started += 1
-                    record = AttemptRecord(candidate, kind, trio.current_time())
-                    self.records.append(record)
-                    if kind == "fallback":
-                        self.fallbacks += 1
-                        self._launch(record, previous)
-                    self._started += 1
-                    record.number = self._started
-                    if self.observer is not None:
-                        self.observer.attempt_started(record)
-                    try:
-                        result = await self._attempt(candidate, record)
-                    except LLMError as exc:
-                        self._lost(record, exc, None)
-                    except trio.Cancelled:
-                        record.end = trio.current_time()
-                        record.outcome = "cancelled"
-                        record.reason = self._cancel_reason()
-                        self._finished(record)
-                        raise
-                    except Exception as exc:
-                        self._lost(record, _foreign(exc, record), None)
-                    else:
-                        record.end = trio.current_time()
-                        record.outcome = "won"
-                        self.winner = record
-                        self._result = result
-                        if self.observer is not None:
-                            self.observer.attempt_finished(record)
-                        break
-                    if self._fatal is not None:
-                        break
-                    kind = "fallback"
-                    previous = record
-            else:
-                await self._run_staggered()
+            await self._run_staggered()
         finally:
-            self._attempt = _spent
-            self._fails_over = _spent
-            self._spend_hedge = _spent
-            self._expected_latency = _spent
-            self._skip = _spent
-            self._discard = None
-            self.observer = None
+            self.finish()
         return self._conclude()
 
     async def _run_staggered(self) -> None:
@@ -391,7 +426,7 @@ class Race(Generic[T]):
         self._failed = trio.Event()
         async with trio.open_nursery() as nursery:
             started = 0
-            last_start = trio.current_time()
+            last_start = self._clock()
             kind: AttemptKind | None = "primary"
             last: AttemptRecord | None = None
             while started < self._max_attempts and self._remaining:
@@ -403,7 +438,7 @@ class Race(Generic[T]):
                 if candidate is None:
                     break
                 started += 1
-                last_start = trio.current_time()
+                last_start = self._clock()
                 assert kind is not None
                 record = AttemptRecord(candidate, kind, last_start)
                 self.records.append(record)
@@ -463,7 +498,7 @@ class Race(Generic[T]):
             return
         except trio.Cancelled:
             self._running -= 1
-            record.end = trio.current_time()
+            record.end = self._clock()
             record.outcome = "cancelled"
             record.reason = self._cancel_reason()
             self._finished(record)
@@ -473,7 +508,7 @@ class Race(Generic[T]):
             self._lost(record, _foreign(exc, record), race_scope)
             return
         self._running -= 1
-        record.end = trio.current_time()
+        record.end = self._clock()
         if self.winner is not None or self._fatal is not None:
             # Succeeded in the same instant the race was decided: lost a photo finish.
             record.outcome = "cancelled"
@@ -492,7 +527,7 @@ class Race(Generic[T]):
     def _lost(
         self, record: AttemptRecord, exc: LLMError, race_scope: trio.CancelScope | None
     ) -> None:
-        record.end = trio.current_time()
+        record.end = self._clock()
         record.outcome = "failed"
         record.error = exc
         record.reason = str(exc)

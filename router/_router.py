@@ -36,7 +36,15 @@ import os
 import random
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
@@ -338,7 +346,10 @@ class Router:
         self._id_prefix = id_prefix
         self._sequence = 0
         self._audit: AuditLog | None = None
-        start = trio.current_time()
+        # The run's clock, read through its bound method: trio.current_time() without
+        # the two lookups in between.
+        self._now = trio.lowlevel.current_clock().current_time
+        start = self._now()
         self._actors: dict[str, ProviderActor] = {
             name: ProviderActor(
                 name,
@@ -638,6 +649,8 @@ class Router:
         events: _RequestEvents | None,
     ) -> _Charge:
         """Reserve the attempt's estimated cost under every cap that applies, or refuse."""
+        if self._budget is None and route.spend_budget is None and not self._provider_budgets:
+            return _Charge(candidate, (), 0.0, self._spend)
         budgets = [
             b
             for b in (
@@ -659,6 +672,12 @@ class Router:
                     self._refused(events, request_id, candidate.provider, budget.scope, message)
                     raise BudgetExceeded(message, provider=candidate.provider)
         return _Charge(candidate, budgets, estimate, self._spend)
+
+    def _expected_whole(self, candidate: Candidate) -> float | None:
+        return self._actors[candidate.provider].expected_latency(stream=False)
+
+    def _expected_stream(self, candidate: Candidate) -> float | None:
+        return self._actors[candidate.provider].expected_latency(stream=True)
 
     def _skip(self, candidate: Candidate, more: bool) -> str | None:
         if not more:
@@ -686,7 +705,7 @@ class Router:
         final answer, or when its stream ends).
         """
         self._check_open()
-        t0 = trio.current_time()
+        t0 = self._now()
         self._sequence += 1
         if request is not None and request.metadata and request.metadata.get("request_id"):
             request_id = request.metadata["request_id"]
@@ -713,12 +732,10 @@ class Router:
             provider_budgets = self._provider_budgets
             if len(candidates) == 1 and candidates[0].provider not in provider_budgets:
                 # A lone target is planned alike whatever its health (an unhealthy one is
-                # still tried), so only its status is read, for policy_health's effects
-                # (a due breaker transition, the percentile cache).
-                # Health is then irrelevant, and so is the strategy (one target to order),
-                # so the plan is plan_route's: the target, or its exclusion.
+                # still tried, and its breaker answers at admission), and whatever the
+                # strategy (one target to order): the plan is plan_route's, the target or
+                # its exclusion, without reading health at all.
                 lone = candidates[0]
-                actors[lone.provider].policy_status(t0)
                 reason = unfit(lone, needs)
                 if reason is None:
                     plan = route.lone_plan
@@ -768,29 +785,11 @@ class Router:
             hedged = delay != math.inf
 
             async def attempt(candidate: Candidate, record: AttemptRecord) -> T:
-                actor = actors[candidate.provider]
+                # One attempt of a hedged race (in its own task): no retries, it hedges.
                 charge = self._reserve(route, candidate, needs, request_id, events)
                 record.charge = charge
                 try:
-                    if hedged:
-                        result = await call(actor, candidate, record)
-                    else:
-                        # Sequential routes retry on the same target.  The first call is
-                        # made here, not in _retrying: one coroutine layer fewer to
-                        # resume on each of its I/O wake-ups.
-                        start = record.start
-                        actor.retry_budget.record_request(
-                            start if start is not None else trio.current_time()
-                        )
-                        failure: LLMError | None = None
-                        try:
-                            result = await call(actor, candidate, record)
-                        except LLMError as exc:
-                            failure = exc
-                        if failure is not None:
-                            result = await self._retrying(
-                                failure, actor, call, candidate, record, race_, events
-                            )
+                    result = await call(actors[candidate.provider], candidate, record)
                 except BaseException:
                     charge.settle(record, answered=False)
                     raise
@@ -799,23 +798,64 @@ class Router:
                 # A stream's charge is settled when the caller's stream ends.
                 return result
 
-            race = race_ = Race(
+            race = Race(
                 targets,
                 attempt=attempt,
                 max_attempts=max_attempts,
                 delay=delay,
                 fails_over=route.fails_over,
                 spend_hedge=hedge_budget.try_spend if hedge_budget is not None else _never,
-                expected_latency=lambda c: actors[c.provider].expected_latency(
-                    stream=needs.streaming
-                ),
+                expected_latency=self._expected_stream if needs.streaming else self._expected_whole,
                 skip=self._skip,
                 discard=discard,
                 request_id=request_id,
                 observer=events,
+                clock=self._now,
             )
             try:
-                result, winner = await race.run()
+                if hedged:
+                    result, winner = await race.run()
+                else:
+                    # Sequential: each attempt runs inline, here (see Race), retrying on
+                    # its target before the race moves on.
+                    try:
+                        while (candidate := race.next_target()) is not None:
+                            record = race.begin(candidate)
+                            actor = actors[candidate.provider]
+                            try:
+                                charge = self._reserve(route, candidate, needs, request_id, events)
+                                record.charge = charge
+                                try:
+                                    start = record.start
+                                    assert start is not None
+                                    actor.retry_budget.record_request(start)
+                                    failure: LLMError | None = None
+                                    try:
+                                        result = await call(actor, candidate, record)
+                                    except LLMError as exc:
+                                        failure = exc
+                                    if failure is not None:
+                                        result = await self._retrying(
+                                            failure, actor, call, candidate, record, race, events
+                                        )
+                                except BaseException:
+                                    charge.settle(record, answered=False)
+                                    raise
+                                if not needs.streaming:
+                                    charge.settle(record, answered=True)
+                            except LLMError as exc:
+                                race.lost(record, exc)
+                            except trio.Cancelled:
+                                race.cancelled(record)
+                                raise
+                            except Exception as exc:
+                                race.lost(record, exc)
+                            else:
+                                race.won(record, result)
+                                break
+                    finally:
+                        race.finish()
+                    result, winner = race.conclude()
             except LLMError as exc:
                 self._failed += 1
                 exc.attempts = tuple(race.trace(t0))
@@ -860,11 +900,13 @@ class Router:
         """
         needs = Needs.of(request, streaming=False, default_max_tokens=self._default_max_tokens)
 
-        async def call(
+        # A plain function returning the actor's coroutine: awaited by the router, it is
+        # one coroutine layer fewer to resume on every I/O wake-up of the attempt.
+        def call(
             actor: ProviderActor, candidate: Candidate, record: AttemptRecord
-        ) -> ChatResponse:
+        ) -> Coroutine[Any, Any, ChatResponse]:
             sent = msgspec.structs.replace(request, model=candidate.model)
-            return await actor.complete(
+            return actor.complete(
                 sent, trace=record, nowait=nowait, prompt_tokens=_same_count(needs, request, sent)
             )
 
@@ -874,9 +916,8 @@ class Router:
         response = msgspec.structs.replace(
             response,
             attempts=race.trace(t0),
-            cost=response.cost
-            if response.cost is not None
-            else cost_of(winner.candidate, response.usage),
+            # The winner's cost was settled from this answer's usage.
+            cost=response.cost if response.cost is not None else winner.cost,
         )
         if events is not None:
             events.succeeded(winner, response.attempts, response, response.cost)
@@ -899,11 +940,11 @@ class Router:
         """
         needs = Needs.of(request, streaming=True, default_max_tokens=self._default_max_tokens)
 
-        async def call(
+        def call(
             actor: ProviderActor, candidate: Candidate, record: AttemptRecord
-        ) -> _Opened:
+        ) -> Coroutine[Any, Any, _Opened]:
             sent = msgspec.structs.replace(request, model=candidate.model)
-            return await _open_committed(
+            return _open_committed(
                 actor, sent, record, nowait=nowait, prompt_tokens=_same_count(needs, request, sent)
             )
 
@@ -950,13 +991,13 @@ class Router:
         """
         needs = Needs(embeddings=True)
 
-        async def call(
+        def call(
             actor: ProviderActor, candidate: Candidate, record: AttemptRecord
-        ) -> EmbeddingResponse:
+        ) -> Coroutine[Any, Any, EmbeddingResponse]:
             req = EmbeddingRequest(
                 model=candidate.model, inputs=list(inputs), dimensions=dimensions
             )
-            return await actor.embed(req, trace=record, nowait=nowait)
+            return actor.embed(req, trace=record, nowait=nowait)
 
         response, winner, race, t0, events = await self._run(model, needs, call, inputs=inputs)
         cost = response.cost if response.cost is not None else winner.cost
@@ -1133,7 +1174,7 @@ class _Charge:
     def __init__(
         self,
         candidate: Candidate,
-        budgets: list[Budget],
+        budgets: Sequence[Budget],
         estimate: float,
         spend: dict[str, float],
     ) -> None:
