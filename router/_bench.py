@@ -10,8 +10,9 @@ overhead      in-process: MockProvider with zero latency, ``router.complete`` ag
               concurrency 1 and 100
 loopback      over HTTP: the fake upstream in a separate process answering at once; the
               same chat requests through the router and through a bare
-              ``httpx.AsyncClient`` (same body, same JSON decode), in the same run;
-              throughput ratio and added latency
+              ``httpx.AsyncClient`` (same body, same JSON decode), in ten alternating
+              rounds of the same run; throughput ratio and added latency (medians of
+              the rounds' paired figures) and the range of the rounds' ratios
 hedging       the stall scenario over real sockets (fake upstream in a separate process):
               p50 / p99 / p99.9 with and without hedging, extra attempts
 scale         1,000 concurrent streaming requests through one router over loopback: all
@@ -198,16 +199,27 @@ async def _openai_router(
 
 
 class LoopbackResult(msgspec.Struct, frozen=True, kw_only=True):
-    """Over HTTP: the router against bare httpx, same server, same run."""
+    """Over HTTP: the router against bare httpx, same server, same run.
+
+    The two run in alternating rounds (``rounds`` of each, the order swapped every
+    round, so drift in the machine or the server hits both alike); ``throughput_ratio``
+    and ``added_p50_us`` are the medians of the rounds' paired figures, and
+    ``ratio_low``/``ratio_high`` the lowest and highest round's ratio.
+    """
 
     concurrency: int
     bare: Latencies
     router: Latencies
     throughput_ratio: float
     added_p50_us: float
+    rounds: int = 1
+    ratio_low: float = math.nan
+    ratio_high: float = math.nan
 
 
-async def bench_loopback(requests: int = 5_000, concurrency: int = 1) -> LoopbackResult:
+async def bench_loopback(
+    requests: int = 5_000, concurrency: int = 1, rounds: int = 10
+) -> LoopbackResult:
     """Router over loopback HTTP against a bare ``httpx.AsyncClient`` to the same server."""
     body = msgspec.json.encode(
         {
@@ -217,6 +229,7 @@ async def bench_loopback(requests: int = 5_000, concurrency: int = 1) -> Loopbac
         }
     )
     headers = {"authorization": "Bearer sk-bench-not-a-key", "content-type": "application/json"}
+    rounds = max(1, min(rounds, requests // max(concurrency, 1)))
     with _upstream_process() as url:
         async with _client(max(concurrency, 1)) as client, _openai_router(url, client) as router:
             request = _request("a:gpt-4o-mini")
@@ -233,22 +246,32 @@ async def bench_loopback(requests: int = 5_000, concurrency: int = 1) -> Loopbac
 
             await _drive(bare, 300, concurrency)  # warm up connections on both paths
             await _drive(routed, 300, concurrency)
-            # Interleave rounds so drift (the machine, the server) hits both alike.
             bare_samples: list[Latencies] = []
             routed_samples: list[Latencies] = []
-            rounds = 4
-            for _ in range(rounds):
-                bare_samples.append(await _drive(bare, requests // rounds, concurrency))
-                routed_samples.append(await _drive(routed, requests // rounds, concurrency))
-    bare_all = _merge(bare_samples)
-    routed_all = _merge(routed_samples)
+            for i in range(rounds):
+                order = ((bare, bare_samples), (routed, routed_samples))
+                for call, samples in order if i % 2 == 0 else reversed(order):
+                    samples.append(await _drive(call, requests // rounds, concurrency))
+    ratios = sorted(
+        r.per_second / b.per_second for b, r in zip(bare_samples, routed_samples, strict=True)
+    )
+    added = sorted(r.p50_us - b.p50_us for b, r in zip(bare_samples, routed_samples, strict=True))
     return LoopbackResult(
         concurrency=concurrency,
-        bare=bare_all,
-        router=routed_all,
-        throughput_ratio=routed_all.per_second / bare_all.per_second,
-        added_p50_us=routed_all.p50_us - bare_all.p50_us,
+        bare=_merge(bare_samples),
+        router=_merge(routed_samples),
+        throughput_ratio=_median(ratios),
+        added_p50_us=_median(added),
+        rounds=rounds,
+        ratio_low=ratios[0],
+        ratio_high=ratios[-1],
     )
+
+
+def _median(ordered: list[float]) -> float:
+    n = len(ordered)
+    mid = n // 2
+    return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def _merge(parts: list[Latencies]) -> Latencies:
@@ -475,7 +498,8 @@ def _report(name: str, r: Any) -> str:
                 f" {x.router.per_second:6.0f} req/s"
             )
             lines.append(
-                f"        throughput ratio {x.throughput_ratio:.1%},"
+                f"        throughput ratio {x.throughput_ratio:.1%}"
+                f" (rounds {x.ratio_low:.1%}..{x.ratio_high:.1%}),"
                 f" router adds {x.added_p50_us:.1f} µs at p50"
             )
         return "\n".join(lines)

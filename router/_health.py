@@ -99,23 +99,29 @@ class _Ring(abc.ABC):
     query reads the totals, and nothing runs while nothing happens (no timer task).
     """
 
-    __slots__ = ("_head", "_last_now", "_last_slot", "_n", "_width")
+    __slots__ = ("_head", "_last_slot", "_n", "_valid_from", "_valid_until", "_width")
 
     def __init__(self, window: float, n: int) -> None:
         self._n = n
         self._width = window / n
         self._head: int | None = None  # the newest epoch seen
-        # The last answer of _slot: asked again for the same instant (as a call's
-        # bookkeeping does several times), the ring has not moved since.
-        self._last_now: float | None = None
+        # The last answer of _slot and the times it holds for: from the instant it was
+        # computed to the end of the head bucket, the ring cannot move (a call's
+        # bookkeeping asks several times, thousands of calls a second ask within one
+        # bucket).
+        self._valid_from = math.inf
+        self._valid_until = -math.inf
         self._last_slot = 0
 
     def _slot(self, now: float) -> int:
         """Move the ring to ``now``, evicting what fell out; the index of now's bucket."""
-        if now == self._last_now:
+        if self._valid_from <= now < self._valid_until:
             return self._last_slot
         slot = self._move(now)
-        self._last_now = now
+        head = self._head
+        assert head is not None
+        self._valid_from = now
+        self._valid_until = (head + 1) * self._width
         self._last_slot = slot
         return slot
 
@@ -141,7 +147,8 @@ class _Ring(abc.ABC):
         for slot in range(self._n):
             self._evict(slot)
         self._head = None
-        self._last_now = None
+        self._valid_from = math.inf
+        self._valid_until = -math.inf
 
 
 def _check_window(window: object, name: str = "window") -> float:

@@ -167,6 +167,36 @@ class Race(Generic[T]):
             ``current_time`` of the run's clock.
     """
 
+    __slots__ = (
+        "_attempt",
+        "_clock",
+        "_context_limit",
+        "_delay",
+        "_discard",
+        "_expected_latency",
+        "_failed",
+        "_failed_records",
+        "_fails_over",
+        "_failures",
+        "_fatal",
+        "_max_attempts",
+        "_over",
+        "_previous",
+        "_remaining",
+        "_result",
+        "_running",
+        "_skip",
+        "_spend_hedge",
+        "_started",
+        "errors",
+        "fallbacks",
+        "hedges",
+        "observer",
+        "records",
+        "request_id",
+        "winner",
+    )
+
     def __init__(
         self,
         plan: Sequence[Candidate],

@@ -218,7 +218,10 @@ assert all(name.startswith(RATE_LIMIT_PREFIXES) for name, _, _ in _HEADERS)
 
 def has_rate_limit_headers(headers: Mapping[str, str]) -> bool:
     """Whether any name could be one :func:`parse_rate_limit_headers` reads (cheap)."""
-    return any(name.startswith(RATE_LIMIT_PREFIXES) for name in headers)
+    for name in headers:  # noqa: SIM110 - a loop, not any(genexpr): runs on every answer
+        if name.startswith(RATE_LIMIT_PREFIXES):
+            return True
+    return False
 
 
 def parse_rate_limit_headers(

@@ -47,6 +47,7 @@ from providers import (
     UnsupportedFeature,
 )
 from providers._anthropic import AnthropicStreamTranslator
+from providers._http import _MAX_URLS
 from providers._openai import OpenAIStreamTranslator
 from providers._sse import ServerSentEvent
 
@@ -735,3 +736,22 @@ def test_errors_are_picklable_with_their_attributes() -> None:
         2.0,
         str(e),
     )
+
+
+def test_parsed_endpoint_urls_are_reused_and_bounded() -> None:
+    """Each endpoint URL is parsed once and reused (httpx parses string URLs on every
+    request); per-model endpoints cannot grow the cache past its bound; query parameters
+    still merge into the parsed URL."""
+    provider = OpenAIProvider(
+        api_key="sk-test", base_url="https://api.example.test/v1", client=httpx.AsyncClient()
+    )
+    first = provider._request("POST", "https://api.example.test/v1/chat/completions", {})
+    again = provider._request("POST", "https://api.example.test/v1/chat/completions", {})
+    assert str(first.url) == str(again.url) == "https://api.example.test/v1/chat/completions"
+    assert len(provider._urls) == 1
+    for i in range(_MAX_URLS + 10):
+        request = provider._request(
+            "POST", f"https://api.example.test/v1/models/m{i}:go", {}, params={"v": "1"}
+        )
+        assert str(request.url) == f"https://api.example.test/v1/models/m{i}:go?v=1"
+        assert len(provider._urls) <= _MAX_URLS

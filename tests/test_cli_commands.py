@@ -407,3 +407,27 @@ def test_bad_command_lines_are_usage_errors(args: list[str], says: str) -> None:
     assert result.stderr.startswith("usage: llm-router")
     assert says in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bench_quick_writes_its_tables_and_json(tmp_path: Path) -> None:
+    """``llm-router bench --quick`` runs the in-process and loopback benchmarks for real
+    (the fake upstream in a child process) and writes the printed figures as JSON: the
+    loopback ratio is a median of paired rounds inside its rounds' range.  Structure
+    only — how fast is for docs/benchmarks.md, never asserted here."""
+    out = tmp_path / "bench.json"
+    result = llm_router("bench", "--quick", "overhead", "loopback", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "overhead (in-process" in result.stdout
+    assert "throughput ratio" in result.stdout
+    figures = json.loads(out.read_text())
+    assert set(figures) >= {"machine", "overhead", "loopback"}
+    assert figures["overhead"]["router_c1"]["requests"] > 0
+    for run in figures["loopback"]:
+        assert run["concurrency"] in (1, 16)
+        assert run["rounds"] >= 1
+        assert run["ratio_low"] <= run["throughput_ratio"] <= run["ratio_high"]
+        assert run["bare"]["requests"] == run["router"]["requests"] > 0
+    result = llm_router("bench", "nonsense")
+    assert result.returncode != 0
+    assert "nonsense" in result.stderr
+    assert "Traceback" not in result.stderr

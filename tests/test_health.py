@@ -816,6 +816,55 @@ def test_error_window_eviction_exact() -> None:
         ErrorWindow(window=-1.0)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    window=st.sampled_from([1.0, 2.0, 4.0, 60.0]),
+    steps=st.lists(
+        st.tuples(st.integers(0, 40), st.booleans(), st.integers(0, 2)), min_size=1, max_size=60
+    ),
+)
+def test_windows_count_exactly_what_a_recount_of_the_log_gives(
+    window: float, steps: list[tuple[int, bool, int]]
+) -> None:
+    """Invariant: at every instant, the error window's counts and the latency window's
+    count equal a recount of the event log — an event at ``t`` counts at ``now`` iff
+    ``floor(now/w) - n < floor(t/w)``, ``w`` the bucket width — however the ring caches
+    its current bucket between calls.
+
+    Time never goes backwards; several events and reads share an instant (as a call's
+    bookkeeping does); times are multiples of 1/8 s (exact in binary), and after the
+    last event the windows are read as they empty.
+    """
+    errors = ErrorWindow(window=window)
+    latency = LatencyStats(window=window, buckets_per_window=4)
+    n_err = max(1, math.ceil(window))
+    log: list[tuple[float, bool]] = []
+
+    def check(at: float) -> None:
+        w_err = window / n_err
+        live = [f for t, f in log if math.floor(at / w_err) - n_err < math.floor(t / w_err)]
+        assert errors.failures(at) == sum(live)
+        assert errors.successes(at) == len(live) - sum(live)
+        w_lat = window / 4
+        assert latency.count(at) == sum(
+            1 for t, _ in log if math.floor(at / w_lat) - 4 < math.floor(t / w_lat)
+        )
+
+    now = 0.0
+    for eighths, failed, reads in steps:
+        now += eighths / 8
+        log.append((now, failed))
+        if failed:
+            errors.record_failure("ServerError", now)
+        else:
+            errors.record_success(now)
+        latency.record(0.5, now)
+        for _ in range(reads + 1):
+            check(now)
+    for eighths in range(1, int(window * 8) * 2 + 2):
+        check(now + eighths / 8)
+
+
 # --------------------------------------------------------------------------- classify
 
 CLOSED = BreakerSnapshot(state="closed")
