@@ -65,6 +65,8 @@ _SURFACED_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 _SURFACED = frozenset(
     {"retry-after", "retry-after-ms", "x-should-retry", "x-request-id", "request-id"}
 )
+_SURFACED_BYTES = frozenset(name.encode() for name in _SURFACED)
+_SURFACED_PREFIXES_BYTES = tuple(prefix.encode() for prefix in _SURFACED_PREFIXES)
 
 
 def default_client(*, http2: bool | None = None) -> httpx.AsyncClient:
@@ -95,6 +97,18 @@ def default_client(*, http2: bool | None = None) -> httpx.AsyncClient:
 def surface_headers(headers: httpx.Headers | Mapping[str, str]) -> dict[str, str]:
     """The response headers the router learns from: retry, rate limit, request id."""
     out: dict[str, str] = {}
+    if isinstance(headers, httpx.Headers):
+        # On every answer: match the raw names and decode only what is kept (httpx's
+        # items() decodes and joins every header first).  Repeated names are joined
+        # with ", " as items() does.
+        encoding = headers.encoding
+        for key, raw in headers.raw:
+            lkey = key.lower()
+            if lkey in _SURFACED_BYTES or lkey.startswith(_SURFACED_PREFIXES_BYTES):
+                lname = lkey.decode(encoding)
+                value = raw.decode(encoding)
+                out[lname] = f"{out[lname]}, {value}" if lname in out else value
+        return out
     for name, value in headers.items():
         lname = name.lower()
         if lname in _SURFACED or lname.startswith(_SURFACED_PREFIXES):

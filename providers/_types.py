@@ -429,36 +429,35 @@ def validate_request(request: ChatRequest, capabilities: Capabilities | None = N
         raise InvalidRequest("tool_choice 'required' needs at least one tool")
 
     for i, m in enumerate(request.messages):
-        where = f"messages[{i}]"
         if m.role == "system":
             if seen_non_system:
                 raise InvalidRequest(
-                    f"{where}: system messages must come before every other message"
+                    f"messages[{i}]: system messages must come before every other message"
                 )
             continue
         if not seen_non_system and m.role != "user":
             raise InvalidRequest(
-                f"{where}: the first message after the system prompt must be a user message, "
+                f"messages[{i}]: the first message after the system prompt must be a user message, "
                 f"not {m.role!r}"
             )
         seen_non_system = True
         if m.role == "tool":
             if m.tool_call_id not in open_calls:
                 raise InvalidRequest(
-                    f"{where}: tool result for {m.tool_call_id!r} has no matching tool call in "
-                    "an earlier assistant message"
+                    f"messages[{i}]: tool result for {m.tool_call_id!r} has no matching tool "
+                    "call in an earlier assistant message"
                 )
             open_calls.discard(m.tool_call_id)
         elif m.role == "assistant":
             if open_calls:
                 raise InvalidRequest(
-                    f"{where}: tool calls {sorted(open_calls)} need tool results before the "
+                    f"messages[{i}]: tool calls {sorted(open_calls)} need tool results before the "
                     "next assistant message"
                 )
             open_calls = {c.id for c in m.tool_calls}
         elif m.role == "user" and open_calls:
             raise InvalidRequest(
-                f"{where}: tool calls {sorted(open_calls)} need tool results before the "
+                f"messages[{i}]: tool calls {sorted(open_calls)} need tool results before the "
                 "next user message"
             )
     if not seen_non_system:

@@ -324,7 +324,11 @@ class RetryBudget:
 
     def record_request(self, now: float) -> None:
         """Count one first try (not a retry) at trio time ``now``; it funds retries."""
-        i = self._advance(now)
+        head = self._head
+        if head is not None and now < head + 1:
+            i = head % self._size  # the newest second (or a stale now): what _advance says
+        else:
+            i = self._advance(now)
         self._requests[i] += 1
         self._total_requests += 1
 

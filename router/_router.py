@@ -755,7 +755,8 @@ class Router:
                 self._refused(events, request_id, None, "provider", message)
                 raise BudgetExceeded(message)
             plan.raise_if_empty(model)
-            self._check_budgets(route, plan, needs, t0, request_id, events)
+            if self._budget is not None or route.spend_budget is not None:
+                self._check_budgets(route, plan, needs, t0, request_id, events)
             self._requests += 1
             try:
                 # A request made in a scope that is already cancelled is cancelled, not
@@ -783,20 +784,25 @@ class Router:
                         primary.latency_samples(t0, stream=stream),
                     )
             hedged = delay != math.inf
+            # Sequential races run their attempts inline, below: no closure for them.
+            attempt: Callable[[Candidate, AttemptRecord], Awaitable[T]] = _inline
+            if hedged:
 
-            async def attempt(candidate: Candidate, record: AttemptRecord) -> T:
-                # One attempt of a hedged race (in its own task): no retries, it hedges.
-                charge = self._reserve(route, candidate, needs, request_id, events)
-                record.charge = charge
-                try:
-                    result = await call(actors[candidate.provider], candidate, record)
-                except BaseException:
-                    charge.settle(record, answered=False)
-                    raise
-                if not needs.streaming:
-                    charge.settle(record, answered=True)
-                # A stream's charge is settled when the caller's stream ends.
-                return result
+                async def hedged_attempt(candidate: Candidate, record: AttemptRecord) -> T:
+                    # One attempt of a hedged race (in its own task): no retries.
+                    charge = self._reserve(route, candidate, needs, request_id, events)
+                    record.charge = charge
+                    try:
+                        result = await call(actors[candidate.provider], candidate, record)
+                    except BaseException:
+                        charge.settle(record, answered=False)
+                        raise
+                    if not needs.streaming:
+                        charge.settle(record, answered=True)
+                    # A stream's charge is settled when the caller's stream ends.
+                    return result
+
+                attempt = hedged_attempt
 
             race = Race(
                 targets,
@@ -1216,6 +1222,11 @@ def _over_budget(budget: Budget, estimate: float, now: float) -> str:
 
 def _never() -> bool:
     return False
+
+
+async def _inline(candidate: Candidate, record: AttemptRecord) -> Any:
+    """The attempt of a sequential race, which the router runs inline instead."""
+    raise AssertionError("a sequential race's attempts run in Router._run")
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -47,7 +47,7 @@ from providers import (
     UnsupportedFeature,
 )
 from providers._anthropic import AnthropicStreamTranslator
-from providers._http import _MAX_URLS
+from providers._http import _MAX_URLS, surface_headers
 from providers._openai import OpenAIStreamTranslator
 from providers._sse import ServerSentEvent
 
@@ -755,3 +755,34 @@ def test_parsed_endpoint_urls_are_reused_and_bounded() -> None:
         )
         assert str(request.url) == f"https://api.example.test/v1/models/m{i}:go?v=1"
         assert len(provider._urls) <= _MAX_URLS
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                [
+                    "Retry-After",
+                    "retry-after-ms",
+                    "X-Request-ID",
+                    "x-ratelimit-remaining-requests",
+                    "Anthropic-RateLimit-Tokens-Reset",
+                    "content-type",
+                    "date",
+                    "x-should-retry",
+                ]
+            ),
+            st.text(st.characters(min_codepoint=0x21, max_codepoint=0x3FF), max_size=12),
+        ),
+        max_size=10,
+    )
+)
+def test_surface_headers_reads_httpx_headers_as_their_mapping(
+    pairs: list[tuple[str, str]],
+) -> None:
+    """Invariant: from an ``httpx.Headers``, surface_headers keeps exactly what it keeps
+    from the same headers as a plain mapping (httpx's decoded, joined view), with
+    lower-case names — the raw fast path changes nothing."""
+    headers = httpx.Headers([(k.encode(), v.encode("utf-8")) for k, v in pairs])
+    assert surface_headers(headers) == surface_headers(dict(headers.items()))
