@@ -10,9 +10,10 @@ overhead      in-process: MockProvider with zero latency, ``router.complete`` ag
               concurrency 1 and 100
 loopback      over HTTP: the fake upstream in a separate process answering at once; the
               same chat requests through the router and through a bare
-              ``httpx.AsyncClient`` (same body, same JSON decode), in ten alternating
-              rounds of the same run; throughput ratio and added latency (medians of
-              the rounds' paired figures) and the range of the rounds' ratios
+              ``httpx.AsyncClient`` (same body, same JSON decode), in alternating
+              rounds of the same run (each router round against the bare rounds on
+              either side); throughput ratio and added latency (medians over the
+              rounds) and the range of the rounds' ratios
 hedging       the stall scenario over real sockets (fake upstream in a separate process):
               p50 / p99 / p99.9 with and without hedging, extra attempts
 scale         1,000 concurrent streaming requests through one router over loopback: all
@@ -201,10 +202,11 @@ async def _openai_router(
 class LoopbackResult(msgspec.Struct, frozen=True, kw_only=True):
     """Over HTTP: the router against bare httpx, same server, same run.
 
-    The two run in alternating rounds (``rounds`` of each, the order swapped every
-    round, so drift in the machine or the server hits both alike); ``throughput_ratio``
-    and ``added_p50_us`` are the medians of the rounds' paired figures, and
-    ``ratio_low``/``ratio_high`` the lowest and highest round's ratio.
+    They run in alternating rounds, bare first and last (``rounds`` router rounds,
+    ``rounds + 1`` bare ones); each router round is compared with the mean of the bare
+    rounds either side of it, which cancels drift in the machine or the server to first
+    order.  ``throughput_ratio`` and ``added_p50_us`` are the medians of those
+    comparisons, ``ratio_low``/``ratio_high`` the lowest and highest.
     """
 
     concurrency: int
@@ -246,16 +248,23 @@ async def bench_loopback(
 
             await _drive(bare, 300, concurrency)  # warm up connections on both paths
             await _drive(routed, 300, concurrency)
-            bare_samples: list[Latencies] = []
+            # bare, router, bare, router, ..., bare: each router round is compared with
+            # the bare rounds either side of it, which cancels drift (the machine, the
+            # server warming up) to first order.
+            per_round = requests // rounds
+            bare_samples = [await _drive(bare, per_round, concurrency)]
             routed_samples: list[Latencies] = []
-            for i in range(rounds):
-                order = ((bare, bare_samples), (routed, routed_samples))
-                for call, samples in order if i % 2 == 0 else reversed(order):
-                    samples.append(await _drive(call, requests // rounds, concurrency))
-    ratios = sorted(
-        r.per_second / b.per_second for b, r in zip(bare_samples, routed_samples, strict=True)
-    )
-    added = sorted(r.p50_us - b.p50_us for b, r in zip(bare_samples, routed_samples, strict=True))
+            for _ in range(rounds):
+                routed_samples.append(await _drive(routed, per_round, concurrency))
+                bare_samples.append(await _drive(bare, per_round, concurrency))
+    ratios: list[float] = []
+    added: list[float] = []
+    for i, r in enumerate(routed_samples):
+        before, after = bare_samples[i], bare_samples[i + 1]
+        ratios.append(r.per_second / ((before.per_second + after.per_second) / 2))
+        added.append(r.p50_us - (before.p50_us + after.p50_us) / 2)
+    ratios.sort()
+    added.sort()
     return LoopbackResult(
         concurrency=concurrency,
         bare=_merge(bare_samples),
