@@ -319,13 +319,18 @@ class HTTPEventStream:
         collector, and trio warns about each (``ResourceWarning``: "garbage collected
         before it had been exhausted") — closing the outer one does not close the inner
         ones.  With the connection closed, the next read raises (after at most what was
-        already buffered), and that ends every generator in the chain.
+        already buffered), and that ends every generator in the chain.  Never waits.
         """
-        for _ in range(_MAX_DRAIN_READS):
-            try:
-                await self._bytes.__anext__()
-            except (StopAsyncIteration, Exception):
-                return
+        # In a cancelled scope: the first read that would wait raises Cancelled (an
+        # HTTP/2 stream, once closed, would never get data nor an error), and that
+        # ends the chain as well as the closed connection's error does.
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            for _ in range(_MAX_DRAIN_READS):
+                try:
+                    await self._bytes.__anext__()
+                except (StopAsyncIteration, Exception):
+                    return
 
     def _failure(self) -> LLMError:
         # Events decoded before the failure were delivered first; what the caller has

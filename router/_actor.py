@@ -490,6 +490,8 @@ class ProviderActor:
         self.calibration.observe(model, prompt, response.usage.input_tokens)
 
     async def _admit(self, cost: float, output_cost: float, *, nowait: bool) -> Permit:
+        # A call made in a cancelled scope takes no permit: nothing is charged or sent.
+        await trio.lowlevel.checkpoint_if_cancelled()
         permit = self._admit_at_once(cost, output_cost, nowait=nowait)
         if permit is not None:
             return permit
@@ -506,8 +508,8 @@ class ProviderActor:
     def _admit_at_once(self, cost: float, output_cost: float, *, nowait: bool) -> Permit | None:
         """The permit, when admission needs no wait; ``None`` when it must queue.
 
-        Callers reach here right after a checkpoint of their own (the router checks for
-        cancellation before it plans), so admission granted at once needs none.
+        Callers check for cancellation first (``checkpoint_if_cancelled``): a permit
+        granted here is for a call that will be sent.
         """
         now = self._now()
         self._check_available(now)
@@ -547,6 +549,10 @@ class ProviderActor:
         :class:`~providers.Overloaded` instead of queueing (load shedding).
         """
         cost, output_cost, prompt = self._cost(request, prompt_tokens)
+        # A call made in a cancelled scope takes no permit: nothing is charged or sent
+        # (a hedge started as the race is decided, a fallback as the caller is
+        # cancelled).  Not a schedule point otherwise.
+        await trio.lowlevel.checkpoint_if_cancelled()
         permit = self._admit_at_once(cost, output_cost, nowait=nowait)
         if permit is None:
             permit = await self._wait_for_admission(cost, output_cost)

@@ -121,9 +121,24 @@ class _Ring(abc.ABC):
         head = self._head
         assert head is not None
         self._valid_from = now
-        self._valid_until = (head + 1) * self._width
+        self._valid_until = self._epoch_end(head)
         self._last_slot = slot
         return slot
+
+    def _epoch_end(self, epoch: int) -> float:
+        """The first time whose epoch, ``floor(t / w)``, is past ``epoch``.
+
+        ``(epoch + 1)·w`` give or take a few ulps: the product and the division round
+        separately, and the cache must agree with ``floor(t / w)`` to the last bit
+        (division is monotonic, so the boundary is one number).
+        """
+        width = self._width
+        end = (epoch + 1) * width
+        while math.floor(end / width) <= epoch:
+            end = math.nextafter(end, math.inf)
+        while math.floor(math.nextafter(end, -math.inf) / width) > epoch:
+            end = math.nextafter(end, -math.inf)
+        return end
 
     def _move(self, now: float) -> int:
         epoch = math.floor(now / self._width)

@@ -736,6 +736,9 @@ class Router:
                 # strategy (one target to order): the plan is plan_route's, the target or
                 # its exclusion, without reading health at all.
                 lone = candidates[0]
+                # A breaker transition due now happens before the attempt starts (its
+                # event comes first); a closed breaker answers at once.
+                actors[lone.provider].breaker.state(t0)
                 reason = unfit(lone, needs)
                 if reason is None:
                     plan = route.lone_plan
@@ -841,9 +844,19 @@ class Router:
                                     except LLMError as exc:
                                         failure = exc
                                     if failure is not None:
-                                        result = await self._retrying(
-                                            failure, actor, call, candidate, record, race, events
-                                        )
+                                        try:
+                                            result = await self._retrying(
+                                                failure,
+                                                actor,
+                                                call,
+                                                candidate,
+                                                record,
+                                                race,
+                                                events,
+                                            )
+                                        finally:
+                                            # Its traceback holds this frame: no cycle.
+                                            failure = None
                                 except BaseException:
                                     charge.settle(record, answered=False)
                                     raise

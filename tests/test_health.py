@@ -816,15 +816,21 @@ def test_error_window_eviction_exact() -> None:
         ErrorWindow(window=-1.0)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
-    window=st.sampled_from([1.0, 2.0, 4.0, 60.0]),
+    window=st.sampled_from([0.3, 0.7, 1.0, 2.0, 10 / 3, 4.0, 60.0]),
     steps=st.lists(
-        st.tuples(st.integers(0, 40), st.booleans(), st.integers(0, 2)), min_size=1, max_size=60
+        st.tuples(
+            st.integers(0, 40).map(lambda k: k / 8) | st.floats(0.0, 5.0),
+            st.booleans(),
+            st.integers(0, 2),
+        ),
+        min_size=1,
+        max_size=60,
     ),
 )
 def test_windows_count_exactly_what_a_recount_of_the_log_gives(
-    window: float, steps: list[tuple[int, bool, int]]
+    window: float, steps: list[tuple[float, bool, int]]
 ) -> None:
     """Invariant: at every instant, the error window's counts and the latency window's
     count equal a recount of the event log — an event at ``t`` counts at ``now`` iff
@@ -832,7 +838,8 @@ def test_windows_count_exactly_what_a_recount_of_the_log_gives(
     its current bucket between calls.
 
     Time never goes backwards; several events and reads share an instant (as a call's
-    bookkeeping does); times are multiples of 1/8 s (exact in binary), and after the
+    bookkeeping does); steps are multiples of 1/8 s or any float, widths exact in binary
+    or not (a cached bucket must agree with the division to the last bit), and after the
     last event the windows are read as they empty.
     """
     errors = ErrorWindow(window=window)
@@ -851,8 +858,8 @@ def test_windows_count_exactly_what_a_recount_of_the_log_gives(
         )
 
     now = 0.0
-    for eighths, failed, reads in steps:
-        now += eighths / 8
+    for step, failed, reads in steps:
+        now += step
         log.append((now, failed))
         if failed:
             errors.record_failure("ServerError", now)
@@ -863,6 +870,18 @@ def test_windows_count_exactly_what_a_recount_of_the_log_gives(
             check(now)
     for eighths in range(1, int(window * 8) * 2 + 2):
         check(now + eighths / 8)
+
+
+def test_a_cached_bucket_agrees_with_the_division_at_a_float_edge() -> None:
+    """5.699999999999999 < 19 * 0.3 as floats, yet floor(5.699999999999999 / 0.3) is 19:
+    the ring's cached bucket must end where the division says, not at the product."""
+    errors = ErrorWindow(window=0.3)  # one bucket, 0.3 s wide
+    errors.record_failure("ServerError", 5.5)  # bucket 18
+    t = 5.699999999999999
+    assert math.floor(t / 0.3) == 19
+    assert t < 19 * 0.3
+    errors.record_failure("ServerError", t)  # bucket 19: the first one falls out
+    assert errors.counts(5.75) == {"ServerError": 1}
 
 
 # --------------------------------------------------------------------------- classify

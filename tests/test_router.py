@@ -35,6 +35,7 @@ from router import (
     InvalidRequest,
     LLMError,
     Message,
+    ModelConfig,
     ModelNotFound,
     NoRoute,
     Overloaded,
@@ -1936,3 +1937,105 @@ async def test_finished_requests_leave_no_reference_cycles(
         assert unreachable == 0
         stats = router.statistics()
         assert stats.hedge_wins > 0  # hedges fired, and the losers were cancelled
+
+
+async def test_a_fallback_whose_caller_was_just_cancelled_is_neither_sent_nor_charged(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The caller is cancelled in the instant the first target's error arrives (its task
+    woken by a value, not by Cancelled): the fallback takes no permit, is not sent and
+    costs nothing — admission checks for cancellation before it grants."""
+
+    class AnswersWhenTold(MockProvider):
+        def __init__(self) -> None:
+            super().__init__(name="a")
+            self.answer = trio.Event()
+
+        async def complete(self, request: ChatRequest) -> Any:
+            await self.answer.wait()
+            raise ServerError("500", provider=self.name)
+
+    a = AnswersWhenTold()
+    b = MockProvider(name="b", latency=1.0)
+    cfg = RouterConfig(
+        providers={
+            "a": ProviderConfig(kind="mock", retry=RetryConfig(max_attempts=1)),
+            "b": ProviderConfig(kind="mock", rpm=60),
+        },
+        routes={"r": RouteConfig(targets=["a:m", "b:m"])},
+        models={"b:m": ModelConfig(input_price=1000.0, output_price=1000.0)},
+    )
+    async with open_router(cfg, providers={"a": a, "b": b}) as router:
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+
+                async def upstream() -> None:
+                    await trio.sleep(0.5)
+                    a.answer.set()  # wakes the router's task with a value...
+                    scope.cancel()  # ...and its caller is cancelled in the same instant
+
+                nursery.start_soon(upstream)
+                await router.complete(chat("r"))
+        stats = router.statistics()
+        assert b.calls == []
+        assert stats.providers["b"].admitted == 0
+        assert "b:m" not in stats.spend_by_target  # a's failed prompt is all that was spent
+
+
+async def test_a_hedge_launched_as_the_race_is_won_is_neither_sent_nor_charged(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A hedge whose task starts in the instant the primary wins (trio runs a batch in
+    random order, so the scenario repeats) never reaches its provider: no permit, no
+    call, no wasted tokens, no spend."""
+    for _ in range(30):
+        a = MockProvider(name="a", default=MockResponse(text="a", latency=0.25))
+        b = MockProvider(name="b", default=MockResponse(text="b", latency=1.0))
+        cfg = RouterConfig(
+            providers={"a": mock(), "b": ProviderConfig(kind="mock", rpm=60)},
+            routes={
+                "r": RouteConfig(
+                    targets=["a:m", "b:m"], hedge=HedgeConfig(max_attempts=2, delay=0.25)
+                )
+            },
+            models={"b:m": ModelConfig(input_price=1000.0, output_price=1000.0)},
+        )
+        async with open_router(cfg, providers={"a": a, "b": b}) as router:
+            response = await router.complete(chat("r"))
+            stats = router.statistics()
+            assert response.provider == "a"
+            assert b.calls == []
+            assert stats.providers["b"].admitted == 0
+            assert stats.wasted_tokens == 0
+            assert stats.spend_by_target == {}
+
+
+async def test_a_due_breaker_transition_comes_before_the_lone_attempt(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """On a single-target route, a breaker whose open time is up turns half-open as the
+    request is planned (if the actor's watcher has not already): BreakerChanged comes
+    before AttemptStarted, as on any route.  Trio runs a batch in random order, so the
+    scenario repeats."""
+    for _ in range(20):
+        a = MockProvider(name="a", responses=[MockResponse(error=ServerError("x"), latency=0.1)])
+        cfg = RouterConfig(
+            providers={
+                "a": ProviderConfig(
+                    kind="mock",
+                    retry=RetryConfig(max_attempts=1),
+                    breaker=BreakerConfig(minimum_calls=1, open_duration=1.0),
+                )
+            }
+        )
+        async with open_router(cfg, providers={"a": a}) as router:
+            seen: list[str] = []
+            router.add_listener(lambda event, seen=seen: seen.append(type(event).__name__))
+            with pytest.raises(ServerError):
+                await router.complete(chat("a:m"))
+            seen.clear()
+            retry_at = router._actors["a"].breaker.retry_at
+            assert retry_at is not None
+            await trio.sleep_until(retry_at)  # the request arrives as the breaker falls due
+            await router.complete(chat("a:m"))
+            assert seen.index("BreakerChanged") < seen.index("AttemptStarted")
