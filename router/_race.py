@@ -352,8 +352,6 @@ class Race(Generic[T]):
                 return "hedge"
             delay = math.inf  # no budget: only a failure starts another attempt now
 
-    # -- running -----------------------------------------------------------------------
-
     # -- the sequential race, driven by its caller ---------------------------------------
     #
     # Without hedging, one attempt runs at a time: no nursery, task or cancel scope is
@@ -366,7 +364,7 @@ class Race(Generic[T]):
     #         try:
     #             result = await ...attempt...
     #         except LLMError as exc:
-    #             race.lost(record, exc)          # then: if race.decided: break
+    #             race.lost(record, exc)   # a fatal error: next_target() says None
     #         except trio.Cancelled:
     #             race.cancelled(record); raise
     #         else:
