@@ -521,11 +521,15 @@ AttemptKind: TypeAlias = Literal["primary", "hedge", "fallback"]
 class Attempt(_Struct, frozen=True):
     """What one target did for one request: the router's trace, on results and errors.
 
-    ``start`` and ``end`` are seconds since the request began (``None`` for a skipped
-    target).  ``error_type`` and ``reason`` say why an attempt failed, was cancelled
-    (``"lost the race to openai"``) or was skipped (``"circuit open"``).  ``usage`` is
-    what the provider reported for the winner; for attempts that lost or failed after
-    sending, ``wasted_tokens`` estimates the prompt tokens spent on them (hedge waste).
+    ``start`` and ``end`` are seconds since the request began; a skipped target has no
+    ``start``, and its ``end`` is when it was passed over.  ``kind`` is the attempt it
+    was started (or passed over) for.  ``error_type`` and ``reason`` say why an attempt
+    failed, was cancelled (``"lost the race to openai"``) or was skipped (``"circuit
+    open"``; a hedge that fell due but was not sent is a skipped ``"hedge"``, with an
+    empty provider and model when no target was left).  ``usage`` is what the provider
+    reported for the winner; for attempts that lost or failed after sending,
+    ``wasted_tokens`` estimates the prompt tokens spent on them (hedge waste).
+    ``hedge_delay`` is the hedge delay in force, on every attempt of a hedged race.
 
     Example::
 
@@ -545,6 +549,7 @@ class Attempt(_Struct, frozen=True):
     usage: Usage | None = None
     cost: float | None = None
     wasted_tokens: int = 0
+    hedge_delay: float | None = None
 
 
 class ChatResponse(_Struct, frozen=True):

@@ -103,6 +103,7 @@ from ._policy import TargetHealth as TargetHealth
 from ._policy import plan_route as plan_route
 from ._providers import config_from_env as config_from_env
 from ._retry import RetryConfig as RetryConfig
+from ._router import HedgeStatistics as HedgeStatistics
 from ._router import Router as Router
 from ._router import RouterStatistics as RouterStatistics
 from ._router import RouterStream as RouterStream

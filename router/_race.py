@@ -19,11 +19,22 @@ addresses, and gRPC's hedging policy for the rules:
 - When every attempt has failed, the caller gets one :class:`~providers.AllProvidersFailed`
   whose ``__cause__`` is an ``ExceptionGroup`` of the individual errors (a single
   attempt's error is raised as it is).
-- One deadline covers all attempts (the caller's cancel scope); a target whose expected
-  latency does not fit in the time left is skipped, not started.
+- One deadline covers all attempts: the caller's cancel scope, and nothing else.  A
+  prediction never refuses a request: the first attempt always goes out (to the first
+  target predicted to finish in the time left, or, when none is, to the first target),
+  and the caller's scope decides.  Only *extra* attempts — hedges, and fallbacks after a
+  failure — are skipped when their target's expected latency does not fit in the time
+  left.
+- A hedge that falls due but is not sent is traced too, with why: the route's hedge
+  budget is empty (the target stays in line for a fallback), its target cannot finish
+  before the deadline, or no target is left.
+- Whatever ends the race, a result that succeeded but is not handed to the caller (a
+  photo finish, the caller cancelled while the losers close, an error after the win)
+  is discarded — its stream closed, its permit returned — shielded and bounded.
 
 Every target the race touched is traced as an :class:`~providers.Attempt`, with its
-outcome: won, failed, cancelled (and why) or skipped (and why).  A
+outcome: won, failed, cancelled (and why) or skipped (and why), and its kind: the slot
+it was started (or passed over) for — primary, hedge or fallback.  A
 :class:`RaceObserver`, when given, hears of each attempt as it starts and ends, in the
 task where it runs (so an attempt's tracing span can be the current span of its task);
 hedges are logged at DEBUG and fallbacks at INFO on the ``trio_llm_router`` logger.
@@ -44,19 +55,46 @@ from providers import (
     Attempt,
     ContextLengthExceeded,
     LLMError,
+    NoRoute,
     ServerError,
-    Timeout,
     Usage,
 )
 from providers._types import AttemptKind, AttemptOutcome
 
 from ._policy import Candidate
 
-__all__ = ["AttemptRecord", "Race", "RaceObserver"]
+__all__ = ["AttemptRecord", "HedgeCounters", "Race", "RaceObserver"]
 
 T = TypeVar("T")
 
 logger = logging.getLogger("trio_llm_router")
+
+#: Seconds a discarded result (a stream that won but is not handed to the caller) may
+#: take to close, shielded from the caller's cancellation.
+DISCARD_BOUND = 5.0
+
+#: The trace's stand-in target for a hedge that fell due when no target was left.
+NO_TARGET = Candidate(provider="", model="", index=-1)
+
+#: How the reason of a hedge that fell due but was not sent begins.
+NOT_SENT = "hedge not sent: "
+
+
+class HedgeCounters:
+    """A hedged route's running counts (read by ``Router.statistics()``).
+
+    ``delay`` is the hedge delay in force for the route's latest request; the
+    ``not_sent_*`` counters count hedges that fell due but were not sent, by reason.
+    """
+
+    __slots__ = ("delay", "not_sent_budget", "not_sent_deadline", "not_sent_no_target", "sent")
+
+    def __init__(self) -> None:
+        self.delay: float | None = None
+        self.sent = 0
+        self.not_sent_budget = 0
+        self.not_sent_deadline = 0
+        self.not_sent_no_target = 0
 
 
 class AttemptRecord:
@@ -97,8 +135,10 @@ class AttemptRecord:
         #: The router's spend bookkeeping for this attempt, settled when it ends.
         self.charge: object | None = None
 
-    def freeze(self, t0: float) -> Attempt:
-        """The public record; times relative to the request's start ``t0``."""
+    def freeze(self, t0: float, hedge_delay: float | None = None) -> Attempt:
+        """The public record; times relative to the request's start ``t0``.
+
+        ``hedge_delay``: the delay in force, for the records of a hedged race."""
         outcome = self.outcome or "cancelled"
         wasted = 0 if outcome in ("won", "skipped") else self.sent_tokens
         return Attempt(
@@ -114,6 +154,7 @@ class AttemptRecord:
             usage=self.usage,
             cost=self.cost,
             wasted_tokens=wasted,
+            hedge_delay=hedge_delay,
         )
 
 
@@ -155,8 +196,8 @@ class Race(Generic[T]):
         delay: seconds between staggered starts; ``math.inf`` for no hedging.
         fails_over: whether an error sends the request on to the next target.
         spend_hedge: takes a token from the hedge budget; False means no hedge.
-        expected_latency: a target's latency estimate, to skip targets that cannot
-            finish before the deadline; ``None`` when unknown.
+        expected_latency: a target's latency estimate, to skip extra attempts that
+            cannot finish before the deadline; ``None`` when unknown.
         skip: a reason to skip a target now (e.g. paused by its provider), given
             whether other targets remain; ``None`` to try it.
         discard: releases the result of an attempt that succeeded after another won
@@ -165,6 +206,8 @@ class Race(Generic[T]):
         observer: told of every attempt as it starts and ends; ``None`` for nobody.
         clock: reads the current time: ``trio.current_time`` or, faster, the bound
             ``current_time`` of the run's clock.
+        hedge_counters: a hedged route's counters, told of every hedge not sent;
+            ``None`` for a race that does not hedge.
     """
 
     __slots__ = (
@@ -179,6 +222,7 @@ class Race(Generic[T]):
         "_fails_over",
         "_failures",
         "_fatal",
+        "_hedge_counters",
         "_max_attempts",
         "_over",
         "_previous",
@@ -212,8 +256,10 @@ class Race(Generic[T]):
         request_id: str = "",
         observer: RaceObserver | None = None,
         clock: Callable[[], float] = trio.current_time,
+        hedge_counters: HedgeCounters | None = None,
     ) -> None:
         self.request_id = request_id
+        self._hedge_counters = hedge_counters
         self._clock = clock
         self.observer = observer
         self._remaining: deque[Candidate] = deque(plan)
@@ -252,12 +298,14 @@ class Race(Generic[T]):
 
     # -- choosing the next target -------------------------------------------------------
 
-    def _skipped(self, candidate: Candidate, reason: str) -> None:
-        record = AttemptRecord(candidate, "fallback", None)
+    def _skipped(self, candidate: Candidate, reason: str, kind: AttemptKind) -> None:
+        """Trace ``candidate`` as passed over for the ``kind`` of attempt due now."""
+        record = AttemptRecord(candidate, kind, None)
+        record.end = self._clock()
         record.outcome = "skipped"
         record.reason = reason
         self.records.append(record)
-        if self.observer is not None:
+        if self.observer is not None and candidate is not NO_TARGET:
             self.observer.attempt_finished(record)
 
     def _launch(self, record: AttemptRecord, previous: AttemptRecord | None) -> None:
@@ -296,10 +344,34 @@ class Race(Generic[T]):
         if self.observer is not None:
             self.observer.attempt_finished(record)
 
-    def _next(self) -> Candidate | None:
-        """The next target worth starting, recording the ones passed over."""
-        while self._remaining:
-            candidate = self._remaining.popleft()
+    def _late(self, candidate: Candidate) -> str | None:
+        """Why ``candidate`` cannot finish before the caller's deadline, or ``None``."""
+        deadline = trio.current_effective_deadline()
+        if deadline == math.inf:
+            return None
+        expected = self._expected_latency(candidate)
+        if expected is None:
+            return None
+        now = self._clock()
+        if now + expected <= deadline:
+            return None
+        return (
+            f"cannot finish before the deadline (expects ~{expected:.3g}s, "
+            f"{max(0.0, deadline - now):.3g}s left)"
+        )
+
+    def _next(self, kind: AttemptKind) -> Candidate | None:
+        """The next target worth starting for a ``kind`` attempt, recording the ones
+        passed over.
+
+        A prediction never refuses a request: for the primary, a target that is not
+        expected to finish before the deadline is passed over only for a later one
+        that is; when none is, the first goes out anyway (the others stay in line).
+        """
+        late: list[tuple[Candidate, str]] | None = None
+        remaining = self._remaining
+        while remaining:
+            candidate = remaining.popleft()
             limit = self._context_limit
             window = candidate.context_window
             if limit is not None and window is not None and window <= limit:
@@ -308,32 +380,65 @@ class Race(Generic[T]):
                     candidate,
                     f"its context window ({window}) is not larger than the one that was "
                     f"exceeded ({limit})",
+                    kind,
                 )
                 continue
-            reason = self._skip(candidate, bool(self._remaining))
+            reason = self._skip(candidate, bool(remaining) or late is not None)
             if reason is None:
-                expected = self._expected_latency(candidate)
-                if expected is not None:
-                    deadline = trio.current_effective_deadline()
-                    if deadline != math.inf:
-                        now = self._clock()
-                        if now + expected > deadline:
-                            reason = (
-                                f"cannot finish before the deadline (expects ~{expected:.3g}s, "
-                                f"{max(0.0, deadline - now):.3g}s left)"
-                            )
+                reason = self._late(candidate)
+                if reason is not None and kind == "primary":
+                    if late is None:
+                        late = []
+                    late.append((candidate, reason))
+                    continue
             if reason is None:
+                if late is not None:
+                    for passed, why in late:
+                        self._skipped(passed, why, kind)
                 return candidate
-            self._skipped(candidate, reason)
+            self._skipped(candidate, reason, kind)
+        if late is not None:
+            # Nothing is expected to finish in time: the first goes out all the same,
+            # and the caller's cancel scope decides.
+            for passed, _ in reversed(late[1:]):
+                remaining.appendleft(passed)
+            return late[0][0]
         return None
 
-    async def _turn(self, last_start: float) -> AttemptKind | None:
+    def _hedge_target(self) -> Candidate | None:
+        """The target of a hedge that fell due, or ``None`` when it is not sent (traced
+        and counted, with why: no target left, the deadline, or an empty budget)."""
+        counters = self._hedge_counters
+        if not self._remaining:
+            self._skipped(NO_TARGET, NOT_SENT + "no target left to hedge on", "hedge")
+            if counters is not None:
+                counters.not_sent_no_target += 1
+            return None
+        before = len(self.records)
+        candidate = self._next("hedge")
+        if candidate is None:
+            if counters is not None:
+                passed = self.records[before:]
+                if any(r.reason and r.reason.startswith("cannot finish") for r in passed):
+                    counters.not_sent_deadline += 1
+                else:
+                    counters.not_sent_no_target += 1
+            return None
+        if self._spend_hedge():
+            return candidate
+        # Stays in line for a fallback after a failure, which needs no token.
+        self._remaining.appendleft(candidate)
+        self._skipped(candidate, NOT_SENT + "the route's hedge budget is empty", "hedge")
+        if counters is not None:
+            counters.not_sent_budget += 1
+        return None
+
+    async def _turn(self, last_start: float, delay: float) -> AttemptKind | None:
         """Wait until the next attempt is due: a failure (fallback) or the delay (hedge).
 
         ``None`` when the race is over (it was won, or a fatal error ended it, while no
         other attempt was running, so there was nothing to cancel).
         """
-        delay = self._delay
         while True:
             if self._over:
                 return None
@@ -348,9 +453,7 @@ class Race(Generic[T]):
                 continue
             if self._over:
                 return None  # decided in the very instant the hedge fell due
-            if self._spend_hedge():
-                return "hedge"
-            delay = math.inf  # no budget: only a failure starts another attempt now
+            return "hedge"
 
     # -- the sequential race, driven by its caller ---------------------------------------
     #
@@ -377,7 +480,7 @@ class Race(Generic[T]):
             return None
         if self._started >= self._max_attempts:
             return None
-        return self._next()
+        return self._next("primary" if self._previous is None else "fallback")
 
     def begin(self, candidate: Candidate) -> AttemptRecord:
         """Record the start of a sequential attempt on ``candidate`` (from next_target)."""
@@ -445,9 +548,29 @@ class Race(Generic[T]):
         """
         try:
             await self._run_staggered()
+        except BaseException:
+            # Won, but the caller will not get it (cancelled while the losers closed, or
+            # an error after the win): close it here, or it holds its permit until gc.
+            winner = self.winner
+            if winner is not None:
+                result = self._result
+                self._result = None
+                winner.outcome = "cancelled"
+                winner.reason = "won, but the race ended before the caller got the result"
+                if result is not None:
+                    await self._discard_result(result, winner)
+            raise
         finally:
             self.finish()
         return self._conclude()
+
+    async def _discard_result(self, result: T, record: AttemptRecord) -> None:
+        """Release a result nobody will read: shielded, so a cancelled caller still
+        closes it; bounded, so a stuck close cannot hold the caller for ever."""
+        discard = self._discard
+        if discard is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(DISCARD_BOUND):
+                await discard(result, record)
 
     async def _run_staggered(self) -> None:
         self._failed_records = deque()
@@ -457,21 +580,32 @@ class Race(Generic[T]):
             last_start = self._clock()
             kind: AttemptKind | None = "primary"
             last: AttemptRecord | None = None
-            while started < self._max_attempts and self._remaining:
+            delay = self._delay
+            while started < self._max_attempts:
                 if started:
-                    kind = await self._turn(last_start)
+                    kind = await self._turn(last_start, delay)
                     if kind is None:
                         break
-                candidate = self._next()
-                if candidate is None:
-                    break
+                if kind == "hedge":
+                    candidate = self._hedge_target()
+                    if candidate is None:
+                        if self._remaining:
+                            delay = math.inf  # no budget: only a failure starts another now
+                            continue
+                        break
+                else:
+                    assert kind is not None
+                    candidate = self._next(kind)
+                    if candidate is None:
+                        break
                 started += 1
                 last_start = self._clock()
-                assert kind is not None
                 record = AttemptRecord(candidate, kind, last_start)
                 self.records.append(record)
                 if kind == "hedge":
                     self.hedges += 1
+                    if self._hedge_counters is not None:
+                        self._hedge_counters.sent += 1
                     self._launch(record, last)
                 elif kind == "fallback":
                     self.fallbacks += 1
@@ -490,16 +624,23 @@ class Race(Generic[T]):
             return result, self.winner
         if self._fatal is not None:
             raise self._fatal
-        skipped = [r for r in self.records if r.outcome == "skipped"]
-        if len(self.errors) == 1 and not skipped:
+        # A hedge not sent is no target passed over: it leaves nothing to report here.
+        records = [
+            r
+            for r in self.records
+            if r.outcome != "skipped" or not (r.reason or "").startswith(NOT_SENT)
+        ]
+        if len(self.errors) == 1 and len(records) == 1:
             raise self.errors[0]
         summary = "; ".join(
             f"{r.candidate.target}: "
             + (f"skipped, {r.reason}" if r.error is None else type(r.error).__name__)
-            for r in self.records
+            for r in records
         )
         if not self.errors:
-            raise Timeout(f"no target can answer in the time left ({summary})")
+            # Unreachable while the first attempt always goes out; never a retryable
+            # refusal that a retry loop could spin on.
+            raise NoRoute(f"no target could be tried ({summary})")
         raise AllProvidersFailed(
             f"every target failed ({summary})", errors=self.errors
         ) from ExceptionGroup("the errors of every attempt", self.errors)
@@ -541,9 +682,7 @@ class Race(Generic[T]):
             # Succeeded in the same instant the race was decided: lost a photo finish.
             record.outcome = "cancelled"
             record.reason = self._cancel_reason()
-            if self._discard is not None:
-                with trio.CancelScope(shield=True):
-                    await self._discard(result, record)
+            await self._discard_result(result, record)
             self._finished(record)
             return
         record.outcome = "won"
@@ -582,11 +721,14 @@ class Race(Generic[T]):
             self._failed.set()
 
     def trace(self, t0: float) -> list[Attempt]:
-        """Every record as a public :class:`~providers.Attempt`, with cancel reasons."""
+        """Every record as a public :class:`~providers.Attempt`, with cancel reasons;
+        a hedged race's records carry the hedge delay that was in force."""
         for record in self.records:
             if record.outcome == "cancelled" and record.reason is None:
                 record.reason = self._cancel_reason()
             elif record.outcome is None:
                 record.outcome = "cancelled"
                 record.reason = "the caller was cancelled"
-        return [r.freeze(t0) for r in self.records]
+        delay = self._delay
+        hedge_delay = None if delay == math.inf else delay
+        return [r.freeze(t0, hedge_delay) for r in self.records]

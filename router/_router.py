@@ -116,7 +116,7 @@ from ._policy import (
     unfit,
 )
 from ._providers import build_provider, config_from_env
-from ._race import AttemptRecord, Race
+from ._race import AttemptRecord, HedgeCounters, Race
 from ._retry import retry_delay
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ if TYPE_CHECKING:
 
     from ._metrics import PrometheusMetrics
 
-__all__ = ["Router", "RouterStatistics", "RouterStream", "open_router"]
+__all__ = ["HedgeStatistics", "Router", "RouterStatistics", "RouterStream", "open_router"]
 
 logger = logging.getLogger("trio_llm_router")
 
@@ -153,6 +153,7 @@ class _Route:
         "fail_over_retryable",
         "hedge",
         "hedge_budget",
+        "hedge_counters",
         "lone_plan",
         "name",
         "spend_budget",
@@ -180,6 +181,8 @@ class _Route:
             if hedge is not None and hedge.delay is not None
             else None
         )
+        #: A hedged route's counts, for statistics (``None`` for one that does not hedge).
+        self.hedge_counters = HedgeCounters() if self.hedge_budget is not None else None
         self.spend_budget = spend_budget
         #: The plan of a one-target route whose target fits the request.
         self.lone_plan = Plan(targets=candidates)
@@ -189,6 +192,27 @@ class _Route:
         if self.fail_over_retryable and exc.retryable:
             return True
         return any(cls.__name__ in self.fail_over for cls in type(exc).__mro__)
+
+
+class HedgeStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """One hedged route's hedging, as it stands.
+
+    ``delay`` is the hedge delay in force for the route's latest request (``None``
+    before its first); ``budget_tokens`` the hedges its budget allows now (a hedge
+    spends one; ``budget_burst`` is the most it holds).  ``sent`` counts hedges sent;
+    the ``not_sent_*`` counters count hedges that fell due but were not sent, by why:
+    the budget was empty, no remaining target could finish before the caller's
+    deadline, or no target was left to hedge on.
+    """
+
+    route: str
+    delay: float | None
+    budget_tokens: float
+    budget_burst: float
+    sent: int
+    not_sent_budget: int
+    not_sent_deadline: int
+    not_sent_no_target: int
 
 
 class RouterStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -225,6 +249,8 @@ class RouterStatistics(msgspec.Struct, frozen=True, kw_only=True):
     subscribers: int = 0
     #: The audit log's counters, when one is configured.
     audit: AuditStatistics | None = None
+    #: Per hedged route (by name): its delay, its budget and the hedges not sent.
+    hedging: dict[str, HedgeStatistics] = msgspec.field(default_factory=dict)
 
 
 @asynccontextmanager
@@ -787,6 +813,7 @@ class Router:
                         primary.latency_samples(t0, stream=stream),
                     )
             hedged = delay != math.inf
+            counters = route.hedge_counters
             # Sequential races run their attempts inline, below: no closure for them.
             attempt: Callable[[Candidate, AttemptRecord], Awaitable[T]] = _inline
             if hedged:
@@ -806,6 +833,11 @@ class Router:
                     return result
 
                 attempt = hedged_attempt
+                # Not capped by the plan: a hedge that falls due with no target left is
+                # traced and counted (the race stops when nothing remains to start).
+                max_attempts = hedge.max_attempts if hedge is not None else max_attempts
+                if counters is not None:
+                    counters.delay = delay
 
             race = Race(
                 targets,
@@ -820,6 +852,7 @@ class Router:
                 request_id=request_id,
                 observer=events,
                 clock=self._now,
+                hedge_counters=counters if hedged else None,
             )
             try:
                 if hedged:
@@ -1130,6 +1163,20 @@ class Router:
             listener_errors=self._hub.listener_errors,
             subscribers=self._hub.subscribers,
             audit=None if self._audit is None else self._audit.statistics(),
+            hedging={
+                name: HedgeStatistics(
+                    route=name,
+                    delay=c.delay,
+                    budget_tokens=b.tokens,
+                    budget_burst=b.burst,
+                    sent=c.sent,
+                    not_sent_budget=c.not_sent_budget,
+                    not_sent_deadline=c.not_sent_deadline,
+                    not_sent_no_target=c.not_sent_no_target,
+                )
+                for name, r in self._routes.items()
+                if (c := r.hedge_counters) is not None and (b := r.hedge_budget) is not None
+            },
         )
 
     def _all_budgets(self) -> list[Budget]:

@@ -39,7 +39,6 @@ from providers import (
     Secret,
     ServerError,
     TextDelta,
-    Timeout,
 )
 from providers.testing import FakeUpstream, Fault, Fixed, Scenario, open_fake_upstream
 from router import (
@@ -222,7 +221,8 @@ async def test_exhausted_hedge_budget_sends_no_hedge(
     autojump_clock: trio.testing.MockClock, burst: float, hedged: list[bool]
 ) -> None:
     """With no refill (ratio 0), only ``burst`` hedges are ever sent: a request without a
-    token waits for its slow primary (10 s) instead of hedging at 0.5 s."""
+    token waits for its slow primary (10 s) instead of hedging at 0.5 s, and its trace
+    shows the hedge that fell due at 0.5 s and why it was not sent."""
     hedge = HedgeConfig(delay=0.5, budget_ratio=0.0, budget_burst=burst)
     async with race_router({"a": reply("a", 10.0), "b": reply("b", 1.0)}, hedge) as (
         router,
@@ -235,7 +235,13 @@ async def test_exhausted_hedge_budget_sends_no_hedge(
                 assert (resp.provider, trio.current_time() - t0) == ("b", 1.5)
             else:
                 assert (resp.provider, trio.current_time() - t0) == ("a", 10.0)
-                assert trace(resp.attempts) == [("a", "primary", "won", 0.0, 10.0)]
+                assert trace(resp.attempts) == [
+                    ("a", "primary", "won", 0.0, 10.0),
+                    ("b", "hedge", "skipped", None, 0.5),
+                ]
+                assert resp.attempts[1].reason == (
+                    "hedge not sent: the route's hedge budget is empty"
+                )
         assert router.statistics().hedges == sum(hedged)
         assert len(mocks["b"].calls) == sum(hedged)
 
@@ -243,7 +249,8 @@ async def test_exhausted_hedge_budget_sends_no_hedge(
 async def test_exhausted_budget_still_falls_over_on_failure(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """A fallback replaces load rather than adding to it: it needs no hedge token."""
+    """A fallback replaces load rather than adding to it: it needs no hedge token (the
+    hedge not sent for want of one leaves its target in line for the fallback)."""
     hedge = HedgeConfig(delay=0.5, budget_ratio=0.0, budget_burst=0.0)
     async with race_router({"a": fail(ServerError("boom"), 0.7), "b": reply("b", 1.0)}, hedge) as (
         router,
@@ -253,6 +260,7 @@ async def test_exhausted_budget_still_falls_over_on_failure(
         assert trio.current_time() == 1.7
         assert trace(resp.attempts) == [
             ("a", "primary", "failed", 0.0, 0.7),
+            ("b", "hedge", "skipped", None, 0.5),
             ("b", "fallback", "won", 0.7, 1.7),
         ]
 
@@ -481,7 +489,9 @@ async def test_context_length_moves_to_a_larger_window_and_skips_smaller_ones(
         assert resp.attempts[2].reason == (
             "its context window (1000) is not larger than the one that was exceeded (1000)"
         )
-        assert (resp.attempts[1].start, resp.attempts[1].end) == (None, None)
+        # Never started; passed over when a failed.
+        assert (resp.attempts[1].start, resp.attempts[1].end) == (None, 0.2)
+        assert [a.kind for a in resp.attempts] == ["primary", "fallback", "fallback", "fallback"]
         assert mocks["b"].calls == mocks["c"].calls == []
         assert [(x.start, x.end) for x in (resp.attempts[0], resp.attempts[3])] == [
             (0.0, 0.2),
@@ -562,14 +572,18 @@ async def test_every_attempt_failing_is_one_error_with_the_group_as_cause(
 async def test_a_single_failed_attempt_is_raised_as_itself(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """With one target, its error reaches the caller unwrapped, carrying the trace."""
+    """With one target, its error reaches the caller unwrapped, carrying the trace (with
+    the hedge that fell due at 0.1 s and found no target to go to)."""
     async with race_router({"a": fail(Overloaded("busy"), 0.5)}, HedgeConfig(delay=0.1)) as (
         router,
         _,
     ):
         with pytest.raises(Overloaded) as info:
             await router.complete(chat())
-        assert trace(info.value.attempts) == [("a", "primary", "failed", 0.0, 0.5)]
+        assert trace(info.value.attempts) == [
+            ("a", "primary", "failed", 0.0, 0.5),
+            ("", "hedge", "skipped", None, 0.1),
+        ]
 
 
 # --------------------------------------------------------------------------- deadlines
@@ -596,6 +610,8 @@ async def test_a_target_that_cannot_meet_the_deadline_is_skipped(
         assert resp.attempts[0].reason == (
             "cannot finish before the deadline (expects ~5s, 2s left)"
         )
+        # Passed over for the first attempt, at the request's start.
+        assert (resp.attempts[0].kind, resp.attempts[0].end) == ("primary", 0.0)
         assert len(mocks["a"].calls) == 1  # only the warm-up
 
 
@@ -616,20 +632,25 @@ async def test_a_fallback_that_cannot_meet_the_deadline_is_skipped(
             ("b", "skipped"),
         ]
         assert "deadline" in (info.value.attempts[1].reason or "")
+        assert info.value.attempts[1].kind == "fallback"
         assert len(mocks["b"].calls) == 1
 
 
-async def test_no_target_can_meet_the_deadline_is_a_timeout_at_once(
+async def test_no_target_expected_in_time_still_sends_the_first_attempt(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """If no target can answer in the time left, the caller gets Timeout without waiting."""
-    async with race_router({"a": reply("a", 5.0)}) as (router, mocks):
-        await router.complete(chat())
+    """A prediction never refuses a request: with a and b both expected to take 5 s and
+    1 s left, a goes out anyway (b stays in line) and the caller's scope ends it at 1 s."""
+    async with race_router({"a": reply("a", 5.0), "b": reply("b", 5.0)}) as (router, mocks):
+        await router.complete(chat("a:m"))
+        await router.complete(chat("b:m"))
         t0 = trio.current_time()
-        with trio.fail_after(1.0), pytest.raises(Timeout, match="time left"):
+        with pytest.raises(trio.TooSlowError), trio.fail_after(1.0):
             await router.complete(chat())
-        assert trio.current_time() == t0
-        assert len(mocks["a"].calls) == 1
+        assert trio.current_time() - t0 == 1.0
+        assert calls(mocks["a"])[-1] == ("cancelled", t0, t0 + 1.0)
+        assert len(mocks["b"].calls) == 1  # only the warm-up
+        assert_all_ended(mocks)
 
 
 # --------------------------------------------------------------------------- same-instant events
