@@ -18,7 +18,7 @@ from __future__ import annotations
 import gc
 import math
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -39,6 +39,7 @@ from providers import (
     ServerError,
 )
 from router import (
+    Candidate,
     HedgeConfig,
     HedgeStatistics,
     ProviderConfig,
@@ -51,6 +52,7 @@ from router import (
     TextDelta,
     open_router,
 )
+from router._race import AttemptRecord, Race
 
 NO_RETRY = RetryConfig(max_attempts=1)
 
@@ -313,6 +315,84 @@ def test_no_hedged_stream_outlives_its_request(
         trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
         gc.collect()
     assert [str(w.message) for w in caught] == []
+
+
+def bare_race(
+    attempt: Callable[[Candidate, AttemptRecord], Awaitable[str]],
+    discarded: list[tuple[str, str, float]],
+    close_time: float,
+) -> Race[str]:
+    """A hedged race (delay 0) over targets a and b with ``attempt``, whose discard
+    takes ``close_time`` seconds and notes (result, record's provider, when it ended)."""
+
+    async def discard(result: str, record: AttemptRecord) -> None:
+        await trio.sleep(close_time)
+        discarded.append((result, record.candidate.provider, trio.current_time()))
+
+    return Race(
+        [Candidate(provider="a", model="m"), Candidate(provider="b", model="m", index=1)],
+        attempt=attempt,
+        max_attempts=2,
+        delay=0.0,
+        fails_over=lambda exc: True,
+        spend_hedge=lambda: True,
+        expected_latency=lambda c: None,
+        skip=lambda c, more: None,
+        discard=discard,
+    )
+
+
+async def test_a_photo_finish_loser_is_discarded_shielded_and_bounded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Both attempts succeed at 1 s: the one that did not win is discarded, shielded
+    from the race's cancellation, and its 100 s close is cut off at 5 s (it used to hold
+    the caller for the whole close)."""
+    discarded: list[tuple[str, str, float]] = []
+    answered = trio.Event()
+
+    async def attempt(candidate: Candidate, record: AttemptRecord) -> str:
+        await answered.wait()  # both are woken with a value, in one instant
+        return candidate.provider
+
+    async def answer() -> None:
+        await trio.sleep(1.0)
+        answered.set()
+
+    race = bare_race(attempt, discarded, close_time=100.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answer)
+        result, winner = await race.run()
+    assert trio.current_time() == 6.0
+    assert (result, winner.candidate.provider) == ("a", "a")
+    assert discarded == []  # the close never finished: cut off at the bound
+    loser = race.records[1]
+    assert (loser.outcome, loser.reason) == ("cancelled", "lost the race to a")
+
+
+async def test_a_winner_is_discarded_when_an_exception_follows_the_win(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """b wins at 1 s; a, cancelled, raises KeyboardInterrupt from its cleanup: the
+    exception reaches the caller, and b's result is discarded first (at 1 s + its 0.5 s
+    close, shielded), never dropped on the floor."""
+    discarded: list[tuple[str, str, float]] = []
+
+    async def attempt(candidate: Candidate, record: AttemptRecord) -> str:
+        if candidate.provider == "b":
+            await trio.sleep(1.0)
+            return "b's stream"
+        try:
+            await trio.sleep_forever()
+        finally:
+            raise KeyboardInterrupt
+
+    race = bare_race(attempt, discarded, close_time=0.5)
+    with pytest.raises(BaseExceptionGroup) as info:
+        await race.run()
+    assert info.group_contains(KeyboardInterrupt)
+    assert discarded == [("b's stream", "b", 1.5)]
+    assert race.records[1].outcome == "cancelled"
 
 
 # --------------------------------------------------------------------------- C: visible hedges
