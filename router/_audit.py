@@ -307,6 +307,7 @@ class AuditLog:
             "usage": _usage(attempt.usage),
             "cost": attempt.cost,
             "wasted_tokens": attempt.wasted_tokens,
+            "hedge_delay": attempt.hedge_delay,
         }
 
     def _line(self, event: RequestFinished) -> bytes:
