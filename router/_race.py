@@ -79,6 +79,9 @@ NO_TARGET = Candidate(provider="", model="", index=-1)
 #: How the reason of a hedge that fell due but was not sent begins.
 NOT_SENT = "hedge not sent: "
 
+#: How the reason of a target passed over for the caller's deadline begins.
+LATE = "cannot finish before the deadline"
+
 
 class HedgeCounters:
     """A hedged route's running counts (read by ``Router.statistics()``).
@@ -355,10 +358,7 @@ class Race(Generic[T]):
         now = self._clock()
         if now + expected <= deadline:
             return None
-        return (
-            f"cannot finish before the deadline (expects ~{expected:.3g}s, "
-            f"{max(0.0, deadline - now):.3g}s left)"
-        )
+        return f"{LATE} (expects ~{expected:.3g}s, {max(0.0, deadline - now):.3g}s left)"
 
     def _next(self, kind: AttemptKind) -> Candidate | None:
         """The next target worth starting for a ``kind`` attempt, recording the ones
@@ -419,7 +419,7 @@ class Race(Generic[T]):
         if candidate is None:
             if counters is not None:
                 passed = self.records[before:]
-                if any(r.reason and r.reason.startswith("cannot finish") for r in passed):
+                if any(r.reason and r.reason.startswith(LATE) for r in passed):
                     counters.not_sent_deadline += 1
                 else:
                     counters.not_sent_no_target += 1
