@@ -813,7 +813,6 @@ class Router:
                         primary.latency_samples(t0, stream=stream),
                     )
             hedged = delay != math.inf
-            counters = route.hedge_counters
             # Sequential races run their attempts inline, below: no closure for them.
             attempt: Callable[[Candidate, AttemptRecord], Awaitable[T]] = _inline
             if hedged:
@@ -836,6 +835,7 @@ class Router:
                 # Not capped by the plan: a hedge that falls due with no target left is
                 # traced and counted (the race stops when nothing remains to start).
                 max_attempts = hedge.max_attempts if hedge is not None else max_attempts
+                counters = route.hedge_counters
                 if counters is not None:
                     counters.delay = delay
 
@@ -852,7 +852,7 @@ class Router:
                 request_id=request_id,
                 observer=events,
                 clock=self._now,
-                hedge_counters=counters if hedged else None,
+                hedge_counters=route.hedge_counters if hedged else None,
             )
             try:
                 if hedged:
