@@ -401,6 +401,7 @@ async def test_anthropic_stream_of_a_forced_structured_tool_is_text() -> None:
         request = ask("m1", response_format=output_schema(User).format)
         async with p.stream(request) as events:
             got = [e async for e in events]
+        assert up.requests[-1].body["tool_choice"] == {"type": "tool", "name": "User"}
         assert not any(isinstance(e, ToolCallStart) for e in got)
         text = "".join(e.text for e in got if isinstance(e, TextDelta))
         done = got[-1]
