@@ -431,7 +431,7 @@ _OPENAPI_FIELDS = frozenset(
         "maximum",
     }
 )
-_MAX_SCHEMA_DEPTH = 32
+_MAX_SCHEMA_DEPTH = 64
 
 
 def openapi_schema(schema: Mapping[str, Any], *, provider: str | None = None) -> dict[str, Any]:
@@ -463,11 +463,18 @@ def openapi_schema(schema: Mapping[str, Any], *, provider: str | None = None) ->
 def _openapi(
     node: Any, defs: Mapping[str, Any], seen: tuple[str, ...], provider: str | None
 ) -> Any:
+    # ``seen``: the references being inlined on this path ("" for a plain level), so a
+    # reference met again is recursion, and the path's length is the depth.
     if not isinstance(node, Mapping):
         return node
+    if len(seen) > _MAX_SCHEMA_DEPTH:
+        raise UnsupportedFeature(
+            f"the response schema nests deeper than {_MAX_SCHEMA_DEPTH} levels",
+            provider=provider,
+        )
     ref = node.get("$ref")
     if isinstance(ref, str):
-        if ref in seen or len(seen) > _MAX_SCHEMA_DEPTH:
+        if ref in seen:
             raise UnsupportedFeature(
                 f"the response schema is recursive ({ref} contains itself), which Gemini's "
                 "responseSchema cannot express; use responseJsonSchema (json_schema=True)",
@@ -497,18 +504,18 @@ def _openapi(
         rest = [b for b in branches if not (isinstance(b, Mapping) and b.get("type") == "null")]
         nullable = nullable or len(rest) < len(branches)
         if len(rest) == 1:
-            out.update(_openapi(rest[0], defs, seen, provider))
+            out.update(_openapi(rest[0], defs, (*seen, ""), provider))
         elif rest:
-            out["anyOf"] = [_openapi(b, defs, seen, provider) for b in rest]
+            out["anyOf"] = [_openapi(b, defs, (*seen, ""), provider) for b in rest]
     if "const" in node:
         out["enum"] = [node["const"]]
     for key, value in node.items():
         if key not in _OPENAPI_FIELDS or key in ("type", "anyOf", "nullable"):
             continue
         if key == "properties" and isinstance(value, Mapping):
-            out[key] = {k: _openapi(v, defs, seen, provider) for k, v in value.items()}
+            out[key] = {k: _openapi(v, defs, (*seen, ""), provider) for k, v in value.items()}
         elif key == "items":
-            out[key] = _openapi(value, defs, seen, provider)
+            out[key] = _openapi(value, defs, (*seen, ""), provider)
         else:
             out[key] = value
     if nullable:

@@ -188,7 +188,12 @@ def output_schema(target: type[T] | Mapping[str, Any]) -> OutputSchema[T]:
         ['name']
     """
     if isinstance(target, Mapping):
-        return _compile_dict(target)
+        try:
+            return _compile_dict(target)
+        except RecursionError:
+            raise InvalidRequest(
+                f"the schema nests deeper than {MAX_SCHEMA_DEPTH} levels"
+            ) from None
     try:
         cached = _cache.get(target)
     except TypeError:  # an unhashable "type" (e.g. a parametrised alias): compile afresh
@@ -318,7 +323,7 @@ def strict_form(schema: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         False
     """
     expressible = [True]
-    out = _strict(schema, expressible)
+    out = _strict(schema, expressible, 0)
     assert isinstance(out, dict)
     return out, expressible[0]
 
@@ -327,19 +332,26 @@ _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SCHEMA_MAPS = ("properties", "$defs", "definitions")
 
 
-def _strict(node: Any, expressible: list[bool]) -> Any:
+#: Deeper schemas are refused: no real type nests this far, and recursion must not fail.
+MAX_SCHEMA_DEPTH = 64
+
+
+def _strict(node: Any, expressible: list[bool], depth: int) -> Any:
     if not isinstance(node, Mapping):
         return node
+    if depth > MAX_SCHEMA_DEPTH:
+        raise InvalidRequest(f"the schema nests deeper than {MAX_SCHEMA_DEPTH} levels")
+    depth += 1
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key == "default":
             continue
         if key in _SCHEMA_MAPS and isinstance(value, Mapping):
-            out[key] = {k: _strict(v, expressible) for k, v in value.items()}
+            out[key] = {k: _strict(v, expressible, depth) for k, v in value.items()}
         elif key in _SCHEMA_LISTS and isinstance(value, list):
-            out[key] = [_strict(v, expressible) for v in value]
+            out[key] = [_strict(v, expressible, depth) for v in value]
         elif key in ("items", "not", "additionalProperties") and isinstance(value, Mapping):
-            out[key] = _strict(value, expressible)
+            out[key] = _strict(value, expressible, depth)
         else:
             out[key] = value
     kind = out.get("type")

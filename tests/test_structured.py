@@ -44,6 +44,7 @@ from providers import (
     TextDelta,
     TogetherProvider,
     ToolCallStart,
+    UnsupportedFeature,
 )
 from providers._gemini import openapi_schema
 from providers.testing import FakeUpstream, Scenario, open_fake_upstream
@@ -579,6 +580,20 @@ async def test_any_instance_round_trips_over_the_wire(profile: Profile, label: s
         _adapters,
     ):
         assert await router.structured(ask("p:m1"), Profile) == profile
+
+
+def test_absurdly_deep_schemas_are_refused_with_a_clear_error() -> None:
+    """A schema nested thousands of levels deep is an InvalidRequest (or, for Gemini's
+    subset, UnsupportedFeature), never a RecursionError traceback."""
+    deep: dict[str, Any] = {"type": "string"}
+    for _ in range(5000):
+        deep = {"type": "object", "properties": {"x": deep}}
+    with pytest.raises(InvalidRequest, match="deeper than"):
+        output_schema(deep)
+    with pytest.raises(InvalidRequest, match="deeper than"):
+        output_schema({"$ref": "#/$defs/D", "$defs": {"D": deep}})
+    with pytest.raises(UnsupportedFeature, match="deeper than"):
+        openapi_schema(deep)
 
 
 def test_invalid_output_keeps_no_more_than_an_excerpt() -> None:
