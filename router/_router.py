@@ -995,12 +995,17 @@ class Router:
             for attempt in result.response.attempts:
                 print(attempt.provider, attempt.outcome, attempt.reason or "")
         """
-        target: OutputSchema[T] = output_schema(schema)
-        if request.response_format is not None:
-            raise InvalidRequest(
-                "structured() sets the request's response_format from the schema; "
-                "send the request without one"
-            )
+        try:
+            target: OutputSchema[T] = output_schema(schema)
+            if request.response_format is not None:
+                raise InvalidRequest(
+                    "structured() sets the request's response_format from the schema; "
+                    "send the request without one"
+                )
+        except InvalidRequest:
+            # A schedule point even when refused before any I/O, as complete() is.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise
         request = msgspec.structs.replace(request, response_format=target.format)
         needs = Needs.of(request, streaming=False, default_max_tokens=self._default_max_tokens)
 

@@ -336,6 +336,33 @@ async def test_invalid_answer_is_retried_on_its_target_and_spares_health(
         assert router.health()["m"].status == "healthy"
 
 
+async def test_a_hedged_race_validates_in_each_attempt(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Hedged route: the primary's invalid answer at t=1 fails its attempt and starts the
+    fallback at once (not at the 5 s hedge delay); the fallback's valid answer wins at t=2."""
+    from providers import MockResponse
+    from router import HedgeConfig
+
+    slow_bad = MockProvider(name="a", responses=[MockResponse(text=WRONG_TYPE, latency=1.0)])
+    slow_good = MockProvider(
+        name="b", responses=[MockResponse(text='{"name": "Bo", "age": 2}', latency=1.0)]
+    )
+    config = RouterConfig(
+        providers={n: ProviderConfig(kind="mock", retry=NO_RETRY) for n in ("a", "b")},
+        routes={
+            "h": RouteConfig(targets=["a:m", "b:m"], hedge=HedgeConfig(max_attempts=2, delay=5.0))
+        },
+    )
+    async with open_router(config, providers={"a": slow_bad, "b": slow_good}) as router:
+        result = await router.structured_response(ask("h"), User)
+        assert result.value == User(name="Bo", age=2)
+        assert trio.current_time() == 2.0
+        first, second = result.response.attempts
+        assert (first.outcome, first.error_type, first.end) == ("failed", "InvalidOutput", 1.0)
+        assert (second.kind, second.start, second.outcome) == ("fallback", 1.0, "won")
+
+
 async def test_cut_at_max_tokens_says_so(autojump_clock: trio.testing.MockClock) -> None:
     """An answer cut at its token limit fails with a message naming finish_reason 'length'."""
     async with structured_router({"p": "openai"}) as (_, router, _adapters):
