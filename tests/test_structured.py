@@ -550,6 +550,69 @@ def test_strict_form_closes_every_object_and_requires_every_property() -> None:
     assert strict_form({"type": "object"})[1] is False
 
 
+_leaf_schemas = st.sampled_from(
+    [
+        {"type": "string"},
+        {"type": "integer", "default": 1},
+        {"type": ["string", "null"]},
+        {"type": "boolean", "title": "Flag"},
+        {"enum": ["a", "b"]},
+        {"const": 3},
+    ]
+)
+_field_names = st.from_regex(r"[a-z]{1,6}", fullmatch=True)
+
+
+def _extend(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(
+        st.builds(
+            lambda p: {"type": "object", "properties": p},
+            st.dictionaries(_field_names, inner, max_size=3),
+        ),
+        st.builds(lambda i: {"type": "array", "items": i, "minItems": 0}, inner),
+        st.builds(lambda i: {"anyOf": [i, {"type": "null"}], "default": None}, inner),
+    )
+
+
+schemas = st.recursive(_leaf_schemas, _extend, max_leaves=8)
+
+
+def _nodes(schema: Any) -> list[dict[str, Any]]:
+    """Every schema node of ``schema`` (itself, properties, items, anyOf branches)."""
+    out, stack = [], [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            out.append(node)
+            stack.extend((node.get("properties") or {}).values())
+            stack.extend(node.get("anyOf") or [])
+            if isinstance(node.get("items"), dict):
+                stack.append(node["items"])
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(schema=schemas)
+def test_strict_form_and_gemini_subset_invariants(schema: dict[str, Any]) -> None:
+    """Invariants: strict_form is idempotent, leaves no default, closes every object and
+    requires all its properties; openapi_schema of it keeps only the subset's keys, with
+    upper-case single types."""
+    strict, expressible = strict_form(schema)
+    assert expressible
+    assert strict_form(strict) == (strict, True)
+    for node in _nodes(strict):
+        assert "default" not in node
+        if node.get("type") == "object":
+            assert node["additionalProperties"] is False
+            assert node["required"] == list(node["properties"])
+    subset = openapi_schema(strict)
+    allowed = {"type", "title", "nullable", "enum", "properties", "required", "anyOf"}
+    allowed |= {"items", "minItems"}
+    for node in _nodes(subset):
+        assert set(node) <= allowed
+        assert "type" not in node or (isinstance(node["type"], str) and node["type"].isupper())
+
+
 @st.composite
 def people(draw: st.DrawFn) -> Any:
     return draw(
