@@ -20,6 +20,7 @@ from ._errors import ConfigError as ConfigError
 from ._errors import ConnectionFailed as ConnectionFailed
 from ._errors import ContentFiltered as ContentFiltered
 from ._errors import ContextLengthExceeded as ContextLengthExceeded
+from ._errors import InvalidOutput as InvalidOutput
 from ._errors import InvalidRequest as InvalidRequest
 from ._errors import LLMError as LLMError
 from ._errors import ModelNotFound as ModelNotFound
@@ -99,6 +100,7 @@ __all__ = [
     "GeminiProvider",
     "GroqProvider",
     "ImagePart",
+    "InvalidOutput",
     "InvalidRequest",
     "LLMError",
     "Message",

@@ -159,9 +159,37 @@ _FINISH: dict[str, FinishReason] = {
 _PROMPT_TOO_LONG = re.compile(r"prompt is too long:\s*(\d+)\s*tokens\s*>\s*(\d+)")
 
 
-def anthropic_finish_reason(raw: str | None) -> FinishReason:
-    """Normalise an Anthropic ``stop_reason``."""
+def anthropic_finish_reason(raw: str | None, *, structured: bool = False) -> FinishReason:
+    """Normalise an Anthropic ``stop_reason`` (a forced structured tool's ``tool_use`` is
+    the natural end of the answer: ``"stop"``)."""
+    if structured and raw == "tool_use":
+        return "stop"
     return _FINISH.get(raw or "end_turn", "other")
+
+
+_TOOL_NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def structured_tool(request: ChatRequest) -> str | None:
+    """The name of the tool that carries ``request``'s structured output, if one does.
+
+    A ``json_schema`` response format whose schema is an object goes to Anthropic as one
+    tool with that schema as its ``input_schema``, forced with ``tool_choice``; the tool
+    call's input is the answer, returned as the response's text (JSON).  This works on
+    every Claude model that takes tools.  A request that has tools of its own, or asks
+    for thinking (which forced tool choice excludes), or whose schema's root is not an
+    object, uses ``output_config.format`` (structured outputs, on the models that have
+    it) instead.
+    """
+    fmt = request.response_format
+    if fmt is None or fmt.type != "json_schema" or request.tools:
+        return None
+    if request.thinking_budget is not None:
+        return None
+    schema = fmt.schema or {}
+    if schema.get("type") != "object":
+        return None
+    return _TOOL_NAME_CHARS.sub("_", fmt.name)[:64] or "response"
 
 
 def _usage(u: _Usage | None, previous: Usage | None = None) -> Usage:
@@ -275,8 +303,19 @@ def build_messages(messages: list[Message]) -> tuple[str | None, list[dict[str, 
 class AnthropicStreamTranslator:
     """Pure translation of Anthropic's named SSE events into our events."""
 
-    def __init__(self, *, provider: str, model: str, headers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        *,
+        provider: str,
+        model: str,
+        headers: dict[str, str],
+        structured_tool: str | None = None,
+    ) -> None:
         self._acc = StreamAccumulator(provider=provider, model=model)
+        # The forced tool carrying structured output (see structured_tool): its input
+        # streams as the answer's text.
+        self._structured_tool = structured_tool
+        self._structured_blocks: set[int] = set()
         self._provider = provider
         self._headers = headers
         self._usage: Usage | None = None
@@ -309,7 +348,10 @@ class AnthropicStreamTranslator:
             out.append(UsageEvent(usage=self._usage))
         elif name == "content_block_start" and ev.content_block is not None:
             block = ev.content_block
-            if block.type == "tool_use":
+            structured = self._structured_tool
+            if block.type == "tool_use" and structured is not None and block.name == structured:
+                self._structured_blocks.add(ev.index)
+            elif block.type == "tool_use":
                 self._tool_blocks.add(ev.index)
                 out.append(ToolCallStart(index=ev.index, id=block.id or "", name=block.name or ""))
             elif block.type == "text" and block.text:
@@ -321,7 +363,10 @@ class AnthropicStreamTranslator:
             if d.type == "text_delta" and d.text:
                 out.append(TextDelta(text=d.text))
             elif d.type == "input_json_delta" and d.partial_json:
-                out.append(ToolCallDelta(index=ev.index, arguments=d.partial_json))
+                if ev.index in self._structured_blocks:
+                    out.append(TextDelta(text=d.partial_json))
+                else:
+                    out.append(ToolCallDelta(index=ev.index, arguments=d.partial_json))
             elif d.type == "thinking_delta" and d.thinking:
                 out.append(ReasoningDelta(text=d.thinking))
         elif name == "content_block_stop":
@@ -363,7 +408,9 @@ class AnthropicStreamTranslator:
                 self._acc.add(end)
                 out.append(end)
         response = self._acc.response(
-            finish_reason=anthropic_finish_reason(self._raw_finish),
+            finish_reason=anthropic_finish_reason(
+                self._raw_finish, structured=self._structured_tool is not None
+            ),
             raw_finish_reason=self._raw_finish,
             request_id=self._headers.get("request-id"),
             headers=self._headers,
@@ -440,7 +487,15 @@ class AnthropicProvider(HTTPProvider):
         elif choice is not None:
             body["tool_choice"] = {"type": {"required": "any"}.get(choice, choice)}
         fmt = request.response_format
-        if fmt is not None and fmt.type != "text":
+        tool = structured_tool(request)
+        if tool is not None and fmt is not None:
+            # Structured output as a forced tool: every Claude model with tools takes it.
+            spec: dict[str, Any] = {"name": tool, "input_schema": fmt.schema}
+            if fmt.description:
+                spec["description"] = fmt.description
+            body["tools"] = [spec]
+            body["tool_choice"] = {"type": "tool", "name": tool}
+        elif fmt is not None and fmt.type != "text":
             schema = fmt.schema if fmt.type == "json_schema" else {"type": "object"}
             body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
         if request.thinking_budget is not None:
@@ -460,11 +515,14 @@ class AnthropicProvider(HTTPProvider):
             _message_decoder.decode,
         )
         headers = surface_headers(response.headers)
+        tool = structured_tool(request)
         text: list[str] = []
         thinking: list[str] = []
         calls: list[ToolCall] = []
         for block in msg.content or ():
-            if block.type == "text" and block.text:
+            if tool is not None and block.type == "tool_use" and block.name == tool:
+                text.append(msgspec.json.encode(block.input).decode())
+            elif block.type == "text" and block.text and tool is None:
                 text.append(block.text)
             elif block.type == "thinking" and block.thinking:
                 thinking.append(block.thinking)
@@ -487,7 +545,7 @@ class AnthropicProvider(HTTPProvider):
             provider=self._name,
             text="".join(text),
             tool_calls=calls,
-            finish_reason=anthropic_finish_reason(msg.stop_reason),
+            finish_reason=anthropic_finish_reason(msg.stop_reason, structured=tool is not None),
             raw_finish_reason=msg.stop_reason,
             usage=_usage(msg.usage),
             reasoning="".join(thinking) or None,
@@ -499,9 +557,14 @@ class AnthropicProvider(HTTPProvider):
         """Stream the answer: ``async with provider.stream(req) as events``."""
         validate_request(request, self._capabilities)
 
+        tool = structured_tool(request)
+
         def translator(response: httpx.Response) -> AnthropicStreamTranslator:
             return AnthropicStreamTranslator(
-                provider=self._name, model=request.model, headers=surface_headers(response.headers)
+                provider=self._name,
+                model=request.model,
+                headers=surface_headers(response.headers),
+                structured_tool=tool,
             )
 
         return self._open_stream(

@@ -24,6 +24,7 @@ individual errors, never the group itself.
     ├── Timeout                           yes
     ├── ConnectionFailed                  yes
     ├── ProtocolError                     yes                (a body we cannot parse)
+    ├── InvalidOutput                     yes     (a structured answer that does not validate)
     ├── StreamInterrupted                 no     (failure after content was delivered)
     ├── ConfigError                       no     (.path: where in the config)
     ├── RouterClosed                      no
@@ -55,6 +56,7 @@ __all__ = [
     "ConnectionFailed",
     "ContentFiltered",
     "ContextLengthExceeded",
+    "InvalidOutput",
     "InvalidRequest",
     "LLMError",
     "ModelNotFound",
@@ -225,6 +227,26 @@ class ProtocolError(LLMError):
     """The provider sent something we cannot parse (malformed JSON, a broken stream)."""
 
     retryable = True
+
+
+class InvalidOutput(LLMError):
+    """The answer does not validate against the schema ``router.structured()`` asked for.
+
+    An HTTP exchange that went well, with an answer that is no use: malformed or truncated
+    JSON, a wrong type, a missing field.  It is retryable (sampling again may well give a
+    valid answer), so a route retries it and fails over on it like a server error, but it
+    does not count against the provider's health.  ``validation`` is the validator's
+    message (``"Expected `int`, got `str` - at `$.age`"``); ``excerpt`` is at most the
+    first 200 characters of the answer, scrubbed of the provider's key; the whole answer
+    is never kept.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, validation: str = "", excerpt: str = "", **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.validation = validation
+        self.excerpt = excerpt
 
 
 class StreamInterrupted(LLMError):

@@ -14,7 +14,9 @@ Wire facts this follows (see the wire-format reference, section 3):
 - Structured output and tool parameters are sent as real JSON Schema
   (``responseJsonSchema``, ``parametersJsonSchema``), so ``$ref``, ``anyOf`` and
   ``additionalProperties`` from e.g. ``msgspec.json.schema`` work; ``json_schema=False``
-  sends the older OpenAPI-subset fields ``responseSchema``/``parameters`` instead.
+  sends the older OpenAPI-subset fields ``responseSchema``/``parameters`` instead; a
+  response schema is then converted to that subset (:func:`openapi_schema`: references
+  inlined, ``nullable`` for null branches, unknown keys dropped).
 - Images must be inline (``inlineData``): a ``data:`` URL is split, any other URL is
   :class:`UnsupportedFeature`.
 - Streams are ``:streamGenerateContent?alt=sse``: SSE with CRLF line ends and no
@@ -110,6 +112,7 @@ __all__ = [
     "GeminiStreamTranslator",
     "build_gemini_body",
     "gemini_finish_reason",
+    "openapi_schema",
 ]
 
 
@@ -400,6 +403,126 @@ def _parts(m: Message, provider: str | None) -> list[dict[str, Any]]:
     return parts
 
 
+#: The fields of Gemini's ``Schema`` (the OpenAPI subset ``responseSchema`` takes); any
+#: other key is a 400 ("Unknown name ... Cannot find field").
+_OPENAPI_FIELDS = frozenset(
+    {
+        "type",
+        "format",
+        "title",
+        "description",
+        "nullable",
+        "enum",
+        "maxItems",
+        "minItems",
+        "properties",
+        "required",
+        "minProperties",
+        "maxProperties",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "example",
+        "anyOf",
+        "propertyOrdering",
+        "default",
+        "items",
+        "minimum",
+        "maximum",
+    }
+)
+_MAX_SCHEMA_DEPTH = 64
+
+
+def openapi_schema(schema: Mapping[str, Any], *, provider: str | None = None) -> dict[str, Any]:
+    """``schema`` (JSON Schema) as the OpenAPI-subset ``Schema`` of ``responseSchema``.
+
+    ``$ref`` into ``$defs``/``definitions`` is inlined (the subset has no references),
+    a ``type`` list or an ``anyOf`` with a ``null`` branch becomes ``nullable``,
+    ``const`` becomes a one-value ``enum``, types are upper-case, and keys the subset
+    does not have (``additionalProperties``, ``$defs``, ``$schema``...) are dropped.
+
+    Raises:
+        UnsupportedFeature: the schema is recursive (a type that contains itself), which
+            no inlining can express; use ``responseJsonSchema`` (the default).
+
+    Example::
+
+        >>> openapi_schema({"type": ["string", "null"]})
+        {'type': 'STRING', 'nullable': True}
+    """
+    defs: dict[str, Any] = {}
+    for key in ("$defs", "definitions"):
+        table = schema.get(key)
+        if isinstance(table, Mapping):
+            defs.update({f"#/{key}/{name}": value for name, value in table.items()})
+    converted: dict[str, Any] = _openapi(schema, defs, (), provider)
+    return converted
+
+
+def _openapi(
+    node: Any, defs: Mapping[str, Any], seen: tuple[str, ...], provider: str | None
+) -> Any:
+    # ``seen``: the references being inlined on this path ("" for a plain level), so a
+    # reference met again is recursion, and the path's length is the depth.
+    if not isinstance(node, Mapping):
+        return node
+    if len(seen) > _MAX_SCHEMA_DEPTH:
+        raise UnsupportedFeature(
+            f"the response schema nests deeper than {_MAX_SCHEMA_DEPTH} levels",
+            provider=provider,
+        )
+    ref = node.get("$ref")
+    if isinstance(ref, str):
+        if ref in seen:
+            raise UnsupportedFeature(
+                f"the response schema is recursive ({ref} contains itself), which Gemini's "
+                "responseSchema cannot express; use responseJsonSchema (json_schema=True)",
+                provider=provider,
+            )
+        target = defs.get(ref)
+        if target is None:
+            raise UnsupportedFeature(
+                f"the response schema refers to {ref!r}, which it does not define",
+                provider=provider,
+            )
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _openapi(merged, defs, (*seen, ref), provider)
+    out: dict[str, Any] = {}
+    nullable = node.get("nullable") is True
+    kind = node.get("type")
+    if isinstance(kind, list):
+        nullable = nullable or "null" in kind
+        kinds = [k for k in kind if k != "null"]
+        kind = kinds[0] if len(kinds) == 1 else None
+        if len(kinds) > 1:
+            out["anyOf"] = [{"type": k.upper()} for k in kinds if isinstance(k, str)]
+    if isinstance(kind, str):
+        out["type"] = kind.upper()
+    branches = node.get("anyOf", node.get("oneOf"))
+    if isinstance(branches, list):
+        rest = [b for b in branches if not (isinstance(b, Mapping) and b.get("type") == "null")]
+        nullable = nullable or len(rest) < len(branches)
+        if len(rest) == 1:
+            out.update(_openapi(rest[0], defs, (*seen, ""), provider))
+        elif rest:
+            out["anyOf"] = [_openapi(b, defs, (*seen, ""), provider) for b in rest]
+    if "const" in node:
+        out["enum"] = [node["const"]]
+    for key, value in node.items():
+        if key not in _OPENAPI_FIELDS or key in ("type", "anyOf", "nullable"):
+            continue
+        if key == "properties" and isinstance(value, Mapping):
+            out[key] = {k: _openapi(v, defs, (*seen, ""), provider) for k, v in value.items()}
+        elif key == "items":
+            out[key] = _openapi(value, defs, (*seen, ""), provider)
+        else:
+            out[key] = value
+    if nullable:
+        out["nullable"] = True
+    return out
+
+
 def build_gemini_body(
     request: ChatRequest,
     *,
@@ -501,7 +624,10 @@ def build_gemini_body(
     if fmt is not None and fmt.type != "text":
         generation["responseMimeType"] = "application/json"
         if fmt.type == "json_schema":
-            generation["responseJsonSchema" if json_schema else "responseSchema"] = fmt.schema
+            if json_schema:
+                generation["responseJsonSchema"] = fmt.schema
+            else:
+                generation["responseSchema"] = openapi_schema(fmt.schema or {}, provider=provider)
     if request.thinking_budget is not None:
         generation["thinkingConfig"] = {
             "thinkingBudget": request.thinking_budget,

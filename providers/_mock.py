@@ -11,7 +11,8 @@ Where an answer comes from, first hit wins:
 =============  ===========================================================================
 ``responses``  the script: one item per chat call, consumed in order
 ``rules``      ``(pattern, response)`` pairs matched against the last user message
-``default``    echo (``"echo: " + last user text``), a fixed response, or a function
+``default``    echo (``"echo: " + last user text``; for a ``json_schema`` response format,
+               a JSON value that fits the schema), a fixed response, or a function
 =============  ===========================================================================
 
 When things happen, for a call started at ``t0`` with ``L = provider.latency +
@@ -222,8 +223,10 @@ class MockProvider:
             the pattern is a substring or a compiled regex searched in the last user
             message, or a predicate on the request.  The first match wins.
         default: The answer when nothing else applies: ``None`` echoes the last user
-            message (``"echo: " + text``, like the fake upstream); or a fixed response;
-            or a function of the request returning one.
+            message (``"echo: " + text``, like the fake upstream), or answers a
+            ``json_schema`` response format with a value that fits the schema (the fake
+            upstream's :func:`~providers.testing._scenario.schema_example`); or a fixed
+            response; or a function of the request returning one.
         name: The configured provider name (responses' ``provider``, errors').
         latency: Seconds added to every call's latency; may be changed at any time.
         capabilities: What the mock accepts; ``streaming`` and ``embeddings`` gate
@@ -548,6 +551,12 @@ class MockProvider:
             return self._default, self._seq
         if self._default_fn is not None:
             return _coerce(self._default_fn(request)), self._seq
+        fmt = request.response_format
+        if fmt is not None and fmt.schema is not None:
+            # Structured output: a value that fits the schema, as the fake upstream sends.
+            from .testing._scenario import schema_example
+
+            return MockResponse(text=_json_text(schema_example(fmt.schema))), self._seq
         return MockResponse(text="echo: " + request.last_user_text), self._seq
 
     def _fresh(self, error: LLMError) -> LLMError:
@@ -790,3 +799,7 @@ def _embedding(text: str, dims: int) -> list[float]:
     raw = [x / 2147483648.0 - 1.0 for x in struct.unpack(f"<{dims}I", digest)]
     norm = math.sqrt(math.fsum(v * v for v in raw)) or 1.0
     return [v / norm for v in raw]
+
+
+def _json_text(value: Any) -> str:
+    return msgspec.json.encode(value).decode()

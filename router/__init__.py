@@ -32,6 +32,7 @@ from providers import EmbeddingRequest as EmbeddingRequest
 from providers import EmbeddingResponse as EmbeddingResponse
 from providers import ForceTool as ForceTool
 from providers import ImagePart as ImagePart
+from providers import InvalidOutput as InvalidOutput
 from providers import InvalidRequest as InvalidRequest
 from providers import LLMError as LLMError
 from providers import Message as Message
@@ -108,6 +109,7 @@ from ._router import Router as Router
 from ._router import RouterStatistics as RouterStatistics
 from ._router import RouterStream as RouterStream
 from ._router import open_router as open_router
+from ._structured import Structured as Structured
 
 __version__ = "0.1.0"
 

@@ -61,6 +61,7 @@ from providers import (
     Done,
     EmbeddingRequest,
     EmbeddingResponse,
+    InvalidRequest,
     LLMError,
     NoRoute,
     Overloaded,
@@ -118,6 +119,7 @@ from ._policy import (
 from ._providers import build_provider, config_from_env
 from ._race import AttemptRecord, HedgeCounters, Race
 from ._retry import retry_delay
+from ._structured import OutputSchema, Structured, output_schema, validated
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -974,6 +976,94 @@ class Router:
         if events is not None:
             events.succeeded(winner, response.attempts, response, response.cost)
         return response
+
+    async def structured(
+        self,
+        request: ChatRequest,
+        schema: type[T] | Mapping[str, Any],
+        *,
+        nowait: bool = False,
+    ) -> T:
+        """Ask for an answer in ``schema``'s shape; return it decoded and validated.
+
+        ``schema`` is a type msgspec can decode (a ``msgspec.Struct``, a dataclass, a
+        ``TypedDict``...): the answer is an instance of it.  Or a JSON Schema ``dict``:
+        the answer is the decoded JSON, checked only for its root type and required
+        properties.  The schema goes to each target in its vendor's form; an answer that
+        does not validate fails that attempt with :class:`~providers.InvalidOutput`, so
+        the route retries or fails over as on any retryable error.  See
+        docs/structured.md; :meth:`structured_response` also returns the answer (trace,
+        usage, cost).
+
+        Raises:
+            InvalidRequest: ``schema`` cannot be described as JSON Schema, or the request
+                already has a ``response_format``.
+            InvalidOutput: the only target's answers did not validate.
+            AllProvidersFailed: every target failed (``errors`` says why, each).
+
+        Example::
+
+            class User(msgspec.Struct):
+                name: str
+                age: int
+
+            user = await router.structured(request, User)
+        """
+        result = await self.structured_response(request, schema, nowait=nowait)
+        return result.value
+
+    async def structured_response(
+        self,
+        request: ChatRequest,
+        schema: type[T] | Mapping[str, Any],
+        *,
+        nowait: bool = False,
+    ) -> Structured[T]:
+        """:meth:`structured`, returning the value with the answer it came from.
+
+        Example::
+
+            result = await router.structured_response(request, User)
+            print(result.value, result.response.provider, result.response.cost)
+            for attempt in result.response.attempts:
+                print(attempt.provider, attempt.outcome, attempt.reason or "")
+        """
+        try:
+            target: OutputSchema[T] = output_schema(schema)
+            if request.response_format is not None:
+                raise InvalidRequest(
+                    "structured() sets the request's response_format from the schema; "
+                    "send the request without one"
+                )
+        except InvalidRequest:
+            # A schedule point even when refused before any I/O, as complete() is.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise
+        request = msgspec.structs.replace(request, response_format=target.format)
+        needs = Needs.of(request, streaming=False, default_max_tokens=self._default_max_tokens)
+
+        # complete()'s call, then the validation, in the attempt: an invalid answer is
+        # this target's failure (retried, or failed over), never the caller's surprise.
+        def call(
+            actor: ProviderActor, candidate: Candidate, record: AttemptRecord
+        ) -> Coroutine[Any, Any, tuple[ChatResponse, T]]:
+            sent = msgspec.structs.replace(request, model=candidate.model)
+            answer = actor.complete(
+                sent, trace=record, nowait=nowait, prompt_tokens=_same_count(needs, request, sent)
+            )
+            return validated(answer, target, actor.provider)
+
+        (response, value), winner, race, t0, events = await self._run(
+            request.model, needs, call, request=request
+        )
+        response = msgspec.structs.replace(
+            response,
+            attempts=race.trace(t0),
+            cost=response.cost if response.cost is not None else winner.cost,
+        )
+        if events is not None:
+            events.succeeded(winner, response.attempts, response, response.cost)
+        return Structured(value=value, response=response)
 
     @asynccontextmanager
     async def stream(

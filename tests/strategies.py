@@ -18,6 +18,7 @@ from providers import (
     ToolCall,
     ToolSpec,
 )
+from providers._anthropic import structured_tool
 
 # Text that survives JSON either way: any unicode except lone surrogates.
 text = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=30)
@@ -108,7 +109,8 @@ def chat_requests(draw: st.DrawFn, *, seed: bool = True) -> ChatRequest:
 
 
 def anthropic_view(request: ChatRequest) -> ChatRequest:
-    """What Anthropic can carry: no seed, no image detail, max_tokens always set."""
+    """What Anthropic can carry: no seed, no image detail, max_tokens always set, a
+    structured-output format as a forced tool."""
 
     def strip(m: Message) -> Message:
         if isinstance(m.content, list):
@@ -121,9 +123,20 @@ def anthropic_view(request: ChatRequest) -> ChatRequest:
             return msgspec.structs.replace(m, content=parts)
         return m
 
-    return msgspec.structs.replace(
+    view = msgspec.structs.replace(
         request,
         messages=[strip(m) for m in request.messages],
         seed=None,
         max_tokens=request.max_tokens or AnthropicProvider.default_max_tokens,
     )
+    fmt = request.response_format
+    tool = structured_tool(request)
+    if tool is not None and fmt is not None and fmt.schema is not None:
+        # Structured output goes as a forced tool whose input schema is the format's.
+        view = msgspec.structs.replace(
+            view,
+            tools=[ToolSpec(name=tool, description=fmt.description or "", parameters=fmt.schema)],
+            tool_choice=ForceTool(name=tool),
+            response_format=None,
+        )
+    return view

@@ -359,7 +359,12 @@ async def test_structured_output(upstream: FakeUpstream, client: httpx.AsyncClie
     legacy = gemini(upstream, client, json_schema=False)
     resp = await legacy.complete(req("use get_weather", response_format=fmt, tools=[WEATHER]))
     body = upstream.requests[-1].body
-    assert body["generationConfig"]["responseSchema"] == schema
+    # The OpenAPI subset: upper-case types, no additionalProperties (Gemini refuses it).
+    assert body["generationConfig"]["responseSchema"] == {
+        "type": "OBJECT",
+        "properties": {"name": {"type": "STRING"}, "age": {"type": "INTEGER"}},
+        "required": ["name", "age"],
+    }
     assert "parameters" in body["tools"][0]["functionDeclarations"][0]
     resp = await gemini(upstream, client).complete(
         req(response_format=ResponseFormat.json_object())

@@ -189,6 +189,7 @@ RETRYABLE = {
     "Timeout",
     "ConnectionFailed",
     "ProtocolError",
+    "InvalidOutput",
 }
 
 

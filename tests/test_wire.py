@@ -207,8 +207,12 @@ async def test_json_schema_output(
     body = upstream.requests[-1].body
     if kind == "openai":
         assert body["response_format"]["json_schema"]["schema"] == schema
-    else:
-        assert body["output_config"]["format"]["schema"] == schema
+    else:  # Anthropic: a forced tool whose input is the answer
+        assert body["tools"] == [{"name": "person", "input_schema": schema}]
+        assert body["tool_choice"] == {"type": "tool", "name": "person"}
+        assert "output_config" not in body
+        assert resp.finish_reason == "stop"
+        assert resp.tool_calls == []
 
 
 @pytest.mark.parametrize("kind", KINDS)

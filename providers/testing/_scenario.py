@@ -286,7 +286,10 @@ class Scenario(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         chunk_words: words per text chunk (spaces kept: the chunks join to the reply).
         reply: a fixed reply; by default ``"echo: " + <last user text>`` (or
             ``"tool result: " + <content>`` after a tool result).  It is also used
-            verbatim for structured-output requests, to script invalid JSON.
+            verbatim for structured-output requests, to script invalid JSON, and as the
+            arguments of a forced tool call (Anthropic's form of structured output); a
+            non-streaming Anthropic ``tool_use`` carries it as its ``input`` when it is
+            JSON, else as a JSON string (no real server sends that: a malformed answer).
         context_window: answer the vendor's context-length 400 when the estimated input
             (:func:`estimate_input_tokens`) is larger.
         cached_tokens: reported as OpenAI ``prompt_tokens_details.cached_tokens`` (part
@@ -663,10 +666,20 @@ def plan_reply(view: ChatView, scenario: Scenario) -> ReplyPlan:
     """
     tool = _choose_tool(view)
     if tool is not None:
-        tool_input = schema_example(tool.schema)
-        if not isinstance(tool_input, dict):
-            tool_input = {}
-        arguments = _spaced_json(tool_input)
+        tool_input: Any
+        if scenario.reply is not None and view.tool_choice == "tool":
+            # A scripted reply is the forced tool's arguments, verbatim (Anthropic's
+            # structured output is a forced tool): invalid JSON can be scripted too.
+            arguments = scenario.reply
+            try:
+                tool_input = msgspec.json.decode(arguments)
+            except msgspec.DecodeError:
+                tool_input = arguments
+        else:
+            tool_input = schema_example(tool.schema)
+            if not isinstance(tool_input, dict):
+                tool_input = {}
+            arguments = _spaced_json(tool_input)
         return ReplyPlan(
             text=arguments,
             tool_name=tool.name,

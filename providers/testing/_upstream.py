@@ -2289,6 +2289,59 @@ def _base64_ok(data: Any, *, urlsafe: bool) -> bool:
     return True
 
 
+#: The fields of Gemini's OpenAPI-subset ``Schema`` (``responseSchema``).
+_OPENAPI_SCHEMA_FIELDS = frozenset(
+    {
+        "type",
+        "format",
+        "title",
+        "description",
+        "nullable",
+        "enum",
+        "maxItems",
+        "minItems",
+        "properties",
+        "required",
+        "minProperties",
+        "maxProperties",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "example",
+        "anyOf",
+        "propertyOrdering",
+        "default",
+        "items",
+        "minimum",
+        "maximum",
+    }
+)
+
+
+def _check_openapi_schema(schema: Any, where: str) -> None:
+    """Refuse what Gemini's proto ``Schema`` has no field for, as Gemini does (a 400):
+    ``$ref``, ``$defs``, ``additionalProperties``, a ``type`` list..."""
+    if not isinstance(schema, dict):
+        return
+    for key, value in schema.items():
+        if key not in _OPENAPI_SCHEMA_FIELDS:
+            raise _gemini_unknown(key, where)
+        if key == "type" and not isinstance(value, str):
+            raise _gemini_invalid(
+                f"Invalid value at '{where}.type': Proto field is not repeating, cannot "
+                "start list.",
+                f"{where}.type",
+            )
+        if key == "properties" and isinstance(value, dict):
+            for name, sub in value.items():
+                _check_openapi_schema(sub, f"{where}.properties[{name}].value")
+        elif key == "items":
+            _check_openapi_schema(value, f"{where}.items")
+        elif key == "anyOf" and isinstance(value, list):
+            for i, sub in enumerate(value):
+                _check_openapi_schema(sub, f"{where}.any_of[{i}]")
+
+
 def _lower_types(schema: Any) -> Any:
     """An OpenAPI-subset schema ("OBJECT", "STRING") with JSON Schema's lower-case types."""
     if isinstance(schema, dict):
@@ -2474,6 +2527,8 @@ def _gemini_view(body: Any) -> tuple[ChatView, bool]:
             "* GenerateContentRequest.generation_config.response_mime_type: "
             "response_mime_type must be application/json when a response schema is set.\n"
         )
+    if legacy_schema is not None:
+        _check_openapi_schema(legacy_schema, "generation_config.response_schema")
     schema = json_schema if json_schema is not None else _lower_types(legacy_schema)
     thinking = _camel_keys(generation.get("thinkingConfig"))
     max_tokens = generation.get("maxOutputTokens")
