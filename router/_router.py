@@ -1061,6 +1061,29 @@ class Router:
                 f"unknown provider {provider!r}; configured: {sorted(self._actors)}"
             ) from None
 
+    def provider(self, name: str) -> Provider:
+        """The provider object the router sends ``name``'s requests to.
+
+        For tests above all: a ``kind = "mock"`` provider from a TOML file is a
+        :class:`~providers.MockProvider` the router built, and this is how a test
+        re-scripts it or reads its calls part-way through.
+
+        Raises:
+            NoRoute: no provider of that name is configured.
+
+        Example::
+
+            mock = router.provider("local")
+            assert isinstance(mock, MockProvider)
+            mock.script("patched", ServerError("down"))   # the next two calls
+        """
+        try:
+            return self._actors[name].provider
+        except KeyError:
+            raise NoRoute(
+                f"unknown provider {name!r}; configured: {sorted(self._actors)}"
+            ) from None
+
     async def check_health(self) -> dict[str, HealthSnapshot]:
         """Actively probe every provider (a model listing each, concurrently)."""
         self._check_open()
