@@ -312,3 +312,16 @@ def scrub(text: str, secrets: Sequence[str]) -> str:
         if secret and len(secret) >= 4 and secret in text:
             text = text.replace(secret, "***")
     return text
+
+
+# Tracebacks and reprs name the path users import from (``router.Timeout``), not this
+# private module: each public class reports ``router`` as its module, as trio's classes
+# report ``trio``.  It is a string, not an import (providers still never imports router);
+# pickle looks the class up as ``router.<Name>`` (importing router if it must), which
+# holds because router re-exports every name here (tests/test_exports.py checks both).
+# A class added to ``__all__`` is covered without another line.
+for _name in __all__:
+    _public = globals()[_name]
+    if isinstance(_public, type):
+        _public.__module__ = "router"
+del _name, _public

@@ -6,7 +6,9 @@ simulator drives it and the benchmarks measure the router's own overhead against
 a call costs little more than building its response: no tasks, no regex compiles, no
 deep copies.
 
-Where an answer comes from, first hit wins:
+Where an answer comes from, first hit wins (each can be replaced part-way through a test
+with :meth:`MockProvider.script`, :meth:`~MockProvider.set_rules` and
+:meth:`~MockProvider.set_default`):
 
 =============  ===========================================================================
 ``responses``  the script: one item per chat call, consumed in order
@@ -233,7 +235,8 @@ class MockProvider:
             :meth:`stream` and :meth:`embed`.
         models: The ids :meth:`list_models` reports.
         record: Keep a :class:`MockCall` per call in :attr:`calls`; turn it off for
-            long benchmarks, which would otherwise hold every request in memory.
+            long benchmarks, which would otherwise hold every request in memory (also
+            settable later, as :attr:`record`).
 
     Synopsis::
 
@@ -452,6 +455,43 @@ class MockProvider:
         """
         self._script.extend(_coerce(r) for r in responses)
 
+    def script(self, *responses: _Reply) -> None:
+        """Replace what is left of the script with ``responses`` (none: clear it).
+
+        Use it part-way through a test to change what the next calls get.  A call in
+        flight keeps the answer it already chose (a stream's times are fixed when it
+        opens); the next call takes ``responses[0]``.  Every item is checked first, so a
+        bad one raises ``TypeError`` and leaves the script as it was.
+
+        Example::
+
+            mock.script("patched", Overloaded("busy"))   # the next two calls, then rules
+        """
+        self._script = deque([_coerce(r) for r in responses])
+
+    def set_rules(self, rules: Iterable[tuple[_Pattern, _Reply]]) -> None:
+        """Replace every rule with ``rules`` (see ``rules`` in the class docs; ``[]`` clears).
+
+        Example::
+
+            mock.set_rules([("weather", "sunny")])
+        """
+        self._rules = [(_matcher(pattern), _coerce(reply)) for pattern, reply in rules]
+
+    def set_default(self, default: _Reply | Callable[[ChatRequest], _Reply] | None) -> None:
+        """Replace the default answer (``None``: echo), as ``default`` in the class docs.
+
+        Example::
+
+            mock.set_default(ServerError("down"))   # every unscripted call fails from now on
+        """
+        if callable(default):
+            self._default_fn, self._default = default, None
+        elif default is not None:
+            self._default_fn, self._default = None, _coerce(default)
+        else:
+            self._default_fn = self._default = None
+
     def add_rule(self, pattern: _Pattern, response: _Reply) -> None:
         """Add a rule after the existing ones (see ``rules`` in the class docs).
 
@@ -460,6 +500,19 @@ class MockProvider:
             mock.add_rule("weather", MockResponse.tool_call("get_weather", {"city": "Paris"}))
         """
         self._rules.append((_matcher(pattern), _coerce(response)))
+
+    @property
+    def record(self) -> bool:
+        """Whether each call is kept in :attr:`calls`; may be turned on or off at any time.
+
+        A mock the router builds from its configuration (``kind = "mock"``) starts with
+        it off, as a long run would otherwise hold every request in memory.
+        """
+        return self._record
+
+    @record.setter
+    def record(self, value: bool) -> None:
+        self._record = value
 
     @property
     def remaining(self) -> int:

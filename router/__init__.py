@@ -92,6 +92,7 @@ from ._events import RequestStarted as RequestStarted
 from ._events import RetryScheduled as RetryScheduled
 from ._events import RouterEvent as RouterEvent
 from ._events import Subscription as Subscription
+from ._events import SubscriptionStatistics as SubscriptionStatistics
 from ._health import BreakerConfig as BreakerConfig
 from ._health import HealthSnapshot as HealthSnapshot
 from ._models import ModelCard as ModelCard

@@ -23,6 +23,7 @@ import functools
 import os
 import signal
 import sys
+import textwrap
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -105,7 +106,12 @@ def _parser() -> argparse.ArgumentParser:
 
     upstream = sub.add_parser(
         "upstream",
-        help="run the fake upstream (OpenAI and Anthropic wire formats) until interrupted",
+        help="run the fake upstream (every vendor's wire format) until interrupted",
+        description="Run the fake upstream until interrupted: one HTTP server speaking\n"
+        "every wire format below, with each scenario's latency and faults.\n"
+        "URL is the address it prints when it starts.",
+        epilog=_upstream_formats(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     upstream.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     upstream.add_argument(
@@ -379,6 +385,23 @@ def _sole_error(exc: BaseException) -> BaseException:
     return exc
 
 
+def _upstream_formats(url: str = "URL") -> str:
+    """The wire formats the fake upstream speaks, with each provider kind's base URL.
+
+    Built from ``providers.testing.UPSTREAM_KINDS``, the table the server's own
+    ``base_url`` uses, so this list cannot drift from what it serves.
+    """
+    from providers.testing import UPSTREAM_KINDS
+
+    lines = ["wire formats (provider kind: the base_url to configure):"]
+    for wire in dict.fromkeys(w for w, _ in UPSTREAM_KINDS.values()):
+        for kind, (w, path) in UPSTREAM_KINDS.items():
+            if w == wire:
+                label = kind if kind == wire else f"{kind} ({wire} format)"
+                lines.append(f"  {label:<35} {url}/<scenario>{path}")
+    return "\n".join(lines)
+
+
 def _upstream(args: argparse.Namespace) -> int:
     from providers.testing import load_scenarios, open_fake_upstream
 
@@ -392,8 +415,7 @@ def _upstream(args: argparse.Namespace) -> int:
             names = ", ".join(sorted(scenarios)) or "(none: every name gets the default echo)"
             print(f"fake upstream listening on {url}", flush=True)
             print(f"  scenarios: {names}")
-            print(f"  OpenAI base URL:    {url}/<scenario>/v1")
-            print(f"  Anthropic base URL: {url}/<scenario>")
+            print(textwrap.indent(_upstream_formats(url), "  "))
             print("  Ctrl-C to stop", flush=True)
             await trio.sleep_forever()
 

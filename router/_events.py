@@ -34,10 +34,10 @@ actor_restarted    a crashed provider actor's loop runs again
 Two ways to receive them:
 
 =========================  ============================================================
-``router.subscribe()``     an ``async with`` block that yields an async iterator backed
-                           by a bounded trio memory channel; when its buffer is full an
-                           event is dropped and counted, so a slow or stuck subscriber
-                           never slows routing
+``router.subscribe()``     a ``trio.abc.ReceiveChannel`` (``receive``, ``async for``,
+                           ``async with``, ``aclose``) backed by a bounded trio memory
+                           channel; when its buffer is full an event is dropped and
+                           counted, so a slow or stuck subscriber never slows routing
 ``router.add_listener()``  a plain function the router calls synchronously with each
                            event, in the task where it happened; it must be cheap and
                            must not block; what it raises is logged once and counted,
@@ -53,7 +53,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from types import TracebackType
 from typing import Literal, TypeAlias
 
 import msgspec
@@ -79,6 +78,7 @@ __all__ = [
     "RetryScheduled",
     "RouterEvent",
     "Subscription",
+    "SubscriptionStatistics",
 ]
 
 logger = logging.getLogger("trio_llm_router")
@@ -348,13 +348,46 @@ class EventHub:
                     )
 
 
-class Subscription:
-    """Events as an async iterator, from a bounded buffer: made by ``router.subscribe()``.
+class SubscriptionStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """A frozen snapshot of one :class:`Subscription` (from its ``statistics()``).
 
-    While the ``async with`` block is open, every event the router emits is put in the
-    buffer without waiting; when the buffer is full the event is dropped and counted in
-    :attr:`dropped` (and in ``router.statistics().events_dropped``).  Iteration ends
-    when the block exits or the router closes.
+    Attributes:
+        buffer: The buffer's capacity, in events (``math.inf`` for no bound).
+        buffered: Events waiting in the buffer now.
+        received: Events put in the buffer since it opened.
+        dropped: Events dropped because the buffer was full.
+        tasks_waiting: Tasks blocked in :meth:`Subscription.receive` now.
+        closed: Whether it takes no more events (closed, or the router closed).
+    """
+
+    buffer: int | float
+    buffered: int
+    received: int
+    dropped: int
+    tasks_waiting: int
+    closed: bool
+
+
+class Subscription(trio.abc.ReceiveChannel[RouterEvent]):
+    """The router's events as a ``trio.abc.ReceiveChannel``: made by ``router.subscribe()``.
+
+    From the moment it is made until it is closed, every event the router emits is put
+    in a bounded buffer without waiting; when the buffer is full the event is dropped
+    and counted in :attr:`dropped` (and in ``router.statistics().events_dropped``), so a
+    slow or stuck subscriber never slows routing.  It reads like a trio memory channel:
+
+    ============================  ======================================================
+    ``await receive()``           the next event, waiting for one
+    ``receive_nowait()``          the next event, or raise ``trio.WouldBlock``
+    ``async for event in sub``    every event until the router closes
+    ``async with sub``            closes it when the block exits
+    ``await aclose()``            stop receiving (``close()`` without the checkpoint)
+    ``statistics()``              a frozen :class:`SubscriptionStatistics`
+    ============================  ======================================================
+
+    ``receive`` raises ``trio.EndOfChannel`` (which ends ``async for``) once the router
+    has closed and the buffer is drained, and ``trio.ClosedResourceError`` once the
+    subscription itself is closed (also in a task blocked in it at that moment).
 
     Example::
 
@@ -382,6 +415,11 @@ class Subscription:
         self.dropped = 0
         #: Events put in the buffer.
         self.received = 0
+        if hub.closed:
+            self._send.close()
+        else:
+            hub._subscriptions.add(self)
+            hub.add(self._deliver)
 
     def __repr__(self) -> str:
         return f"<Subscription buffer={self.buffer} dropped={self.dropped}>"
@@ -401,40 +439,48 @@ class Subscription:
             self.received += 1
 
     def _close(self) -> None:
+        """Take no more events (the router closed, or this subscription did)."""
         self._hub._subscriptions.discard(self)
         self._hub.remove(self._deliver)
         self._send.close()
 
-    async def __aenter__(self) -> Subscription:
-        if self._hub.closed:
-            self._send.close()
-        else:
-            self._hub._subscriptions.add(self)
-            self._hub.add(self._deliver)
-        return self
+    async def receive(self) -> RouterEvent:
+        """The next event, waiting until there is one.
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._close()
-        await self._receive.aclose()
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> RouterEvent:
-        try:
-            return await self._receive.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise StopAsyncIteration from None
+        Raises:
+            trio.EndOfChannel: the router closed and every buffered event was received.
+            trio.ClosedResourceError: this subscription was closed.
+        """
+        return await self._receive.receive()
 
     def receive_nowait(self) -> RouterEvent:
         """The next buffered event, or raise ``trio.WouldBlock`` if there is none yet.
 
         Raises ``trio.EndOfChannel`` once the router closed and the buffer is drained,
-        ``trio.ClosedResourceError`` after the ``async with`` block exited.
+        ``trio.ClosedResourceError`` after the subscription was closed.
         """
         return self._receive.receive_nowait()
+
+    def close(self) -> None:
+        """Stop receiving events and drop the buffered ones (idempotent)."""
+        # The receiving side first: a task blocked in receive() gets ClosedResourceError
+        # (it closed), not the EndOfChannel that closing the sending side would give.
+        self._receive.close()
+        self._close()
+
+    async def aclose(self) -> None:
+        """:meth:`close`, and a checkpoint, as every ``aclose`` is."""
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def statistics(self) -> SubscriptionStatistics:
+        """A frozen snapshot: buffer use, events received and dropped, waiting tasks."""
+        channel = self._receive.statistics()
+        return SubscriptionStatistics(
+            buffer=self.buffer,
+            buffered=channel.current_buffer_used,
+            received=self.received,
+            dropped=self.dropped,
+            tasks_waiting=channel.tasks_waiting_receive,
+            closed=channel.open_send_channels == 0 or channel.open_receive_channels == 0,
+        )

@@ -46,6 +46,7 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import AsyncExitStack, asynccontextmanager
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import msgspec
@@ -1065,13 +1066,13 @@ class Router:
             events.succeeded(winner, response.attempts, response, response.cost)
         return Structured(value=value, response=response)
 
-    @asynccontextmanager
-    async def stream(
-        self, request: ChatRequest, *, nowait: bool = False
-    ) -> AsyncIterator[RouterStream]:
+    def stream(self, request: ChatRequest, *, nowait: bool = False) -> StreamContext:
         """Stream ``request``'s answer; race and fail over until the first content event.
 
-        Leaving the block closes the stream (and its connection), also when cancelled.
+        Use it with ``async with``: entering routes the request and returns the
+        committed :class:`RouterStream`; leaving the block closes the stream (and its
+        connection), also when cancelled.  ``async for`` or ``await`` straight on
+        ``router.stream(...)`` raises a ``TypeError`` that says so.
 
         Example::
 
@@ -1080,42 +1081,7 @@ class Router:
                     if isinstance(event, TextDelta):
                         print(event.text, end="")
         """
-        needs = Needs.of(request, streaming=True, default_max_tokens=self._default_max_tokens)
-
-        def call(
-            actor: ProviderActor, candidate: Candidate, record: AttemptRecord
-        ) -> Coroutine[Any, Any, _Opened]:
-            sent = msgspec.structs.replace(request, model=candidate.model)
-            return _open_committed(
-                actor, sent, record, nowait=nowait, prompt_tokens=_same_count(needs, request, sent)
-            )
-
-        opened, winner, race, t0, observed = await self._run(
-            request.model, needs, call, request=request, discard=_close_opened
-        )
-        stack, events, buffered = opened
-        routed = RouterStream(
-            events,
-            buffered,
-            winner=winner,
-            race=race,
-            t0=t0,
-            request_id=race.request_id,
-            collect=observed is not None,
-        )
-        error: BaseException | None = None
-        try:
-            async with stack:
-                yield routed
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            charge = winner.charge
-            if isinstance(charge, _Charge):
-                charge.settle(winner, answered=winner.usage is not None)
-            if observed is not None:
-                observed.stream_finished(routed, winner, race.trace(t0), error)
+        return StreamContext(self, request, nowait)
 
     async def embed(
         self,
@@ -1157,13 +1123,15 @@ class Router:
         buffer: int | float = 1000,
         types: tuple[type[RouterEvent], ...] | None = None,
     ) -> Subscription:
-        """Receive the router's events in an ``async with`` block (see :mod:`router._events`).
+        """The router's events from now on, as a ``trio.abc.ReceiveChannel``.
 
         Events are buffered (``buffer`` of them; ``math.inf`` for no bound) without ever
         waiting: when the buffer is full the event is dropped and counted
         (``subscription.dropped``, ``router.statistics().events_dropped``), so a slow
         subscriber never slows routing.  ``types`` keeps only events of those classes.
-        Iteration ends when the block exits or the router closes.
+        Iteration ends when the router closes; ``receive`` raises
+        ``trio.ClosedResourceError`` once the subscription is closed (its ``async with``
+        block exits).  See :class:`~router.Subscription`.
 
         Example::
 
@@ -1214,6 +1182,29 @@ class Router:
         except KeyError:
             raise NoRoute(
                 f"unknown provider {provider!r}; configured: {sorted(self._actors)}"
+            ) from None
+
+    def provider(self, name: str) -> Provider:
+        """The provider object the router sends ``name``'s requests to.
+
+        For tests above all: a ``kind = "mock"`` provider from a TOML file is a
+        :class:`~providers.MockProvider` the router built, and this is how a test
+        re-scripts it or reads its calls part-way through.
+
+        Raises:
+            NoRoute: no provider of that name is configured.
+
+        Example::
+
+            mock = router.provider("local")
+            assert isinstance(mock, MockProvider)
+            mock.script("patched", ServerError("down"))   # the next two calls
+        """
+        try:
+            return self._actors[name].provider
+        except KeyError:
+            raise NoRoute(
+                f"unknown provider {name!r}; configured: {sorted(self._actors)}"
             ) from None
 
     async def check_health(self) -> dict[str, HealthSnapshot]:
@@ -1426,6 +1417,122 @@ async def _close_opened(opened: _Opened, record: AttemptRecord) -> None:
         charge = record.charge
         if isinstance(charge, _Charge):
             charge.settle(record, answered=record.usage is not None)
+
+
+class StreamContext:
+    """What ``router.stream(request)`` returns: enter it with ``async with``, once.
+
+    ``__aenter__`` races the request to its first content event and returns the
+    :class:`RouterStream`; ``__aexit__`` closes the winner's stream, settles its spend
+    and reports the request's end.  It is a plain class rather than an
+    ``asynccontextmanager`` generator so that a mistaken ``async for`` or ``await`` on it
+    gets a ``TypeError`` saying how to use it, at no cost to the hot path (one coroutine
+    per enter and exit, one fewer generator frame than before).
+    """
+
+    __slots__ = (
+        "_entered",
+        "_nowait",
+        "_observed",
+        "_race",
+        "_request",
+        "_routed",
+        "_router",
+        "_stack",
+        "_t0",
+        "_winner",
+    )
+
+    def __init__(self, router: Router, request: ChatRequest, nowait: bool) -> None:
+        self._router = router
+        self._request = request
+        self._nowait = nowait
+        self._entered = False
+
+    def __repr__(self) -> str:
+        return f"<router.stream({self._request.model!r}): use it with `async with`>"
+
+    if not TYPE_CHECKING:  # to a type checker these stay absent, so it flags the misuse
+
+        def __aiter__(self):
+            raise TypeError(_STREAM_USAGE.format(wrong="is not an async iterator"))
+
+        def __await__(self):
+            raise TypeError(_STREAM_USAGE.format(wrong="cannot be awaited"))
+
+    async def __aenter__(self) -> RouterStream:
+        if self._entered:
+            raise RuntimeError(
+                "a stream's `async with` block can be entered once; "
+                "call router.stream(request) again for another"
+            )
+        request = self._request
+        router = self._router
+        nowait = self._nowait
+        self._entered = True
+        needs = Needs.of(request, streaming=True, default_max_tokens=router._default_max_tokens)
+
+        def call(
+            actor: ProviderActor, candidate: Candidate, record: AttemptRecord
+        ) -> Coroutine[Any, Any, _Opened]:
+            sent = msgspec.structs.replace(request, model=candidate.model)
+            return _open_committed(
+                actor, sent, record, nowait=nowait, prompt_tokens=_same_count(needs, request, sent)
+            )
+
+        opened, winner, race, t0, observed = await router._run(
+            request.model, needs, call, request=request, discard=_close_opened
+        )
+        stack, events, buffered = opened
+        routed = RouterStream(
+            events,
+            buffered,
+            winner=winner,
+            race=race,
+            t0=t0,
+            request_id=race.request_id,
+            collect=observed is not None,
+        )
+        self._stack = stack
+        self._routed = routed
+        self._winner = winner
+        self._race = race
+        self._t0 = t0
+        self._observed = observed
+        return routed
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        winner = self._winner
+        error = exc
+        try:
+            suppressed = bool(await self._stack.__aexit__(exc_type, exc, tb))
+            if suppressed:
+                error = None
+            return suppressed
+        except BaseException as raised:
+            error = raised
+            raise
+        finally:
+            charge = winner.charge
+            if isinstance(charge, _Charge):
+                charge.settle(winner, answered=winner.usage is not None)
+            observed = self._observed
+            if observed is not None:
+                observed.stream_finished(self._routed, winner, self._race.trace(self._t0), error)
+
+
+_STREAM_USAGE = (
+    "router.stream(request) {wrong}: it is an async context manager.  Write\n"
+    "    async with router.stream(request) as events:\n"
+    "        async for event in events:\n"
+    "            ...\n"
+    "(leaving the block closes the stream and its connection)"
+)
 
 
 class RouterStream:

@@ -288,3 +288,64 @@ def test_console_script_is_installed_and_answers_help() -> None:
     assert result.stdout.startswith("usage: llm-router")
     for command in ("demo", "upstream"):
         assert command in result.stdout
+
+
+def upstream_help_table() -> dict[str, tuple[str, str]]:
+    """``upstream --help``'s wire-format table: kind -> (format, base URL after ``URL``)."""
+    result = llm_router("upstream", "--help")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    start = lines.index("wire formats (provider kind: the base_url to configure):") + 1
+    table: dict[str, tuple[str, str]] = {}
+    for line in lines[start:]:
+        if not line.startswith("  "):
+            break
+        left, url = line.strip().rsplit(None, 1)
+        kind, _, wire = left.partition(" (")
+        table[kind] = (wire.removesuffix(" format)") or kind, url.removeprefix("URL"))
+    return table
+
+
+def test_upstream_help_lists_every_wire_format_and_kind_it_serves() -> None:
+    """``upstream --help`` names every provider kind but the in-process mock, every wire
+    format the server implements, and the base URL path the server's ``base_url`` gives."""
+    from typing import get_args
+
+    from providers.testing import UPSTREAM_KINDS
+    from providers.testing._upstream import _FORMATS, FakeUpstream
+    from router._config import ProviderKind
+
+    table = upstream_help_table()
+    assert set(table) == set(get_args(ProviderKind)) - {"mock"} == set(UPSTREAM_KINDS)
+    assert {wire for wire, _ in table.values()} == set(_FORMATS)
+    upstream = FakeUpstream.__new__(FakeUpstream)  # base_url only reads ``url``
+    upstream.url = ""
+    for kind, (wire, path) in table.items():
+        assert wire == UPSTREAM_KINDS[kind][0]
+        assert path == upstream.base_url("s", kind).replace("/s", "/<scenario>", 1), kind
+
+
+async def test_every_kind_in_the_help_is_served_over_loopback() -> None:
+    """Each kind ``upstream --help`` lists answers a chat request through the router's own
+    adapter for it, at the base URL the help gives, over a real socket."""
+    from providers.testing import open_fake_upstream
+    from router import ChatRequest, Message, ProviderConfig
+    from router._providers import build_provider
+
+    table = upstream_help_table()
+    async with open_fake_upstream() as upstream:
+        answers = {}
+        for kind, (_, path) in table.items():
+            config = ProviderConfig(
+                kind=kind,  # type: ignore[arg-type]
+                base_url=upstream.url + path.replace("<scenario>", "help"),
+                api_key_env="FAKE_KEY",
+            )
+            provider = build_provider(kind, config, {"FAKE_KEY": "sk-test"})
+            try:
+                request = ChatRequest(model="m1", messages=[Message.user(kind)], max_tokens=8)
+                answers[kind] = (await provider.complete(request)).text
+            finally:
+                await provider.aclose()
+    assert answers == {kind: f"echo: {kind}" for kind in table}
+    assert {r.path.split("/")[1] for r in upstream.requests} == {"help"}

@@ -17,6 +17,8 @@ import msgspec
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from router import (
     ActorCrashed,
@@ -48,6 +50,7 @@ from router import (
     RouterEvent,
     ServerError,
     Subscription,
+    SubscriptionStatistics,
     SupervisorConfig,
     TextDelta,
     open_router,
@@ -524,6 +527,126 @@ def test_buffer_must_be_a_size() -> None:
         with pytest.raises(ValueError, match="buffer"):
             Subscription(EventHub(), bad, None)  # type: ignore[arg-type]
     assert Subscription(EventHub(), math.inf, None).buffer == math.inf
+
+
+# --------------------------------------------------------------------------- a ReceiveChannel
+
+
+async def test_subscription_is_a_trio_receive_channel(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``receive()`` waits for the next event and wakes at its exact time; ``receive_nowait``
+    raises WouldBlock on an empty buffer; ``statistics()`` is a frozen snapshot."""
+    got: list[tuple[float, float, str]] = []
+
+    async def reader(events: Subscription, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        for _ in range(2):
+            event = await events.receive()
+            got.append((trio.current_time(), event.time, type(event).__name__))
+
+    async with (
+        routed({"a": MockProvider(name="a", latency=1.0)}) as router,
+        router.subscribe(types=(RequestStarted, RequestFinished)) as events,
+        trio.open_nursery() as nursery,
+    ):
+        assert isinstance(events, trio.abc.ReceiveChannel)
+        with pytest.raises(trio.WouldBlock):
+            events.receive_nowait()
+        await nursery.start(reader, events)
+        assert events.statistics() == SubscriptionStatistics(
+            buffer=1000, buffered=0, received=0, dropped=0, tasks_waiting=1, closed=False
+        )
+        await trio.sleep(0.5)
+        await router.complete(chat())
+    assert got == [(0.5, 0.5, "RequestStarted"), (1.5, 1.5, "RequestFinished")]
+    assert events.statistics() == SubscriptionStatistics(
+        buffer=1000, buffered=0, received=2, dropped=0, tasks_waiting=0, closed=True
+    )
+
+
+async def test_closing_a_subscription_wakes_its_reader_and_stops_delivery(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``aclose()`` from another task raises ClosedResourceError in a blocked ``receive``;
+    afterwards every receive raises it and the router builds no more events for it."""
+    outcome: list[str] = []
+
+    async def reader(events: Subscription) -> None:
+        try:
+            await events.receive()
+        except trio.ClosedResourceError:
+            outcome.append(f"closed at {trio.current_time()}")
+
+    async with routed({"a": MockProvider(name="a")}) as router:
+        events = router.subscribe(types=(BreakerChanged,))  # usable without `async with`
+        assert router.statistics().subscribers == 1
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader, events)
+            await trio.sleep(2.0)
+            await events.aclose()
+        await router.complete(chat())
+        stats = router.statistics()
+        events.close()  # idempotent
+    assert outcome == ["closed at 2.0"]
+    assert (stats.subscribers, stats.events_emitted) == (0, 0)
+    with pytest.raises(trio.ClosedResourceError):
+        await events.receive()
+    with pytest.raises(trio.ClosedResourceError):
+        events.receive_nowait()
+    with pytest.raises(trio.ClosedResourceError):
+        async for _ in events:
+            pass  # pragma: no cover
+
+
+async def test_the_router_closing_ends_the_channel_after_the_buffered_events(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Events buffered before the router closed are still received, then EndOfChannel."""
+    async with routed({"a": MockProvider(name="a")}) as router:
+        events = router.subscribe(types=(RequestStarted,))
+        await router.complete(chat())
+        await router.complete(chat())
+    assert events.statistics().closed
+    assert [type(await events.receive()).__name__ for _ in range(2)] == ["RequestStarted"] * 2
+    with pytest.raises(trio.EndOfChannel):
+        await events.receive()
+    with pytest.raises(trio.EndOfChannel):
+        events.receive_nowait()
+    assert [e async for e in events] == []
+    await events.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await events.receive()
+
+
+@given(
+    buffer=st.integers(min_value=0, max_value=5),
+    steps=st.lists(st.sampled_from(["emit", "emit", "receive"]), max_size=40),
+)
+def test_a_subscription_keeps_order_and_counts_every_event(buffer: int, steps: list[str]) -> None:
+    """Invariant: events come out in the order they were kept; every emitted event is
+    either received into the buffer or dropped (counted), and the buffer never exceeds
+    its size."""
+    from router._events import EventHub
+
+    hub = EventHub()
+    subscription = Subscription(hub, buffer, None)
+    emitted = 0
+    taken: list[float] = []
+    for step in steps:
+        if step == "emit":
+            hub.emit(ActorRestarted(time=float(emitted), provider="p", restarts=emitted))
+            emitted += 1
+        else:
+            try:
+                taken.append(subscription.receive_nowait().time)
+            except trio.WouldBlock:
+                pass
+        stats = subscription.statistics()
+        assert stats.received + stats.dropped == emitted == hub.emitted
+        assert stats.buffered == stats.received - len(taken) <= buffer
+    assert taken == sorted(taken)
+    assert hub.dropped == subscription.dropped
 
 
 # --------------------------------------------------------------------------- bad observers

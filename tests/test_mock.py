@@ -122,6 +122,111 @@ async def test_enqueue_and_add_rule_extend_the_scenario() -> None:
     assert texts == ["a", "b", "c", "rule", "rule"]
 
 
+async def test_rescripting_part_way_replaces_script_rules_and_default(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """``script``, ``set_rules`` and ``set_default`` replace what is left while calls run: a
+    call in flight keeps the answer it chose, the next call gets the new one."""
+    mock = MockProvider(responses=["a", "b", "c"], latency=1.0)
+    done: list[tuple[float, str]] = []
+
+    async def ask() -> None:
+        try:
+            text = (await mock.complete(req("weather?"))).text
+        except LLMError as exc:
+            text = type(exc).__name__
+        done.append((trio.current_time(), text))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask)  # takes "a" at 0.0
+        await trio.sleep(0.5)
+        mock.script("patched", Overloaded("busy"))  # "b" and "c" are gone
+        mock.set_rules([("weather", MockResponse(text="rule", latency=0.5))])
+        nursery.start_soon(ask)  # 0.5: "patched"
+        await trio.sleep(0.5)
+        nursery.start_soon(ask)  # 1.0: Overloaded
+        await trio.sleep(1.0)
+        nursery.start_soon(ask)  # 2.0: the new rule
+        await trio.sleep(2.0)
+        mock.set_rules([])
+        mock.set_default(ServerError("down"))
+        nursery.start_soon(ask)  # 4.0: the new default
+        await trio.sleep(1.0)
+        mock.set_default(lambda r: f"fn {len(r.messages)}")
+        nursery.start_soon(ask)
+        await trio.sleep(1.0)
+        mock.set_default(None)  # back to echo
+        nursery.start_soon(ask)
+    assert done == [
+        (1.0, "a"),
+        (1.5, "patched"),
+        (2.0, "Overloaded"),
+        (3.5, "rule"),
+        (5.0, "ServerError"),
+        (6.0, "fn 1"),
+        (7.0, "echo: weather?"),
+    ]
+    assert mock.remaining == 0
+
+
+async def test_rescripting_checks_every_item_first() -> None:
+    """A bad item in ``script``/``set_rules``/``set_default`` is a TypeError that changes
+    nothing; ``script()`` with no items clears the script."""
+    mock = MockProvider(responses=["a", "b"], rules=[("x", "rule")], default="d")
+    with pytest.raises(TypeError, match="MockResponse, a str or an LLMError"):
+        mock.script("new", cast(Any, 42))
+    with pytest.raises(TypeError, match="pattern"):
+        mock.set_rules([("y", "ok"), (cast(Any, 42), "bad")])
+    with pytest.raises(TypeError, match="MockResponse, a str or an LLMError"):
+        mock.set_default(cast(Any, 42))
+    assert mock.remaining == 2
+    assert [(await mock.complete(req("x"))).text for _ in range(3)] == ["a", "b", "rule"]
+    mock.enqueue("queued")
+    mock.script()
+    assert mock.remaining == 0
+    assert (await mock.complete(req("z"))).text == "d"
+
+
+async def test_a_stream_keeps_its_answer_when_the_mock_is_rescripted(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A stream opened before ``script`` delivers its own answer on its own timeline."""
+    mock = MockProvider(default=MockResponse(text="one two", latency=1.0, chunk_latency=1.0))
+    async with mock.stream(req()) as events:
+        mock.script("changed")
+        got = [(trio.current_time(), e.text) async for e in events if isinstance(e, TextDelta)]
+    assert got == [(1.0, "one"), (2.0, " two")]
+    assert (await mock.complete(req())).text == "changed"
+
+
+@given(
+    before=st.lists(st.text(max_size=5), max_size=5),
+    used=st.integers(min_value=0, max_value=5),
+    after=st.lists(st.text(max_size=5), max_size=5),
+)
+async def test_the_next_calls_answer_exactly_the_new_script(
+    before: list[str], used: int, after: list[str]
+) -> None:
+    """Invariant: however much of the old script was used, after ``script(*after)`` the next
+    ``len(after)`` calls answer ``after`` in order, and then the default takes over."""
+    mock = MockProvider(responses=before, default="default", record=False)
+    for _ in range(used):
+        await mock.complete(req("q"))
+    mock.script(*after)
+    texts = [(await mock.complete(req("q"))).text for _ in range(len(after) + 1)]
+    assert texts == [*after, "default"]
+
+
+async def test_recording_can_be_switched_on_later() -> None:
+    """``record`` is settable: a mock built with it off keeps calls once it is turned on."""
+    mock = MockProvider(record=False)
+    await mock.complete(req("unseen"))
+    assert (mock.record, mock.calls) == (False, [])
+    mock.record = True
+    await mock.complete(req("seen"))
+    assert [c.request.messages[-1].text for c in mock.calls] == ["seen"]
+
+
 async def test_regex_and_callable_rules_first_match_wins() -> None:
     """Regex rules search, callable rules see the whole request, and the first match wins."""
     mock = MockProvider(
@@ -696,3 +801,56 @@ async def test_stream_concatenates_to_complete(text: str, chunk_words: int) -> N
     assert isinstance(done, Done)
     assert done.response.id == "mock-2"
     assert without_id(done.response) == without_id(complete)
+
+
+# --------------------------------------------------------------------------- through a router
+
+
+async def test_a_toml_configured_mock_is_rescripted_through_the_router(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """``router.provider(name)`` is the mock the router built from TOML: re-scripting it
+    part-way changes the next routed answers, at their exact times; unknown names are
+    NoRoute."""
+    from router import NoRoute, decode_config, open_router
+
+    config = decode_config(
+        """
+        [providers.local]
+        kind = "mock"
+        retry = { max_attempts = 1 }
+        mock = { reply = "steady", latency = 1.0 }
+        """
+    )
+    answers: list[tuple[float, str]] = []
+    async with open_router(config) as router:
+        mock = router.provider("local")
+        assert isinstance(mock, MockProvider)
+        with pytest.raises(NoRoute, match="unknown provider 'nope'; configured: \\['local'\\]"):
+            router.provider("nope")
+        mock.record = True
+
+        async def ask() -> None:
+            try:
+                request = ChatRequest(model="local:m", messages=[Message.user("hi")])
+                text = (await router.complete(request)).text
+            except LLMError as exc:
+                text = type(exc).__name__
+            answers.append((trio.current_time(), text))
+
+        await ask()  # 0.0 -> 1.0
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)  # 1.0 -> 2.0, already chose "steady"
+            await trio.sleep(0.5)
+            mock.script(MockResponse(text="patched", latency=0.5), ServerError("down"))
+        await ask()
+        await ask()
+        await ask()
+    assert answers == [
+        (1.0, "steady"),
+        (2.0, "steady"),
+        (3.5, "patched"),
+        (4.5, "ServerError"),
+        (5.5, "steady"),
+    ]
+    assert [c.outcome for c in mock.calls] == ["ok", "ok", "ok", "error", "ok"]

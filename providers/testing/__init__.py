@@ -30,6 +30,7 @@ from ._scenario import MixtureComponent as MixtureComponent
 from ._scenario import Scenario as Scenario
 from ._scenario import Uniform as Uniform
 from ._scenario import load_scenarios as load_scenarios
+from ._upstream import UPSTREAM_KINDS as UPSTREAM_KINDS
 from ._upstream import FakeUpstream as FakeUpstream
 from ._upstream import RecordedRequest as RecordedRequest
 from ._upstream import UpstreamStats as UpstreamStats
@@ -52,6 +53,7 @@ __all__ = [
     "ProviderFactory",
     "RecordedRequest",
     "Scenario",
+    "UPSTREAM_KINDS",
     "Uniform",
     "UpstreamStats",
     "check_provider",

@@ -83,6 +83,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from http import HTTPStatus
+from types import MappingProxyType
 from typing import Any, Literal, TypeAlias
 from urllib.parse import parse_qs, quote, unquote
 
@@ -104,6 +105,7 @@ from ._scenario import (
 )
 
 __all__ = [
+    "UPSTREAM_KINDS",
     "FakeUpstream",
     "RecordedRequest",
     "UpstreamStats",
@@ -115,6 +117,23 @@ Vendor: TypeAlias = Literal["openai", "anthropic"]
 #: Every wire format the server speaks (``Vendor`` is what :meth:`FakeUpstream.base_url`
 #: builds URLs for).
 _Wire: TypeAlias = Literal["openai", "anthropic", "gemini", "ollama", "azure"]
+
+#: Every provider kind the server speaks to: its wire format, and the path its base URL
+#: adds after ``{url}/{scenario}``.  :meth:`FakeUpstream.base_url` is built from it, and
+#: ``llm-router upstream --help`` lists it, so neither can drift from the other.
+UPSTREAM_KINDS: Mapping[str, tuple[_Wire, str]] = MappingProxyType(
+    {
+        "openai": ("openai", "/v1"),
+        "openrouter": ("openai", "/v1"),
+        "groq": ("openai", "/v1"),
+        "together": ("openai", "/v1"),
+        "openai-compatible": ("openai", "/v1"),
+        "anthropic": ("anthropic", ""),
+        "gemini": ("gemini", "/v1beta"),
+        "ollama": ("ollama", ""),
+        "azure": ("azure", ""),
+    }
+)
 
 _RECEIVE_SIZE = 65536
 _DEFAULT_DRIP_INTERVAL = 0.01
@@ -931,17 +950,12 @@ class FakeUpstream:
             GeminiProvider(api_key="k", base_url=upstream.base_url("slow", "gemini"))
             AzureOpenAIProvider(api_key="k", endpoint=upstream.base_url("slow", "azure"))
         """
-        name = quote(scenario, safe="")
-        if kind in ("openai", "openrouter", "groq", "together", "openai-compatible"):
-            return f"{self.url}/{name}/v1"
-        if kind == "gemini":
-            return f"{self.url}/{name}/v1beta"
-        if kind in ("anthropic", "ollama", "azure"):
-            return f"{self.url}/{name}"
-        raise ValueError(
-            f"unknown wire format {kind!r}; expected one of 'openai', 'anthropic', 'gemini', "
-            "'ollama', 'azure', 'openrouter', 'groq', 'together', 'openai-compatible'"
-        )
+        try:
+            _, path = UPSTREAM_KINDS[kind]
+        except KeyError:
+            expected = ", ".join(map(repr, UPSTREAM_KINDS))
+            raise ValueError(f"unknown wire format {kind!r}; expected one of {expected}") from None
+        return f"{self.url}/{quote(scenario, safe='')}{path}"
 
     def stats(self, scenario: str | None = None) -> UpstreamStats:
         """A frozen snapshot of ``scenario``'s counters, or of all scenarios together."""
