@@ -526,6 +526,9 @@ class Attempt(_Struct, frozen=True):
     (``"lost the race to openai"``) or was skipped (``"circuit open"``).  ``usage`` is
     what the provider reported for the winner; for attempts that lost or failed after
     sending, ``wasted_tokens`` estimates the prompt tokens spent on them (hedge waste).
+    ``queued`` is the seconds the attempt waited in the provider's mailbox for admission
+    (rate limits, concurrency, a provider's pause; summed over its retries), included in
+    ``start``..``end``; 0 when it was admitted at once or skipped.
 
     Example::
 
@@ -545,6 +548,7 @@ class Attempt(_Struct, frozen=True):
     usage: Usage | None = None
     cost: float | None = None
     wasted_tokens: int = 0
+    queued: float = 0.0
 
 
 class ChatResponse(_Struct, frozen=True):
