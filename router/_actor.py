@@ -153,8 +153,11 @@ class ProviderActor:
         self.config = config
         self._default_max_tokens = default_max_tokens
         self._on_event = on_event
-        rpm, tpm = effective_limits(config)
-        preset = preset_limits(config)
+        # Where the adapter really sends: a user's adapter may point anywhere.
+        url = getattr(provider, "base_url", None)
+        url = url if isinstance(url, str) else None
+        rpm, tpm = effective_limits(config, url)
+        preset = preset_limits(config, url)
         if preset is not None and (
             (config.rpm is None and preset[0] is not None)
             or (config.tpm is None and preset[1] is not None)

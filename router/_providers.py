@@ -94,11 +94,15 @@ VENDOR_HOSTS: dict[str, frozenset[str]] = {
 }
 
 
-def preset_limits(config: ProviderConfig) -> tuple[int | None, int | None] | None:
+def preset_limits(
+    config: ProviderConfig, base_url: str | None = None
+) -> tuple[int | None, int | None] | None:
     """The kind's preset (rpm, tpm) if it applies to this provider, else ``None``.
 
     It applies when the kind has one, ``presets`` is on, and the provider talks to the
-    vendor's own API: ``base_url`` unset, or on one of the vendor's hosts.
+    vendor's own API: its URL unset, or on one of the vendor's hosts.  ``base_url`` is
+    where the adapter really sends (an adapter passed to ``open_router`` says so itself);
+    without it, the config's ``base_url``.
 
     Example::
 
@@ -111,17 +115,20 @@ def preset_limits(config: ProviderConfig) -> tuple[int | None, int | None] | Non
     preset = PRESETS.get(config.kind)
     if preset is None or not config.presets:
         return None
-    if config.base_url:
-        host = urlsplit(config.base_url.strip()).hostname
+    url = base_url or config.base_url
+    if url:
+        host = urlsplit(url.strip()).hostname
         if host is None or host.rstrip(".").lower() not in VENDOR_HOSTS[config.kind]:
             return None
     return preset
 
 
-def effective_limits(config: ProviderConfig) -> tuple[int | None, int | None]:
+def effective_limits(
+    config: ProviderConfig, base_url: str | None = None
+) -> tuple[int | None, int | None]:
     """(rpm, tpm) after presets: the config's own values win; a preset fills the others
-    when it applies (:func:`preset_limits`)."""
-    preset = preset_limits(config) or (None, None)
+    when it applies (:func:`preset_limits`, which ``base_url`` is for)."""
+    preset = preset_limits(config, base_url) or (None, None)
     rpm = config.rpm if config.rpm is not None else preset[0]
     tpm = config.tpm if config.tpm is not None else preset[1]
     return rpm, tpm
