@@ -240,7 +240,11 @@ class ProviderActor:
             self._breaker_changed = trio.Event()
             retry_at = self.breaker.retry_at
             suspended = self.mailbox.suspended_until
-            if suspended is not None and (retry_at is None or suspended < retry_at):
+            if (
+                suspended is not None
+                and suspended > trio.current_time()  # an ended one is cleared lazily
+                and (retry_at is None or suspended < retry_at)
+            ):
                 retry_at = suspended
             if retry_at is None:
                 await self._breaker_changed.wait()
@@ -839,8 +843,10 @@ class ProviderActor:
         start = trio.current_time()
         try:
             await self.provider.list_models()
-        except LLMError as exc:
-            self._failure(exc, trio.current_time())
+        except Exception as exc:
+            # As for every call (see _ended): a foreign exception is the adapter's crash.
+            error = exc if isinstance(exc, LLMError) else self._wrap(exc)
+            self._failure(error, trio.current_time())
             return
         now = trio.current_time()
         self._success(now - start, now)
@@ -885,7 +891,6 @@ class ActorStream:
     __slots__ = (
         "_actor",
         "_events",
-        "_idle_at",
         "_limited",
         "_nowait",
         "_opening",
@@ -920,7 +925,6 @@ class ActorStream:
         self._events: EventStream | None = None
         self._start = 0.0
         self._limited = actor._first_token_timeout is not None or actor._idle_timeout is not None
-        self._idle_at = 0.0  # when the last event (or the opening) came
         self.first_content_at: float | None = None
         self.response: ChatResponse | None = None
         #: The call's outcome is recorded (a success or a failure).
@@ -966,8 +970,6 @@ class ActorStream:
                 raise error from exc
             finally:
                 del error
-        if actor._idle_timeout is not None:
-            self._idle_at = actor._now()
         return self
 
     # -- read -----------------------------------------------------------------------------
@@ -1021,7 +1023,12 @@ class ActorStream:
         return event
 
     async def _next_limited(self, events: EventStream) -> StreamEvent:
-        """The next event, within the first-token and idle limits that are set."""
+        """The next event, within the first-token and idle limits that are set.
+
+        The idle limit runs from when the reader asks for the next event: time the
+        reader spends between events is not the provider's silence (what it sent
+        meanwhile is waiting in the buffers).
+        """
         actor = self._actor
         deadline = math.inf
         which = ""
@@ -1030,14 +1037,14 @@ class ActorStream:
         if first is not None and self.first_content_at is None:
             deadline, which, limit = self._start + first, "no first token", first
         idle = actor._idle_timeout
-        if idle is not None and self._idle_at + idle < deadline:
-            deadline, which, limit = self._idle_at + idle, "no stream event", idle
+        if idle is not None:
+            idle_at = actor._now() + idle
+            if idle_at < deadline:
+                deadline, which, limit = idle_at, "no stream event", idle
         with trio.move_on_at(deadline) as scope:
             event = await events.__anext__()
         if scope.cancelled_caught:
             raise actor._timed_out(which, limit)
-        if idle is not None:
-            self._idle_at = actor._now()
         return event
 
     # -- close ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -314,7 +314,7 @@ class _Paced(MockProvider):
     async def _paced(self, request: ChatRequest) -> AsyncIterator[Any]:
         done = await MockProvider.complete(self, request)
 
-        async def events() -> AsyncIterator[StreamEvent]:
+        async def events() -> AsyncGenerator[StreamEvent, None]:
             for gap in self.gaps:
                 await trio.sleep(gap)
                 yield TextDelta(text="x")
@@ -369,6 +369,40 @@ def test_stream_limits_cut_exactly_at_the_first_gap_too_long(
             assert trio.current_time() == pytest.approx(expected_fail, abs=1e-9)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_idle_timeout_does_not_count_the_readers_own_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A reader that spends 10 s on each event of a fast stream, idle_timeout = 5 s: no
+    Timeout — the limit runs from when the reader asks for the next event."""
+    fast = MockProvider(name="a", default=MockResponse(text="one two three", chunk_latency=1.0))
+    pc = ProviderConfig(kind="mock", idle_timeout=5.0, retry=NO_RETRY)
+    async with (
+        open_router(config({"a": pc}), providers={"a": fast}) as router,
+        router.stream(chat()) as events,
+    ):
+        async for event in events:
+            last = event
+            await trio.sleep(10.0)
+    assert isinstance(last, Done)
+
+
+async def test_a_crashing_health_probe_is_a_failure_not_an_escape(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """check_health on an adapter whose model listing raises ValueError records a failure
+    for that provider; nothing escapes into the caller."""
+
+    class BadListing(MockProvider):
+        async def list_models(self) -> Any:
+            raise ValueError("listing bug")
+
+    async with open_router(
+        config({"a": ProviderConfig(kind="mock")}), providers={"a": BadListing(name="a")}
+    ) as router:
+        await router.check_health()
+        assert router.statistics().providers["a"].failed == 1
 
 
 async def test_first_token_timeout_bounds_an_embedding(
@@ -460,6 +494,20 @@ async def test_a_retry_after_beyond_max_retry_after_takes_the_provider_out_of_ro
         assert (trio.current_time(), len(mock.calls)) == (0.0, 1)
         await router.health_value("a").wait_value(lambda h: h.status != "unhealthy")
         assert trio.current_time() == 86400.0
+        # The watcher goes back to sleep: it does not keep republishing the ended suspension.
+        actor = router._actors["a"]
+        published = 0
+        publish = actor._publish
+
+        def counting() -> Any:
+            nonlocal published
+            published += 1
+            return publish()
+
+        actor._publish = counting  # type: ignore[method-assign]
+        for _ in range(100):
+            await trio.lowlevel.checkpoint()
+        assert published == 0
         assert (await router.complete(chat())).text == "echo: one two three"
         assert len(mock.calls) == 2
 
