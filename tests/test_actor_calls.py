@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from providers import (
     ChatRequest,
+    ConfigError,
     Done,
     EventStream,
     LLMError,
@@ -466,6 +467,20 @@ async def test_idle_timeout_cuts_a_dripping_upstream_stream(
         assert record.outcome == "client_disconnected"
         stats = router.statistics().providers["a"]
         assert (stats.failed, stats.in_flight) == (1, 0)
+
+
+@pytest.mark.parametrize("field", ["first_token_timeout", "idle_timeout", "queue_wait_threshold"])
+@pytest.mark.parametrize("value", [-1.0, math.nan])
+async def test_a_bad_limit_built_in_code_is_a_config_error_naming_it(
+    field: str, value: float
+) -> None:
+    """A negative or NaN limit in a config built in code (not decoded, so no msgspec
+    check) is refused when the router opens, with the field's path."""
+    pc = ProviderConfig(kind="mock", **{field: value})
+    with pytest.raises(ConfigError) as caught:
+        async with open_router(config({"a": pc}), providers={"a": MockProvider(name="a")}):
+            pass
+    assert caught.value.path == f"$.providers.a.{field}"
 
 
 # --------------------------------------------------------------------------- long retry-after
