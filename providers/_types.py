@@ -530,6 +530,9 @@ class Attempt(_Struct, frozen=True):
     reported for the winner; for attempts that lost or failed after sending,
     ``wasted_tokens`` estimates the prompt tokens spent on them (hedge waste).
     ``hedge_delay`` is the hedge delay in force, on every attempt of a hedged race.
+    ``queued`` is the seconds the attempt waited in the provider's mailbox for admission
+    (rate limits, concurrency, a provider's pause; summed over its retries), included in
+    ``start``..``end``; 0 when it was admitted at once or skipped.
 
     Example::
 
@@ -550,6 +553,7 @@ class Attempt(_Struct, frozen=True):
     cost: float | None = None
     wasted_tokens: int = 0
     hedge_delay: float | None = None
+    queued: float = 0.0
 
 
 class ChatResponse(_Struct, frozen=True):

@@ -87,6 +87,7 @@ from ._events import BudgetRefused as BudgetRefused
 from ._events import FallbackLaunched as FallbackLaunched
 from ._events import HealthChanged as HealthChanged
 from ._events import HedgeLaunched as HedgeLaunched
+from ._events import QueueWait as QueueWait
 from ._events import RequestFinished as RequestFinished
 from ._events import RequestStarted as RequestStarted
 from ._events import RetryScheduled as RetryScheduled

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+import math
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 
 import msgspec
 import trio
@@ -32,10 +32,12 @@ from providers import (
     AuthenticationError,
     ChatRequest,
     ChatResponse,
+    ConfigError,
     ConnectionFailed,
     Done,
     EmbeddingRequest,
     EmbeddingResponse,
+    EventStream,
     LLMError,
     Overloaded,
     PermissionDenied,
@@ -46,16 +48,18 @@ from providers import (
     StreamEvent,
     StreamInterrupted,
     Timeout,
+    Usage,
 )
 from providers._tokens import TokenCalibration, count_input_tokens, estimate_text_tokens
 from providers._types import is_content_event
 
 from ._config import ProviderConfig
-from ._events import BreakerChanged, HealthChanged, Listener
+from ._config import _key as _path_key
+from ._events import BreakerChanged, HealthChanged, Listener, QueueWait
 from ._health import CircuitBreaker, ErrorWindow, HealthSnapshot, LatencyStats, classify
-from ._limiter import Mailbox, Permit
+from ._limiter import Hold, Mailbox, Permit, WaitOutcome
 from ._policy import HealthStatus, TargetHealth
-from ._providers import effective_limits
+from ._providers import effective_limits, preset_limits
 from ._race import AttemptRecord
 from ._ratelimits import has_rate_limit_headers, parse_rate_limit_headers
 from ._retry import RetryBudget
@@ -80,6 +84,17 @@ DEGRADED_ERROR_RATE = 0.1
 
 #: Pause after a 429 that did not say how long to wait.
 DEFAULT_RATE_LIMIT_PAUSE = 1.0
+
+#: Long waits for admission are logged at INFO at most once per this many seconds per
+#: provider (the others at DEBUG); every one of them is an event.
+LOG_QUEUE_WAIT_EVERY = 10.0
+
+_HOLD_NAMES: dict[Hold, str] = {
+    "pause": "a pause the provider asked for (retry-after or a rate-limit reset)",
+    "concurrency": "the concurrency limit (max_concurrency)",
+    "rpm": "the requests-per-minute limit (rpm)",
+    "tpm": "the tokens-per-minute limit (tpm)",
+}
 
 
 class ActorStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -140,7 +155,25 @@ class ProviderActor:
         self.config = config
         self._default_max_tokens = default_max_tokens
         self._on_event = on_event
-        rpm, tpm = effective_limits(config)
+        # Where the adapter really sends: a user's adapter may point anywhere.
+        url = getattr(provider, "base_url", None)
+        url = url if isinstance(url, str) else None
+        rpm, tpm = effective_limits(config, url)
+        preset = preset_limits(config, url)
+        if preset is not None and (
+            (config.rpm is None and preset[0] is not None)
+            or (config.tpm is None and preset[1] is not None)
+        ):
+            # Say so: a limit nobody configured is a surprise when it queues requests.
+            logger.info(
+                "provider %s: %s's published entry-tier limits apply (rpm=%s, tpm=%s); "
+                "set rpm/tpm to your account's, or presets = false",
+                name,
+                config.kind,
+                rpm,
+                tpm,
+                extra={"provider": name, "rpm": rpm, "tpm": tpm},
+            )
         self.mailbox = Mailbox(
             name,
             rpm=rpm,
@@ -149,7 +182,23 @@ class ProviderActor:
             tpm_burst=config.tpm_burst,
             max_concurrency=config.max_concurrency,
             max_queue=config.max_queue,
+            max_pause=config.retry.max_retry_after,
         )
+        for field, value, least in (
+            ("first_token_timeout", config.first_token_timeout, "> 0"),
+            ("idle_timeout", config.idle_timeout, "> 0"),
+            ("queue_wait_threshold", config.queue_wait_threshold, ">= 0"),
+        ):
+            # Decoding checks these (msgspec Meta); a config built in code is not decoded.
+            if value is not None and not (value > 0 or (least == ">= 0" and value == 0)):
+                raise ConfigError(
+                    f"expected seconds {least}, got {value!r}",
+                    path=f"$.providers{_path_key(name)}.{field}",
+                )
+        self._first_token_timeout = config.first_token_timeout
+        self._idle_timeout = config.idle_timeout
+        self._queue_wait_threshold = config.queue_wait_threshold
+        self._next_queue_log = -math.inf
         self.breaker = CircuitBreaker(config.breaker, on_transition=self._breaker_moved)
         #: Latency of whole answers (``complete``, ``embed``).
         self.latency = LatencyStats()
@@ -191,16 +240,25 @@ class ProviderActor:
     async def watch_breaker(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Republish health when an open breaker's time is up, until cancelled.
+        """Republish health when an open breaker's (or a suspension's) time is up.
 
         An open breaker turns half-open when time passes, not when a call comes, so this
         republishes the health snapshot at that moment, and tasks waiting on
-        :attr:`health` wake when the provider may be tried again.
+        :attr:`health` wake when the provider may be tried again.  So does the end of a
+        suspension (a ``retry-after`` longer than ``max_retry_after``).  Runs until
+        cancelled.
         """
         task_status.started()
         while True:
             self._breaker_changed = trio.Event()
             retry_at = self.breaker.retry_at
+            suspended = self.mailbox.suspended_until
+            if (
+                suspended is not None
+                and suspended > trio.current_time()  # an ended one is cleared lazily
+                and (retry_at is None or suspended < retry_at)
+            ):
+                retry_at = suspended
             if retry_at is None:
                 await self._breaker_changed.wait()
             else:
@@ -275,6 +333,9 @@ class ProviderActor:
                 latency=latency,
                 load=load,
             )
+        suspended = self._suspension(now)
+        if suspended is not None:
+            return TargetHealth(status="unhealthy", reason=suspended, latency=latency, load=load)
         state = self.breaker.state(now)
         if state == "open":
             return TargetHealth(
@@ -319,6 +380,9 @@ class ProviderActor:
         transition, the percentile cache) but none of its allocations: the hot path's."""
         if self.crashed is not None:
             return "unhealthy"
+        suspended = self.mailbox.suspended_until
+        if suspended is not None and now < suspended:
+            return "unhealthy"
         breaker = self.breaker
         state = breaker.state(now)
         if state == "open":
@@ -334,6 +398,13 @@ class ProviderActor:
                 return "degraded"
         return "healthy"
 
+    def _suspension(self, now: float) -> str | None:
+        """Why the provider is out of routing now (a long retry-after), or ``None``."""
+        until = self.mailbox.suspended_until
+        if until is None or now >= until:
+            return None
+        return f"rate limited until t={until:.3f}: {self.mailbox.suspension}"
+
     def _classify(self, now: float) -> HealthSnapshot:
         stats = self.mailbox.statistics()
         return classify(
@@ -344,6 +415,7 @@ class ProviderActor:
             degraded_error_rate=DEGRADED_ERROR_RATE,
             degraded_latency=self.config.degraded_latency,
             crashed=self.crashed,
+            suspended=self._suspension(now),
             in_flight=stats.in_flight,
             queued=stats.queued,
         )
@@ -378,8 +450,12 @@ class ProviderActor:
         return self._publish()
 
     def pause_remaining(self, now: float) -> float:
-        """Seconds the provider asked us to wait (``retry-after``) that are still to run."""
+        """Seconds the provider asked us to wait (``retry-after``) that are still to run
+        (a pause of the queue, or a suspension)."""
         until = self.mailbox.paused_until
+        suspended = self.mailbox.suspended_until
+        if suspended is not None and (until is None or suspended > until):
+            until = suspended
         return 0.0 if until is None else max(0.0, until - now)
 
     def _breaker_moved(self, old: str, new: str, now: float) -> None:
@@ -416,8 +492,14 @@ class ProviderActor:
             self.errors.record_success(now)
         self._learn(exc.headers, now)
         if isinstance(exc, RateLimited) or (isinstance(exc, Overloaded) and exc.retry_after):
-            pause = exc.retry_after if exc.retry_after is not None else DEFAULT_RATE_LIMIT_PAUSE
-            self.mailbox.pause_until(now + pause)
+            pause = exc.retry_after
+            if pause is None or not 0.0 <= pause < math.inf:  # absent, negative, NaN, inf
+                pause = DEFAULT_RATE_LIMIT_PAUSE
+            # Up to max_retry_after this holds the queue; longer, it suspends the
+            # provider: out of routing until then, refusing at once (the Mailbox).
+            self.mailbox.pause_until(now + pause, why=f"the provider said retry-after {pause:g}s")
+            if self.mailbox.suspended_until is not None:
+                self._breaker_changed.set()  # the watcher republishes when it ends
         self._outcome(now)
 
     def _abandoned(self, now: float, elapsed: float | None, *, stream: bool = False) -> None:
@@ -479,31 +561,87 @@ class ProviderActor:
         The prompt is counted exactly where an offline tokenizer knows the model, else
         estimated (providers._tokens); the TPM cost scales that by what this provider's
         reported usage has taught :attr:`calibration` about the model.  The unscaled
-        count is returned, for :meth:`_calibrate` to learn from.
+        count is returned, for the calibration to learn from when the answer comes.
         """
         output = request.max_tokens or self._default_max_tokens
         prompt = count_input_tokens(request) if prompt_tokens is None else prompt_tokens
         scaled = self.calibration.scale(request.model, prompt)
         return float(scaled + output), float(output), prompt
 
-    def _calibrate(self, model: str, prompt: int, response: ChatResponse) -> None:
-        self.calibration.observe(model, prompt, response.usage.input_tokens)
-
-    async def _admit(self, cost: float, output_cost: float, *, nowait: bool) -> Permit:
+    async def _admit(
+        self,
+        cost: float,
+        output_cost: float,
+        *,
+        nowait: bool,
+        trace: AttemptRecord | None,
+        model: str,
+    ) -> Permit:
         # A call made in a cancelled scope takes no permit: nothing is charged or sent.
         await trio.lowlevel.checkpoint_if_cancelled()
         permit = self._admit_at_once(cost, output_cost, nowait=nowait)
         if permit is not None:
             return permit
-        return await self._wait_for_admission(cost, output_cost)
+        return await self._wait_for_admission(cost, output_cost, trace, model)
 
-    async def _wait_for_admission(self, cost: float, output_cost: float) -> Permit:
+    async def _wait_for_admission(
+        self, cost: float, output_cost: float, trace: AttemptRecord | None, model: str
+    ) -> Permit:
         """Queue for a permit (after :meth:`_admit_at_once` said ``None``)."""
+
+        def waited(seconds: float, held_by: Hold, outcome: WaitOutcome) -> None:
+            self._waited(seconds, held_by, outcome, trace, model)
+
         try:
-            return await self.mailbox.admit(cost, output_cost)
+            return await self.mailbox.admit(cost, output_cost, on_wait=waited)
         except BaseException:
             self._not_admitted()
             raise
+
+    def _waited(
+        self,
+        seconds: float,
+        held_by: Hold,
+        outcome: WaitOutcome,
+        trace: AttemptRecord | None,
+        model: str,
+    ) -> None:
+        """A request's wait in the mailbox ended: trace it; report it if it was long."""
+        if trace is not None:
+            trace.queued += seconds
+        threshold = self._queue_wait_threshold
+        if threshold is None or seconds < threshold:
+            return
+        now = self._now()
+        # One INFO line per provider per LOG_QUEUE_WAIT_EVERY seconds, the rest at DEBUG:
+        # a saturated provider would otherwise log every request it queues.
+        level = logging.DEBUG
+        if now >= self._next_queue_log:
+            level = logging.INFO
+            self._next_queue_log = now + LOG_QUEUE_WAIT_EVERY
+        if logger.isEnabledFor(level):
+            logger.log(
+                level,
+                "provider %s: a request waited %.3gs for admission, held by %s (%s; %d queued)",
+                self.name,
+                seconds,
+                _HOLD_NAMES[held_by],
+                outcome,
+                self.mailbox.queued,
+                extra={"provider": self.name, "queued_seconds": seconds, "held_by": held_by},
+            )
+        if self._on_event is not None:
+            self._on_event(
+                QueueWait(
+                    time=now,
+                    provider=self.name,
+                    provider_model=model,
+                    waited=seconds,
+                    held_by=held_by,
+                    outcome=outcome,
+                    queued=self.mailbox.queued,
+                )
+            )
 
     def _admit_at_once(self, cost: float, output_cost: float, *, nowait: bool) -> Permit | None:
         """The permit, when admission needs no wait; ``None`` when it must queue.
@@ -528,12 +666,85 @@ class ProviderActor:
         self.breaker.record_cancelled(now)
         self._outcome(now)
 
-    def _account(self, response: ChatResponse) -> int | None:
-        usage = response.usage
+    # The one call path.  Every operation (complete, stream, embed) goes through it:
+    #
+    #   admit     _admit_at_once / _wait_for_admission: a permit, or a refusal
+    #   call      the adapter, under the per-attempt limits when they are set
+    #   outcome   exactly one of
+    #               _answered   a whole answer (or a stream's Done): tokens accounted,
+    #                           calibration and rate-limit headers learnt, a success
+    #               _ended      an exception: an LLMError is the provider's failure;
+    #                           any other Exception is the adapter crashing, wrapped in
+    #                           ServerError (the original as __cause__) and a failure
+    #                           too; anything else (Cancelled) abandons the call
+    #             each releases the permit and updates health.
+    #
+    # They are plain methods called inline, not a context manager: ``complete`` is the
+    # hot path, and every coroutine layer costs on each of its I/O wake-ups.
+
+    def _answered(
+        self,
+        permit: Permit,
+        usage: Usage,
+        headers: dict[str, str],
+        latency: float,
+        now: float,
+        trace: AttemptRecord | None,
+        *,
+        stream: bool = False,
+        model: str | None = None,
+        prompt: int = 0,
+    ) -> None:
+        """A call succeeded: ``latency`` is the whole answer's, or a stream's first token."""
         self._input_tokens += usage.input_tokens
         self._output_tokens += usage.output_tokens
         total = usage.input_tokens + usage.output_tokens
-        return total if total else None
+        permit.release(total or None)
+        if model is not None:  # chat: the prompt count learns from the reported usage
+            self.calibration.observe(model, prompt, usage.input_tokens)
+        if trace is not None:
+            trace.usage = usage
+        self._learn(headers, now)
+        self._success(latency, now, stream=stream)
+
+    def _ended(
+        self,
+        permit: Permit,
+        exc: BaseException,
+        start: float,
+        *,
+        stream: bool = False,
+        first: float | None = None,
+    ) -> ServerError | None:
+        """A call that started at ``start`` raised ``exc``: record its outcome; return
+        the typed error to raise instead of a foreign ``exc``, else ``None`` (raise
+        ``exc`` itself).
+
+        An abandoned call's censored latency sample runs to now, or for a stream to its
+        first content (``first``) if that came.
+        """
+        now = self._now()
+        permit.release()
+        if isinstance(exc, LLMError):
+            self._failure(exc, now)
+            return None
+        if isinstance(exc, Exception):
+            error = self._wrap(exc)
+            self._failure(error, now)
+            return error
+        self._abandoned(now, (now if first is None else first) - start, stream=stream)
+        return None
+
+    def _wrap(self, exc: Exception) -> ServerError:
+        """A foreign exception from the adapter, as the typed error the caller sees."""
+        error = ServerError(
+            f"the provider adapter raised {type(exc).__name__}: {exc}", provider=self.name
+        )
+        error.__cause__ = exc
+        return error
+
+    def _timed_out(self, what: str, limit: float) -> Timeout:
+        return Timeout(f"{what} within {limit:g}s", provider=self.name)
 
     async def complete(
         self,
@@ -545,96 +756,64 @@ class ProviderActor:
     ) -> ChatResponse:
         """One attempt at ``request`` on this provider (no retries: the router decides).
 
-        ``trace`` is filled in with the tokens sent and the usage; ``nowait`` refuses with
-        :class:`~providers.Overloaded` instead of queueing (load shedding).
+        ``trace`` is filled in with the tokens sent, the time queued and the usage;
+        ``nowait`` refuses with :class:`~providers.Overloaded` instead of queueing (load
+        shedding).
         """
         cost, output_cost, prompt = self._cost(request, prompt_tokens)
         # A call made in a cancelled scope takes no permit: nothing is charged or sent
         # (a hedge started as the race is decided, a fallback as the caller is
-        # cancelled).  Not a schedule point otherwise.
+        # cancelled).  Not a schedule point otherwise.  (_admit, inlined: one coroutine
+        # layer fewer on the hot path.)
         await trio.lowlevel.checkpoint_if_cancelled()
         permit = self._admit_at_once(cost, output_cost, nowait=nowait)
         if permit is None:
-            permit = await self._wait_for_admission(cost, output_cost)
+            permit = await self._wait_for_admission(cost, output_cost, trace, request.model)
         if trace is not None:
             trace.sent_tokens = prompt
         # Admitted at once, or granted from the queue: either way the call starts when
         # admission was granted (no schedule point in between, so the same instant).
         start = permit.granted_at
+        limit = self._first_token_timeout
         try:
-            response = await self.provider.complete(request)
-        except LLMError as exc:
-            permit.release()
-            self._failure(exc, self._now())
-            raise
-        except Exception as exc:
-            permit.release()
-            error = ServerError(
-                f"the provider adapter raised {type(exc).__name__}: {exc}", provider=self.name
-            )
-            self._failure(error, trio.current_time())
-            raise error from exc
-        except BaseException:
-            permit.release()
-            now = trio.current_time()
-            self._abandoned(now, now - start)
-            raise
-        now = trio.current_time()
-        permit.release(self._account(response))
-        self._calibrate(request.model, prompt, response)
-        if trace is not None:
-            trace.usage = response.usage
-        self._learn(response.headers, now)
-        self._success(now - start, now)
+            if limit is None:
+                response = await self.provider.complete(request)
+            else:
+                with trio.move_on_at(start + limit) as scope:
+                    response = await self.provider.complete(request)
+                if scope.cancelled_caught:
+                    raise self._timed_out("no answer", limit)
+        except BaseException as exc:
+            error = self._ended(permit, exc, start)
+            if error is None:
+                raise
+            try:  # no local left to tie the traceback's frame to the error: no cycle
+                raise error from exc
+            finally:
+                del error
+        now = self._now()
+        self._answered(
+            permit,
+            response.usage,
+            response.headers,
+            now - start,
+            now,
+            trace,
+            model=request.model,
+            prompt=prompt,
+        )
         return response
 
-    @asynccontextmanager
-    async def stream(
+    def stream(
         self,
         request: ChatRequest,
         *,
         trace: AttemptRecord | None = None,
         nowait: bool = False,
         prompt_tokens: int | None = None,
-    ) -> AsyncIterator[ActorStream]:
-        """One streaming attempt; admission, health and token accounting around it."""
-        cost, output_cost, prompt = self._cost(request, prompt_tokens)
-        permit = await self._admit(cost, output_cost, nowait=nowait)
-        if trace is not None:
-            trace.sent_tokens = prompt
-        start = trio.current_time()
-        wrapped: ActorStream | None = None
-        failed_opening = False
-        try:
-            async with self.provider.stream(request) as events:
-                wrapped = ActorStream(self, events, start)
-                yield wrapped
-        except LLMError as exc:
-            if wrapped is None:
-                # Raised opening the stream: the provider's failure.  Once the stream is
-                # open, its own failures are recorded by ActorStream as they surface; an
-                # LLMError that reaches here otherwise came from the caller's body.
-                failed_opening = True
-                self._failure(exc, trio.current_time())
-            raise
-        finally:
-            now = trio.current_time()
-            tokens: int | None = None
-            if wrapped is not None and wrapped.response is not None:
-                tokens = self._account(wrapped.response)
-                self._calibrate(request.model, prompt, wrapped.response)
-                if trace is not None:
-                    trace.usage = wrapped.response.usage
-            permit.release(tokens)
-            if wrapped is None:
-                if not failed_opening:  # cancelled while waiting for the response
-                    self._abandoned(now, now - start, stream=True)
-            elif wrapped.response is None and not wrapped.failed:
-                # Left early (a lost race, the caller stopped reading): the time to first
-                # content if it came, else at least the time waited.
-                first = wrapped.first_content_at
-                ttft = (first if first is not None else now) - start
-                self._abandoned(now, ttft, stream=True)
+    ) -> ActorStream:
+        """One streaming attempt (``async with``); the same call path as :meth:`complete`."""
+        return ActorStream(self, request, trace, nowait, prompt_tokens)
 
     async def embed(
         self,
@@ -645,27 +824,31 @@ class ProviderActor:
     ) -> EmbeddingResponse:
         """Embed through admission (cost: the inputs' estimated tokens)."""
         prompt = sum(estimate_text_tokens(t) for t in request.inputs)
-        permit = await self._admit(float(prompt), 0.0, nowait=nowait)
+        permit = await self._admit(
+            float(prompt), 0.0, nowait=nowait, trace=trace, model=request.model
+        )
         if trace is not None:
             trace.sent_tokens = prompt
-        start = trio.current_time()
+        start = permit.granted_at
+        limit = self._first_token_timeout
         try:
-            response = await self.provider.embed(request)
-        except LLMError as exc:
-            permit.release()
-            self._failure(exc, trio.current_time())
-            raise
-        except BaseException:
-            permit.release()
-            now = trio.current_time()
-            self._abandoned(now, now - start)
-            raise
-        now = trio.current_time()
-        self._input_tokens += response.usage.input_tokens
-        permit.release(response.usage.input_tokens or None)
-        if trace is not None:
-            trace.usage = response.usage
-        self._success(now - start, now)
+            if limit is None:
+                response = await self.provider.embed(request)
+            else:
+                with trio.move_on_at(start + limit) as scope:
+                    response = await self.provider.embed(request)
+                if scope.cancelled_caught:
+                    raise self._timed_out("no embeddings", limit)
+        except BaseException as exc:
+            error = self._ended(permit, exc, start)
+            if error is None:
+                raise
+            try:  # no local left to tie the traceback's frame to the error: no cycle
+                raise error from exc
+            finally:
+                del error
+        now = self._now()
+        self._answered(permit, response.usage, {}, now - start, now, trace)
         return response
 
     async def probe(self) -> None:
@@ -673,8 +856,10 @@ class ProviderActor:
         start = trio.current_time()
         try:
             await self.provider.list_models()
-        except LLMError as exc:
-            self._failure(exc, trio.current_time())
+        except Exception as exc:
+            # As for every call (see _ended): a foreign exception is the adapter's crash.
+            error = exc if isinstance(exc, LLMError) else self._wrap(exc)
+            self._failure(error, trio.current_time())
             return
         now = trio.current_time()
         self._success(now - start, now)
@@ -706,16 +891,58 @@ class ProviderActor:
 
 
 class ActorStream:
-    """The events of one streaming attempt, with time-to-first-token and outcome recorded."""
+    """One streaming attempt: ``async with actor.stream(request) as events``.
 
-    __slots__ = ("_actor", "_events", "_start", "failed", "first_content_at", "response")
+    It goes through the actor's one call path (see :class:`ProviderActor`): admission on
+    entry, the adapter's stream under the per-attempt limits, and exactly one outcome —
+    a success at the :class:`~providers.Done` event (health latency: time to first
+    content), a failure when opening or reading raises (a foreign exception wrapped in
+    :class:`~providers.ServerError`, the original as ``__cause__``), or, when the block
+    is left before either, an abandoned call.
+    """
 
-    def __init__(self, actor: ProviderActor, events: Any, start: float) -> None:
+    __slots__ = (
+        "_actor",
+        "_events",
+        "_limited",
+        "_nowait",
+        "_opening",
+        "_permit",
+        "_prompt",
+        "_prompt_tokens",
+        "_request",
+        "_start",
+        "_trace",
+        "failed",
+        "first_content_at",
+        "response",
+        "settled",
+    )
+
+    def __init__(
+        self,
+        actor: ProviderActor,
+        request: ChatRequest,
+        trace: AttemptRecord | None,
+        nowait: bool,
+        prompt_tokens: int | None,
+    ) -> None:
         self._actor = actor
-        self._events = events
-        self._start = start
+        self._request = request
+        self._trace = trace
+        self._nowait = nowait
+        self._prompt_tokens = prompt_tokens
+        self._prompt = 0
+        self._permit: Permit | None = None
+        self._opening: AbstractAsyncContextManager[EventStream] | None = None
+        self._events: EventStream | None = None
+        self._start = 0.0
+        self._limited = actor._first_token_timeout is not None or actor._idle_timeout is not None
         self.first_content_at: float | None = None
         self.response: ChatResponse | None = None
+        #: The call's outcome is recorded (a success or a failure).
+        self.settled = False
+        #: It failed (opening or reading raised).
         self.failed = False
 
     @property
@@ -723,23 +950,173 @@ class ActorStream:
         """The name of the provider streaming."""
         return self._actor.name
 
+    # -- admit and open -----------------------------------------------------------------
+
+    async def __aenter__(self) -> ActorStream:
+        actor = self._actor
+        request = self._request
+        cost, output_cost, self._prompt = actor._cost(request, self._prompt_tokens)
+        permit = await actor._admit(
+            cost, output_cost, nowait=self._nowait, trace=self._trace, model=request.model
+        )
+        self._permit = permit
+        if self._trace is not None:
+            self._trace.sent_tokens = self._prompt
+        self._start = start = permit.granted_at
+        opening = actor.provider.stream(request)
+        self._opening = opening
+        limit = actor._first_token_timeout
+        try:
+            if limit is None:
+                self._events = await opening.__aenter__()
+            else:
+                with trio.move_on_at(start + limit) as scope:
+                    self._events = await opening.__aenter__()
+                if scope.cancelled_caught:
+                    raise actor._timed_out("no first token", limit)
+        except BaseException as exc:
+            self._opening = None  # never entered: nothing to exit
+            error = self._settle_error(exc)
+            if error is None:
+                raise
+            try:  # no local left to tie the traceback's frame to the error: no cycle
+                raise error from exc
+            finally:
+                del error
+        return self
+
+    # -- read -----------------------------------------------------------------------------
+
     def __aiter__(self) -> ActorStream:
         return self
 
     async def __anext__(self) -> StreamEvent:
+        events = self._events
+        if events is None:
+            raise RuntimeError("the stream is not open: use `async with actor.stream(...)`")
         try:
-            event: StreamEvent = await self._events.__anext__()
-        except LLMError as exc:
-            self.failed = True
-            self._actor._failure(exc, trio.current_time())
+            if self._limited:
+                event = await self._next_limited(events)
+            else:
+                event = await events.__anext__()
+        except StopAsyncIteration:
             raise
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                raise  # Cancelled: the block's exit records the call as abandoned
+            error = self._settle_error(exc)
+            if error is None:
+                raise
+            try:  # no local left to tie the traceback's frame to the error: no cycle
+                raise error from exc
+            finally:
+                del error
         if self.first_content_at is None and is_content_event(event):
-            self.first_content_at = trio.current_time()
-        if isinstance(event, Done):
-            self.response = event.response
-            now = trio.current_time()
-            self._actor._learn(event.response.headers, now)
+            self.first_content_at = self._actor._now()
+        if isinstance(event, Done) and not self.settled:
+            self.settled = True
+            self.response = response = event.response
+            actor = self._actor
+            now = actor._now()
+            permit = self._permit
+            assert permit is not None
             # Health latency for streams is time to first token: what a caller waits for.
             ttft = (self.first_content_at or now) - self._start
-            self._actor._success(ttft, now, stream=True)
+            actor._answered(
+                permit,
+                response.usage,
+                response.headers,
+                ttft,
+                now,
+                self._trace,
+                stream=True,
+                model=self._request.model,
+                prompt=self._prompt,
+            )
         return event
+
+    async def _next_limited(self, events: EventStream) -> StreamEvent:
+        """The next event, within the first-token and idle limits that are set.
+
+        The idle limit runs from when the reader asks for the next event: time the
+        reader spends between events is not the provider's silence (what it sent
+        meanwhile is waiting in the buffers).
+        """
+        actor = self._actor
+        deadline = math.inf
+        which = ""
+        limit = 0.0
+        first = actor._first_token_timeout
+        if first is not None and self.first_content_at is None:
+            deadline, which, limit = self._start + first, "no first token", first
+        idle = actor._idle_timeout
+        if idle is not None:
+            idle_at = actor._now() + idle
+            if idle_at < deadline:
+                deadline, which, limit = idle_at, "no stream event", idle
+        with trio.move_on_at(deadline) as scope:
+            event = await events.__anext__()
+        if scope.cancelled_caught:
+            raise actor._timed_out(which, limit)
+        return event
+
+    # -- close ------------------------------------------------------------------------------
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        # ``exc`` came from the caller's block (or from __anext__, which recorded its own
+        # outcome): it says nothing new about the provider.  What the adapter raises while
+        # closing, other than ``exc`` itself, is the provider's.
+        opening = self._opening
+        self._opening = None
+        suppress = False
+        if opening is not None:
+            try:
+                suppress = bool(await opening.__aexit__(exc_type, exc, tb))
+            except BaseException as closing:
+                if closing is exc:
+                    self._abandon_if_open()
+                    raise
+                error = self._settle_error(closing)
+                if error is None:
+                    raise
+                try:  # no local left to tie the traceback's frame to the error: no cycle
+                    raise error from closing
+                finally:
+                    del error
+        self._abandon_if_open()
+        return suppress
+
+    def _abandon_if_open(self) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        # Left early (a lost race, the caller stopped reading or was cancelled): the time
+        # to first content if it came, else at least the time waited.
+        permit = self._permit
+        if permit is not None:
+            actor = self._actor
+            now = actor._now()
+            permit.release()
+            first = self.first_content_at
+            actor._abandoned(now, (first if first is not None else now) - self._start, stream=True)
+
+    def _settle_error(self, exc: BaseException) -> ServerError | None:
+        """The call raised ``exc``: its outcome, once; the typed error to raise instead
+        of a foreign ``exc``, else ``None``."""
+        actor = self._actor
+        if self.settled:
+            # Already answered or failed: only make sure nothing foreign escapes.
+            if isinstance(exc, Exception) and not isinstance(exc, LLMError):
+                return actor._wrap(exc)
+            return None
+        self.settled = True
+        permit = self._permit
+        assert permit is not None
+        error = actor._ended(permit, exc, self._start, stream=True, first=self.first_content_at)
+        self.failed = isinstance(exc, Exception)
+        return error

@@ -22,7 +22,7 @@ import re
 import tomllib
 import types
 import typing
-from typing import Any, Literal, TypeAlias, TypeVar
+from typing import Annotated, Any, Literal, TypeAlias, TypeVar
 
 import msgspec
 
@@ -141,6 +141,15 @@ class ProviderConfig(_Config, frozen=True):
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
     #: p95 latency (seconds) above which the provider is reported degraded.
     degraded_latency: float | None = None
+    #: Per-attempt time limits, seconds (``None``: none).  ``first_token_timeout`` runs
+    #: from sending the request to the whole answer (complete, embed) or to a stream's
+    #: first content event; ``idle_timeout`` between a stream's events.  Past either,
+    #: the attempt fails with a retryable ``Timeout`` naming the limit (docs/actors.md).
+    first_token_timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    idle_timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    #: Seconds of waiting for admission after which a request is reported: a QueueWait
+    #: event and a log line naming the limit that held it (``None``: never).
+    queue_wait_threshold: Annotated[float, msgspec.Meta(ge=0)] | None = 1.0
     #: Fill unset rpm/tpm with the kind's published entry-tier limits (PRESETS).
     presets: bool = True
     #: Azure OpenAI: the API version ("2024-10-21", or "v1") and model → deployment names.

@@ -29,6 +29,7 @@ breaker_changed    a provider's circuit breaker moved (closed, open, half_open)
 health_changed     a provider's health verdict changed (healthy, degraded, unhealthy)
 actor_crashed      a provider actor's loop raised; it restarts, or is given up on
 actor_restarted    a crashed provider actor's loop runs again
+queue_wait         a request waited for admission at least ``queue_wait_threshold``
 =================  ====================================================================
 
 Two ways to receive them:
@@ -72,6 +73,7 @@ __all__ = [
     "HealthChanged",
     "HedgeLaunched",
     "Listener",
+    "QueueWait",
     "RequestFinished",
     "RequestOutcome",
     "RequestStarted",
@@ -258,6 +260,28 @@ class ActorRestarted(_Event, frozen=True, tag="actor_restarted"):
     restarts: int
 
 
+class QueueWait(_Event, frozen=True, tag="queue_wait"):
+    """A request waited ``waited`` seconds in ``provider``'s mailbox before it was
+    ``admitted``, ``refused`` or ``cancelled``: at least the provider's
+    ``queue_wait_threshold``.
+
+    ``held_by`` is the limit that held it (what held the head of the queue when the
+    actor last looked): ``"pause"`` (the provider asked to wait: ``retry-after``, a
+    rate-limit reset), ``"concurrency"`` (``max_concurrency`` requests in flight),
+    ``"rpm"`` or ``"tpm"``
+    (a token bucket, configured or from a preset); ``queued`` how many requests were
+    still waiting when it left.  The attempt's own record says the same in
+    :attr:`~providers.Attempt.queued`.
+    """
+
+    provider: str
+    provider_model: str
+    waited: float
+    held_by: str
+    outcome: str
+    queued: int
+
+
 #: Every event the router emits (a tagged union on the ``"type"`` field).
 RouterEvent: TypeAlias = (
     RequestStarted
@@ -272,6 +296,7 @@ RouterEvent: TypeAlias = (
     | HealthChanged
     | ActorCrashed
     | ActorRestarted
+    | QueueWait
 )
 
 #: A synchronous event listener: called with each event; must be cheap and not block.

@@ -964,6 +964,7 @@ def classify(
     degraded_error_rate: float = 0.1,
     crashed: str | None = None,
     restart_at: float | None = None,
+    suspended: str | None = None,
     in_flight: int = 0,
     queued: int = 0,
 ) -> HealthSnapshot:
@@ -972,9 +973,9 @@ def classify(
     ===========  ==========================================================  ===========
     status       when (every condition that holds is named in ``reason``)    reason e.g.
     ===========  ==========================================================  ===========
-    unhealthy    the actor crashed (``crashed`` is not None), or the         ``circuit
-                 breaker is open                                             open until
-                                                                             t=15.000``
+    unhealthy    the actor crashed (``crashed`` is not None), the provider   ``circuit
+                 is out of routing for a long retry-after (``suspended``),   open until
+                 or the breaker is open                                      t=15.000``
     degraded     the breaker is half-open, or ``error_rate ≥                 ``p95
                  degraded_error_rate``, or ``p95 ≥ degraded_latency``        latency
                                                                              2.400s >=
@@ -992,6 +993,8 @@ def classify(
         degraded_error_rate: error rate at or above which the provider is degraded.
         crashed: why the actor crashed (e.g. ``"RuntimeError('boom')"``), or ``None``.
         restart_at: when the supervisor restarts a crashed actor, if it will.
+        suspended: why the provider is out of routing (a ``retry-after`` longer than
+            ``max_retry_after``, with the time it ends), or ``None``.
         in_flight: calls running now, copied into the snapshot.
         queued: calls waiting, copied into the snapshot.
 
@@ -1008,6 +1011,8 @@ def classify(
             f"actor crashed: {crashed}"
             + (f"; restarting at t={restart_at:.3f}" if restart_at is not None else "")
         )
+    if suspended is not None:
+        reasons.append(suspended)
     if breaker.state == "open":
         reasons.append(_open_reason(breaker))
     if reasons:

@@ -27,6 +27,18 @@ Mailbox (async, :class:`Mailbox`)
     ahead of it plus itself — exceeds the time left before its deadline
     (``trio.current_effective_deadline()``).
 
+    Every waiter knows which limit holds it (``"pause"``, ``"concurrency"``,
+    ``"rpm"`` or ``"tpm"``: what held the head of the queue when it last looked), and
+    ``admit(on_wait=...)`` hears how long a request waited and why, once its wait ends.
+
+Pauses and suspensions (:meth:`Mailbox.pause_until`)
+    A pause the provider asked for (``retry-after``) of at most
+    ``max_pause`` seconds holds the queue: requests wait for it, within their deadline.
+    A longer one *suspends* the mailbox instead: the requests waiting fail at once, and
+    every new one is refused at once with :class:`~providers.RateLimited` (its
+    ``retry_after`` the time left) until the suspension ends — a provider that asked for
+    24 hours is out of routing for 24 hours, loudly, not a queue that never moves.
+
 Reconciliation rule (:meth:`Permit.release`)
     TPM is debited by the estimate (input estimate + output budget) at admission.  When
     the provider reports usage, the bucket is corrected to the actual total.  When it
@@ -41,13 +53,14 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
+from typing import Literal, TypeAlias
 
 import msgspec
 import trio
 
-from providers import LLMError, Overloaded
+from providers import LLMError, Overloaded, RateLimited
 
-__all__ = ["Mailbox", "MailboxStatistics", "Permit", "TokenBucket"]
+__all__ = ["Hold", "Mailbox", "MailboxStatistics", "Permit", "TokenBucket", "WaitOutcome"]
 
 # Float slack when comparing refilled tokens, so a wake-up computed as deficit / rate
 # admits at exactly that time instead of a hair later.
@@ -130,17 +143,30 @@ class MailboxStatistics(msgspec.Struct, frozen=True, kw_only=True):
     rpm_tokens: float | None
     tpm_tokens: float | None
     paused_until: float | None
+    suspended_until: float | None = None
+
+
+#: What can hold a request in the queue: a provider's pause, the concurrency limit, the
+#: RPM bucket, the TPM bucket.
+Hold: TypeAlias = Literal["pause", "concurrency", "rpm", "tpm"]
+
+#: How a wait in the queue ended.
+WaitOutcome: TypeAlias = Literal["admitted", "refused", "cancelled"]
+
+#: Told how long a request waited in the queue, what held it and how the wait ended.
+WaitListener: TypeAlias = Callable[[float, Hold, WaitOutcome], None]
 
 
 class _Waiter:
-    __slots__ = ("cost", "error", "event", "output_cost", "permit")
+    __slots__ = ("cost", "error", "event", "held_by", "output_cost", "permit")
 
-    def __init__(self, cost: float, output_cost: float) -> None:
+    def __init__(self, cost: float, output_cost: float, held_by: Hold) -> None:
         self.cost = cost
         self.output_cost = output_cost
         self.event = trio.Event()
         self.permit: Permit | None = None
         self.error: LLMError | None = None
+        self.held_by: Hold = held_by
 
 
 class Permit:
@@ -191,6 +217,7 @@ class Mailbox:
         tpm_burst: float | None = None,
         max_concurrency: int | None = None,
         max_queue: int = 1000,
+        max_pause: float = math.inf,
         now: float | None = None,
     ) -> None:
         if max_queue < 0:
@@ -209,6 +236,9 @@ class Mailbox:
         self._admitted = 0
         self._refused = 0
         self._paused_until: float | None = None
+        self._max_pause = max_pause
+        self._suspended_until: float | None = None
+        self._suspension = ""
         self._changed = trio.Event()
         self._closed: LLMError | None = None
 
@@ -249,9 +279,23 @@ class Mailbox:
         self._refused += 1
         return Overloaded(message, provider=self.name, retryable=retryable)
 
+    def _holding(self, cost: float, now: float) -> Hold:
+        """Which limit keeps a request of ``cost`` from being admitted at ``now``."""
+        if self._paused_until is not None and now < self._paused_until:
+            return "pause"
+        if self._max_concurrency is not None and self._in_flight >= self._max_concurrency:
+            return "concurrency"
+        if self._rpm is not None and self._rpm.tokens(now) < 1 - _EPS:
+            return "rpm"
+        return "tpm"
+
     def _check(self, cost: float, now: float) -> None:
         if self._closed is not None:
             raise self._closed
+        if self._suspended_until is not None:
+            if now < self._suspended_until:
+                raise self._suspended_error(now)
+            self._suspended_until = None
         if self._tpm is not None and cost > self._tpm.capacity:
             raise self._refuse(
                 f"a request of ~{cost:.0f} tokens can never fit this provider's "
@@ -304,11 +348,19 @@ class Mailbox:
         return self._grant(cost, output_cost, now)
 
     async def admit(
-        self, cost: float = 0.0, output_cost: float = 0.0, *, now: float | None = None
+        self,
+        cost: float = 0.0,
+        output_cost: float = 0.0,
+        *,
+        now: float | None = None,
+        on_wait: WaitListener | None = None,
     ) -> Permit:
         """Wait for admission in FIFO order; see the class docstring for refusals.
 
-        ``now``: the current time, when the caller has just read it.
+        ``now``: the current time, when the caller has just read it.  ``on_wait`` is
+        called once a request that had to queue stops waiting (admitted, refused or
+        cancelled), with the seconds it waited and the limit that held it; a request
+        admitted or refused at once never calls it.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         if now is None:
@@ -331,7 +383,9 @@ class Mailbox:
                 f"admission would take ~{wait:.3g}s but the deadline is in {deadline - now:.3g}s",
                 retryable=False,
             )
-        waiter = _Waiter(cost, output_cost)
+        # Behind others, a request is held by whatever holds the head.
+        held_by = self._queue[0].held_by if self._queue else self._holding(cost, now)
+        waiter = _Waiter(cost, output_cost, held_by)
         self._queue.append(waiter)
         self._queued_cost += cost
         self._changed.set()
@@ -346,11 +400,18 @@ class Mailbox:
                 self._queue.remove(waiter)
                 self._queued_cost -= waiter.cost
                 self._changed.set()
+            if on_wait is not None:
+                on_wait(trio.current_time() - now, waiter.held_by, "cancelled")
             raise
         if waiter.error is not None:
+            if on_wait is not None:
+                on_wait(trio.current_time() - now, waiter.held_by, "refused")
             raise waiter.error
-        assert waiter.permit is not None
-        return waiter.permit
+        granted = waiter.permit
+        assert granted is not None
+        if on_wait is not None:
+            on_wait(granted.granted_at - now, waiter.held_by, "admitted")
+        return granted
 
     def _release(self, permit: Permit, actual_tokens: int | None) -> None:
         self._in_flight -= 1
@@ -385,10 +446,50 @@ class Mailbox:
         """When a provider-imposed pause ends (trio time), or ``None``."""
         return self._paused_until
 
+    @property
+    def suspended_until(self) -> float | None:
+        """When a suspension (a pause longer than ``max_pause``) ends, or ``None``."""
+        return self._suspended_until
+
+    @property
+    def suspension(self) -> str:
+        """Why the mailbox is suspended (meaningful while :attr:`suspended_until` is set)."""
+        return self._suspension
+
+    def _suspended_error(self, now: float, refused: int = 1) -> RateLimited:
+        until = self._suspended_until
+        assert until is not None
+        self._refused += refused
+        return RateLimited(
+            f"{self._suspension}: refused until t={until:.3f} ({until - now:.3g}s left)",
+            provider=self.name,
+            retry_after=until - now,
+        )
+
     # -- what providers tell us ------------------------------------------------------
 
-    def pause_until(self, when: float) -> None:
-        """Admit nothing before ``when`` (trio time); a later pause wins over an earlier one."""
+    def pause_until(self, when: float, *, why: str = "the provider asked to wait") -> None:
+        """Admit nothing before ``when`` (trio time); a later pause wins over an earlier one.
+
+        A pause longer than ``max_pause`` from now suspends the mailbox instead (see the
+        module docstring); ``why`` is said in the refusals and in :attr:`suspension`.
+        """
+        now = trio.current_time()
+        if not when > now:  # over already, or NaN
+            return
+        if when - now > self._max_pause:
+            if self._suspended_until is None or when > self._suspended_until:
+                self._suspended_until = when
+                self._suspension = (
+                    f"{why}: {when - now:.6g}s, longer than max_retry_after "
+                    f"({self._max_pause:g}s), so the provider is out of routing until then"
+                )
+                self.fail_waiting(self._suspended_error(now, len(self._queue)))
+                self._changed.set()
+            return
+        self._pause(when)
+
+    def _pause(self, when: float) -> None:
         if self._paused_until is None or when > self._paused_until:
             self._paused_until = when
             self._changed.set()
@@ -406,7 +507,9 @@ class Mailbox:
         """Lower the buckets to what the provider says remains (shared keys, other clients).
 
         A provider limit below ours shrinks the bucket; ``remaining`` clamps the tokens
-        held; nothing left with a known reset pauses admission until that reset.
+        held; nothing left with a known reset pauses admission until that reset (however
+        far: a rate-limit window's reset is when the provider takes requests again, and
+        callers with a deadline are refused at once when it is too far).
         """
         now = trio.current_time()
         if self._rpm is not None:
@@ -415,18 +518,18 @@ class Mailbox:
             if remaining_requests is not None:
                 self._rpm.clamp(remaining_requests, now)
                 if remaining_requests < 1 and reset_requests:
-                    self.pause_until(now + reset_requests)
+                    self._pause(now + reset_requests)
         elif remaining_requests is not None and remaining_requests < 1 and reset_requests:
-            self.pause_until(now + reset_requests)
+            self._pause(now + reset_requests)
         if self._tpm is not None:
             if limit_tokens and limit_tokens < self._tpm.capacity:
                 self._tpm.resize(limit_tokens / 60.0, limit_tokens, now)
             if remaining_tokens is not None:
                 self._tpm.clamp(remaining_tokens, now)
                 if remaining_tokens < 1 and reset_tokens:
-                    self.pause_until(now + reset_tokens)
+                    self._pause(now + reset_tokens)
         elif remaining_tokens is not None and remaining_tokens < 1 and reset_tokens:
-            self.pause_until(now + reset_tokens)
+            self._pause(now + reset_tokens)
         self._changed.set()
 
     # -- the loop --------------------------------------------------------------------
@@ -441,6 +544,8 @@ class Mailbox:
             waiter.event.set()
         if not queue:
             return math.inf
+        head = queue[0]
+        head.held_by = self._holding(head.cost, now)
         if self._max_concurrency is not None and self._in_flight >= self._max_concurrency:
             return math.inf  # a release will wake us
         wait = 0.0
@@ -497,4 +602,5 @@ class Mailbox:
             rpm_tokens=self._rpm.tokens(now) if self._rpm else None,
             tpm_tokens=self._tpm.tokens(now) if self._tpm else None,
             paused_until=self._paused_until,
+            suspended_until=self._suspended_until,
         )

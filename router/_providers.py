@@ -18,8 +18,11 @@ kind                   key (environment variable)                  preset limits
 
 Presets are each vendor's entry-tier limits (OpenAI tier 1 for GPT-4o-class models,
 Anthropic tier 1, Gemini paid tier 1 for Flash, Groq's free tier for Llama 3.3 70B,
-Together tier 1); they fill ``rpm``/``tpm`` only where the config leaves them unset, and
-``presets = false`` turns them off.  Your account's real limits also arrive in every
+Together tier 1); they fill ``rpm``/``tpm`` only where the config leaves them unset, only
+for the vendor's own endpoint (``base_url`` unset, or on the host in
+:data:`VENDOR_HOSTS`: a proxy, a gateway or a local server has limits of its own), and
+``presets = false`` turns them off.  The actor logs at INFO the preset limits it
+applies.  Your account's real limits also arrive in every
 response's rate-limit headers, which lower the buckets further (see docs/actors.md).
 """
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from providers import (
     AnthropicProvider,
@@ -48,7 +52,15 @@ from providers import (
 from ._config import ProviderConfig, ProviderKind, RouterConfig
 from ._config import _key as _path_key
 
-__all__ = ["KEY_ENV", "PRESETS", "build_provider", "config_from_env", "effective_limits"]
+__all__ = [
+    "KEY_ENV",
+    "PRESETS",
+    "VENDOR_HOSTS",
+    "build_provider",
+    "config_from_env",
+    "effective_limits",
+    "preset_limits",
+]
 
 #: The environment variables holding each kind's key, tried in order.
 KEY_ENV: dict[str, tuple[str, ...]] = {
@@ -72,9 +84,51 @@ PRESETS: dict[str, tuple[int | None, int | None]] = {
 }
 
 
-def effective_limits(config: ProviderConfig) -> tuple[int | None, int | None]:
-    """(rpm, tpm) after presets: the config's own values win; ``presets = false`` disables."""
-    preset = PRESETS.get(config.kind, (None, None)) if config.presets else (None, None)
+#: The hosts of each preset vendor's own API: presets apply to them only.
+VENDOR_HOSTS: dict[str, frozenset[str]] = {
+    "openai": frozenset({"api.openai.com"}),
+    "anthropic": frozenset({"api.anthropic.com"}),
+    "gemini": frozenset({"generativelanguage.googleapis.com"}),
+    "groq": frozenset({"api.groq.com"}),
+    "together": frozenset({"api.together.xyz", "api.together.ai"}),
+}
+
+
+def preset_limits(
+    config: ProviderConfig, base_url: str | None = None
+) -> tuple[int | None, int | None] | None:
+    """The kind's preset (rpm, tpm) if it applies to this provider, else ``None``.
+
+    It applies when the kind has one, ``presets`` is on, and the provider talks to the
+    vendor's own API: its URL unset, or on one of the vendor's hosts.  ``base_url`` is
+    where the adapter really sends (an adapter passed to ``open_router`` says so itself);
+    without it, the config's ``base_url``.
+
+    Example::
+
+        >>> preset_limits(ProviderConfig(kind="anthropic"))
+        (50, 40000)
+        >>> local = ProviderConfig(kind="anthropic", base_url="http://localhost:8080")
+        >>> preset_limits(local) is None
+        True
+    """
+    preset = PRESETS.get(config.kind)
+    if preset is None or not config.presets:
+        return None
+    url = base_url or config.base_url
+    if url:
+        host = urlsplit(url.strip()).hostname
+        if host is None or host.rstrip(".").lower() not in VENDOR_HOSTS[config.kind]:
+            return None
+    return preset
+
+
+def effective_limits(
+    config: ProviderConfig, base_url: str | None = None
+) -> tuple[int | None, int | None]:
+    """(rpm, tpm) after presets: the config's own values win; a preset fills the others
+    when it applies (:func:`preset_limits`, which ``base_url`` is for)."""
+    preset = preset_limits(config, base_url) or (None, None)
     rpm = config.rpm if config.rpm is not None else preset[0]
     tpm = config.tpm if config.tpm is not None else preset[1]
     return rpm, tpm

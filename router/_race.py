@@ -112,6 +112,7 @@ class AttemptRecord:
         "kind",
         "number",
         "outcome",
+        "queued",
         "reason",
         "retries",
         "sent_tokens",
@@ -133,6 +134,8 @@ class AttemptRecord:
         #: Estimated prompt tokens, set when the attempt got past admission (was sent).
         self.sent_tokens = 0
         self.usage: Usage | None = None
+        #: Seconds waited for admission (the actor adds each wait of its tries).
+        self.queued = 0.0
         #: Dollars this attempt cost (the answer, or the prompt of a lost attempt).
         self.cost: float | None = None
         #: The router's spend bookkeeping for this attempt, settled when it ends.
@@ -158,6 +161,7 @@ class AttemptRecord:
             cost=self.cost,
             wasted_tokens=wasted,
             hedge_delay=hedge_delay,
+            queued=self.queued,
         )
 
 

@@ -962,6 +962,23 @@ NONE = LatencySnapshot()
             "circuit open until t=15.000 (trip 2, failure rate 60.0% of 10 calls)",
         ),
         (CLOSED, FAST, 0.3, {"degraded_error_rate": 0.5}, "healthy", None),
+        (
+            CLOSED,
+            FAST,
+            0.0,
+            {"suspended": "rate limited until t=86400.000: retry-after 86400s"},
+            "unhealthy",
+            "rate limited until t=86400.000: retry-after 86400s",
+        ),
+        (
+            OPEN,
+            FAST,
+            0.0,
+            {"suspended": "rate limited until t=99.000"},
+            "unhealthy",
+            "rate limited until t=99.000; "
+            "circuit open until t=15.000 (trip 2, failure rate 60.0% of 10 calls)",
+        ),
     ],
 )
 def test_classify_table(
