@@ -71,6 +71,7 @@ from providers import (
     RouterClosed,
     StreamEvent,
     TextDelta,
+    Timeout,
 )
 from providers._tokens import encoding_for_model
 from providers._types import is_content_event
@@ -601,8 +602,10 @@ class Router:
         retry = actor.config.retry
         attempt = 1
         while True:
-            if race.has_remaining and isinstance(exc, RateLimited | Overloaded):
-                raise exc  # another target can serve it now; don't wait here
+            if race.has_remaining and isinstance(exc, RateLimited | Overloaded | Timeout):
+                # Another target can serve it now: don't wait here, and don't send the
+                # request again to a target that just took too long.
+                raise exc
             delay = retry_delay(exc, attempt, retry, self._rng)
             now = trio.current_time()
             if (

@@ -227,6 +227,21 @@ async def test_first_token_timeout_fails_a_hanging_primary_over(
     assert [c.outcome for c in hang.calls] == ["cancelled"]
 
 
+async def test_first_token_timeout_moves_on_at_once_with_the_default_retry_config(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With retries on (the default), a timed-out target that has a fallback is not sent
+    the same request again: the route moves on at exactly first_token_timeout."""
+    hang = MockProvider(name="a", default=MockResponse(text="never", latency=math.inf))
+    pc = ProviderConfig(kind="mock", first_token_timeout=10.0)
+    cfg = config({"a": pc, "b": ProviderConfig(kind="mock")}, {"r": ["a:m", "b:m"]})
+    async with open_router(cfg, providers={"a": hang, "b": MockProvider(name="b")}) as router:
+        response = await router.complete(chat("r"))
+    assert (response.provider, trio.current_time()) == ("b", 10.0)
+    assert response.attempts[0].retries == 0
+    assert len(hang.calls) == 1
+
+
 async def test_first_token_timeout_is_retryable_on_a_lone_target(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -1662,8 +1662,9 @@ def expected_outcome(
 ) -> tuple[str, Any, list[str], int, int]:
     """The simple model: (kind, detail, providers that failed, retries, fallbacks).
 
-    On each target in order: retry retryable errors up to max_attempts (a rate limit or
-    overload while other targets remain, and a retry-after over 60 s, are not retried);
+    On each target in order: retry retryable errors up to max_attempts (a rate limit,
+    overload or timeout while other targets remain, and a retry-after over 60 s, are not
+    retried);
     then move on for a failover error, stop for any other.  kind is "ok" (detail: the
     text), "error" (detail: the type of the one error raised as itself) or "all"
     (AllProvidersFailed; detail: the failed providers).
@@ -1681,7 +1682,7 @@ def expected_outcome(
             error = ERROR_FACTORIES[kind]()
             too_long = error.retry_after is not None and error.retry_after > 60.0
             if (
-                (more and isinstance(error, RateLimited | Overloaded))
+                (more and isinstance(error, RateLimited | Overloaded | Timeout))
                 or not error.retryable
                 or k + 1 >= max_attempts
                 or too_long
