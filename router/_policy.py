@@ -351,33 +351,77 @@ def hedge_delay(config: HedgeConfig, percentile: float | None, samples: int) -> 
     return min(max(value, config.min_delay), config.max_delay)
 
 
-class HedgeBudget:
-    """The extra-load cap of a hedged route: a token bucket counted in requests.
+# Hedge tokens are counted in millionths: exact integer arithmetic, so ten deposits of
+# 0.1 make exactly one hedge (in floats they make 0.9999999999999999).
+_MICRO = 1_000_000
 
-    Every request deposits ``ratio`` tokens (up to ``burst``); every hedge spends one.
-    Over any ``n`` requests, ``hedges ≤ ratio · n + burst``.
+
+class HedgeBudget:
+    """The extra-load cap of a hedged route: a token bucket counted in hedges.
+
+    Every request on the route deposits ``ratio`` tokens (never above ``burst``); every
+    hedge spends one whole token, and is not sent without one::
+
+        start:    tokens = min(burst, 1)
+        request:  tokens = min(burst, tokens + ratio)
+        hedge:    sent iff tokens ≥ 1, then tokens -= 1
+
+    A cold router starts with one hedge's worth, not a full bucket: with the defaults
+    (ratio 0.1, burst 10) a router's first ten slow requests are not all hedged, the
+    first may be and then one in ten.  So, with ``ratio`` and ``burst`` taken to six
+    decimals (tokens are kept in millionths, exactly)::
+
+        over the first n requests:       hedges ≤ ratio · n + min(burst, 1)
+        over any n consecutive requests: hedges ≤ ratio · n + burst
+
+    The burst lets a route that has been calm save up for a slow spell; it is earned at
+    ``ratio`` per request, never granted up front (gRPC's retry throttle starts full,
+    but it caps failures, not load; Finagle's and Envoy's budgets grant a small floor,
+    like the one token here).
 
     Example::
 
-        >>> budget = HedgeBudget(ratio=0.1, burst=1.0)
-        >>> budget.try_spend(), budget.try_spend()
+        >>> budget = HedgeBudget(ratio=0.1, burst=10.0)
+        >>> budget.deposit(); budget.try_spend(), budget.try_spend()
         (True, False)
+        >>> for _ in range(9):
+        ...     budget.deposit()
+        >>> budget.try_spend()   # 1.1 - 1 + 9 · 0.1 = 1.0 token
+        True
     """
 
-    __slots__ = ("burst", "ratio", "tokens")
+    __slots__ = ("_burst", "_micro", "_ratio")
 
     def __init__(self, ratio: float, burst: float) -> None:
-        self.ratio = ratio
-        self.burst = burst
-        self.tokens = burst
+        self._ratio = round(ratio * _MICRO)
+        self._burst = round(burst * _MICRO)
+        self._micro = min(self._burst, _MICRO)
+
+    def __repr__(self) -> str:
+        return f"HedgeBudget(tokens={self.tokens:g}, ratio={self.ratio:g}, burst={self.burst:g})"
+
+    @property
+    def ratio(self) -> float:
+        """Tokens a request deposits (hedges earned per request)."""
+        return self._ratio / _MICRO
+
+    @property
+    def burst(self) -> float:
+        """The most tokens the budget holds."""
+        return self._burst / _MICRO
+
+    @property
+    def tokens(self) -> float:
+        """Tokens now: hedges that could be sent at once is ``floor(tokens)``."""
+        return self._micro / _MICRO
 
     def deposit(self) -> None:
         """One request arrived on the route."""
-        self.tokens = min(self.burst, self.tokens + self.ratio)
+        self._micro = min(self._burst, self._micro + self._ratio)
 
     def try_spend(self) -> bool:
-        """Take a token for one hedge, if there is one."""
-        if self.tokens >= 1.0 - 1e-9:
-            self.tokens -= 1.0
+        """Take a token for one hedge, if there is one; never blocks."""
+        if self._micro >= _MICRO:
+            self._micro -= _MICRO
             return True
         return False

@@ -507,7 +507,7 @@ def test_hedge_budget_caps_hedges_over_any_window(
             log.append((True, False))
         else:
             log.append((False, budget.try_spend()))
-        assert -1e-9 <= budget.tokens <= burst + 1e-9
+        assert 0.0 <= budget.tokens <= burst
     prefix_requests = [0]
     prefix_hedges = [0]
     for is_request, granted in log:
@@ -522,27 +522,76 @@ def test_hedge_budget_caps_hedges_over_any_window(
 
 @given(burst=st.integers(0, 20), attempts=st.integers(0, 40))
 def test_hedge_budget_without_refill_grants_exactly_the_burst(burst: int, attempts: int) -> None:
-    """Invariant: with ratio 0, exactly min(attempts, burst) hedges are ever granted."""
+    """Invariant: with ratio 0 nothing is earned: only the cold start's min(burst, 1)
+    token is ever spent."""
     budget = HedgeBudget(0.0, float(burst))
     granted = 0
     for _ in range(attempts):
         budget.deposit()
         granted += budget.try_spend()
-    assert granted == min(attempts, burst)
+    assert granted == min(attempts, burst, 1)
 
 
 @given(ratio=st.sampled_from([0.05, 0.1, 0.25, 0.5, 1.0]), n=st.integers(1, 400))
 def test_hedge_budget_refills_at_the_ratio(ratio: float, n: int) -> None:
-    """Invariant: once the burst is spent, each request wanting a hedge gets one about every
-    1/ratio requests: over n requests, ratio·n - 1 ≤ hedges ≤ ratio·n + burst."""
-    burst = 1.0
-    budget = HedgeBudget(ratio, burst)
-    budget.tokens = 0.0
+    """Invariant: once its first token is spent, each request wanting a hedge gets one
+    every 1/ratio requests: over n requests, ratio·n - 1 ≤ hedges ≤ ratio·n + 1."""
+    budget = HedgeBudget(ratio, 1.0)
+    assert budget.try_spend()  # the cold start's one token
     granted = 0
     for _ in range(n):
         budget.deposit()
         granted += budget.try_spend()
-    assert ratio * n - 1 - 1e-9 <= granted <= ratio * n + burst + 1e-9
+    assert math.floor(ratio * n) - 1 <= granted <= ratio * n + 1
+
+
+ratios = st.integers(0, 2_000_000).map(lambda k: k / 1_000_000)
+
+
+@given(
+    ratio=ratios,
+    burst=st.integers(0, 20_000_000).map(lambda k: k / 1_000_000),
+    wants=st.lists(st.booleans(), max_size=300),
+)
+def test_hedge_budget_prefix_bound_from_a_cold_start(
+    ratio: float, burst: float, wants: list[bool]
+) -> None:
+    """Invariant: from a new budget, over the first n requests (each deposits, then asks
+    for a hedge if it wants one) hedges ≤ ratio·n + min(burst, 1), exactly: a cold router
+    does not hedge its first requests out of a full bucket."""
+    budget = HedgeBudget(ratio, burst)
+    granted = 0
+    for n, want in enumerate(wants, start=1):
+        budget.deposit()
+        if want:
+            granted += budget.try_spend()
+        assert granted <= math.floor(ratio * n + min(burst, 1.0) + 1e-9), (n, granted)
+        assert 0.0 <= budget.tokens <= burst
+
+
+def test_cold_budget_hedges_one_in_ten_from_the_start() -> None:
+    """The reported case (ratio 0.1, burst 10): of the first 30 requests all wanting a
+    hedge, requests 1, 10, 20 and 30 get one, not the first ten all."""
+    budget = HedgeBudget(0.1, 10.0)
+    granted = []
+    for i in range(1, 31):
+        budget.deposit()
+        if budget.try_spend():
+            granted.append(i)
+    assert granted == [1, 10, 20, 30]
+
+
+@given(ratio=ratios, calm=st.integers(0, 500))
+def test_hedge_budget_saves_up_to_the_burst(ratio: float, calm: int) -> None:
+    """Invariant: after ``calm`` requests with no hedge, floor(min(burst, 1 + ratio·calm))
+    hedges can go at once: the burst is earned, never granted up front."""
+    budget = HedgeBudget(ratio, 10.0)
+    for _ in range(calm):
+        budget.deposit()
+    granted = 0
+    while budget.try_spend():
+        granted += 1
+    assert granted == math.floor(min(10.0, 1.0 + round(ratio * 1e6) * calm / 1e6) + 1e-12)
 
 
 # --------------------------------------------------------------------------- cost
