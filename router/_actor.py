@@ -453,22 +453,29 @@ class ProviderActor:
 
     # -- calls -----------------------------------------------------------------------
 
-    def _check_available(self, now: float) -> None:
+    def _check_available(self, now: float, panic: bool = False) -> None:
         if self.crashed is not None:
             # For good: not worth retrying here (routes still fail over on Overloaded).
             raise Overloaded(
                 f"provider unavailable: {self.crashed}", provider=self.name, retryable=False
             )
-        if not self.breaker.allow(now):
+        if not self.breaker.allow(now) and not panic:
+            # A panic attempt (the route has too few healthy targets) goes through the
+            # open breaker; anything else is refused at once, and not retried by waiting
+            # (the router would sit out the breaker in silence): retry_after says when.
             retry_at = self.breaker.retry_at
             if retry_at is None:
-                message = "circuit breaker half-open: every probe slot is taken"
+                message = "circuit breaker half-open: every probe slot is taken; not sent"
             else:
-                message = f"circuit breaker open until t={retry_at:.3f}"
+                message = (
+                    f"circuit breaker open until t={retry_at:.3f} "
+                    f"({max(0.0, retry_at - now):.3g}s from now); not sent"
+                )
             raise Overloaded(
                 message,
                 provider=self.name,
                 retry_after=None if retry_at is None else max(0.0, retry_at - now),
+                retryable=False,
             )
 
     def _cost(
@@ -489,10 +496,12 @@ class ProviderActor:
     def _calibrate(self, model: str, prompt: int, response: ChatResponse) -> None:
         self.calibration.observe(model, prompt, response.usage.input_tokens)
 
-    async def _admit(self, cost: float, output_cost: float, *, nowait: bool) -> Permit:
+    async def _admit(
+        self, cost: float, output_cost: float, *, nowait: bool, panic: bool = False
+    ) -> Permit:
         # A call made in a cancelled scope takes no permit: nothing is charged or sent.
         await trio.lowlevel.checkpoint_if_cancelled()
-        permit = self._admit_at_once(cost, output_cost, nowait=nowait)
+        permit = self._admit_at_once(cost, output_cost, nowait=nowait, panic=panic)
         if permit is not None:
             return permit
         return await self._wait_for_admission(cost, output_cost)
@@ -505,14 +514,17 @@ class ProviderActor:
             self._not_admitted()
             raise
 
-    def _admit_at_once(self, cost: float, output_cost: float, *, nowait: bool) -> Permit | None:
+    def _admit_at_once(
+        self, cost: float, output_cost: float, *, nowait: bool, panic: bool = False
+    ) -> Permit | None:
         """The permit, when admission needs no wait; ``None`` when it must queue.
 
         Callers check for cancellation first (``checkpoint_if_cancelled``): a permit
-        granted here is for a call that will be sent.
+        granted here is for a call that will be sent.  ``panic``: the plan put this
+        target in by panic routing, so an open breaker does not refuse it.
         """
         now = self._now()
-        self._check_available(now)
+        self._check_available(now, panic)
         try:
             if nowait:
                 return self.mailbox.admit_nowait(cost, output_cost, now=now)
@@ -553,7 +565,8 @@ class ProviderActor:
         # (a hedge started as the race is decided, a fallback as the caller is
         # cancelled).  Not a schedule point otherwise.
         await trio.lowlevel.checkpoint_if_cancelled()
-        permit = self._admit_at_once(cost, output_cost, nowait=nowait)
+        panic = trace is not None and trace.candidate.panic
+        permit = self._admit_at_once(cost, output_cost, nowait=nowait, panic=panic)
         if permit is None:
             permit = await self._wait_for_admission(cost, output_cost)
         if trace is not None:
@@ -599,7 +612,8 @@ class ProviderActor:
     ) -> AsyncIterator[ActorStream]:
         """One streaming attempt; admission, health and token accounting around it."""
         cost, output_cost, prompt = self._cost(request, prompt_tokens)
-        permit = await self._admit(cost, output_cost, nowait=nowait)
+        panic = trace is not None and trace.candidate.panic
+        permit = await self._admit(cost, output_cost, nowait=nowait, panic=panic)
         if trace is not None:
             trace.sent_tokens = prompt
         start = trio.current_time()
@@ -645,7 +659,8 @@ class ProviderActor:
     ) -> EmbeddingResponse:
         """Embed through admission (cost: the inputs' estimated tokens)."""
         prompt = sum(estimate_text_tokens(t) for t in request.inputs)
-        permit = await self._admit(float(prompt), 0.0, nowait=nowait)
+        panic = trace is not None and trace.candidate.panic
+        permit = await self._admit(float(prompt), 0.0, nowait=nowait, panic=panic)
         if trace is not None:
             trace.sent_tokens = prompt
         start = trio.current_time()

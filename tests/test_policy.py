@@ -12,6 +12,7 @@ import random
 from collections import Counter
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -179,14 +180,20 @@ def test_capable_targets_are_all_planned_and_incapable_all_excluded(situation: A
 
 
 @given(situations(light_needs))
-def test_unhealthy_only_as_a_last_resort_and_degraded_after_healthy(situation: Any) -> None:
-    """Invariant: targets go healthy, then degraded, then unhealthy; unhealthy ones appear
-    only when no capable healthy or degraded target exists, else they are excluded with
-    their health reason."""
-    candidates, _, needs, health, _ = situation
-    plan = plan_of(situation)
+def test_without_panic_unhealthy_only_as_a_last_resort_and_degraded_after_healthy(
+    situation: Any,
+) -> None:
+    """Invariant (panic_threshold 0): targets go healthy, then degraded, then unhealthy;
+    unhealthy ones appear only when no capable healthy or degraded target exists, else
+    they are excluded with their health reason; nothing is marked panic."""
+    candidates, strategy, needs, health, seed = situation
+    plan = plan_route(
+        candidates, strategy, needs, health, 123.0, random.Random(seed), panic_threshold=0.0
+    )
     ranks = [RANK[status(health, c)] for c in plan.targets]
     assert ranks == sorted(ranks)
+    assert not plan.panic
+    assert not any(c.panic for c in plan.targets)
     usable = [c for c in candidates if capable(c, needs) and status(health, c) != "unhealthy"]
     excluded = {e.target: e.reason for e in plan.excluded}
     if usable:
@@ -197,6 +204,64 @@ def test_unhealthy_only_as_a_last_resort_and_degraded_after_healthy(situation: A
     else:
         expected = [c for c in candidates if capable(c, needs)]
         assert sorted(c.index for c in plan.targets) == [c.index for c in expected]
+
+
+@given(situations(light_needs), st.sampled_from([0.0, 0.1, 0.25, 0.5, 2 / 3, 0.75, 1.0]))
+def test_panic_routing_follows_the_threshold(situation: Any, threshold: float) -> None:
+    """Invariant (Envoy's panic threshold): with u capable unhealthy targets and r capable
+    routable ones out of n, the plan is in panic iff u > 0 and r < threshold·n; in panic
+    it is the routable targets (healthy, then degraded) followed by every unhealthy one,
+    and exactly those unhealthy ones are marked panic; out of panic none is marked."""
+    candidates, strategy, needs, health, seed = situation
+    plan = plan_route(
+        candidates, strategy, needs, health, 123.0, random.Random(seed), panic_threshold=threshold
+    )
+    fit = [c for c in candidates if capable(c, needs)]
+    unhealthy = [c for c in fit if status(health, c) == "unhealthy"]
+    routable = len(fit) - len(unhealthy)
+    assert plan.panic == (bool(unhealthy) and routable < threshold * len(fit))
+    ranks = [RANK[status(health, c)] for c in plan.targets]
+    assert ranks == sorted(ranks)
+    marked = {c.target for c in plan.targets if c.panic}
+    if plan.panic:
+        assert len(plan.targets) == len(fit)
+        assert marked == {c.target for c in unhealthy}
+    else:
+        assert not marked
+
+
+@pytest.mark.parametrize(
+    ("statuses", "threshold", "panic", "planned"),
+    [
+        # Two targets, one open: 1 of 2 routable is not below 50%: the open one is out.
+        (["unhealthy", "healthy"], 0.5, False, ["p1"]),
+        # Both open: panic, both tried in the route's order.
+        (["unhealthy", "unhealthy"], 0.5, True, ["p0", "p1"]),
+        # Three targets, two open: 1 of 3 < 50%: panic, the healthy one first.
+        (["unhealthy", "unhealthy", "healthy"], 0.5, True, ["p2", "p0", "p1"]),
+        # A lone open target: panic at any threshold above 0.
+        (["unhealthy"], 0.01, True, ["p0"]),
+        # Threshold 0: never panic; with nothing routable the open ones stay, unmarked.
+        (["unhealthy", "unhealthy"], 0.0, False, ["p0", "p1"]),
+        # Threshold 1: any unhealthy target means panic.
+        (["healthy", "unhealthy", "degraded"], 1.0, True, ["p0", "p2", "p1"]),
+    ],
+)
+def test_panic_routing_examples(
+    statuses: list[str], threshold: float, panic: bool, planned: list[str]
+) -> None:
+    """Scenario table: which plans are in panic, and in what order they try targets."""
+    candidates = [Candidate(provider=f"p{i}", model="m", index=i) for i in range(len(statuses))]
+    health = {
+        f"p{i}": TargetHealth(status=s, reason="circuit open until t=9.000")  # type: ignore[arg-type]
+        for i, s in enumerate(statuses)
+    }
+    plan = plan_route(
+        candidates, "fallback", Needs(), health, 0.0, random.Random(0), panic_threshold=threshold
+    )
+    assert (plan.panic, [c.provider for c in plan.targets]) == (panic, planned)
+    for c in plan.targets:
+        assert c.panic == (plan.panic and health[c.provider].status == "unhealthy")
 
 
 @given(situations())
@@ -212,8 +277,8 @@ def test_every_candidate_is_planned_or_excluded_exactly_once(situation: Any) -> 
     assert not set(planned) & set(excluded)
     assert sorted(planned + excluded) == sorted(c.target for c in candidates)
     assert all(e.reason for e in plan.excluded)
-    # The planned targets are the candidates themselves, unchanged.
-    assert all(c in candidates for c in plan.targets)
+    # The planned targets are the candidates themselves, unchanged but for the panic mark.
+    assert all(msgspec.structs.replace(c, panic=False) in candidates for c in plan.targets)
 
 
 @given(situations())
@@ -551,21 +616,22 @@ ratios = st.integers(0, 2_000_000).map(lambda k: k / 1_000_000)
 @given(
     ratio=ratios,
     burst=st.integers(0, 20_000_000).map(lambda k: k / 1_000_000),
-    wants=st.lists(st.booleans(), max_size=300),
+    start=st.integers(1, 9),
+    wants=st.lists(st.integers(0, 9), max_size=300),
 )
 def test_hedge_budget_prefix_bound_from_a_cold_start(
-    ratio: float, burst: float, wants: list[bool]
+    ratio: float, burst: float, start: int, wants: list[int]
 ) -> None:
     """Invariant: from a new budget, over the first n requests (each deposits, then asks
-    for a hedge if it wants one) hedges ≤ ratio·n + min(burst, 1), exactly: a cold router
-    does not hedge its first requests out of a full bucket."""
-    budget = HedgeBudget(ratio, burst)
+    for up to max_attempts - 1 hedges) hedges ≤ ratio·n + min(burst, start), exactly: a
+    cold router does not hedge its first requests out of a full bucket."""
+    budget = HedgeBudget(ratio, burst, start=start)
     granted = 0
     for n, want in enumerate(wants, start=1):
         budget.deposit()
-        if want:
+        for _ in range(want):
             granted += budget.try_spend()
-        assert granted <= math.floor(ratio * n + min(burst, 1.0) + 1e-9), (n, granted)
+        assert granted <= math.floor(ratio * n + min(burst, start) + 1e-9), (n, granted)
         assert 0.0 <= budget.tokens <= burst
 
 
