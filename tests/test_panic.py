@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from providers import AllProvidersFailed, Overloaded, ServerError, TextDelta
+from providers import AllProvidersFailed, ConfigError, Overloaded, ServerError, TextDelta
 from router import (
     BreakerConfig,
     ChatRequest,
@@ -30,6 +30,7 @@ from router import (
     RouterConfig,
     open_router,
 )
+from router._config import decode_config
 from router.testing import MockProvider, MockResponse
 
 NO_RETRY = RetryConfig(max_attempts=1)
@@ -213,3 +214,34 @@ async def test_plan_takes_the_request_and_counts_its_tokens() -> None:
             "a:big",
         ]
         assert router.plan("r").targets[0].target == "a:big"  # no tokens: a tie, route order
+
+
+def test_panic_threshold_is_configured_per_route_and_router_wide() -> None:
+    """panic_threshold decodes from TOML on the router and on a route; a value outside
+    [0, 1] is a ConfigError naming its path."""
+    config = decode_config(
+        """
+        panic_threshold = 0.25
+        [providers.a]
+        kind = "mock"
+        [routes.fast]
+        targets = ["a:m"]
+        panic_threshold = 0.0
+        [routes.slow]
+        targets = ["a:m"]
+        """
+    )
+    assert config.panic_threshold == 0.25
+    assert config.routes["fast"].panic_threshold == 0.0
+    assert config.routes["slow"].panic_threshold is None
+    assert RouterConfig(providers=config.providers).panic_threshold == 0.5
+    for text, path in (
+        (
+            '[providers.a]\nkind = "mock"\n[routes.r]\ntargets = ["a:m"]\npanic_threshold = 1.5\n',
+            "$.routes.r.panic_threshold",
+        ),
+        ('panic_threshold = -0.1\n[providers.a]\nkind = "mock"\n', "$.panic_threshold"),
+    ):
+        with pytest.raises(ConfigError, match=r"panic_threshold.*must be in \[0, 1\]") as info:
+            decode_config(text)
+        assert info.value.path == path
