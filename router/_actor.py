@@ -535,22 +535,29 @@ class ProviderActor:
 
     # -- calls -----------------------------------------------------------------------
 
-    def _check_available(self, now: float) -> None:
+    def _check_available(self, now: float, panic: bool = False) -> None:
         if self.crashed is not None:
             # For good: not worth retrying here (routes still fail over on Overloaded).
             raise Overloaded(
                 f"provider unavailable: {self.crashed}", provider=self.name, retryable=False
             )
-        if not self.breaker.allow(now):
+        if not self.breaker.allow(now) and not panic:
+            # A panic attempt (the route has too few healthy targets) goes through the
+            # open breaker; anything else is refused at once, and not retried by waiting
+            # (the router would sit out the breaker in silence): retry_after says when.
             retry_at = self.breaker.retry_at
             if retry_at is None:
-                message = "circuit breaker half-open: every probe slot is taken"
+                message = "circuit breaker half-open: every probe slot is taken; not sent"
             else:
-                message = f"circuit breaker open until t={retry_at:.3f}"
+                message = (
+                    f"circuit breaker open until t={retry_at:.3f} "
+                    f"({max(0.0, retry_at - now):.3g}s from now); not sent"
+                )
             raise Overloaded(
                 message,
                 provider=self.name,
                 retry_after=None if retry_at is None else max(0.0, retry_at - now),
+                retryable=False,
             )
 
     def _cost(
@@ -576,10 +583,11 @@ class ProviderActor:
         nowait: bool,
         trace: AttemptRecord | None,
         model: str,
+        panic: bool = False,
     ) -> Permit:
         # A call made in a cancelled scope takes no permit: nothing is charged or sent.
         await trio.lowlevel.checkpoint_if_cancelled()
-        permit = self._admit_at_once(cost, output_cost, nowait=nowait)
+        permit = self._admit_at_once(cost, output_cost, nowait=nowait, panic=panic)
         if permit is not None:
             return permit
         return await self._wait_for_admission(cost, output_cost, trace, model)
@@ -643,14 +651,17 @@ class ProviderActor:
                 )
             )
 
-    def _admit_at_once(self, cost: float, output_cost: float, *, nowait: bool) -> Permit | None:
+    def _admit_at_once(
+        self, cost: float, output_cost: float, *, nowait: bool, panic: bool = False
+    ) -> Permit | None:
         """The permit, when admission needs no wait; ``None`` when it must queue.
 
         Callers check for cancellation first (``checkpoint_if_cancelled``): a permit
-        granted here is for a call that will be sent.
+        granted here is for a call that will be sent.  ``panic``: the plan put this
+        target in by panic routing, so an open breaker does not refuse it.
         """
         now = self._now()
-        self._check_available(now)
+        self._check_available(now, panic)
         try:
             if nowait:
                 return self.mailbox.admit_nowait(cost, output_cost, now=now)
@@ -766,7 +777,8 @@ class ProviderActor:
         # cancelled).  Not a schedule point otherwise.  (_admit, inlined: one coroutine
         # layer fewer on the hot path.)
         await trio.lowlevel.checkpoint_if_cancelled()
-        permit = self._admit_at_once(cost, output_cost, nowait=nowait)
+        panic = trace is not None and trace.candidate.panic
+        permit = self._admit_at_once(cost, output_cost, nowait=nowait, panic=panic)
         if permit is None:
             permit = await self._wait_for_admission(cost, output_cost, trace, request.model)
         if trace is not None:
@@ -824,8 +836,9 @@ class ProviderActor:
     ) -> EmbeddingResponse:
         """Embed through admission (cost: the inputs' estimated tokens)."""
         prompt = sum(estimate_text_tokens(t) for t in request.inputs)
+        panic = trace is not None and trace.candidate.panic
         permit = await self._admit(
-            float(prompt), 0.0, nowait=nowait, trace=trace, model=request.model
+            float(prompt), 0.0, nowait=nowait, trace=trace, model=request.model, panic=panic
         )
         if trace is not None:
             trace.sent_tokens = prompt
@@ -956,8 +969,14 @@ class ActorStream:
         actor = self._actor
         request = self._request
         cost, output_cost, self._prompt = actor._cost(request, self._prompt_tokens)
+        trace = self._trace
         permit = await actor._admit(
-            cost, output_cost, nowait=self._nowait, trace=self._trace, model=request.model
+            cost,
+            output_cost,
+            nowait=self._nowait,
+            trace=trace,
+            model=request.model,
+            panic=trace is not None and trace.candidate.panic,
         )
         self._permit = permit
         if self._trace is not None:

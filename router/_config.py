@@ -312,10 +312,16 @@ class RouteConfig(_Config, frozen=True):
     fail_over_on: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_FAIL_OVER))
     #: A spend cap for the requests of this route.
     budget: BudgetConfig | None = None
+    #: Panic routing (docs/routing.md): when fewer than this share of the route's
+    #: capable targets are healthy or degraded, send to the unhealthy ones too, last,
+    #: through their open breakers.  0 turns it off; ``None``: the router's setting.
+    panic_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if not self.targets:
             raise ValueError("`targets`: a route needs at least one target")
+        if self.panic_threshold is not None and not 0.0 <= self.panic_threshold <= 1.0:
+            raise ValueError(f"`panic_threshold` must be in [0, 1], got {self.panic_threshold}")
         for i, t in enumerate(self.targets):
             provider, sep, model = t.partition(":")
             if not sep or not provider or not model:
@@ -508,10 +514,15 @@ class RouterConfig(_Config, frozen=True):
     audit: AuditConfig | None = None
     #: OpenTelemetry spans per request and attempt.
     tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
+    #: Panic routing for routes that do not set theirs, and for direct ``provider:model``
+    #: calls: 0.5 as in Envoy; 0 turns it off (docs/routing.md).
+    panic_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         if not self.providers:
             raise ValueError("`providers` must configure at least one provider")
+        if not 0.0 <= self.panic_threshold <= 1.0:
+            raise ValueError(f"`panic_threshold` must be in [0, 1], got {self.panic_threshold}")
         if self.default_max_tokens < 1:
             raise ValueError(f"`default_max_tokens` must be >= 1, got {self.default_max_tokens}")
         for name in self.providers:

@@ -16,11 +16,24 @@ capabilities    the request needs tools, vision, structured output, streaming or
                 embeddings and the target cannot take them
 context window  estimated input tokens + output budget > the model's window
 budget          the estimated cost would cross the provider's spend cap
-health          a target whose health is ``unhealthy`` (open breaker, crashed) is
-                skipped while any other capable target is usable; ``degraded``
-                ones go after the healthy ones; when nothing is usable the
-                unhealthy ones are kept, last, rather than failing without trying
+health          ``degraded`` targets go after the healthy ones.  A target whose
+                health is ``unhealthy`` (open breaker, every half-open probe slot
+                taken, crashed) is excluded, unless the route is in *panic*
 ==============  ==================================================================
+
+Panic routing, after Envoy's panic threshold: when the routable targets (healthy or
+degraded) are fewer than ``panic_threshold`` of the capable ones::
+
+    panic  iff  unhealthy > 0  and  routable < panic_threshold · capable
+
+the unhealthy targets are planned too, after the others, marked
+:attr:`Candidate.panic` so that their open breakers let the attempt through.  Rather
+than fail everything when most targets look down, try them.  With the default 0.5, a
+two-target route with one breaker open is not in panic (one of two is routable); with
+both open, or a lone target whose breaker is open, it is.  With ``panic_threshold =
+0`` there is no panic: the unhealthy targets are planned only when nothing else is
+routable, unmarked, and their breakers refuse them at once (``Overloaded``, not
+retryable, saying until when).
 
 Then the strategy orders each health group (healthy first, then degraded, then
 unhealthy):
@@ -57,6 +70,7 @@ from providers._tokens import count_input_tokens
 from ._config import HedgeConfig, Strategy
 
 __all__ = [
+    "DEFAULT_PANIC_THRESHOLD",
     "Candidate",
     "Exclusion",
     "HedgeBudget",
@@ -89,6 +103,8 @@ class Candidate(msgspec.Struct, frozen=True, kw_only=True):
     input_price: float | None = None
     output_price: float | None = None
     cached_input_price: float | None = None
+    #: Planned in panic though unhealthy: its breaker lets the attempt through.
+    panic: bool = False
 
     @property
     def target(self) -> str:
@@ -144,10 +160,15 @@ class Exclusion(msgspec.Struct, frozen=True):
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
-    """The targets to try, in order, and those left out with their reasons."""
+    """The targets to try, in order, and those left out with their reasons.
+
+    ``panic`` says the route was in panic: too few targets were routable, so the
+    unhealthy ones follow the others (each marked ``panic``).
+    """
 
     targets: tuple[Candidate, ...]
     excluded: tuple[Exclusion, ...] = ()
+    panic: bool = False
 
     def explain(self) -> str:
         """One line per excluded target: ``openai:gpt-4o: circuit open until t=12.000``."""
@@ -263,6 +284,10 @@ def unfit(c: Candidate, needs: Needs) -> str | None:
     return reason
 
 
+#: Envoy's default: panic when fewer than half of the targets are routable.
+DEFAULT_PANIC_THRESHOLD = 0.5
+
+
 def plan_route(
     candidates: Sequence[Candidate],
     strategy: Strategy,
@@ -270,6 +295,8 @@ def plan_route(
     health: Mapping[str, TargetHealth],
     now: float,
     rng: random.Random,
+    *,
+    panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
 ) -> Plan:
     """Filter and order a route's candidates for one request (see the module docstring).
 
@@ -280,6 +307,8 @@ def plan_route(
         health: each provider's health by provider name (missing means healthy).
         now: trio time; part of the contract so that time-dependent policies stay pure.
         rng: the only source of randomness.
+        panic_threshold: below this share of routable capable targets, plan the
+            unhealthy ones too (panic); 0 never panics.
 
     Example::
 
@@ -307,12 +336,21 @@ def plan_route(
         groups[health.get(c.provider, _HEALTHY).status].append(c)
     ordered = _order(groups["healthy"], strategy, needs, health, rng)
     ordered += _order(groups["degraded"], strategy, needs, health, rng)
+    unhealthy = groups["unhealthy"]
+    if not unhealthy:
+        return Plan(targets=tuple(ordered), excluded=tuple(excluded))
+    if len(ordered) < panic_threshold * len(capable):
+        # Panic: too few routable targets to carry the route; try the rest, last.
+        last = _order(unhealthy, strategy, needs, health, rng)
+        ordered += [msgspec.structs.replace(c, panic=True) for c in last]
+        return Plan(targets=tuple(ordered), excluded=tuple(excluded), panic=True)
     if ordered:
-        for c in groups["unhealthy"]:
+        for c in unhealthy:
             why = health.get(c.provider, _HEALTHY).reason or "unhealthy"
             excluded.append(Exclusion(c.target, why))
     else:
-        ordered = _order(groups["unhealthy"], strategy, needs, health, rng)
+        # No panic (threshold 0) and nothing routable: each breaker refuses at once.
+        ordered = _order(unhealthy, strategy, needs, health, rng)
     return Plan(targets=tuple(ordered), excluded=tuple(excluded))
 
 
@@ -351,33 +389,78 @@ def hedge_delay(config: HedgeConfig, percentile: float | None, samples: int) -> 
     return min(max(value, config.min_delay), config.max_delay)
 
 
-class HedgeBudget:
-    """The extra-load cap of a hedged route: a token bucket counted in requests.
+# Hedge tokens are counted in millionths: exact integer arithmetic, so ten deposits of
+# 0.1 make exactly one hedge (in floats they make 0.9999999999999999).
+_MICRO = 1_000_000
 
-    Every request deposits ``ratio`` tokens (up to ``burst``); every hedge spends one.
-    Over any ``n`` requests, ``hedges ≤ ratio · n + burst``.
+
+class HedgeBudget:
+    """The extra-load cap of a hedged route: a token bucket counted in hedges.
+
+    Every request on the route deposits ``ratio`` tokens (never above ``burst``); every
+    hedge spends one whole token, and is not sent without one::
+
+        start:    tokens = min(burst, start)       # start = max_attempts - 1 for a route
+        request:  tokens = min(burst, tokens + ratio)
+        hedge:    sent iff tokens ≥ 1, then tokens -= 1
+
+    A cold route starts with enough for one fully hedged request (``max_attempts - 1``
+    hedges), not a full bucket: with the defaults (ratio 0.1, burst 10, two attempts)
+    a router's first ten slow requests are not all hedged; the first may be, then one
+    in ten.  So, with ``ratio`` and ``burst`` taken to six decimals (tokens are kept in
+    millionths, exactly)::
+
+        over the first n requests:       hedges ≤ ratio · n + min(burst, start)
+        over any n consecutive requests: hedges ≤ ratio · n + burst
+
+    The burst lets a route that has been calm save up for a slow spell; it is earned at
+    ``ratio`` per request, never granted up front (gRPC's retry throttle starts full,
+    but it caps failures, not load; Finagle's and Envoy's budgets grant a small floor,
+    like the ``start`` tokens here).
 
     Example::
 
-        >>> budget = HedgeBudget(ratio=0.1, burst=1.0)
-        >>> budget.try_spend(), budget.try_spend()
+        >>> budget = HedgeBudget(ratio=0.1, burst=10.0)   # start: one hedge
+        >>> budget.deposit(); budget.try_spend(), budget.try_spend()
         (True, False)
+        >>> for _ in range(9):
+        ...     budget.deposit()
+        >>> budget.try_spend()   # 1.1 - 1 + 9 · 0.1 = 1.0 token
+        True
     """
 
-    __slots__ = ("burst", "ratio", "tokens")
+    __slots__ = ("_burst", "_micro", "_ratio")
 
-    def __init__(self, ratio: float, burst: float) -> None:
-        self.ratio = ratio
-        self.burst = burst
-        self.tokens = burst
+    def __init__(self, ratio: float, burst: float, *, start: float = 1.0) -> None:
+        self._ratio = round(ratio * _MICRO)
+        self._burst = round(burst * _MICRO)
+        self._micro = min(self._burst, round(start * _MICRO))
+
+    def __repr__(self) -> str:
+        return f"HedgeBudget(tokens={self.tokens:g}, ratio={self.ratio:g}, burst={self.burst:g})"
+
+    @property
+    def ratio(self) -> float:
+        """Tokens a request deposits (hedges earned per request)."""
+        return self._ratio / _MICRO
+
+    @property
+    def burst(self) -> float:
+        """The most tokens the budget holds."""
+        return self._burst / _MICRO
+
+    @property
+    def tokens(self) -> float:
+        """Tokens now: hedges that could be sent at once is ``floor(tokens)``."""
+        return self._micro / _MICRO
 
     def deposit(self) -> None:
         """One request arrived on the route."""
-        self.tokens = min(self.burst, self.tokens + self.ratio)
+        self._micro = min(self._burst, self._micro + self._ratio)
 
     def try_spend(self) -> bool:
-        """Take a token for one hedge, if there is one."""
-        if self.tokens >= 1.0 - 1e-9:
-            self.tokens -= 1.0
+        """Take a token for one hedge, if there is one; never blocks."""
+        if self._micro >= _MICRO:
+            self._micro -= _MICRO
             return True
         return False

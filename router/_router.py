@@ -107,6 +107,7 @@ from ._events import (
 )
 from ._health import HealthSnapshot
 from ._policy import (
+    DEFAULT_PANIC_THRESHOLD,
     Candidate,
     Exclusion,
     HedgeBudget,
@@ -158,8 +159,11 @@ class _Route:
         "hedge",
         "hedge_budget",
         "hedge_counters",
+        "lone_panic_plan",
         "lone_plan",
         "name",
+        "panic_threshold",
+        "panicking",
         "spend_budget",
         "strategy",
     )
@@ -173,6 +177,7 @@ class _Route:
         hedge: HedgeConfig | None = None,
         fail_over_on: Sequence[str] = DEFAULT_FAIL_OVER,
         spend_budget: Budget | None = None,
+        panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
     ) -> None:
         self.name = name
         self.candidates = candidates
@@ -181,7 +186,7 @@ class _Route:
         self.fail_over_retryable = "retryable" in fail_over_on
         self.fail_over = frozenset(fail_over_on) - {"retryable"}
         self.hedge_budget = (
-            HedgeBudget(hedge.budget_ratio, hedge.budget_burst)
+            HedgeBudget(hedge.budget_ratio, hedge.budget_burst, start=hedge.max_attempts - 1)
             if hedge is not None and hedge.delay is not None
             else None
         )
@@ -190,6 +195,14 @@ class _Route:
         self.spend_budget = spend_budget
         #: The plan of a one-target route whose target fits the request.
         self.lone_plan = Plan(targets=candidates)
+        self.panic_threshold = panic_threshold
+        #: ... and of one whose target is unhealthy, in panic (threshold > 0).
+        self.lone_panic_plan = Plan(
+            targets=tuple(msgspec.structs.replace(c, panic=True) for c in candidates),
+            panic=True,
+        )
+        #: Whether the last request planned was in panic (to log entering and leaving).
+        self.panicking = False
 
     def fails_over(self, exc: LLMError) -> bool:
         """Whether ``exc`` on one target sends the request on to the next."""
@@ -223,8 +236,13 @@ class RouterStatistics(msgspec.Struct, frozen=True, kw_only=True):
     """A frozen snapshot of the router.
 
     ``hedges`` counts attempts started because a hedge delay passed, ``fallbacks``
-    those started because an earlier attempt failed; ``wasted_tokens`` estimates the
-    prompt tokens sent on attempts that lost or failed (hedge waste included).
+    those started because an earlier attempt failed, ``retries`` those repeated on the
+    same target after a retryable error: the extra attempts, by kind, every one of them
+    load on a provider (an attempt an open breaker or a full queue refuses sends
+    nothing).  ``panic_routed`` counts requests planned in panic (too few healthy
+    targets: the unhealthy ones were tried too; docs/routing.md).  ``wasted_tokens``
+    estimates the prompt tokens sent on attempts that lost or failed (hedge waste
+    included).
     """
 
     requests: int
@@ -236,6 +254,8 @@ class RouterStatistics(msgspec.Struct, frozen=True, kw_only=True):
     hedge_wins: int
     retries: int
     wasted_tokens: int
+    #: Requests planned in panic: the route's unhealthy targets were tried too.
+    panic_routed: int = 0
     #: Dollars spent (priced models only): answers, and prompts of lost attempts.
     spend: float
     #: The same by ``provider:model``.
@@ -403,6 +423,9 @@ class Router:
                 hedge=rc.hedge,
                 fail_over_on=rc.fail_over_on,
                 spend_budget=_budget(f"route {alias}", rc.budget, start),
+                panic_threshold=(
+                    config.panic_threshold if rc.panic_threshold is None else rc.panic_threshold
+                ),
             )
             for alias, rc in config.routes.items()
         }
@@ -423,6 +446,7 @@ class Router:
         self._hedges = 0
         self._hedge_wins = 0
         self._retries = 0
+        self._panic_routed = 0
         self._wasted_tokens = 0
 
     def __repr__(self) -> str:
@@ -543,7 +567,9 @@ class Router:
         if route is not None:
             return route
         target = self._resolve_single(model)
-        route = _Route(model, (self._candidate(target),))
+        route = _Route(
+            model, (self._candidate(target),), panic_threshold=self._config.panic_threshold
+        )
         if len(self._resolved) >= _MAX_RESOLVED:
             self._resolved.clear()
         self._resolved[model] = route
@@ -568,21 +594,78 @@ class Router:
             f"{sorted(self._actors)}, or a route: {sorted(self._config.routes)}"
         )
 
-    def plan(self, model: str, needs: Needs | None = None) -> Plan:
-        """The plan the policy would make for ``model`` now: targets in order, exclusions.
+    def plan(
+        self, request: ChatRequest | str, needs: Needs | None = None, *, streaming: bool = False
+    ) -> Plan:
+        """The plan the policy would make now: targets in order, exclusions, panic.
+
+        Give the :class:`~providers.ChatRequest` you would send: its model is resolved and
+        its needs (tools, images, structured output, prompt and output tokens) computed
+        as :meth:`complete` (or :meth:`stream`, with ``streaming``) computes them, so
+        context windows and least-cost see the real request.  A model string plans for
+        ``needs`` (``Needs()``, an empty request, if omitted).
 
         Pure with respect to the router (it draws from the router's rng, nothing else).
 
         Example::
 
-            print(router.plan("fast").targets[0].target)
+            plan = router.plan(ChatRequest(model="fast", messages=[Message.user("hi")]))
+            print(plan.targets[0].target, plan.explain())
         """
-        route = self._route(model)
-        now = trio.current_time()
-        health = {c.provider: self._actors[c.provider].policy_health(now) for c in route.candidates}
+        if isinstance(request, ChatRequest):
+            model = request.model
+            if needs is None:
+                needs = Needs.of(
+                    request, streaming=streaming, default_max_tokens=self._default_max_tokens
+                )
+        else:
+            model = request
+        return self._plan(self._route(model), needs or Needs(), trio.current_time())
+
+    def _plan(self, route: _Route, needs: Needs, now: float) -> Plan:
+        """plan_route over the route's candidates, their health and spend headroom."""
+        actors = self._actors
+        health = {c.provider: actors[c.provider].policy_health(now) for c in route.candidates}
+        for name, budget in self._provider_budgets.items():
+            if name in health:
+                health[name] = msgspec.structs.replace(
+                    health[name], budget_left=budget.headroom(now)
+                )
         return plan_route(
-            route.candidates, route.strategy, needs or Needs(), health, now, self._rng
+            route.candidates,
+            route.strategy,
+            needs,
+            health,
+            now,
+            self._rng,
+            panic_threshold=route.panic_threshold,
         )
+
+    def _panic(self, route: _Route, plan: Plan, request_id: str) -> None:
+        """Count a request planned in panic (or not), and log when the route enters or
+        leaves panic: once per episode, not once per request."""
+        if plan.panic:
+            self._panic_routed += 1
+            if not route.panicking:
+                route.panicking = True
+                unhealthy = [c.target for c in plan.targets if c.panic]
+                logger.warning(
+                    "route %s: panic routing: %d of %d targets routable (threshold %g); "
+                    "trying the unhealthy ones too: %s",
+                    route.name,
+                    len(plan.targets) - len(unhealthy),
+                    len(plan.targets),
+                    route.panic_threshold,
+                    ", ".join(unhealthy),
+                    extra={"route": route.name, "request_id": request_id, "panic": True},
+                )
+        else:
+            route.panicking = False
+            logger.info(
+                "route %s: out of panic routing",
+                route.name,
+                extra={"route": route.name, "request_id": request_id, "panic": False},
+            )
 
     # -- the retry loop and the race -----------------------------------------------------
 
@@ -763,28 +846,28 @@ class Router:
             candidates = route.candidates
             provider_budgets = self._provider_budgets
             if len(candidates) == 1 and candidates[0].provider not in provider_budgets:
-                # A lone target is planned alike whatever its health (an unhealthy one is
-                # still tried, and its breaker answers at admission), and whatever the
-                # strategy (one target to order): the plan is plan_route's, the target or
-                # its exclusion, without reading health at all.
+                # A lone target: the plan is plan_route's (the target, or its exclusion;
+                # in panic when it is unhealthy and the threshold is above 0), reading
+                # health only when its breaker is not closed.
                 lone = candidates[0]
                 # A breaker transition due now happens before the attempt starts (its
                 # event comes first); a closed breaker answers at once.
-                actors[lone.provider].breaker.state(t0)
+                actor = actors[lone.provider]
+                state = actor.breaker.state(t0)
                 reason = unfit(lone, needs)
-                if reason is None:
-                    plan = route.lone_plan
-                else:
+                if reason is not None:
                     plan = Plan(targets=(), excluded=(Exclusion(lone.target, reason),))
+                elif (
+                    (state != "closed" or actor.crashed is not None)
+                    and route.panic_threshold > 0.0
+                    and actor.policy_status(t0) == "unhealthy"
+                ):
+                    # 0 of 1 routable: below any threshold but 0 (plan_route's rule).
+                    plan = route.lone_panic_plan
+                else:
+                    plan = route.lone_plan
             else:
-                health = {c.provider: actors[c.provider].policy_health(t0) for c in candidates}
-                if provider_budgets:
-                    for name, budget in provider_budgets.items():
-                        if name in health:
-                            health[name] = msgspec.structs.replace(
-                                health[name], budget_left=budget.headroom(t0)
-                            )
-                plan = plan_route(candidates, route.strategy, needs, health, t0, self._rng)
+                plan = self._plan(route, needs, t0)
             if not plan.targets and any("spend cap" in e.reason for e in plan.excluded):
                 message = f"no target of {model!r} fits its budget: {plan.explain()}"
                 self._refused(events, request_id, None, "provider", message)
@@ -793,6 +876,8 @@ class Router:
             if self._budget is not None or route.spend_budget is not None:
                 self._check_budgets(route, plan, needs, t0, request_id, events)
             self._requests += 1
+            if plan.panic or route.panicking:
+                self._panic(route, plan, request_id)
             try:
                 # A request made in a scope that is already cancelled is cancelled, not
                 # refused for lack of time.
@@ -1238,6 +1323,7 @@ class Router:
             hedge_wins=self._hedge_wins,
             retries=self._retries,
             wasted_tokens=self._wasted_tokens,
+            panic_routed=self._panic_routed,
             spend=sum(self._spend.values()),
             spend_by_target=dict(self._spend),
             budgets=[b.statistics(now) for b in self._all_budgets()],

@@ -137,7 +137,20 @@ class SimScenario(_Sim, frozen=True):
 
 
 class PolicyResult(msgspec.Struct, frozen=True, kw_only=True):
-    """The figures of one policy over one scenario; latencies in seconds."""
+    """The figures of one policy over one scenario; latencies in seconds.
+
+    ``attempts`` counts every call that reached a provider — first tries, hedges,
+    fallbacks and retries alike (an attempt refused at admission, by an open breaker or
+    a full queue, sends nothing and is not counted) — and ``extra_attempts`` is the load
+    beyond one call per request::
+
+        extra_attempts = attempts / requests - 1
+
+    ``hedges``, ``fallbacks`` and ``retries`` are the router's own counts of the extra
+    attempts it started, by kind (``router.statistics()``); when every one of them
+    reached its provider, ``attempts = requests + hedges + fallbacks + retries``.
+    ``panic_routed`` counts requests planned in panic (docs/routing.md).
+    """
 
     policy: str
     requests: int
@@ -153,6 +166,7 @@ class PolicyResult(msgspec.Struct, frozen=True, kw_only=True):
     hedges: int
     fallbacks: int
     retries: int
+    panic_routed: int
     wasted_tokens: int
     cost: float
     wasted_cost: float
@@ -262,17 +276,20 @@ async def _run_policy(
 
     prompt = scenario.input_tokens
     mocks: dict[str, MockProvider] = {}
+    # Calls that reached a provider: the upstream load, whatever kind of attempt sent them.
+    sent = 0
     for index, (pname, p) in enumerate(sorted(scenario.providers.items())):
         draws = _Draws(seed, index, p)
 
         def answer(request: ChatRequest, draws: _Draws = draws) -> MockResponse:
+            nonlocal sent
+            sent += 1
             return draws.reply(int(request.metadata["i"]), prompt)
 
         mocks[pname] = MockProvider(name=pname, default=answer, record=False)
 
     latencies: list[float] = []
     cost = 0.0
-    attempts = 0
     arrivals = random.Random(seed)
     # ~4 characters a token: a prompt the estimator sizes like the usage the mocks report.
     text = "x" * (4 * prompt)
@@ -282,7 +299,7 @@ async def _run_policy(
         start = trio.current_time()
 
         async def one(i: int) -> None:
-            nonlocal cost, attempts
+            nonlocal cost
             request = ChatRequest(
                 model="sim", messages=[Message.user(text)], metadata={"i": str(i)}
             )
@@ -293,12 +310,9 @@ async def _run_policy(
                 else:
                     with trio.fail_after(deadline):
                         response = await router.complete(request)
-            except (LLMError, trio.TooSlowError) as exc:
-                trace = getattr(exc, "attempts", ())
-                attempts += sum(1 for a in trace if a.outcome != "skipped")
+            except (LLMError, trio.TooSlowError):
                 return
             latencies.append(trio.current_time() - t0)
-            attempts += sum(1 for a in response.attempts if a.outcome != "skipped")
             cost += response.cost or 0.0
 
         async with trio.open_nursery() as nursery:
@@ -324,11 +338,12 @@ async def _run_policy(
         p99=_percentile(latencies, 0.99),
         p999=_percentile(latencies, 0.999),
         mean=sum(latencies) / n if n else math.nan,
-        attempts=attempts,
-        extra_attempts=(attempts - requests) / requests,
+        attempts=sent,
+        extra_attempts=sent / requests - 1.0,
         hedges=stats.hedges,
         fallbacks=stats.fallbacks,
         retries=stats.retries,
+        panic_routed=stats.panic_routed,
         wasted_tokens=stats.wasted_tokens,
         cost=cost,
         wasted_cost=stats.wasted_tokens * waste_price / 1e6,
@@ -397,12 +412,15 @@ def hedging_bound(
 def format_results(scenario: SimScenario, results: Sequence[PolicyResult]) -> str:
     """The results as a plain-text table, one policy a row, with the hedging bound.
 
-    For each two-target hedged policy the last column is the best p99 any hedging
-    policy could reach with the same extra load (:func:`hedging_bound`).
+    ``extra`` is every call sent beyond one per request; ``hedge``, ``fallbk`` and
+    ``retry`` split it by kind (each per request).  For each two-target hedged policy
+    the last column is the best p99 any hedging policy could reach with the same extra
+    load (:func:`hedging_bound`).
     """
     head = (
         f"{'policy':<14} {'p50':>8} {'p95':>8} {'p99':>8} {'p99.9':>8} {'success':>8} "
-        f"{'extra':>7} {'wasted tok':>11} {'cost $':>9} {'waste $':>8} {'p99 bound':>10}"
+        f"{'extra':>7} {'hedge':>7} {'fallbk':>7} {'retry':>7} "
+        f"{'wasted tok':>11} {'cost $':>9} {'waste $':>8} {'p99 bound':>10}"
     )
     lines = []
     if scenario.description:
@@ -416,9 +434,13 @@ def format_results(scenario: SimScenario, results: Sequence[PolicyResult]) -> st
         if policy.hedge is not None and len(policy.targets) == 2 and 0 < r.extra_attempts < 1:
             a, b = (t.partition(":")[0] for t in policy.targets)
             bound = f"{hedging_bound(scenario, a, b, r.extra_attempts)[1]:.3f}s"
+        n = r.requests
         lines.append(
             f"{r.policy:<14} {r.p50:>7.3f}s {r.p95:>7.3f}s {r.p99:>7.3f}s {r.p999:>7.3f}s "
-            f"{r.success_rate:>8.2%} {r.extra_attempts:>7.2%} {r.wasted_tokens:>11} "
+            f"{r.success_rate:>8.2%} {r.extra_attempts:>7.2%} {r.hedges / n:>7.2%} "
+            f"{r.fallbacks / n:>7.2%} {r.retries / n:>7.2%} {r.wasted_tokens:>11} "
             f"{r.cost:>9.4f} {r.wasted_cost:>8.4f} {bound:>10}"
         )
+        if r.panic_routed:
+            lines.append(f"{'':<14} {r.panic_routed} requests routed in panic")
     return "\n".join(lines)

@@ -12,6 +12,7 @@ import random
 from collections import Counter
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -179,14 +180,20 @@ def test_capable_targets_are_all_planned_and_incapable_all_excluded(situation: A
 
 
 @given(situations(light_needs))
-def test_unhealthy_only_as_a_last_resort_and_degraded_after_healthy(situation: Any) -> None:
-    """Invariant: targets go healthy, then degraded, then unhealthy; unhealthy ones appear
-    only when no capable healthy or degraded target exists, else they are excluded with
-    their health reason."""
-    candidates, _, needs, health, _ = situation
-    plan = plan_of(situation)
+def test_without_panic_unhealthy_only_as_a_last_resort_and_degraded_after_healthy(
+    situation: Any,
+) -> None:
+    """Invariant (panic_threshold 0): targets go healthy, then degraded, then unhealthy;
+    unhealthy ones appear only when no capable healthy or degraded target exists, else
+    they are excluded with their health reason; nothing is marked panic."""
+    candidates, strategy, needs, health, seed = situation
+    plan = plan_route(
+        candidates, strategy, needs, health, 123.0, random.Random(seed), panic_threshold=0.0
+    )
     ranks = [RANK[status(health, c)] for c in plan.targets]
     assert ranks == sorted(ranks)
+    assert not plan.panic
+    assert not any(c.panic for c in plan.targets)
     usable = [c for c in candidates if capable(c, needs) and status(health, c) != "unhealthy"]
     excluded = {e.target: e.reason for e in plan.excluded}
     if usable:
@@ -197,6 +204,64 @@ def test_unhealthy_only_as_a_last_resort_and_degraded_after_healthy(situation: A
     else:
         expected = [c for c in candidates if capable(c, needs)]
         assert sorted(c.index for c in plan.targets) == [c.index for c in expected]
+
+
+@given(situations(light_needs), st.sampled_from([0.0, 0.1, 0.25, 0.5, 2 / 3, 0.75, 1.0]))
+def test_panic_routing_follows_the_threshold(situation: Any, threshold: float) -> None:
+    """Invariant (Envoy's panic threshold): with u capable unhealthy targets and r capable
+    routable ones out of n, the plan is in panic iff u > 0 and r < threshold·n; in panic
+    it is the routable targets (healthy, then degraded) followed by every unhealthy one,
+    and exactly those unhealthy ones are marked panic; out of panic none is marked."""
+    candidates, strategy, needs, health, seed = situation
+    plan = plan_route(
+        candidates, strategy, needs, health, 123.0, random.Random(seed), panic_threshold=threshold
+    )
+    fit = [c for c in candidates if capable(c, needs)]
+    unhealthy = [c for c in fit if status(health, c) == "unhealthy"]
+    routable = len(fit) - len(unhealthy)
+    assert plan.panic == (bool(unhealthy) and routable < threshold * len(fit))
+    ranks = [RANK[status(health, c)] for c in plan.targets]
+    assert ranks == sorted(ranks)
+    marked = {c.target for c in plan.targets if c.panic}
+    if plan.panic:
+        assert len(plan.targets) == len(fit)
+        assert marked == {c.target for c in unhealthy}
+    else:
+        assert not marked
+
+
+@pytest.mark.parametrize(
+    ("statuses", "threshold", "panic", "planned"),
+    [
+        # Two targets, one open: 1 of 2 routable is not below 50%: the open one is out.
+        (["unhealthy", "healthy"], 0.5, False, ["p1"]),
+        # Both open: panic, both tried in the route's order.
+        (["unhealthy", "unhealthy"], 0.5, True, ["p0", "p1"]),
+        # Three targets, two open: 1 of 3 < 50%: panic, the healthy one first.
+        (["unhealthy", "unhealthy", "healthy"], 0.5, True, ["p2", "p0", "p1"]),
+        # A lone open target: panic at any threshold above 0.
+        (["unhealthy"], 0.01, True, ["p0"]),
+        # Threshold 0: never panic; with nothing routable the open ones stay, unmarked.
+        (["unhealthy", "unhealthy"], 0.0, False, ["p0", "p1"]),
+        # Threshold 1: any unhealthy target means panic.
+        (["healthy", "unhealthy", "degraded"], 1.0, True, ["p0", "p2", "p1"]),
+    ],
+)
+def test_panic_routing_examples(
+    statuses: list[str], threshold: float, panic: bool, planned: list[str]
+) -> None:
+    """Scenario table: which plans are in panic, and in what order they try targets."""
+    candidates = [Candidate(provider=f"p{i}", model="m", index=i) for i in range(len(statuses))]
+    health = {
+        f"p{i}": TargetHealth(status=s, reason="circuit open until t=9.000")  # type: ignore[arg-type]
+        for i, s in enumerate(statuses)
+    }
+    plan = plan_route(
+        candidates, "fallback", Needs(), health, 0.0, random.Random(0), panic_threshold=threshold
+    )
+    assert (plan.panic, [c.provider for c in plan.targets]) == (panic, planned)
+    for c in plan.targets:
+        assert c.panic == (plan.panic and health[c.provider].status == "unhealthy")
 
 
 @given(situations())
@@ -212,8 +277,8 @@ def test_every_candidate_is_planned_or_excluded_exactly_once(situation: Any) -> 
     assert not set(planned) & set(excluded)
     assert sorted(planned + excluded) == sorted(c.target for c in candidates)
     assert all(e.reason for e in plan.excluded)
-    # The planned targets are the candidates themselves, unchanged.
-    assert all(c in candidates for c in plan.targets)
+    # The planned targets are the candidates themselves, unchanged but for the panic mark.
+    assert all(msgspec.structs.replace(c, panic=False) in candidates for c in plan.targets)
 
 
 @given(situations())
@@ -507,7 +572,7 @@ def test_hedge_budget_caps_hedges_over_any_window(
             log.append((True, False))
         else:
             log.append((False, budget.try_spend()))
-        assert -1e-9 <= budget.tokens <= burst + 1e-9
+        assert 0.0 <= budget.tokens <= burst
     prefix_requests = [0]
     prefix_hedges = [0]
     for is_request, granted in log:
@@ -522,27 +587,77 @@ def test_hedge_budget_caps_hedges_over_any_window(
 
 @given(burst=st.integers(0, 20), attempts=st.integers(0, 40))
 def test_hedge_budget_without_refill_grants_exactly_the_burst(burst: int, attempts: int) -> None:
-    """Invariant: with ratio 0, exactly min(attempts, burst) hedges are ever granted."""
+    """Invariant: with ratio 0 nothing is earned: only the cold start's min(burst, 1)
+    token is ever spent."""
     budget = HedgeBudget(0.0, float(burst))
     granted = 0
     for _ in range(attempts):
         budget.deposit()
         granted += budget.try_spend()
-    assert granted == min(attempts, burst)
+    assert granted == min(attempts, burst, 1)
 
 
 @given(ratio=st.sampled_from([0.05, 0.1, 0.25, 0.5, 1.0]), n=st.integers(1, 400))
 def test_hedge_budget_refills_at_the_ratio(ratio: float, n: int) -> None:
-    """Invariant: once the burst is spent, each request wanting a hedge gets one about every
-    1/ratio requests: over n requests, ratio·n - 1 ≤ hedges ≤ ratio·n + burst."""
-    burst = 1.0
-    budget = HedgeBudget(ratio, burst)
-    budget.tokens = 0.0
+    """Invariant: once its first token is spent, each request wanting a hedge gets one
+    every 1/ratio requests: over n requests, ratio·n - 1 ≤ hedges ≤ ratio·n + 1."""
+    budget = HedgeBudget(ratio, 1.0)
+    assert budget.try_spend()  # the cold start's one token
     granted = 0
     for _ in range(n):
         budget.deposit()
         granted += budget.try_spend()
-    assert ratio * n - 1 - 1e-9 <= granted <= ratio * n + burst + 1e-9
+    assert math.floor(ratio * n) - 1 <= granted <= ratio * n + 1
+
+
+ratios = st.integers(0, 2_000_000).map(lambda k: k / 1_000_000)
+
+
+@given(
+    ratio=ratios,
+    burst=st.integers(0, 20_000_000).map(lambda k: k / 1_000_000),
+    start=st.integers(1, 9),
+    wants=st.lists(st.integers(0, 9), max_size=300),
+)
+def test_hedge_budget_prefix_bound_from_a_cold_start(
+    ratio: float, burst: float, start: int, wants: list[int]
+) -> None:
+    """Invariant: from a new budget, over the first n requests (each deposits, then asks
+    for up to max_attempts - 1 hedges) hedges ≤ ratio·n + min(burst, start), exactly: a
+    cold router does not hedge its first requests out of a full bucket."""
+    budget = HedgeBudget(ratio, burst, start=start)
+    granted = 0
+    for n, want in enumerate(wants, start=1):
+        budget.deposit()
+        for _ in range(want):
+            granted += budget.try_spend()
+        assert granted <= math.floor(ratio * n + min(burst, start) + 1e-9), (n, granted)
+        assert 0.0 <= budget.tokens <= burst
+
+
+def test_cold_budget_hedges_one_in_ten_from_the_start() -> None:
+    """The reported case (ratio 0.1, burst 10): of the first 30 requests all wanting a
+    hedge, requests 1, 10, 20 and 30 get one, not the first ten all."""
+    budget = HedgeBudget(0.1, 10.0)
+    granted = []
+    for i in range(1, 31):
+        budget.deposit()
+        if budget.try_spend():
+            granted.append(i)
+    assert granted == [1, 10, 20, 30]
+
+
+@given(ratio=ratios, calm=st.integers(0, 500))
+def test_hedge_budget_saves_up_to_the_burst(ratio: float, calm: int) -> None:
+    """Invariant: after ``calm`` requests with no hedge, floor(min(burst, 1 + ratio·calm))
+    hedges can go at once: the burst is earned, never granted up front."""
+    budget = HedgeBudget(ratio, 10.0)
+    for _ in range(calm):
+        budget.deposit()
+    granted = 0
+    while budget.try_spend():
+        granted += 1
+    assert granted == math.floor(min(10.0, 1.0 + round(ratio * 1e6) * calm / 1e6) + 1e-12)
 
 
 # --------------------------------------------------------------------------- cost

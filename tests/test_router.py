@@ -1048,7 +1048,8 @@ async def test_breaker_opens_refuses_half_opens_and_closes(
 ) -> None:
     """Open at t=3 until 13: no calls meanwhile, half-open at exactly 13, closed after 2 probes."""
     a = MockProvider(name="a", responses=[ServerError("500")] * 4)
-    cfg = config({"a": mock(breaker=TRIPPING, retry=NO_RETRY)})
+    # Panic routing off: a lone target's open breaker refuses (the default would try it).
+    cfg = config({"a": mock(breaker=TRIPPING, retry=NO_RETRY)}, panic_threshold=0.0)
     async with open_router(cfg, providers={"a": a}) as router:
         await trip(router, a)
         health = router.health()["a"]
@@ -1095,24 +1096,36 @@ async def test_failed_probe_reopens_for_twice_as_long(
         assert trio.current_time() == 33.0
 
 
-async def test_request_while_open_waits_for_the_probe_on_a_single_target(
-    autojump_clock: trio.testing.MockClock,
+@pytest.mark.parametrize("panic_threshold", [0.5, 0.0])
+async def test_request_while_open_on_a_single_target_never_waits_out_the_breaker(
+    autojump_clock: trio.testing.MockClock, panic_threshold: float
 ) -> None:
-    """With retries left, a request to an open breaker waits its retry-after and probes."""
+    """A lone target's open breaker: in panic (the default) the request goes through at
+    once; with panic off it is refused at once, not retryable, saying until when."""
     a = MockProvider(name="a", responses=[ServerError("500")] * 4)
-    cfg = config({"a": mock(breaker=TRIPPING, retry=RetryConfig(max_attempts=2))})
+    retry = RetryConfig(max_attempts=2)
+    cfg = config({"a": mock(breaker=TRIPPING, retry=retry)}, panic_threshold=panic_threshold)
     async with open_router(cfg, providers={"a": a}, seed=0) as router:
         for _ in range(2):  # two calls each: the fourth failure trips the breaker
             with pytest.raises(ServerError):
                 await router.complete(chat())
         opened = trio.current_time()
         assert router.statistics().providers["a"].breaker == "open"
-        resp = await router.complete(chat())  # Overloaded(retry_after=10), then the probe
-        assert resp.text == "echo: hi"
-        assert trio.current_time() == pytest.approx(opened + 10.0, rel=1e-12)
-        assert starts(a)[-1] == trio.current_time()
-        assert len(a.calls) == 5
-        assert router.statistics().providers["a"].breaker == "half_open"
+        if panic_threshold:
+            resp = await router.complete(chat())
+            assert (resp.text, trio.current_time(), starts(a)[-1]) == ("echo: hi", opened, opened)
+            assert len(a.calls) == 5
+            assert router.statistics().panic_routed == 1
+        else:
+            with pytest.raises(
+                Overloaded, match=r"open until t=\d+\.\d{3} \(10s from now\)"
+            ) as info:
+                await router.complete(chat())
+            assert (trio.current_time(), info.value.retryable) == (opened, False)
+            assert info.value.retry_after == pytest.approx(10.0)
+            assert len(a.calls) == 4
+            assert router.statistics().panic_routed == 0
+        assert router.statistics().providers["a"].breaker == "open"
 
 
 async def test_open_breaker_on_a_route_fails_over_at_once(

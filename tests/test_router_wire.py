@@ -168,8 +168,10 @@ async def wire_router(
     scenarios: dict[str, Scenario],
     providers: dict[str, ProviderConfig],
     routes: dict[str, list[str] | RouteConfig] | None = None,
+    **config: Any,
 ) -> AsyncIterator[tuple[FakeUpstream, Router]]:
-    """A fake upstream, and a router over it: provider ``name`` talks to scenario ``name``."""
+    """A fake upstream, and a router over it: provider ``name`` talks to scenario ``name``
+    (``config``: more RouterConfig fields)."""
     async with open_fake_upstream(scenarios) as up, httpx.AsyncClient(timeout=60.0) as client:
         adapters: dict[str, Any] = {}
         for name, pc in providers.items():
@@ -187,14 +189,15 @@ async def wire_router(
                     base_url=up.base_url(name, "openai"),
                     client=client,
                 )
-        config = RouterConfig(
+        router_config = RouterConfig(
             providers=providers,
             routes={
                 alias: t if isinstance(t, RouteConfig) else RouteConfig(targets=t)
                 for alias, t in (routes or {}).items()
             },
+            **config,
         )
-        async with open_router(config, providers=adapters, seed=1) as router:
+        async with open_router(router_config, providers=adapters, seed=1) as router:
             yield up, router
 
 
@@ -521,10 +524,11 @@ async def test_breaker_opens_on_500s_stops_calls_and_the_route_fails_over(
     breaker = BreakerConfig(minimum_calls=4, open_duration=10.0, half_open_probes=1)
     a = ProviderConfig(kind="openai", breaker=breaker, retry=NO_RETRY)
     b = ProviderConfig(kind="anthropic")
-    async with wire_router({"a": failing}, {"a": a, "b": b}, {"r": ["a:m", "b:m"]}) as (
-        up,
-        router,
-    ):
+    # Panic routing off, so that the direct calls to "a:m" are refused while open (the
+    # route "r" keeps b routable: one of two is not below the threshold anyway).
+    async with wire_router(
+        {"a": failing}, {"a": a, "b": b}, {"r": ["a:m", "b:m"]}, panic_threshold=0.0
+    ) as (up, router):
         # Four straight 500s (minimum_calls=4, 100% failures) trip the breaker.
         for _ in range(4):
             with pytest.raises(ServerError):

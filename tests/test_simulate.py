@@ -17,10 +17,12 @@ import pytest
 from providers import ConfigError
 from providers.testing import Fixed, Uniform
 from router._config import HedgeConfig, RouteConfig
+from router._health import BreakerConfig
 from router._simulate import (
     PolicyResult,
     SimProvider,
     SimScenario,
+    format_results,
     hedging_bound,
     load_scenario,
     simulate,
@@ -203,6 +205,46 @@ def test_simulate_a_scenario_built_in_code() -> None:
     assert result.success_rate == 1.0
     assert result.p50 >= 0.5
     assert result.fallbacks > 0
+
+
+def test_extra_load_counts_retries_and_splits_by_kind() -> None:
+    """Every call sent upstream counts in the extra load, retries too (they used to be
+    left out): attempts = requests + hedges + fallbacks + retries, and the table shows
+    hedges, fallbacks and retries in their own columns."""
+    steady = BreakerConfig(minimum_calls=100_000)  # no trips: every attempt is sent
+    scenario = SimScenario(
+        providers={
+            "a": SimProvider(latency=Fixed(0.1), error_rate=0.2, breaker=steady),
+            "b": SimProvider(latency=Fixed(0.2)),
+        },
+        policies={
+            "lone": RouteConfig(targets=["a:m"]),
+            "fallback": RouteConfig(targets=["a:m", "b:m"]),
+            "hedged": RouteConfig(
+                targets=["a:m", "b:m"], hedge=HedgeConfig(delay=0.05, budget_ratio=0.5)
+            ),
+        },
+        requests=500,
+        rate=5.0,
+    )
+    results = {r.policy: r for r in simulate(scenario)}
+    lone, fallback, hedged = results["lone"], results["fallback"], results["hedged"]
+    assert lone.retries > 50
+    assert fallback.retries + fallback.fallbacks > 0
+    assert hedged.hedges > 0
+    for r in results.values():
+        assert r.attempts == r.requests + r.hedges + r.fallbacks + r.retries, r
+        assert r.extra_attempts == pytest.approx((r.hedges + r.fallbacks + r.retries) / r.requests)
+    table = format_results(scenario, list(results.values()))
+    head = next(line for line in table.splitlines() if line.startswith("policy"))
+    assert head.split()[6:10] == ["extra", "hedge", "fallbk", "retry"]
+    row = next(line for line in table.splitlines() if line.startswith("lone"))
+    assert row.split()[6:10] == [
+        f"{lone.extra_attempts:.2%}",
+        "0.00%",
+        "0.00%",
+        f"{lone.retries / lone.requests:.2%}",
+    ]
 
 
 def test_simulate_rejects_unknown_policies_and_no_requests(shipped: SimScenario) -> None:

@@ -366,7 +366,10 @@ async def test_concurrent_requests_sharing_an_id_keep_their_own_spans(
     }
     request = ChatRequest(model="r", messages=[Message.user("hi")], metadata={"request_id": "dup"})
     async with (
-        traced(exporter, targets, hedge=HedgeConfig(max_attempts=2, delay=0.5)) as (router, _),
+        # budget_ratio 1: a cold hedge budget holds one hedge; each request earns one more.
+        traced(
+            exporter, targets, hedge=HedgeConfig(max_attempts=2, delay=0.5, budget_ratio=1.0)
+        ) as (router, _),
         trio.open_nursery() as nursery,
     ):
         nursery.start_soon(router.complete, request)
