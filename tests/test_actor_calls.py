@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 import trio.lowlevel
@@ -153,10 +154,13 @@ async def test_a_crashing_adapter_fails_alike_through_every_operation(
 ) -> None:
     """30 calls into an adapter that raises ValueError: each of the first 10 reaches the
     caller as ServerError (the ValueError its cause) and counts as a failure, the breaker
-    opens, the rest are refused, health is unhealthy — the same for every operation."""
+    opens, the rest are refused (panic routing off), health is unhealthy — the same for every
+    operation."""
     where, call = OPERATIONS[operation]
     pc = ProviderConfig(kind="mock", retry=NO_RETRY)  # breaker: 10 calls, 50%, 5 s
-    async with open_router(config({"a": pc}), providers={"a": Crashing("a", where)}) as router:
+    # Panic routing off: with it on, a lone target whose breaker is open is tried anyway.
+    cfg = msgspec.structs.replace(config({"a": pc}), panic_threshold=0.0)
+    async with open_router(cfg, providers={"a": Crashing("a", where)}) as router:
         errors: list[LLMError] = []
         for _ in range(30):
             try:

@@ -437,7 +437,8 @@ async def test_a_hedge_with_no_target_left_is_traced_and_counted(
 ) -> None:
     """max_attempts 3 over two targets: the third hedge falls due at 1.0 s with no target
     left; the trace shows it (empty provider), and statistics count one hedge sent and
-    one not sent for want of a target; sent hedges spend the budget (10 → 9 + 0.1)."""
+    one not sent for want of a target; sent hedges spend the budget (a cold budget holds
+    max_attempts - 1 = 2 tokens: 2 + 0.1 - 1)."""
     hedge = HedgeConfig(delay=0.5, max_attempts=3, budget_burst=10.0)
     a = MockProvider(name="a", default=reply("a", 3.0))
     b = MockProvider(name="b", default=reply("b", 2.0))
@@ -452,7 +453,7 @@ async def test_a_hedge_with_no_target_left_is_traced_and_counted(
         assert resp.attempts[2].reason == "hedge not sent: no target left to hedge on"
         hedging = router.statistics().hedging["r"]
         assert (hedging.sent, hedging.not_sent_no_target, hedging.delay) == (1, 1, 0.5)
-        assert hedging.budget_tokens == pytest.approx(9.0)
+        assert hedging.budget_tokens == pytest.approx(1.1)
 
 
 async def test_a_sequential_route_has_no_hedge_delay_and_no_hedging_entry(
