@@ -523,20 +523,25 @@ class _World:
         self.upstream: Any = None
 
 
+_HELPERS = ("ok", "late", "queue", "hang", "drip")  # the providers the stages and routes use
+
+
 @contextlib.asynccontextmanager
-async def _open_world(kind: str, audit_path: str) -> AsyncIterator[_World]:
+async def _open_world(kind: str, audit_path: str, faults: Sequence[str]) -> AsyncIterator[_World]:
+    """The servers and the config: the helpers plus only the providers of ``faults``."""
     world = _World()
     audit = AuditConfig(path=audit_path, content="truncated", max_chars=200)
+    wanted = set(_HELPERS) | set(faults)
+    routes = _routes(list(faults), "ok")
     if kind == "mock":
-        world.given = _mock_providers()
+        world.given = {n: p for n, p in _mock_providers().items() if n in wanted}
         providers = {
             name: _limited(
                 ProviderConfig(kind="mock", max_concurrency=1 if name == "queue" else None)
             )
             for name in world.given
         }
-        names = [n for n in world.given if n.startswith("m-") or n in CRASH_FAULTS]
-        world.config = RouterConfig(providers=providers, routes=_routes(names, "ok"), audit=audit)
+        world.config = RouterConfig(providers=providers, routes=routes, audit=audit)
         yield world
         return
     limits = {f: _LIMIT for f in HOSTILE if f != "accept-hang"}
@@ -561,22 +566,23 @@ async def _open_world(kind: str, audit_path: str) -> AsyncIterator[_World]:
                 )
             )
 
-        providers = {f"h-{f}": openai(f) for f in HOSTILE}
+        providers = {f"h-{f}": openai(f) for f in HOSTILE if f"h-{f}" in wanted}
         providers.update(ok=openai("ok"), late=openai("late"), queue=openai("hang", 1, "queue"))
         providers.update(hang=openai("hang", tag="h"), drip=openai("drip", tag="h"))
         for name in UPSTREAM:
-            providers[name] = _limited(
-                ProviderConfig(
-                    kind="anthropic",
-                    api_key_env=KEY_ENV,
-                    base_url=upstream.base_url(name, "anthropic"),
+            if name in wanted:
+                providers[name] = _limited(
+                    ProviderConfig(
+                        kind="anthropic",
+                        api_key_env=KEY_ENV,
+                        base_url=upstream.base_url(name, "anthropic"),
+                    )
                 )
-            )
         for name in CRASH_FAULTS:
-            providers[name] = _limited(ProviderConfig(kind="mock"))
-            world.given[name] = CrashingProvider(name, name.removeprefix("crash-"))
-        names = [f"h-{f}" for f in HOSTILE] + list(UPSTREAM) + list(CRASH_FAULTS)
-        world.config = RouterConfig(providers=providers, routes=_routes(names, "ok"), audit=audit)
+            if name in wanted:
+                providers[name] = _limited(ProviderConfig(kind="mock"))
+                world.given[name] = CrashingProvider(name, name.removeprefix("crash-"))
+        world.config = RouterConfig(providers=providers, routes=routes, audit=audit)
         yield world
 
 
@@ -720,7 +726,7 @@ async def run_chaos_async(
             contextlib.redirect_stderr(err),
         ):
             warnings.simplefilter("always")
-            async with _open_world(world, audit_path) as w:
+            async with _open_world(world, audit_path, faults) as w:
                 assert w.config is not None
                 async with open_router(
                     w.config, providers=w.given, seed=seed, tracer_provider=spans.provider

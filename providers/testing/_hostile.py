@@ -20,7 +20,8 @@ fault          what the client gets
 ``500``        500; ``503``, ``529`` likewise
 ``reset``      the request read, then the connection reset (RST)
 ``hang``       the request read, then nothing until the client leaves
-``drip``       a 200 whose body comes 4 bytes every 50 ms
+``drip``       a 200 whose body comes 4 bytes every 50 ms (streams: the first
+               event at once, then the rest so)
 ``truncate``   half the body (``content-length`` promises all), then close;
                streams: two chunks, then close without ``[DONE]``
 ``malformed``  a 200 whose JSON (or one SSE event) does not parse
@@ -455,7 +456,7 @@ async def _send_chunked(stream: trio.SocketStream, chunks: list[bytes], fault: s
     for i, c in enumerate(chunks):
         if fault == "truncate" and i == 2:
             return False  # no terminator, no [DONE]: the connection just ends
-        if fault == "drip":
+        if fault == "drip" and i > 0:  # the first event whole, then the rest drips
             for j in range(0, len(c), 4):
                 piece = c[j : j + 4]
                 await stream.send_all(b"%x\r\n%s\r\n" % (len(piece), piece))
