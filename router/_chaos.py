@@ -647,8 +647,10 @@ async def _one(router: Router, spec: _Spec, deadline: float, scanner: _Scanner) 
     if caller.cancelled_caught:
         outcome = "deadline"
     end = trio.current_time()
-    if outcome not in ("cancelled", "deadline"):
-        limit = start + deadline  # ended on its own: only the deadline bounds it
+    if outcome not in ("cancelled", "deadline") and not inject.cancel_called:
+        # Ended on its own before any injected cancellation: only the deadline bounds it.
+        # (An error or a result after the injected cancel is bounded by the cancel.)
+        limit = start + deadline
     return _Outcome(spec, outcome, end - start, end - limit)
 
 
