@@ -27,7 +27,7 @@ import textwrap
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
@@ -165,7 +165,109 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--json", type=Path, default=None, metavar="FILE", help="also write the figures as JSON"
     )
+    _add_chaos_command(sub)
     return parser
+
+
+def _add_chaos_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``chaos``: the fault mix against the router, checking its guarantees (router._chaos)."""
+    chaos = sub.add_parser(
+        "chaos",
+        help="a seeded fault mix against the router; exit 1 if any guarantee fails",
+        description="Send a seeded mix of faulty requests through a real router (fake "
+        "upstream, hostile loopback server, crashing adapters) with cancellation injected "
+        "at each stage, then check every guarantee of docs/reliability.md.",
+    )
+    chaos.add_argument(
+        "--requests", type=_positive_int, default=1000, metavar="N", help="requests (default 1000)"
+    )
+    chaos.add_argument("--seed", type=int, default=0, help="seed of the mix (default 0)")
+    chaos.add_argument(
+        "--world",
+        choices=("wire", "mock"),
+        default="wire",
+        help="wire: loopback sockets (default); mock: MockProviders on a virtual clock",
+    )
+    chaos.add_argument(
+        "--fault",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="only this fault (repeatable)",
+    )
+    chaos.add_argument(
+        "--stage",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="only this cancellation stage (repeatable)",
+    )
+    chaos.add_argument(
+        "--parallel", type=_positive_int, default=16, metavar="N", help="concurrent callers"
+    )
+    chaos.add_argument(
+        "--deadline", type=_positive, default=None, metavar="SECONDS", help="per request"
+    )
+    chaos.add_argument(
+        "--slack", type=_non_negative, default=None, metavar="SECONDS", help="allowed lateness"
+    )
+    chaos.add_argument(
+        "--max-rss-growth",
+        type=_non_negative,
+        default=64.0,
+        metavar="MIB",
+        help="RSS growth after the warm-up that fails the run (default 64)",
+    )
+    chaos.add_argument(
+        "--tracemalloc", action="store_true", help="also trace Python allocations (slower)"
+    )
+    chaos.add_argument(
+        "--json", action="store_true", help="print the report as JSON instead of the table"
+    )
+
+
+def _chaos(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from ._chaos import format_report, run_chaos
+
+    # --fault alone runs those faults with no injected cancellation; --stage alone runs
+    # those stages and no fault mix; both: both; neither: everything.
+    faults = args.fault
+    stages = args.stage
+    if faults is not None and stages is None:
+        stages = []
+    if stages is not None and faults is None:
+        faults = []
+
+    def progress(done: int) -> None:
+        if not args.json and done % 1000 == 0:
+            print(f"  {done} requests...", file=sys.__stderr__, flush=True)
+
+    kwargs: dict[str, Any] = dict(
+        requests=args.requests,
+        seed=args.seed,
+        world=args.world,
+        faults=faults if faults is None else tuple(faults),
+        stages=stages if stages is None else tuple(stages),
+        parallel=args.parallel,
+        deadline=args.deadline,
+        slack=args.slack,
+        max_rss_growth=args.max_rss_growth * 2**20,
+        trace_memory=args.tracemalloc,
+        progress=progress,
+    )
+    clock = None
+    if args.world == "mock":
+        import trio.testing
+
+        clock = trio.testing.MockClock(autojump_threshold=0)
+    report = run_chaos(clock=clock, **kwargs)
+    if args.json:
+        print(msgspec.json.format(msgspec.json.encode(report)).decode())
+    else:
+        print(format_report(report))
+    return 0 if report.passed else 1
 
 
 def _add_router_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -355,6 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _health(args)
         elif args.command == "models":
             return _models(args)
+        elif args.command == "chaos":
+            return _run_interruptibly(lambda: _chaos(args))
     except BaseException as exc:
         # trio's nurseries wrap what escapes them in exception groups: look inside, so
         # Ctrl-C and expected failures (a bad file, a port in use) stay one clear line.

@@ -1,0 +1,1 @@
+"""The chaos suite: faults, cancellation and crashes against the router's guarantees."""
