@@ -20,6 +20,7 @@ import msgspec
 
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
+    "FrameTooLarge",
     "NDJSONDecoder",
     "SSEDecoder",
     "ServerSentEvent",
@@ -59,8 +60,12 @@ class ServerSentEvent(msgspec.Struct, frozen=True, gc=False):
     retry: int | None = None
 
 
+class FrameTooLarge(ValueError):
+    """A line, or one event's data, is longer than the decoder's ``max_line_bytes``."""
+
+
 def _line_too_long(limit: int) -> ValueError:
-    return ValueError(f"stream line longer than max_line_bytes={limit}")
+    return FrameTooLarge(f"stream line longer than max_line_bytes={limit}")
 
 
 class SSEDecoder:
@@ -213,7 +218,7 @@ class SSEDecoder:
             if field == b"data":
                 self._data_len += len(value) + 1
                 if self._data_len > self._max:
-                    raise ValueError(
+                    raise FrameTooLarge(
                         f"server-sent event data exceeds max_line_bytes={self._max} "
                         "without a dispatching blank line"
                     )

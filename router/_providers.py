@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from providers import (
     AnthropicProvider,
@@ -122,7 +123,7 @@ def build_provider(
             api_key=_key(name, config, env, required=False),
             base_url=config.base_url,
             name=name,
-            headers=config.headers,
+            **_wire_options(config),
         )
     if kind == "openai-compatible":
         if not config.base_url:
@@ -134,7 +135,7 @@ def build_provider(
             api_key=_key(name, config, env, required=False),
             base_url=config.base_url,
             name=name,
-            headers=config.headers,
+            **_wire_options(config),
         )
     key = _key(name, config, env, required=True)
     if kind == "azure":
@@ -150,7 +151,7 @@ def build_provider(
             api_version=config.api_version,
             deployments=config.deployments,
             name=name,
-            headers=config.headers,
+            **_wire_options(config),
         )
     if kind == "openrouter":
         return OpenRouterProvider(
@@ -159,7 +160,7 @@ def build_provider(
             app_name=config.app_name,
             app_url=config.app_url,
             name=name,
-            headers=config.headers,
+            **_wire_options(config),
         )
     classes: dict[str, type[OpenAIProvider] | type[AnthropicProvider] | type[GeminiProvider]] = {
         "openai": OpenAIProvider,
@@ -168,7 +169,16 @@ def build_provider(
         "groq": GroqProvider,
         "together": TogetherProvider,
     }
-    return classes[kind](api_key=key, base_url=config.base_url, name=name, headers=config.headers)
+    return classes[kind](api_key=key, base_url=config.base_url, name=name, **_wire_options(config))
+
+
+def _wire_options(config: ProviderConfig) -> dict[str, Any]:
+    """What every HTTP adapter takes from its config: extra headers and the size caps."""
+    return {
+        "headers": config.headers,
+        "max_response_bytes": config.max_response_bytes,
+        "max_event_bytes": config.max_event_bytes,
+    }
 
 
 def config_from_env(environ: Mapping[str, str] | None = None) -> RouterConfig:
