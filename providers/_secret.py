@@ -130,34 +130,32 @@ class Scrubber:
         return text
 
     def _replace(self, text: str) -> str:
-        for form in self._forms:
-            if form in text:
-                text = text.replace(form, "***")
-        for form in self._forms:
-            text = _mask_prefixes(text, form)
-        return text
+        # Each occurrence of a probe is masked together with the longest run of any
+        # form that starts there: the whole key, an encoded key, or a cut one.
+        forms = self._forms
+        out: list[str] = []
+        done = 0
+        while True:
+            start = -1
+            for probe in self._probes:
+                found = text.find(probe, done)
+                if found >= 0 and (start < 0 or found < start):
+                    start = found
+            if start < 0:
+                break
+            end = start
+            for form in forms:
+                stop = start
+                limit = min(len(text), start + len(form))
+                while stop < limit and text[stop] == form[stop - start]:
+                    stop += 1
+                end = max(end, stop)
+            out.append(text[done:start])
+            out.append("***")
+            done = end
+        out.append(text[done:])
+        return "".join(out)
 
     def mapping(self, values: Mapping[str, str]) -> dict[str, str]:
         """A copy of ``values`` with every value (and name) scrubbed."""
         return {self(name): self(value) for name, value in values.items()}
-
-
-def _mask_prefixes(text: str, form: str) -> str:
-    """``text`` with each run of ``PREFIX_CHARS``+ leading characters of ``form`` masked."""
-    probe = form[:PREFIX_CHARS]
-    start = text.find(probe)
-    if start < 0:
-        return text
-    out: list[str] = []
-    done = 0
-    while start >= 0:
-        end = start + len(probe)
-        limit = min(len(text), start + len(form))
-        while end < limit and text[end] == form[end - start]:
-            end += 1
-        out.append(text[done:start])
-        out.append("***")
-        done = end
-        start = text.find(probe, end)
-    out.append(text[done:])
-    return "".join(out)
