@@ -80,7 +80,8 @@ class SSEDecoder:
     Args:
         max_line_bytes: Largest line, in bytes without its line end, that the decoder
             accepts.  The same cap applies to the data accumulated by one event.  A
-            stream that exceeds it makes :meth:`feed` raise :class:`ValueError`, after
+            stream that exceeds it makes :meth:`feed` raise :class:`FrameTooLarge` (a
+            :class:`ValueError`), after
             which the decoder must not be used again.
 
     Example:
@@ -143,7 +144,7 @@ class SSEDecoder:
             The events completed by this chunk, in order (often none).
 
         Raises:
-            ValueError: A line, or one event's data, exceeded ``max_line_bytes``.
+            FrameTooLarge: A line, or one event's data, exceeded ``max_line_bytes``.
             RuntimeError: The decoder was already closed.
         """
         if self._closed:
@@ -285,7 +286,8 @@ class NDJSONDecoder:
     Args:
         max_line_bytes: Largest line, in bytes before its ``b"\\n"``, that the decoder
             accepts.  A stream that exceeds it makes :meth:`feed` raise
-            :class:`ValueError`, after which the decoder must not be used again.
+            :class:`FrameTooLarge` (a :class:`ValueError`), after which the decoder
+            must not be used again.
 
     Example:
         >>> dec = NDJSONDecoder()
@@ -318,7 +320,7 @@ class NDJSONDecoder:
             The non-blank lines completed by this chunk, without line ends.
 
         Raises:
-            ValueError: A line exceeded ``max_line_bytes``.
+            FrameTooLarge: A line exceeded ``max_line_bytes``.
             RuntimeError: The decoder was already closed.
         """
         if self._closed:
