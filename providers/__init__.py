@@ -31,6 +31,7 @@ from ._errors import PermissionDenied as PermissionDenied
 from ._errors import ProtocolError as ProtocolError
 from ._errors import QuotaExceeded as QuotaExceeded
 from ._errors import RateLimited as RateLimited
+from ._errors import ResponseTooLarge as ResponseTooLarge
 from ._errors import RouterClosed as RouterClosed
 from ._errors import ServerError as ServerError
 from ._errors import StreamInterrupted as StreamInterrupted
@@ -44,6 +45,7 @@ from ._mock import MockProvider as MockProvider
 from ._mock import MockResponse as MockResponse
 from ._ollama import OllamaProvider as OllamaProvider
 from ._openai import OpenAIProvider as OpenAIProvider
+from ._secret import Scrubber as Scrubber
 from ._secret import Secret as Secret
 from ._sse import NDJSONDecoder as NDJSONDecoder
 from ._sse import ServerSentEvent as ServerSentEvent
@@ -125,9 +127,11 @@ __all__ = [
     "RateLimited",
     "ReasoningDelta",
     "ResponseFormat",
+    "ResponseTooLarge",
     "Role",
     "RouterClosed",
     "SSEDecoder",
+    "Scrubber",
     "Secret",
     "ServerError",
     "ServerSentEvent",

@@ -20,7 +20,6 @@ import re
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import httpx
 import msgspec
 
 from ._errors import (
@@ -45,7 +44,6 @@ from ._http import (
     body_snippet,
     decode_error_json,
     error_for_status,
-    surface_headers,
 )
 from ._sse import ServerSentEvent
 from ._types import (
@@ -508,13 +506,17 @@ class AnthropicProvider(HTTPProvider):
     async def complete(self, request: ChatRequest) -> ChatResponse:
         """Send ``request`` and return the whole answer."""
         validate_request(request, self._capabilities)
-        msg, response = await self._send_json(
+        return await self._send_json(  # type: ignore[no-any-return]
             "POST",
             f"{self._base_url}/v1/messages",
             self.build_body(request, stream=False),
             _message_decoder.decode,
+            lambda msg, headers: self._to_response(msg, request, headers),
         )
-        headers = surface_headers(response.headers)
+
+    def _to_response(
+        self, msg: _Message, request: ChatRequest, headers: dict[str, str]
+    ) -> ChatResponse:
         tool = structured_tool(request)
         text: list[str] = []
         thinking: list[str] = []
@@ -559,11 +561,11 @@ class AnthropicProvider(HTTPProvider):
 
         tool = structured_tool(request)
 
-        def translator(response: httpx.Response) -> AnthropicStreamTranslator:
+        def translator(headers: dict[str, str]) -> AnthropicStreamTranslator:
             return AnthropicStreamTranslator(
                 provider=self._name,
                 model=request.model,
-                headers=surface_headers(response.headers),
+                headers=headers,
                 structured_tool=tool,
             )
 
@@ -580,7 +582,7 @@ class AnthropicProvider(HTTPProvider):
 
     async def list_models(self) -> list[ModelInfo]:
         """The models at ``/v1/models``."""
-        data, _ = await self._send_json(
+        data = await self._send_json(
             "GET", f"{self._base_url}/v1/models", None, _models_decoder.decode
         )
         return [

@@ -34,7 +34,6 @@ from ._errors import (
     ContentFiltered,
     LLMError,
     Overloaded,
-    scrub,
 )
 from ._http import decode_error_json, error_for_status
 from ._openai import OpenAIProvider
@@ -166,7 +165,7 @@ class OpenRouterProvider(OpenAIProvider):
             return super()._in_band_error(code, err_type, message)
         # The HTTP status was 200: the code says which error it would have been.
         cls = self._error_class(number, message, {})
-        return cls(scrub(message, self._secrets), provider=self._name)
+        return cls(message, provider=self._name)
 
 
 # --------------------------------------------------------------------------- Groq

@@ -24,6 +24,7 @@ individual errors, never the group itself.
     ├── Timeout                           yes
     ├── ConnectionFailed                  yes
     ├── ProtocolError                     yes                (a body we cannot parse)
+    │   └── ResponseTooLarge              no     (.limit: a body or event over its cap)
     ├── InvalidOutput                     yes     (a structured answer that does not validate)
     ├── StreamInterrupted                 no     (failure after content was delivered)
     ├── ConfigError                       no     (.path: where in the config)
@@ -39,14 +40,17 @@ from).  ``retryable`` is a class default that a vendor's ``x-should-retry`` head
 override for one instance.  An error the router raises also carries ``attempts``, the
 trace of every target it tried for the request.
 
-API keys never appear in any error: adapters scrub their key from vendor messages before
-building an error (:func:`scrub`).
+API keys never appear in any error: every error an HTTP adapter raises passes its
+:class:`~providers.Scrubber` on the way out (message, request id, headers); :func:`scrub`
+is the same scrubber as a function.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
+
+from ._secret import Scrubber
 
 __all__ = [
     "AllProvidersFailed",
@@ -67,6 +71,7 @@ __all__ = [
     "ProtocolError",
     "QuotaExceeded",
     "RateLimited",
+    "ResponseTooLarge",
     "RouterClosed",
     "ServerError",
     "StreamInterrupted",
@@ -249,6 +254,22 @@ class InvalidOutput(LLMError):
         self.excerpt = excerpt
 
 
+class ResponseTooLarge(ProtocolError):
+    """A body, or one stream event, decoded past its configured cap; ``limit`` is the cap.
+
+    Raised while reading, as soon as the cap is crossed, and the connection is closed.
+    Not retryable: the same request would most likely get the same answer (or the same
+    hostile one) again, and the caps (``max_response_bytes``, ``max_event_bytes``) are
+    there to bound memory, not to be retried into.
+    """
+
+    retryable = False
+
+    def __init__(self, message: str, *, limit: int | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.limit = limit
+
+
 class StreamInterrupted(LLMError):
     """The stream failed after content had already been delivered to the caller.
 
@@ -301,17 +322,18 @@ class AllProvidersFailed(LLMError):
 
 
 def scrub(text: str, secrets: Sequence[str]) -> str:
-    """Replace every occurrence of each secret (of 4+ characters) in ``text`` with ``***``.
+    """``text`` with every form of each secret (of 4+ characters) replaced by ``***``.
+
+    The forms are those :class:`~providers.Scrubber` hides: the secret, its
+    percent-encoded forms, and a run of 8+ of its leading characters.  Code that scrubs
+    often should build one ``Scrubber`` and call it.
 
     Example::
 
         >>> scrub("bad key sk-abc123", ["sk-abc123"])
         'bad key ***'
     """
-    for secret in secrets:
-        if secret and len(secret) >= 4 and secret in text:
-            text = text.replace(secret, "***")
-    return text
+    return Scrubber(secrets)(text)
 
 
 # Tracebacks and reprs name the path users import from (``router.Timeout``), not this

@@ -52,7 +52,6 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import msgspec
 
 from ._errors import (
@@ -78,7 +77,6 @@ from ._http import (
     decode_error_json,
     error_for_status,
     parse_retry_after,
-    surface_headers,
 )
 from ._sse import ServerSentEvent
 from ._types import (
@@ -816,13 +814,13 @@ class GeminiProvider(HTTPProvider):
     async def complete(self, request: ChatRequest) -> ChatResponse:
         """Send ``request`` to ``:generateContent`` and return the whole answer."""
         self._check(request)
-        data, response = await self._send_json(
+        return await self._send_json(  # type: ignore[no-any-return]
             "POST",
             self._model_url(request.model, "generateContent"),
             self.build_body(request),
             _response_decoder.decode,
+            lambda data, headers: self._to_response(data, request, headers),
         )
-        return self._to_response(data, request, surface_headers(response.headers))
 
     def _to_response(
         self, data: _Response, request: ChatRequest, headers: dict[str, str]
@@ -876,11 +874,11 @@ class GeminiProvider(HTTPProvider):
         """
         self._check(request)
 
-        def translator(response: httpx.Response) -> GeminiStreamTranslator:
+        def translator(headers: dict[str, str]) -> GeminiStreamTranslator:
             return GeminiStreamTranslator(
                 provider=self._name,
                 model=request.model,
-                headers=surface_headers(response.headers),
+                headers=headers,
                 on_signature=self._remember,
             )
 
@@ -909,7 +907,7 @@ class GeminiProvider(HTTPProvider):
 
         vectors: list[list[float]] = []
         if len(request.inputs) == 1:
-            data, _ = await self._send_json(
+            data = await self._send_json(
                 "POST",
                 self._model_url(request.model, "embedContent"),
                 one(request.inputs[0]),
@@ -920,7 +918,7 @@ class GeminiProvider(HTTPProvider):
             for start in range(0, len(request.inputs), MAX_EMBED_BATCH):
                 batch = request.inputs[start : start + MAX_EMBED_BATCH]
                 body = {"requests": [{"model": model, **one(text)} for text in batch]}
-                data, _ = await self._send_json(
+                data = await self._send_json(
                     "POST",
                     self._model_url(request.model, "batchEmbedContents"),
                     body,
@@ -940,7 +938,7 @@ class GeminiProvider(HTTPProvider):
         token: str | None = None
         for _ in range(_MAX_MODEL_PAGES):
             params = {"pageSize": "1000", **({"pageToken": token} if token else {})}
-            data, _ = await self._send_json(
+            data = await self._send_json(
                 "GET", f"{self._base_url}/models", None, _models_decoder.decode, params=params
             )
             out.extend(

@@ -10,6 +10,26 @@ Cancellation: every exchange runs in the caller's task.  A cancelled caller leav
 ``async with`` of :meth:`HTTPProvider.stream`, whose exit closes the response under a
 shield, so the connection is closed (or returned to the pool) before the cancellation
 propagates.
+
+Two boundaries every adapter goes through, so that no adapter has to remember them:
+
+- **Secrets.**  Every string that leaves an adapter passes one :class:`~providers.Scrubber`
+  built from the adapter's secrets: the kept headers (and so every request id taken from
+  them) are scrubbed as they are surfaced, and every :class:`LLMError` raised while
+  sending, reading, decoding or translating an answer (:meth:`HTTPProvider._send_json`
+  with its ``convert`` step, :meth:`HTTPProvider._open_stream`, :class:`HTTPEventStream`)
+  is sealed on its way out (:func:`seal_error`: message, request id, headers), whatever
+  code built it.  An answer's ``id`` and ``model`` (body fields that reach spans) are
+  sealed the same way.
+- **Size.**  Bodies are read incrementally, never with httpx's ``aread``: a whole answer
+  may decode to at most ``max_response_bytes``, one stream event (SSE) or line (NDJSON)
+  to at most ``max_event_bytes``; crossing a cap raises :class:`ResponseTooLarge` at once
+  and closes the connection.  gzip and deflate bodies are inflated here, not by httpx,
+  in steps of at most 64 KiB with a checkpoint between steps (httpx inflates a whole
+  network chunk in one call: 64 KiB of a gzip bomb is 64 MB, a long stall of the event
+  loop), so a bomb is refused after at most the cap's worth of work, in small slices.
+  Requests ask for ``gzip, deflate`` only, and a body in any other coding is a
+  :class:`ProtocolError`.
 """
 
 from __future__ import annotations
@@ -17,10 +37,12 @@ from __future__ import annotations
 import email.utils
 import importlib.util
 import logging
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, Protocol
 
 import httpx
@@ -40,22 +62,25 @@ from ._errors import (
     ProtocolError,
     QuotaExceeded,
     RateLimited,
+    ResponseTooLarge,
     ServerError,
     StreamInterrupted,
     Timeout,
-    scrub,
 )
-from ._secret import Secret
-from ._sse import NDJSONDecoder, SSEDecoder
-from ._types import Capabilities, StreamEvent, is_content_event
+from ._secret import Scrubber, Secret
+from ._sse import FrameTooLarge, NDJSONDecoder, SSEDecoder
+from ._types import Capabilities, ChatResponse, Done, StreamEvent, is_content_event
 
 __all__ = [
+    "DEFAULT_MAX_EVENT_BYTES",
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "HTTPEventStream",
     "HTTPProvider",
     "StreamTranslator",
     "default_client",
     "error_for_status",
     "parse_retry_after",
+    "seal_error",
     "surface_headers",
 ]
 
@@ -67,6 +92,20 @@ _SURFACED = frozenset(
 )
 _SURFACED_BYTES = frozenset(name.encode() for name in _SURFACED)
 _SURFACED_PREFIXES_BYTES = tuple(prefix.encode() for prefix in _SURFACED_PREFIXES)
+
+#: Default cap on a whole answer's body, decoded (after gzip/deflate): 32 MiB.  The
+#: largest honest answers (a long completion, a batch of embeddings) are a few MiB.
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+#: Default cap on one stream event (SSE) or line (NDJSON), decoded: 8 MiB.  Token deltas
+#: are tiny, but one Gemini event may carry a whole generated image in base64.
+DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024
+#: An error body is read up to this much (the rest is cut, not refused): enough for any
+#: vendor's error JSON, and the message quotes only its start.
+_MAX_ERROR_BODY_BYTES = 256 * 1024
+#: Inflated bytes per decompression step (one step takes well under a millisecond).
+_INFLATE_STEP = 64 * 1024
+#: What requests accept; the only codings :class:`_BodyReader` inflates.
+_ACCEPT_ENCODING = "gzip, deflate"
 
 
 def default_client(*, http2: bool | None = None) -> httpx.AsyncClient:
@@ -94,9 +133,17 @@ def default_client(*, http2: bool | None = None) -> httpx.AsyncClient:
     )
 
 
-def surface_headers(headers: httpx.Headers | Mapping[str, str]) -> dict[str, str]:
-    """The response headers the router learns from: retry, rate limit, request id."""
+def surface_headers(
+    headers: httpx.Headers | Mapping[str, str], scrub: Scrubber | None = None
+) -> dict[str, str]:
+    """The response headers the router learns from: retry, rate limit, request id.
+
+    With ``scrub``, each kept value passes it (an upstream may echo the key in
+    ``x-request-id``); adapters get their headers this way from :class:`HTTPProvider`.
+    """
     out: dict[str, str] = {}
+    if scrub is not None and not scrub:
+        scrub = None  # no secrets: skip the calls
     if isinstance(headers, httpx.Headers):
         # On every answer: match the raw names and decode only what is kept (httpx's
         # items() decodes and joins every header first).  Repeated names are joined
@@ -107,12 +154,14 @@ def surface_headers(headers: httpx.Headers | Mapping[str, str]) -> dict[str, str
             if lkey in _SURFACED_BYTES or lkey.startswith(_SURFACED_PREFIXES_BYTES):
                 lname = lkey.decode(encoding)
                 value = raw.decode(encoding)
+                if scrub is not None:
+                    value = scrub(value)
                 out[lname] = f"{out[lname]}, {value}" if lname in out else value
         return out
     for name, value in headers.items():
         lname = name.lower()
         if lname in _SURFACED or lname.startswith(_SURFACED_PREFIXES):
-            out[lname] = value
+            out[lname] = value if scrub is None else scrub(value)
     return out
 
 
@@ -213,9 +262,12 @@ def error_for_status(
     return cls(message, **kw)
 
 
-def map_transport_error(exc: httpx.HTTPError, *, provider: str, secrets: list[str]) -> LLMError:
-    """Map an httpx failure before content to our tree (timeouts, connection failures)."""
-    detail = scrub(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, secrets)
+def map_transport_error(exc: httpx.HTTPError, *, provider: str) -> LLMError:
+    """Map an httpx failure before content to our tree (timeouts, connection failures).
+
+    The message quotes httpx's; the adapter's boundary scrubs it (:func:`seal_error`).
+    """
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if isinstance(exc, httpx.TimeoutException):
         return Timeout(f"timed out talking to the provider ({detail})", provider=provider)
     if isinstance(exc, httpx.RemoteProtocolError | httpx.DecodingError):
@@ -225,6 +277,38 @@ def map_transport_error(exc: httpx.HTTPError, *, provider: str, secrets: list[st
     if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
         return InvalidRequest(f"bad provider URL ({detail})", provider=provider)
     return ConnectionFailed(f"HTTP failure ({detail})", provider=provider)
+
+
+def seal_error(error: LLMError, scrub: Scrubber) -> LLMError:
+    """Scrub every string ``error`` carries, in place, and return it.
+
+    The message (and ``args``), ``request_id`` and ``headers``; then the same for an
+    :class:`LLMError` it was raised from (a :class:`StreamInterrupted`'s cause).  Each
+    adapter calls it once, where its errors leave it, so no mapping code has to.
+    """
+    if not scrub:
+        return error
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while isinstance(current, LLMError) and id(current) not in seen:
+        seen.add(id(current))
+        message = scrub(current.message)
+        if message != current.message:
+            current.message = message
+            current.args = (message,)
+        if current.request_id:
+            current.request_id = scrub(current.request_id)
+        if current.headers:
+            current.headers = scrub.mapping(current.headers)
+        current = current.__cause__ or current.__context__
+    return error
+
+
+def _seal_response(response: ChatResponse, scrub: Scrubber) -> ChatResponse:
+    """``response`` with its body-given ``id`` and ``model`` scrubbed (they reach spans)."""
+    if scrub.found_in(response.id) or scrub.found_in(response.model):
+        return msgspec.structs.replace(response, id=scrub(response.id), model=scrub(response.model))
+    return response
 
 
 class StreamTranslator(Protocol):
@@ -249,29 +333,189 @@ class StreamTranslator(Protocol):
 #: Parsed endpoint URLs an adapter keeps (see ``HTTPProvider._request``).
 _MAX_URLS = 256
 
-#: Reads :meth:`HTTPEventStream.finish_reading` makes at most (each returns a chunk that
-#: was buffered before the connection closed, until the closed connection raises).
+#: Reads :meth:`_BodyReader.abandon` makes at most (each returns a chunk that was
+#: buffered before the connection closed, until the closed connection raises).
 _MAX_DRAIN_READS = 1000
+
+
+class _Inflater:
+    """Bounded inflation of one gzip or deflate body: at most ``_INFLATE_STEP`` per step.
+
+    ``zlib``'s ``max_length`` keeps the input it did not use in ``unconsumed_tail``, so a
+    step's work (and the memory it allocates) is bounded whatever the compression ratio.
+    Like httpx, ``deflate`` is tried as zlib-wrapped first, then as raw deflate, and data
+    after the end of the (first) gzip member is ignored.
+    """
+
+    __slots__ = ("_coding", "_decompressor", "_first", "_tail")
+
+    def __init__(self, coding: str) -> None:
+        self._coding = coding
+        wbits = zlib.MAX_WBITS | 16 if coding != "deflate" else zlib.MAX_WBITS
+        self._decompressor = zlib.decompressobj(wbits)
+        self._first = coding == "deflate"  # may still fall back to raw deflate
+        self._tail = b""
+
+    def feed(self, data: bytes) -> None:
+        """Take the next compressed chunk (call only once :meth:`step` gave ``b""``)."""
+        self._tail = data
+
+    def step(self) -> bytes:
+        """Up to ``_INFLATE_STEP`` inflated bytes; ``b""`` when it needs more input."""
+        while self._tail and not self._decompressor.eof:
+            try:
+                out = self._decompressor.decompress(self._tail, _INFLATE_STEP)
+            except zlib.error as exc:
+                if not self._first:
+                    raise self._error(exc) from exc
+                self._decompressor = zlib.decompressobj(-zlib.MAX_WBITS)
+                out = b""
+                self._first = False
+                continue
+            self._first = False
+            self._tail = self._decompressor.unconsumed_tail
+            if out:
+                return out
+        return b""
+
+    def flush(self) -> bytes:
+        """What is left at the end of the input (at most a window's worth)."""
+        try:
+            return self._decompressor.flush()
+        except zlib.error as exc:  # pragma: no cover - zlib's flush does not fail
+            raise self._error(exc) from exc
+
+    def _error(self, exc: zlib.error) -> ProtocolError:
+        return ProtocolError(f"the {self._coding} body does not decompress ({exc})")
+
+
+class _BodyReader:
+    """A response's decoded body, piece by piece, from ``aiter_raw``.
+
+    An identity body comes as the network delivers it (no Python work per chunk).  A
+    gzip or deflate body is inflated in steps of at most ``_INFLATE_STEP`` bytes with a
+    checkpoint after each, so a decompression bomb never holds the event loop for more
+    than one step.  An explicit iterator rather than an async generator, so that leaving
+    early (a cap crossed, a cancelled caller) ends cleanly: :meth:`abandon`.
+    """
+
+    __slots__ = ("_inflater", "_raw", "_response", "_unsupported", "_whole")
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self._raw = response.aiter_raw()
+        self._inflater: _Inflater | None = None
+        self._unsupported: str | None = None
+        # A response built in memory (``httpx.Response(content=...)`` from a
+        # MockTransport) was read, and decoded, when it was made: hand that out.
+        self._whole = response.content if response.is_stream_consumed else None
+        coding = None if self._whole is not None else response.headers.get("content-encoding")
+        if coding is not None:
+            coding = coding.strip().lower()
+            if coding in ("gzip", "x-gzip", "deflate"):
+                self._inflater = _Inflater(coding)
+            elif coding not in ("", "identity"):
+                # Requests accept gzip and deflate only; anything else (br, zstd, several
+                # codings) would be inflated by code that cannot be bounded here.
+                self._unsupported = coding
+
+    async def next(self) -> bytes | None:
+        """The next decoded piece, or ``None`` at the end of the body."""
+        inflater = self._inflater
+        if inflater is None:
+            if self._whole is not None:
+                whole, self._whole = self._whole, b""
+                return whole or None
+            if self._unsupported is not None:
+                raise ProtocolError(
+                    f"the body's content-encoding {self._unsupported!r} is not supported"
+                )
+            try:
+                return await self._raw.__anext__()
+            except StopAsyncIteration:
+                return None
+        while True:
+            piece = inflater.step()
+            if piece:
+                await trio.lowlevel.checkpoint()
+                return piece
+            try:
+                raw = await self._raw.__anext__()
+            except StopAsyncIteration:
+                self._inflater = None  # the next call sees the end
+                return inflater.flush() or None
+            inflater.feed(raw)
+
+    async def abandon(self) -> None:
+        """Close the response and end the reader's generator chain, shielded and bounded.
+
+        httpx and httpcore read a body through nested async generators.  One left
+        suspended (we stopped reading early) is finalized by the garbage collector, and
+        trio warns about each (``ResourceWarning``: "garbage collected before it had been
+        exhausted") — closing the outer one does not close the inner ones.  With the
+        connection closed, the next read raises (after at most what was already
+        buffered), and that ends every generator in the chain.  Never waits.
+        """
+        with trio.CancelScope(shield=True), trio.move_on_after(5.0):
+            await self._response.aclose()
+        # In a cancelled scope: the first read that would wait raises Cancelled (an
+        # HTTP/2 stream, once closed, would never get data nor an error), and that
+        # ends the chain as well as the closed connection's error does.
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            for _ in range(_MAX_DRAIN_READS):
+                try:
+                    await self._raw.__anext__()
+                except (StopAsyncIteration, Exception):
+                    return
+
+    async def read(self, limit: int, *, cut: bool = False) -> bytes:
+        """The whole body, refused (:class:`ResponseTooLarge`) past ``limit`` bytes.
+
+        With ``cut``, a longer body is cut to ``limit`` bytes instead (error bodies).
+        On any failure, or a cut, the response is abandoned before this returns.
+        """
+        parts: list[bytes] = []
+        size = 0
+        try:
+            while (piece := await self.next()) is not None:
+                size += len(piece)
+                if size > limit:
+                    if not cut:
+                        raise ResponseTooLarge(
+                            f"the response body is larger than max_response_bytes={limit}",
+                            limit=limit,
+                        )
+                    parts.append(piece[: len(piece) - (size - limit)])
+                    await self.abandon()
+                    break
+                parts.append(piece)
+        except BaseException:
+            await self.abandon()
+            raise
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class HTTPEventStream:
     """Events from one streaming HTTP response; an explicit iterator, not an async generator.
 
-    Reads the body in chunks, frames it (SSE or NDJSON), translates each item, and maps
-    every failure: before the first content event a failure is the vendor's (or transport)
+    Reads the body in pieces (:class:`_BodyReader`), frames it (SSE or NDJSON, at most
+    ``max_event_bytes`` per event or line), translates each item, and maps every
+    failure: before the first content event a failure is the vendor's (or transport)
     error, so the router can fail over; after it, :class:`StreamInterrupted` from that
-    error.
+    error.  Every error and the final answer are sealed with the adapter's scrubber.
     """
 
     __slots__ = (
-        "_bytes",
         "_content_seen",
         "_decoder",
         "_done",
         "_error",
+        "_max_event_bytes",
         "_pending",
         "_provider",
-        "_secrets",
+        "_reader",
+        "_scrub",
         "_translator",
     )
 
@@ -282,19 +526,23 @@ class HTTPEventStream:
         *,
         framing: str,
         provider: str,
-        secrets: list[str],
+        scrub: Scrubber,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
-        self._bytes = response.aiter_bytes()
         self._translator = translator
         self._decoder: SSEDecoder | NDJSONDecoder = (
-            SSEDecoder() if framing == "sse" else NDJSONDecoder()
+            SSEDecoder(max_line_bytes=max_event_bytes)
+            if framing == "sse"
+            else NDJSONDecoder(max_line_bytes=max_event_bytes)
         )
+        self._max_event_bytes = max_event_bytes
         self._pending: deque[StreamEvent] = deque()
         self._done = False
         self._error: LLMError | None = None
         self._content_seen = False
         self._provider = provider
-        self._secrets = secrets
+        self._scrub = scrub
+        self._reader = _BodyReader(response)
 
     def __aiter__(self) -> HTTPEventStream:
         return self
@@ -312,25 +560,14 @@ class HTTPEventStream:
         return event
 
     async def finish_reading(self) -> None:
-        """Run the body reader to its end, once the response is closed.
+        """End the body reader once the response is closed (see :meth:`_BodyReader.abandon`)."""
+        await self._reader.abandon()
 
-        httpx and httpcore read a body through nested async generators.  One left
-        suspended (the caller stopped reading early) is finalized by the garbage
-        collector, and trio warns about each (``ResourceWarning``: "garbage collected
-        before it had been exhausted") — closing the outer one does not close the inner
-        ones.  With the connection closed, the next read raises (after at most what was
-        already buffered), and that ends every generator in the chain.  Never waits.
-        """
-        # In a cancelled scope: the first read that would wait raises Cancelled (an
-        # HTTP/2 stream, once closed, would never get data nor an error), and that
-        # ends the chain as well as the closed connection's error does.
-        with trio.CancelScope() as scope:
-            scope.cancel()
-            for _ in range(_MAX_DRAIN_READS):
-                try:
-                    await self._bytes.__anext__()
-                except (StopAsyncIteration, Exception):
-                    return
+    def _fail(self, exc: LLMError) -> None:
+        if exc.provider is None:
+            exc.provider = self._provider
+        self._done = True
+        self._error = seal_error(exc, self._scrub)
 
     def _failure(self) -> LLMError:
         # Events decoded before the failure were delivered first; what the caller has
@@ -351,24 +588,26 @@ class HTTPEventStream:
     async def _pull(self) -> None:
         try:
             try:
-                chunk = await self._bytes.__anext__()
-            except StopAsyncIteration:
+                chunk = await self._reader.next()
+            except httpx.HTTPError as exc:
+                raise map_transport_error(exc, provider=self._provider) from exc
+            if chunk is None:
                 self._done = True
                 self._feed_items(self._decoder.close())
-                self._pending.extend(self._translator.finish())
+                self._finish(self._translator.finish())
                 return
-            except httpx.HTTPError as exc:
-                raise map_transport_error(
-                    exc, provider=self._provider, secrets=self._secrets
-                ) from exc
             try:
                 items = self._decoder.feed(chunk)
+            except FrameTooLarge as exc:
+                raise ResponseTooLarge(
+                    f"a stream event is larger than max_event_bytes={self._max_event_bytes}",
+                    limit=self._max_event_bytes,
+                ) from exc
             except ValueError as exc:
-                raise ProtocolError(str(exc), provider=self._provider) from exc
+                raise ProtocolError(str(exc)) from exc
             self._feed_items(items)
         except LLMError as exc:
-            self._done = True
-            self._error = exc
+            self._fail(exc)
 
     def _feed_items(self, items: list[Any]) -> None:
         translator = self._translator
@@ -377,11 +616,27 @@ class HTTPEventStream:
                 return
             self._pending.extend(translator.feed(item))
 
+    def _finish(self, events: list[StreamEvent]) -> None:
+        if self._scrub and events and isinstance(events[-1], Done):
+            done = events[-1]
+            sealed = _seal_response(done.response, self._scrub)
+            if sealed is not done.response:
+                events[-1] = Done(response=sealed)
+        self._pending.extend(events)
+
+
+def _decoded(data: Any, headers: dict[str, str]) -> Any:
+    return data
+
 
 class HTTPProvider:
     """Base of the HTTP adapters: holds the client, the key and the common flow.
 
     Subclasses set ``kind``, build bodies and headers, and implement ``_map_error``.
+
+    ``max_response_bytes`` caps a whole answer's decoded body, ``max_event_bytes`` one
+    stream event or line (defaults :data:`DEFAULT_MAX_RESPONSE_BYTES`,
+    :data:`DEFAULT_MAX_EVENT_BYTES`); crossing either raises :class:`ResponseTooLarge`.
     """
 
     kind = "http"
@@ -397,16 +652,29 @@ class HTTPProvider:
         client: httpx.AsyncClient | None = None,
         capabilities: Capabilities | None = None,
         headers: Mapping[str, str] | None = None,
+        max_response_bytes: int | None = None,
+        max_event_bytes: int | None = None,
     ) -> None:
         self._name = name or self.kind
         if isinstance(api_key, str):
             api_key = Secret(api_key)
         self._api_key = api_key
         self._base_url = (base_url or self.default_base_url).rstrip("/")
+        for field, value in (
+            ("max_response_bytes", max_response_bytes),
+            ("max_event_bytes", max_event_bytes),
+        ):
+            if value is not None and (isinstance(value, bool) or value < 1):
+                raise ValueError(f"{field} must be a positive number of bytes, got {value!r}")
+        self._max_response_bytes = max_response_bytes or DEFAULT_MAX_RESPONSE_BYTES
+        self._max_event_bytes = max_event_bytes or DEFAULT_MAX_EVENT_BYTES
         self._owns_client = client is None
         self._client = client if client is not None else default_client()
         self._capabilities = capabilities or self.default_capabilities
         self._extra_headers = dict(headers or {})
+        # Only codings _BodyReader can inflate in bounded steps (httpx would also offer
+        # br and zstd when their packages are installed); a configured header wins.
+        self._base_headers = {"accept-encoding": _ACCEPT_ENCODING, **self._extra_headers}
         self._closed = False
         # Endpoint URLs parsed once: httpx parses a string URL on every request (about
         # 8 µs), and a provider sends to a handful of endpoints.
@@ -434,6 +702,11 @@ class HTTPProvider:
     def _secrets(self) -> list[str]:
         return [self._api_key.reveal()] if self._api_key else []
 
+    @cached_property
+    def _scrub(self) -> Scrubber:
+        """The one scrubber every string leaving this adapter passes (built on first use)."""
+        return Scrubber(self._secrets)
+
     async def aclose(self) -> None:
         """Close the HTTP client if this provider created it."""
         self._closed = True
@@ -455,7 +728,7 @@ class HTTPProvider:
     ) -> httpx.Request:
         if self._closed:
             raise ConnectionFailed("the provider is closed", provider=self._name)
-        headers = {**self._extra_headers, **self._auth_headers()}
+        headers = {**self._base_headers, **self._auth_headers()}
         content = None
         if body is not None:
             headers["content-type"] = "application/json"
@@ -469,14 +742,20 @@ class HTTPProvider:
             method, parsed, content=content, headers=headers, params=params
         )
 
-    def _error_from_response(self, response: httpx.Response, body: bytes) -> LLMError:
-        error = self._map_error(response.status_code, surface_headers(response.headers), body)
-        # Vendors sometimes echo part of a key; never let ours through.
-        safe = scrub(error.message, self._secrets)
-        if safe != error.message:
-            error.message = safe
-            error.args = (safe,)
-        return error
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request``, streaming; only the headers have been read when it returns."""
+        try:
+            return await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise map_transport_error(exc, provider=self._name) from exc
+
+    async def _raise_for_status(self, response: httpx.Response, headers: dict[str, str]) -> None:
+        """Read (the start of) an error body and raise the adapter's mapped error."""
+        try:
+            raw = await _BodyReader(response).read(_MAX_ERROR_BODY_BYTES, cut=True)
+        except (httpx.HTTPError, LLMError):
+            raw = b""
+        raise self._map_error(response.status_code, headers, raw)
 
     async def _send_json(
         self,
@@ -484,60 +763,88 @@ class HTTPProvider:
         url: str,
         body: Any = None,
         decode: Callable[[bytes], Any] | None = None,
+        convert: Callable[[Any, dict[str, str]], Any] = _decoded,
         *,
         params: Mapping[str, str] | None = None,
-    ) -> tuple[Any, httpx.Response]:
-        """Send a request, read the whole body, map errors, and decode it."""
+    ) -> Any:
+        """Send a request, read the whole body (capped), map errors, decode and convert it.
+
+        Returns ``convert(decoded, headers)`` (by default the decoded body), where
+        ``headers`` are the kept response headers, scrubbed.  This is the boundary of a
+        whole answer: any :class:`LLMError` raised in here, ``convert`` (the adapter's
+        translation) included, is sealed with the adapter's scrubber on its way out.
+        """
         request = self._request(method, url, body, params=params)
+        scrub = self._scrub
         try:
-            response = await self._client.send(request)
-        except httpx.HTTPError as exc:
-            raise map_transport_error(exc, provider=self._name, secrets=self._secrets) from exc
-        raw = response.content
-        if response.status_code >= 400:
-            raise self._error_from_response(response, raw)
-        if decode is None:
-            return raw, response
-        try:
-            return decode(raw), response
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-            raise ProtocolError(
-                f"could not parse the provider's response: {exc}",
-                provider=self._name,
-                status_code=response.status_code,
-                headers=surface_headers(response.headers),
-            ) from exc
+            response = await self._send(request)
+            headers = surface_headers(response.headers, scrub)
+            if response.status_code >= 400:
+                await self._raise_for_status(response, headers)
+            try:
+                raw = await _BodyReader(response).read(self._max_response_bytes)
+            except httpx.HTTPError as exc:
+                raise map_transport_error(exc, provider=self._name) from exc
+            if decode is not None:
+                try:
+                    raw = decode(raw)
+                except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+                    raise ProtocolError(
+                        f"could not parse the provider's response: {exc}",
+                        status_code=response.status_code,
+                        headers=headers,
+                    ) from exc
+            result = convert(raw, headers)
+        except LLMError as exc:
+            if exc.provider is None:
+                exc.provider = self._name
+            seal_error(exc, scrub)
+            raise
+        if isinstance(result, ChatResponse) and scrub:
+            result = _seal_response(result, scrub)
+        return result
 
     @asynccontextmanager
     async def _open_stream(
         self,
         url: str,
         body: Any,
-        make_translator: Callable[[httpx.Response], StreamTranslator],
+        make_translator: Callable[[dict[str, str]], StreamTranslator],
         *,
         framing: str = "sse",
         params: Mapping[str, str] | None = None,
     ) -> AsyncIterator[HTTPEventStream]:
-        """Send a streaming request; yield its events; close the response on exit."""
+        """Send a streaming request; yield its events; close the response on exit.
+
+        ``make_translator`` gets the kept response headers, scrubbed.  Errors before the
+        events are sealed here, the events' own by :class:`HTTPEventStream`.
+        """
         request = self._request("POST", url, body, params=params)
+        scrub = self._scrub
         events: HTTPEventStream | None = None
         try:
-            response = await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise map_transport_error(exc, provider=self._name, secrets=self._secrets) from exc
+            response = await self._send(request)
+        except LLMError as exc:
+            seal_error(exc, scrub)
+            raise
         try:
-            if response.status_code >= 400:
-                try:
-                    raw = await response.aread()
-                except httpx.HTTPError:
-                    raw = b""
-                raise self._error_from_response(response, raw)
+            try:
+                headers = surface_headers(response.headers, scrub)
+                if response.status_code >= 400:
+                    await self._raise_for_status(response, headers)
+                translator = make_translator(headers)
+            except LLMError as exc:
+                if exc.provider is None:
+                    exc.provider = self._name
+                seal_error(exc, scrub)
+                raise
             events = HTTPEventStream(
                 response,
-                make_translator(response),
+                translator,
                 framing=framing,
                 provider=self._name,
-                secrets=self._secrets,
+                scrub=scrub,
+                max_event_bytes=self._max_event_bytes,
             )
             yield events
         finally:

@@ -29,7 +29,6 @@ import uuid
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import httpx
 import msgspec
 
 from ._errors import (
@@ -48,7 +47,6 @@ from ._http import (
     body_snippet,
     decode_error_json,
     error_for_status,
-    surface_headers,
 )
 from ._types import (
     Capabilities,
@@ -417,12 +415,17 @@ class OllamaProvider(HTTPProvider):
     async def complete(self, request: ChatRequest) -> ChatResponse:
         """Send ``request`` to ``/api/chat`` with ``"stream": false``; the whole answer."""
         self._check(request)
-        chunk, response = await self._send_json(
+        return await self._send_json(  # type: ignore[no-any-return]
             "POST",
             f"{self._base_url}/api/chat",
             self.build_body(request, stream=False),
             _chunk_decoder.decode,
+            lambda chunk, headers: self._to_response(chunk, request, headers),
         )
+
+    def _to_response(
+        self, chunk: _Chunk, request: ChatRequest, headers: dict[str, str]
+    ) -> ChatResponse:
         if chunk.error is not None:
             raise _stream_error(_error_message(chunk.error), self._name)
         if chunk.message is None:
@@ -438,17 +441,15 @@ class OllamaProvider(HTTPProvider):
             raw_finish_reason=chunk.done_reason,
             usage=chunk.usage(),
             reasoning=chunk.message.thinking or None,
-            headers=surface_headers(response.headers),
+            headers=headers,
         )
 
     def stream(self, request: ChatRequest) -> AbstractAsyncContextManager[HTTPEventStream]:
         """Stream the answer (NDJSON): ``async with ollama.stream(req) as events``."""
         self._check(request)
 
-        def translator(response: httpx.Response) -> OllamaStreamTranslator:
-            return OllamaStreamTranslator(
-                provider=self._name, model=request.model, headers=surface_headers(response.headers)
-            )
+        def translator(headers: dict[str, str]) -> OllamaStreamTranslator:
+            return OllamaStreamTranslator(provider=self._name, model=request.model, headers=headers)
 
         return self._open_stream(
             f"{self._base_url}/api/chat",
@@ -464,7 +465,7 @@ class OllamaProvider(HTTPProvider):
             body["dimensions"] = request.dimensions
         if self._keep_alive is not None:
             body["keep_alive"] = self._keep_alive
-        data, _ = await self._send_json(
+        data = await self._send_json(
             "POST", f"{self._base_url}/api/embed", body, _embeddings_decoder.decode
         )
         if len(data.embeddings) != len(request.inputs):
@@ -481,7 +482,7 @@ class OllamaProvider(HTTPProvider):
 
     async def list_models(self) -> list[ModelInfo]:
         """The models pulled to this server (``/api/tags``)."""
-        data, _ = await self._send_json(
+        data = await self._send_json(
             "GET", f"{self._base_url}/api/tags", None, _tags_decoder.decode
         )
         return [ModelInfo(id=m.name, provider=self._name) for m in data.models]

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeAlias
 
-import httpx
 import msgspec
 
 from ._errors import (
@@ -32,7 +31,6 @@ from ._errors import (
     QuotaExceeded,
     RateLimited,
     ServerError,
-    scrub,
 )
 from ._http import (
     HTTPEventStream,
@@ -40,7 +38,6 @@ from ._http import (
     body_snippet,
     decode_error_json,
     error_for_status,
-    surface_headers,
 )
 from ._sse import ServerSentEvent
 from ._types import (
@@ -436,9 +433,9 @@ class OpenAIProvider(HTTPProvider):
     ) -> LLMError:
         """The error for an error object inside a 200 response (stream chunk or choice).
 
-        Subclasses refine it per vendor; the message is scrubbed of the key like any other.
+        Subclasses refine it per vendor; the adapter's boundary scrubs the message of the
+        key like any other (:func:`~providers._http.seal_error`).
         """
-        message = scrub(message, self._secrets)
         return _stream_error(_ErrorBody(message=message, type=err_type, code=code), self._name)
 
     def build_body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
@@ -492,13 +489,13 @@ class OpenAIProvider(HTTPProvider):
     async def complete(self, request: ChatRequest) -> ChatResponse:
         """Send ``request`` and return the whole answer."""
         validate_request(request, self._capabilities)
-        completion, response = await self._send_json(
+        return await self._send_json(  # type: ignore[no-any-return]
             "POST",
             self._chat_url(request),
             self.build_body(request, stream=False),
             _completion_decoder.decode,
+            lambda completion, headers: self._to_response(completion, request, headers),
         )
-        return self._to_response(completion, request, surface_headers(response.headers))
 
     def _to_response(
         self, c: _Completion, request: ChatRequest, headers: dict[str, str]
@@ -548,11 +545,11 @@ class OpenAIProvider(HTTPProvider):
         """Stream the answer: ``async with provider.stream(req) as events``."""
         validate_request(request, self._capabilities)
 
-        def translator(response: httpx.Response) -> OpenAIStreamTranslator:
+        def translator(headers: dict[str, str]) -> OpenAIStreamTranslator:
             return OpenAIStreamTranslator(
                 provider=self._name,
                 model=request.model,
-                headers=surface_headers(response.headers),
+                headers=headers,
                 map_error=self._in_band_error,
             )
 
@@ -569,7 +566,7 @@ class OpenAIProvider(HTTPProvider):
         }
         if request.dimensions is not None:
             body["dimensions"] = request.dimensions
-        data, _ = await self._send_json(
+        data = await self._send_json(
             "POST", self._embeddings_url(request), body, _embeddings_decoder.decode
         )
         if len(data.data) != len(request.inputs):
@@ -585,7 +582,7 @@ class OpenAIProvider(HTTPProvider):
 
     async def list_models(self) -> list[ModelInfo]:
         """The models at ``/models``."""
-        data, _ = await self._send_json("GET", self._models_url(), None, _models_decoder.decode)
+        data = await self._send_json("GET", self._models_url(), None, _models_decoder.decode)
         return [
             ModelInfo(
                 id=m.id, provider=self._name, owned_by=m.owned_by, context_window=m.context_length

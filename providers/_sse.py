@@ -20,6 +20,7 @@ import msgspec
 
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
+    "FrameTooLarge",
     "NDJSONDecoder",
     "SSEDecoder",
     "ServerSentEvent",
@@ -59,8 +60,12 @@ class ServerSentEvent(msgspec.Struct, frozen=True, gc=False):
     retry: int | None = None
 
 
+class FrameTooLarge(ValueError):
+    """A line, or one event's data, is longer than the decoder's ``max_line_bytes``."""
+
+
 def _line_too_long(limit: int) -> ValueError:
-    return ValueError(f"stream line longer than max_line_bytes={limit}")
+    return FrameTooLarge(f"stream line longer than max_line_bytes={limit}")
 
 
 class SSEDecoder:
@@ -75,7 +80,8 @@ class SSEDecoder:
     Args:
         max_line_bytes: Largest line, in bytes without its line end, that the decoder
             accepts.  The same cap applies to the data accumulated by one event.  A
-            stream that exceeds it makes :meth:`feed` raise :class:`ValueError`, after
+            stream that exceeds it makes :meth:`feed` raise :class:`FrameTooLarge` (a
+            :class:`ValueError`), after
             which the decoder must not be used again.
 
     Example:
@@ -138,7 +144,7 @@ class SSEDecoder:
             The events completed by this chunk, in order (often none).
 
         Raises:
-            ValueError: A line, or one event's data, exceeded ``max_line_bytes``.
+            FrameTooLarge: A line, or one event's data, exceeded ``max_line_bytes``.
             RuntimeError: The decoder was already closed.
         """
         if self._closed:
@@ -213,7 +219,7 @@ class SSEDecoder:
             if field == b"data":
                 self._data_len += len(value) + 1
                 if self._data_len > self._max:
-                    raise ValueError(
+                    raise FrameTooLarge(
                         f"server-sent event data exceeds max_line_bytes={self._max} "
                         "without a dispatching blank line"
                     )
@@ -280,7 +286,8 @@ class NDJSONDecoder:
     Args:
         max_line_bytes: Largest line, in bytes before its ``b"\\n"``, that the decoder
             accepts.  A stream that exceeds it makes :meth:`feed` raise
-            :class:`ValueError`, after which the decoder must not be used again.
+            :class:`FrameTooLarge` (a :class:`ValueError`), after which the decoder
+            must not be used again.
 
     Example:
         >>> dec = NDJSONDecoder()
@@ -313,7 +320,7 @@ class NDJSONDecoder:
             The non-blank lines completed by this chunk, without line ends.
 
         Raises:
-            ValueError: A line exceeded ``max_line_bytes``.
+            FrameTooLarge: A line exceeded ``max_line_bytes``.
             RuntimeError: The decoder was already closed.
         """
         if self._closed:

@@ -46,6 +46,7 @@ from providers import QuotaExceeded as QuotaExceeded
 from providers import RateLimited as RateLimited
 from providers import ReasoningDelta as ReasoningDelta
 from providers import ResponseFormat as ResponseFormat
+from providers import ResponseTooLarge as ResponseTooLarge
 from providers import RouterClosed as RouterClosed
 from providers import Secret as Secret
 from providers import ServerError as ServerError

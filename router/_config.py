@@ -161,9 +161,21 @@ class ProviderConfig(_Config, frozen=True):
     #: A spend cap for this provider.
     budget: BudgetConfig | None = None
     mock: MockConfig | None = None
+    #: Caps on what an HTTP adapter reads (decoded bytes): a whole answer, and one
+    #: stream event or NDJSON line; None = the defaults, 32 MiB and 8 MiB.
+    max_response_bytes: int | None = None
+    max_event_bytes: int | None = None
 
     def __post_init__(self) -> None:
-        for field in ("rpm", "tpm", "rpm_burst", "tpm_burst", "max_concurrency"):
+        for field in (
+            "rpm",
+            "tpm",
+            "rpm_burst",
+            "tpm_burst",
+            "max_concurrency",
+            "max_response_bytes",
+            "max_event_bytes",
+        ):
             value = getattr(self, field)
             if value is not None and value <= 0:
                 raise ValueError(f"`{field}` must be positive, got {value}")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from providers import (
@@ -176,7 +177,7 @@ def build_provider(
             api_key=_key(name, config, env, required=False),
             base_url=config.base_url,
             name=name,
-            headers=config.headers,
+            **_wire_options(config),
         )
     if kind == "openai-compatible":
         if not config.base_url:
@@ -188,7 +189,7 @@ def build_provider(
             api_key=_key(name, config, env, required=False),
             base_url=config.base_url,
             name=name,
-            headers=config.headers,
+            **_wire_options(config),
         )
     key = _key(name, config, env, required=True)
     if kind == "azure":
@@ -204,7 +205,7 @@ def build_provider(
             api_version=config.api_version,
             deployments=config.deployments,
             name=name,
-            headers=config.headers,
+            **_wire_options(config),
         )
     if kind == "openrouter":
         return OpenRouterProvider(
@@ -213,7 +214,7 @@ def build_provider(
             app_name=config.app_name,
             app_url=config.app_url,
             name=name,
-            headers=config.headers,
+            **_wire_options(config),
         )
     classes: dict[str, type[OpenAIProvider] | type[AnthropicProvider] | type[GeminiProvider]] = {
         "openai": OpenAIProvider,
@@ -222,7 +223,16 @@ def build_provider(
         "groq": GroqProvider,
         "together": TogetherProvider,
     }
-    return classes[kind](api_key=key, base_url=config.base_url, name=name, headers=config.headers)
+    return classes[kind](api_key=key, base_url=config.base_url, name=name, **_wire_options(config))
+
+
+def _wire_options(config: ProviderConfig) -> dict[str, Any]:
+    """What every HTTP adapter takes from its config: extra headers and the size caps."""
+    return {
+        "headers": config.headers,
+        "max_response_bytes": config.max_response_bytes,
+        "max_event_bytes": config.max_event_bytes,
+    }
 
 
 def config_from_env(environ: Mapping[str, str] | None = None) -> RouterConfig:

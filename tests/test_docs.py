@@ -191,10 +191,16 @@ def run_block(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Bl
         return outcomes[block.id]
 
     yield run
-    for proc, _ in started.values():
+    # Every process must be reaped here, not only those still running: one that finished
+    # but was never asked for (a ``-k`` that selects some examples only) still holds its
+    # stdout and stderr pipes, and the garbage collector would close them with a
+    # ResourceWarning at some later test's teardown.  ``communicate`` closes them.
+    for block_id, (proc, _) in started.items():
+        if block_id in outcomes:
+            continue  # communicated already: its pipes are closed
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+        proc.communicate()
 
 
 def test_the_docs_have_python_examples() -> None:
