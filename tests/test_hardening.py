@@ -374,7 +374,11 @@ def test_the_scrubber_hides_the_key_whole_encoded_or_cut(
     secret = KEY + "/+="
     scrub = Scrubber([Secret(secret)])
     assume(not scrub.found_in(before) and not scrub.found_in(after))
-    shown = (quote(secret, safe="") if encoded else secret)[:cut]
+    form = quote(secret, safe="") if encoded else secret
+    shown = form[:cut]
+    # Text that goes on with the key's next characters makes a longer start of it,
+    # which is scrubbed whole: that case is not the one this property states.
+    assume(not after or not form.startswith(shown + after[0]))
     out = scrub(before + shown + after)
     assert out == before + "***" + after
     assert scrub(before) == before
