@@ -37,6 +37,7 @@ from __future__ import annotations
 import email.utils
 import importlib.util
 import logging
+import weakref
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -629,6 +630,58 @@ def _decoded(data: Any, headers: dict[str, str]) -> Any:
     return data
 
 
+#: The HTTP libraries' own loggers.  httpcore's DEBUG trace prints raw response headers,
+#: and an upstream may echo the key in one (``x-request-id``); httpx's INFO line prints
+#: the URL.  A logger's filters see only its own records, so each gets the filter.
+_LIBRARY_LOGGERS = (
+    "httpx",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+)
+
+
+class _LibraryLogScrubber(logging.Filter):
+    """Scrubs the keys of the live HTTP adapters from the HTTP libraries' log records.
+
+    Installed on :data:`_LIBRARY_LOGGERS` when the first adapter with a key is built.  It
+    costs nothing while those loggers are not enabled (the library checks the level
+    before it builds a record) and one substring test per key and record when they are.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.providers: weakref.WeakSet[HTTPProvider] = weakref.WeakSet()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        providers = list(self.providers)
+        if not providers:
+            return True
+        message = original = record.getMessage()
+        for provider in providers:
+            scrub = provider._scrub
+            if scrub and scrub.found_in(message):
+                message = scrub(message)
+        if message is not original:
+            record.msg, record.args = message, ()
+        return True
+
+
+_library_log_scrubber: _LibraryLogScrubber | None = None
+
+
+def _scrub_library_logs(provider: HTTPProvider) -> None:
+    """Have the HTTP libraries' log records scrubbed of ``provider``'s key."""
+    global _library_log_scrubber
+    if _library_log_scrubber is None:
+        _library_log_scrubber = _LibraryLogScrubber()
+        for name in _LIBRARY_LOGGERS:
+            logging.getLogger(name).addFilter(_library_log_scrubber)
+    _library_log_scrubber.providers.add(provider)
+
+
 class HTTPProvider:
     """Base of the HTTP adapters: holds the client, the key and the common flow.
 
@@ -679,6 +732,8 @@ class HTTPProvider:
         # Endpoint URLs parsed once: httpx parses a string URL on every request (about
         # 8 µs), and a provider sends to a handful of endpoints.
         self._urls: dict[str, httpx.URL] = {}
+        if api_key:
+            _scrub_library_logs(self)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self._name!r}, base_url={self._base_url!r})"

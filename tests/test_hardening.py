@@ -192,16 +192,10 @@ def assert_no_key(*things: Any) -> None:
 
 
 def ours(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """The library's log records (``trio_llm_router.*``), as text.
-
-    httpcore's own DEBUG trace prints raw response headers; that logger is not ours to
-    filter (see docs/providers.md).
-    """
-    return [
-        f"{r.getMessage()} {r.exc_text or ''}"
-        for r in caplog.records
-        if r.name.startswith("trio_llm_router")
-    ]
+    """Every log record, as text: the library's own (``trio_llm_router.*``) and the HTTP
+    libraries' (httpcore's DEBUG trace prints raw response headers; the adapters filter
+    those loggers)."""
+    return [f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records]
 
 
 ECHO = {"x-request-id": KEY, "request-id": KEY, "x-ratelimit-remaining-requests": KEY}
