@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import msgspec
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from providers import (
@@ -245,7 +245,7 @@ def configs(draw: st.DrawFn) -> RouterConfig:
     )
 
 
-@settings(max_examples=60)
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
 @given(configs())
 def test_valid_configs_round_trip_through_toml(config: RouterConfig) -> None:
     """Any valid config, written as TOML and decoded again, is the same config."""
@@ -523,7 +523,7 @@ def invalid_configs(draw: st.DrawFn, mutation: str) -> tuple[dict[str, Any], str
 
 
 @pytest.mark.parametrize("mutation", MUTATIONS)
-@settings(max_examples=15)
+@settings(max_examples=15, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_every_mistake_is_a_config_error_at_its_path(mutation: str, data: st.DataObject) -> None:
     """One mistake anywhere: a ConfigError whose path names exactly where it is."""
@@ -557,7 +557,7 @@ toml_values = st.recursive(
 )
 
 
-@settings(max_examples=60)
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
 @given(configs(), st.data())
 def test_any_value_anywhere_gives_a_config_or_a_config_error(
     config: RouterConfig, data: st.DataObject
