@@ -367,8 +367,9 @@ class RouteConfig(_Config, frozen=True):
             if name not in _ERROR_NAMES:
                 yield (
                     ("fail_over_on", i),
-                    f"unknown error name {name!r}{suggest(name, _ERROR_NAMES)}; use 'retryable' "
-                    f"or one of: {', '.join(sorted(_ERROR_NAMES - {'retryable'}))}",
+                    f"unknown error name {name!r}; use 'retryable' or one of: "
+                    f"{', '.join(sorted(_ERROR_NAMES - {'retryable'}))}"
+                    f"{suggest(name, _ERROR_NAMES)}",
                 )
 
 
@@ -560,8 +561,8 @@ def _reference_problems(config: RouterConfig) -> Iterator[Problem]:
             if provider not in config.providers:
                 yield (
                     ("routes", alias, "targets", i),
-                    f"unknown provider {provider!r} in {t!r}{suggest(provider, config.providers)}"
-                    f"; configured: {', '.join(sorted(config.providers))}",
+                    f"unknown provider {provider!r} in {t!r}; configured: "
+                    f"{', '.join(sorted(config.providers))}{suggest(provider, config.providers)}",
                 )
 
 

@@ -74,7 +74,11 @@ def validate(value: object, type_: type[_T], *, source: str | None = None) -> _T
         ConfigError: the first mistake; ``path`` names it from ``$``, and the message
             ends with ``(in <source>)`` when a source is given.
     """
-    result: _T = _Validator(source).convert(value, type_, "$")
+    try:
+        result: _T = _Validator(source).convert(value, type_, "$")
+    except ConfigError as exc:
+        # The walk's frames say nothing to the user: the path does.
+        raise exc.with_traceback(None) from None
     return result
 
 
