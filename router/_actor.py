@@ -32,7 +32,6 @@ from providers import (
     AuthenticationError,
     ChatRequest,
     ChatResponse,
-    ConfigError,
     ConnectionFailed,
     Done,
     EmbeddingRequest,
@@ -54,7 +53,6 @@ from providers._tokens import TokenCalibration, count_input_tokens, estimate_tex
 from providers._types import is_content_event
 
 from ._config import ProviderConfig
-from ._config import _key as _path_key
 from ._events import BreakerChanged, HealthChanged, Listener, QueueWait
 from ._health import CircuitBreaker, ErrorWindow, HealthSnapshot, LatencyStats, classify
 from ._limiter import Hold, Mailbox, Permit, WaitOutcome
@@ -184,17 +182,6 @@ class ProviderActor:
             max_queue=config.max_queue,
             max_pause=config.retry.max_retry_after,
         )
-        for field, value, least in (
-            ("first_token_timeout", config.first_token_timeout, "> 0"),
-            ("idle_timeout", config.idle_timeout, "> 0"),
-            ("queue_wait_threshold", config.queue_wait_threshold, ">= 0"),
-        ):
-            # Decoding checks these (msgspec Meta); a config built in code is not decoded.
-            if value is not None and not (value > 0 or (least == ">= 0" and value == 0)):
-                raise ConfigError(
-                    f"expected seconds {least}, got {value!r}",
-                    path=f"$.providers{_path_key(name)}.{field}",
-                )
         self._first_token_timeout = config.first_token_timeout
         self._idle_timeout = config.idle_timeout
         self._queue_wait_threshold = config.queue_wait_threshold

@@ -1,8 +1,17 @@
 """Configuration structures: the router, its providers, its routes.
 
 The same structures come from TOML (``load_config``) or are built in code; both are
-validated by msgspec, with unknown fields forbidden so a typo is an error, not a silent
-default.
+validated the same way (:mod:`router._validation`): ``load_config`` when it reads the
+file, ``open_router`` (or :func:`validate_config`) for a config built in code.  Unknown
+fields are errors, so a typo is reported rather than silently ignored, and every mistake
+is a ``ConfigError`` whose ``path`` names it.
+
+Building a struct never raises: range and cross-field checks live in each struct's
+``_problems()`` method (data, not exceptions), which validation asks once every field
+has the right type.  A new field is checked for type for free; a range check for it
+goes into ``_problems`` (not ``__post_init__``, which would raise at construction,
+without the path).  Strings in TOML may reference the environment: ``${NAME}``,
+``${NAME:-default}``, ``$$`` for a ``$`` (see docs/configuration.md).
 
 Synopsis::
 
@@ -17,12 +26,12 @@ Synopsis::
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
-import types
-import typing
-from typing import Annotated, Any, Literal, TypeAlias, TypeVar
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any, Literal, TypeAlias
 
 import msgspec
 
@@ -31,6 +40,10 @@ from providers import ConfigError, LLMError
 
 from ._health import BreakerConfig
 from ._retry import RetryConfig
+from ._validation import Problem, Where, expand_env, key_path, suggest, validate, where_path
+
+#: One step of a config path (``.name`` or ``['a:b']``); router._providers uses it too.
+_key = key_path
 
 __all__ = [
     "DEFAULT_FAIL_OVER",
@@ -42,6 +55,7 @@ __all__ = [
     "check_references",
     "decode_config",
     "load_config",
+    "validate_config",
     "model_info",
     "ProviderConfig",
     "ProviderKind",
@@ -79,6 +93,16 @@ _ERROR_NAMES = frozenset(
 class _Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Base of every config struct: immutable, keyword-only, strict."""
 
+    def _problems(self) -> Iterator[Problem]:
+        """Range and cross-field mistakes of this struct (its fields have the right
+        types): ``(where, message)``, ``where`` relative to the struct."""
+        return iter(())
+
+
+def _finite(value: float, low: float = 0.0, *, strict: bool = False) -> bool:
+    """``low < value < inf`` (``strict``) or ``low <= value < inf``; False for NaN."""
+    return (value > low if strict else value >= low) and value < math.inf
+
 
 class MockConfig(_Config, frozen=True):
     """Behaviour of a ``kind = "mock"`` provider: an in-process MockProvider.
@@ -91,11 +115,11 @@ class MockConfig(_Config, frozen=True):
     chunk_latency: float = 0.0
     models: list[str] = msgspec.field(default_factory=lambda: ["mock-model"])
 
-    def __post_init__(self) -> None:
+    def _problems(self) -> Iterator[Problem]:
         for field in ("latency", "chunk_latency"):
             value = getattr(self, field)
             if not value >= 0:  # NaN too
-                raise ValueError(f"`{field}` must be >= 0 seconds, got {value}")
+                yield (field,), f"must be >= 0 seconds, got {value}"
 
 
 class BudgetConfig(_Config, frozen=True):
@@ -112,11 +136,14 @@ class BudgetConfig(_Config, frozen=True):
     limit: float
     period: Literal["hour", "day", "week", "month"] | float = "day"
 
-    def __post_init__(self) -> None:
-        if not 0.0 < self.limit < float("inf"):
-            raise ValueError(f"`limit` must be a positive number of dollars, got {self.limit}")
-        if not isinstance(self.period, str) and not 0.0 < self.period < float("inf"):
-            raise ValueError(f"`period` must be positive seconds, got {self.period}")
+    def _problems(self) -> Iterator[Problem]:
+        if not _finite(self.limit, strict=True):
+            yield ("limit",), f"must be a positive number of dollars, got {self.limit}"
+        if not isinstance(self.period, str) and not _finite(self.period, strict=True):
+            yield (
+                ("period",),
+                f"must be hour, day, week, month or positive seconds, got {self.period}",
+            )
 
 
 class ProviderConfig(_Config, frozen=True):
@@ -166,7 +193,14 @@ class ProviderConfig(_Config, frozen=True):
     max_response_bytes: int | None = None
     max_event_bytes: int | None = None
 
-    def __post_init__(self) -> None:
+    def _problems(self) -> Iterator[Problem]:
+        if self.api_key_env is not None and not _ENV_NAME.fullmatch(self.api_key_env):
+            # Not echoed: a key pasted here instead of a variable's name is a secret.
+            yield (
+                ("api_key_env",),
+                "must name the environment variable that holds the key "
+                "(letters, digits, '_'; e.g. OPENAI_API_KEY), not the key itself",
+            )
         for field in (
             "rpm",
             "tpm",
@@ -178,18 +212,24 @@ class ProviderConfig(_Config, frozen=True):
         ):
             value = getattr(self, field)
             if value is not None and value <= 0:
-                raise ValueError(f"`{field}` must be positive, got {value}")
+                yield (field,), f"must be a positive int (or unset: no limit), got {value}"
         if self.max_queue < 0:
-            raise ValueError(f"`max_queue` must be >= 0, got {self.max_queue}")
-        if self.degraded_latency is not None and not 0.0 < self.degraded_latency < float("inf"):
-            raise ValueError(
-                f"`degraded_latency` must be positive seconds, got {self.degraded_latency}"
-            )
+            yield ("max_queue",), f"must be >= 0, got {self.max_queue}"
+        if self.degraded_latency is not None and not _finite(self.degraded_latency, strict=True):
+            yield ("degraded_latency",), f"must be positive seconds, got {self.degraded_latency}"
         if self.mock is not None and self.kind != "mock":
-            raise ValueError("`mock` settings belong to providers of kind 'mock'")
+            yield ("mock",), f"belongs to providers of kind 'mock', not {self.kind!r}"
         for field, kind in _KIND_FIELDS:
             if getattr(self, field) not in (None, {}) and self.kind != kind:
-                raise ValueError(f"`{field}` belongs to providers of kind {kind!r}")
+                yield (field,), f"belongs to providers of kind {kind!r}, not {self.kind!r}"
+
+
+def _unit(value: float) -> bool:
+    """Whether ``value`` is a share: a number in [0, 1] (not a bool)."""
+    return not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 #: Fields that only one kind of provider takes.
@@ -229,13 +269,19 @@ def parse_percentile(text: str) -> float:
     Raises:
         ValueError: not of the form ``pNN`` with ``0 < NN < 100``.
     """
+    q = _quantile(text)
+    if q is None:
+        raise ValueError(f"delay: {_DELAY_CHOICES}, got {text!r}")
+    return q
+
+
+def _quantile(text: str) -> float | None:
     match = _PERCENTILE.match(text)
     q = float(match["q"]) if match else 0.0
-    if not 0.0 < q < 100.0:
-        raise ValueError(
-            f"`delay` must be seconds or a percentile such as 'p95' or 'p99.9', got {text!r}"
-        )
-    return q / 100.0
+    return q / 100.0 if 0.0 < q < 100.0 else None
+
+
+_DELAY_CHOICES = "must be seconds >= 0 or a percentile from 'p0.1' to 'p99.9' (as 'p95')"
 
 
 class HedgeConfig(_Config, frozen=True):
@@ -279,23 +325,25 @@ class HedgeConfig(_Config, frozen=True):
     budget_ratio: float = 0.1
     budget_burst: float = 10.0
 
-    def __post_init__(self) -> None:
+    def _problems(self) -> Iterator[Problem]:
         if not 1 <= self.max_attempts <= MAX_HEDGED_ATTEMPTS:
-            raise ValueError(
-                f"`max_attempts` must be from 1 to {MAX_HEDGED_ATTEMPTS}, got {self.max_attempts}"
+            yield (
+                ("max_attempts",),
+                f"must be from 1 to {MAX_HEDGED_ATTEMPTS}, got {self.max_attempts}",
             )
         if isinstance(self.delay, str):
-            parse_percentile(self.delay)
-        elif self.delay is not None and not 0.0 <= self.delay < float("inf"):
-            raise ValueError(f"`delay` must be >= 0 seconds, got {self.delay}")
+            if _quantile(self.delay) is None:
+                yield ("delay",), f"{_DELAY_CHOICES}, or unset (no hedging), got {self.delay!r}"
+        elif self.delay is not None and not _finite(self.delay):
+            yield ("delay",), f"{_DELAY_CHOICES}, or unset (no hedging), got {self.delay}"
         for name in ("min_delay", "max_delay", "default_delay", "budget_ratio", "budget_burst"):
             value = getattr(self, name)
-            if not 0.0 <= value < float("inf"):
-                raise ValueError(f"`{name}` must be a finite number >= 0, got {value}")
+            if not _finite(value):
+                yield (name,), f"must be a finite number >= 0, got {value}"
         if self.max_delay < self.min_delay:
-            raise ValueError(f"`max_delay` must be >= min_delay, got {self.max_delay}")
+            yield ("max_delay",), f"must be >= min_delay ({self.min_delay}), got {self.max_delay}"
         if self.min_samples < 1:
-            raise ValueError(f"`min_samples` must be >= 1, got {self.min_samples}")
+            yield ("min_samples",), f"must be >= 1, got {self.min_samples}"
 
     @property
     def percentile(self) -> float | None:
@@ -329,29 +377,31 @@ class RouteConfig(_Config, frozen=True):
     #: through their open breakers.  0 turns it off; ``None``: the router's setting.
     panic_threshold: float | None = None
 
-    def __post_init__(self) -> None:
+    def _problems(self) -> Iterator[Problem]:
         if not self.targets:
-            raise ValueError("`targets`: a route needs at least one target")
-        if self.panic_threshold is not None and not 0.0 <= self.panic_threshold <= 1.0:
-            raise ValueError(f"`panic_threshold` must be in [0, 1], got {self.panic_threshold}")
+            yield ("targets",), "a route needs at least one target ('provider:model'), got []"
+        if self.panic_threshold is not None and not _unit(self.panic_threshold):
+            yield ("panic_threshold",), f"must be in [0, 1], got {self.panic_threshold}"
         for i, t in enumerate(self.targets):
             provider, sep, model = t.partition(":")
             if not sep or not provider or not model:
-                raise ValueError(f"`targets[{i}]`: {t!r} must look like 'provider:model'")
+                yield ("targets", i), f"must look like 'provider:model', got {t!r}"
         if self.weights is not None:
             if len(self.weights) != len(self.targets):
-                raise ValueError(
-                    f"`weights` needs one weight per target ({len(self.targets)}), "
-                    f"got {len(self.weights)}"
+                yield (
+                    ("weights",),
+                    f"needs one weight per target ({len(self.targets)}), got {len(self.weights)}",
                 )
             for i, w in enumerate(self.weights):
-                if not 0 < w < float("inf"):
-                    raise ValueError(f"`weights[{i}]` must be a positive number, got {w}")
+                if not _finite(w, strict=True):
+                    yield ("weights", i), f"must be a positive number, got {w}"
         for i, name in enumerate(self.fail_over_on):
             if name not in _ERROR_NAMES:
-                raise ValueError(
-                    f"`fail_over_on[{i}]`: unknown error name {name!r}; use 'retryable' or any "
-                    f"of {sorted(_ERROR_NAMES - {'retryable'})}"
+                yield (
+                    ("fail_over_on", i),
+                    f"unknown error name {name!r}; use 'retryable' or one of: "
+                    f"{', '.join(sorted(_ERROR_NAMES - {'retryable'}))}"
+                    f"{suggest(name, _ERROR_NAMES)}",
                 )
 
 
@@ -372,15 +422,15 @@ class ModelConfig(_Config, frozen=True):
     vision: bool | None = None
     structured_output: bool | None = None
 
-    def __post_init__(self) -> None:
+    def _problems(self) -> Iterator[Problem]:
         for name in ("context_window", "max_output_tokens"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                raise ValueError(f"`{name}` must be positive, got {value}")
+                yield (name,), f"must be a positive number of tokens, got {value}"
         for name in ("input_price", "output_price", "cached_input_price"):
             value = getattr(self, name)
-            if value is not None and not 0 <= value < float("inf"):
-                raise ValueError(f"`{name}` must be a price >= 0, got {value}")
+            if value is not None and not _finite(value):
+                yield (name,), f"must be a price >= 0 (dollars per million tokens), got {value}"
 
 
 def model_info(models: dict[str, ModelConfig], target: str) -> ModelConfig:
@@ -423,17 +473,15 @@ class SupervisorConfig(_Config, frozen=True):
     restart_backoff: float = 0.1
     max_restart_backoff: float = 5.0
 
-    def __post_init__(self) -> None:
+    def _problems(self) -> Iterator[Problem]:
         if self.max_restarts < 0:
-            raise ValueError(f"`max_restarts` must be >= 0, got {self.max_restarts}")
-        if not 0.0 < self.restart_window < float("inf"):
-            raise ValueError(
-                f"`restart_window` must be positive seconds, got {self.restart_window}"
-            )
+            yield ("max_restarts",), f"must be >= 0, got {self.max_restarts}"
+        if not _finite(self.restart_window, strict=True):
+            yield ("restart_window",), f"must be positive seconds, got {self.restart_window}"
         for name in ("restart_backoff", "max_restart_backoff"):
             value = getattr(self, name)
-            if not 0.0 <= value < float("inf"):
-                raise ValueError(f"`{name}` must be a finite number >= 0, got {value}")
+            if not _finite(value):
+                yield (name,), f"must be a finite number >= 0, got {value}"
 
 
 class AuditConfig(_Config, frozen=True):
@@ -472,24 +520,22 @@ class AuditConfig(_Config, frozen=True):
     keep: int = 5
     max_pending: int = 10_000
 
-    def __post_init__(self) -> None:
+    def _problems(self) -> Iterator[Problem]:
         if not self.path:
-            raise ValueError("`path` must name a file")
+            yield ("path",), "must name a file, got ''"
         if self.max_chars < 1:
-            raise ValueError(f"`max_chars` must be >= 1, got {self.max_chars}")
+            yield ("max_chars",), f"must be >= 1, got {self.max_chars}"
         if self.rotate_bytes is not None and self.rotate_bytes < 1:
-            raise ValueError(f"`rotate_bytes` must be >= 1, got {self.rotate_bytes}")
+            yield ("rotate_bytes",), f"must be >= 1, got {self.rotate_bytes}"
         if self.keep < 0:
-            raise ValueError(f"`keep` must be >= 0, got {self.keep}")
+            yield ("keep",), f"must be >= 0, got {self.keep}"
         if self.max_pending < 1:
-            raise ValueError(f"`max_pending` must be >= 1, got {self.max_pending}")
-        for pattern in self.redact:
+            yield ("max_pending",), f"must be >= 1, got {self.max_pending}"
+        for i, pattern in enumerate(self.redact):
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise ValueError(
-                    f"`redact`: {pattern!r} is not a regular expression: {exc}"
-                ) from None
+                yield ("redact",), f"[{i}] {pattern!r} is not a regular expression: {exc}"
 
 
 class TracingConfig(_Config, frozen=True):
@@ -530,20 +576,31 @@ class RouterConfig(_Config, frozen=True):
     #: calls: 0.5 as in Envoy; 0 turns it off (docs/routing.md).
     panic_threshold: float = 0.5
 
-    def __post_init__(self) -> None:
+    def _problems(self) -> Iterator[Problem]:
         if not self.providers:
-            raise ValueError("`providers` must configure at least one provider")
-        if not 0.0 <= self.panic_threshold <= 1.0:
-            raise ValueError(f"`panic_threshold` must be in [0, 1], got {self.panic_threshold}")
+            yield ("providers",), "must configure at least one provider, got none"
+        if not _unit(self.panic_threshold):
+            yield ("panic_threshold",), f"must be in [0, 1], got {self.panic_threshold}"
         if self.default_max_tokens < 1:
-            raise ValueError(f"`default_max_tokens` must be >= 1, got {self.default_max_tokens}")
+            yield ("default_max_tokens",), f"must be >= 1, got {self.default_max_tokens}"
         for name in self.providers:
             if not name or ":" in name:
-                raise ConfigError(
-                    f"provider name {name!r} must be non-empty and contain no ':'",
-                    path=f"$.providers{_key(name)}",
+                yield ("providers", name), "a provider's name must be non-empty, with no ':'"
+        yield from _reference_problems(self)
+
+
+def _reference_problems(config: RouterConfig) -> Iterator[Problem]:
+    for alias, route in config.routes.items():
+        if alias in config.providers:
+            yield ("routes", alias), f"route {alias!r} has the same name as a provider"
+        for i, t in enumerate(route.targets):
+            provider = t.partition(":")[0]
+            if provider not in config.providers:
+                yield (
+                    ("routes", alias, "targets", i),
+                    f"unknown provider {provider!r} in {t!r}; configured: "
+                    f"{', '.join(sorted(config.providers))}{suggest(provider, config.providers)}",
                 )
-        check_references(self)
 
 
 def check_references(config: RouterConfig) -> None:
@@ -552,163 +609,71 @@ def check_references(config: RouterConfig) -> None:
     Raises:
         ConfigError: with the path of the first bad reference.
     """
-    for alias, route in config.routes.items():
-        if alias in config.providers:
-            raise ConfigError(
-                f"route {alias!r} has the same name as a provider", path=f"$.routes{_key(alias)}"
-            )
-        for i, t in enumerate(route.targets):
-            provider = t.partition(":")[0]
-            if provider not in config.providers:
-                raise ConfigError(
-                    f"route {alias!r} targets unknown provider {provider!r}; "
-                    f"configured: {sorted(config.providers)}",
-                    path=f"$.routes{_key(alias)}.targets[{i}]",
-                )
+    for where, message in _reference_problems(config):
+        raise ConfigError(message, path="$" + where_path(where))
 
 
-# msgspec reports "Expected `int`, got `str` - at `$.rpm`"; __post_init__ messages start
-# with the field they are about ("`rpm` must be positive", "max_attempts: must be ...").
-_AT_PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
-_FIELD_FIRST = re.compile(r"^`?(?P<field>[a-z_]+)(?P<index>\[\d+\])?`?:?\s")
+#: Where a value may not reference the environment, and why.
+_SECRET_HEADER = re.compile(r"auth|key|token|secret", re.IGNORECASE)
 
 
-def _fields(*types: type[msgspec.Struct]) -> frozenset[str]:
-    return frozenset(f for t in types for f in t.__struct_fields__)
+def _protected(where: Where) -> str | None:
+    """Why the string at ``where`` may not take ``${NAME}`` (``None``: it may).
 
-
-_ALL_FIELDS = _fields(
-    RouterConfig,
-    AuditConfig,
-    TracingConfig,
-    BudgetConfig,
-    HedgeConfig,
-    ModelConfig,
-    ProviderConfig,
-    RouteConfig,
-    SupervisorConfig,
-    MockConfig,
-    BreakerConfig,
-    RetryConfig,
-)
-
-
-def _key(name: str) -> str:
-    return f".{name}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", name) else f"[{name!r}]"
-
-
-def _config_error(
-    exc: msgspec.ValidationError, prefix: str, source: str, fields: frozenset[str]
-) -> ConfigError:
-    match = _AT_PATH.match(str(exc))
-    assert match is not None  # the pattern matches any text
-    message = match["message"].replace("`", "")
-    path = prefix + (match["path"] or "")
-    unknown = re.match(r"object contains unknown field (.+)$", message, re.IGNORECASE)
-    if unknown is not None:
-        return ConfigError(
-            f"unknown field {unknown[1]!r} (in {source})", path=path + _key(unknown[1])
-        )
-    field = _FIELD_FIRST.match(message)
-    if field is not None and field["field"] in fields:
-        # A __post_init__ check: point at the field (and item), and drop it from the message.
-        path += _key(field["field"]) + (field["index"] or "")
-        message = message[field.end() :].lstrip(": ")
-    message = message[:1].lower() + message[1:]
-    return ConfigError(f"{message} (in {source})", path=path)
-
-
-_T = TypeVar("_T")
-
-
-def _convert(
-    value: object,
-    type_: type[_T],
-    prefix: str,
-    source: str,
-    fields: frozenset[str] = _ALL_FIELDS,
-) -> _T:
-    """``msgspec.convert`` with errors as ConfigError; ``fields`` are the struct fields
-    a ``__post_init__`` message may start with (to point the path at the field)."""
-    try:
-        return msgspec.convert(value, type_)
-    except msgspec.ValidationError as exc:
-        error = _config_error(exc, prefix, source, fields)
-        if error.path is not None and "[...]" in error.path:
-            error = ConfigError(
-                str(error).removeprefix(f"{error.path}: "),
-                path=prefix + _dict_keys(value, type_, error.path.removeprefix(prefix)),
-            )
-        raise error from None
-    except ConfigError as exc:  # raised by a __post_init__ (check_references): add the source
-        message = str(exc).removeprefix(f"{exc.path}: ")
-        raise ConfigError(f"{message} (in {source})", path=exc.path) from None
-
-
-def _dict_keys(value: object, type_: object, path: str) -> str:
-    """msgspec names a dict's entry ``[...]``: put the key of the first bad entry there.
-
-    ``path`` is msgspec's, relative to ``value`` (``.headers[...]``); the raw ``value``
-    and its ``type_`` are walked along it.  Where the walk fails, ``path`` is returned.
+    A key comes in through ``api_key_env``, which names its variable and is read when
+    the provider is built, so it never becomes part of the config (its repr, an error).
+    Expanding a key into the config itself would undo that.
     """
-    node, out = value, ""
-    for step in re.findall(r"\.[^.\[]+|\[\d+\]|\[\.\.\.\]", path):
-        type_ = _member(type_, node)
-        if step == "[...]" and isinstance(node, dict) and typing.get_origin(type_) is dict:
-            item_type = typing.get_args(type_)[1]
-            bad = next((k for k, v in node.items() if not _converts(v, item_type)), None)
-            if bad is None:
-                return path
-            node, type_, out = node[bad], item_type, out + _key(str(bad))
-        elif step.startswith("[") and step != "[...]" and isinstance(node, list):
-            node, out = node[int(step[1:-1])], out + step
-            type_ = typing.get_args(type_)[0]
-        elif step.startswith(".") and isinstance(node, dict) and isinstance(type_, type):
-            node, out = node.get(step[1:]), out + step
-            type_ = typing.get_type_hints(type_)[step[1:]]
-        else:
-            return path
-    return out
-
-
-def _member(type_: object, node: object) -> object:
-    """The member of a union ``type_`` that a raw ``node`` (a table, an array) is meant for."""
-    if not isinstance(type_, types.UnionType) and typing.get_origin(type_) is not typing.Union:
-        return type_
-    for member in typing.get_args(type_):
-        origin = typing.get_origin(member) or member
-        if isinstance(node, dict) and (
-            origin is dict or (isinstance(origin, type) and issubclass(origin, msgspec.Struct))
-        ):
-            return member
-        if isinstance(node, list) and origin is list:
-            return member
-    return type_
-
-
-def _converts(value: object, type_: object) -> bool:
-    try:
-        msgspec.convert(value, type_)
-    except msgspec.ValidationError:
-        return False
-    return True
-
-
-def _table(raw: dict[str, Any], name: str, source: str) -> dict[str, Any]:
-    value = raw.get(name, {})
-    if not isinstance(value, dict):
-        raise ConfigError(
-            f"expected a table, got {type(value).__name__} (in {source})", path=f"$.{name}"
+    if where[:1] != ("providers",) or len(where) < 3:
+        return None
+    if where[2:] == ("api_key_env",):
+        return 'api_key_env names the variable itself (api_key_env = "OPENAI_API_KEY")'
+    if where[2:3] == ("headers",) and len(where) == 4 and _SECRET_HEADER.search(str(where[3])):
+        return (
+            "a header carrying a secret would keep it in the config; "
+            "give the key through api_key_env"
         )
-    return value
+    return None
 
 
-def decode_config(data: bytes | str, *, source: str = "<config>") -> RouterConfig:
-    """Decode TOML text into a validated :class:`RouterConfig`.
+def validate_config(config: RouterConfig, *, source: str | None = None) -> RouterConfig:
+    """Validate a :class:`RouterConfig` built in code exactly as ``load_config`` does TOML.
+
+    Every field is checked for type and range, references are checked, and the config
+    comes back normalized (ints where floats go become floats, tuples lists); the
+    structs themselves never raise when built.  ``open_router`` calls it.
 
     Raises:
-        ConfigError: the TOML does not parse, or a value is wrong; ``path`` names it
-            (``$.providers.openai.rpm``).
+        ConfigError: the first mistake; ``path`` names it (``$.routes.fast.hedge.delay``)
+            and the message says the bad value and what is allowed.
+
+    Example::
+
+        config = validate_config(RouterConfig(providers={"local": ProviderConfig(kind="mock")}))
+    """
+    if not isinstance(config, RouterConfig):
+        raise ConfigError(
+            f"expected a RouterConfig (built in code, or from load_config), "
+            f"got {type(config).__name__}",
+            path="$",
+        )
+    return validate(config, RouterConfig, source=source)
+
+
+def decode_config(
+    data: bytes | str,
+    *,
+    source: str = "<config>",
+    environ: Mapping[str, str] | None = None,
+) -> RouterConfig:
+    """Decode TOML text into a validated :class:`RouterConfig`.
+
+    ``${NAME}`` and ``${NAME:-default}`` in string values are replaced from ``environ``
+    (``os.environ`` by default) before validation; ``$$`` is a literal ``$``.
+
+    Raises:
+        ConfigError: the TOML does not parse, a variable is unset, or a value is wrong;
+            ``path`` names it (``$.providers.openai.rpm``).
 
     Example::
 
@@ -722,27 +687,19 @@ def decode_config(data: bytes | str, *, source: str = "<config>") -> RouterConfi
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source} is not valid TOML: {exc}") from None
-    # Providers and routes are converted one by one, so an error's path names the
-    # table key ("$.providers.openai.rpm") where msgspec alone would say "$.providers[...]".
-    tables = {
-        name: {
-            key: _convert(value, type_, f"$.{name}{_key(key)}", source)
-            for key, value in _table(raw, name, source).items()
-        }
-        for name, type_ in (
-            ("providers", ProviderConfig),
-            ("routes", RouteConfig),
-            ("models", ModelConfig),
-        )
-    }
-    config = _convert({**raw, **tables}, RouterConfig, "$", source)
-    return config
+    raw = expand_env(
+        raw, os.environ if environ is None else environ, source=source, protected=_protected
+    )
+    return validate(raw, RouterConfig, source=source)
 
 
-def load_config(path: str | os.PathLike[str]) -> RouterConfig:
+def load_config(
+    path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
+) -> RouterConfig:
     """Read and validate a TOML configuration file (the shape is in docs/configuration.md).
 
     Unknown fields are errors, so a typo is reported rather than silently ignored.
+    String values may reference the environment (``${NAME}``, see :func:`decode_config`).
 
     Raises:
         ConfigError: the file cannot be read or is invalid; the message names the file,
@@ -760,4 +717,4 @@ def load_config(path: str | os.PathLike[str]) -> RouterConfig:
             data = f.read()
     except OSError as exc:
         raise ConfigError(f"cannot read the config file {name!r}: {exc.strerror}") from None
-    return decode_config(data, source=name)
+    return decode_config(data, source=name, environ=environ)

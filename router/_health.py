@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Literal, TypeAlias, TypeGuard
 
 import msgspec
@@ -256,10 +256,10 @@ class BreakerConfig(_Struct, frozen=True):
     Example::
 
         config = BreakerConfig(minimum_calls=20, slow_call_threshold=30.0)
-        config = msgspec.toml.decode(text, type=BreakerConfig)   # same checks
 
-    Raises:
-        ValueError: a field is out of range (``msgspec.ValidationError`` when decoding).
+    Building one never raises: ``open_router`` and ``load_config`` validate it, and an
+    out-of-range field is a ``ConfigError`` at its path
+    (``$.providers.openai.breaker.window``).
     """
 
     failure_rate_threshold: float = 0.5
@@ -271,32 +271,34 @@ class BreakerConfig(_Struct, frozen=True):
     half_open_probes: int = 3
     slow_call_threshold: float | None = None
 
-    def __post_init__(self) -> None:
+    def _problems(self) -> Iterator[tuple[tuple[str | int, ...], str]]:
+        """Out-of-range fields, as ``((field,), message)`` (see router._validation):
+        building a config never raises; ``open_router`` and ``load_config`` report
+        these as a ConfigError at the field's path."""
         rate = self.failure_rate_threshold
-        if not _is_number(rate) or not 0 < rate <= 1:
-            raise ValueError(f"failure_rate_threshold must be in (0, 1], got {rate!r}")
-        if not isinstance(self.minimum_calls, int) or self.minimum_calls < 1:
-            raise ValueError(f"minimum_calls must be an integer ≥ 1, got {self.minimum_calls!r}")
-        _check_window(self.window)
+        if not 0 < rate <= 1:
+            yield ("failure_rate_threshold",), f"must be in (0, 1], got {rate!r}"
+        if self.minimum_calls < 1:
+            yield ("minimum_calls",), f"must be an integer ≥ 1, got {self.minimum_calls!r}"
+        if not 0 < self.window <= _MAX_WINDOW:
+            yield ("window",), f"must be a number of seconds in (0, 3600], got {self.window!r}"
         for name in ("open_duration", "max_open_duration"):
             value = getattr(self, name)
-            if not _is_number(value) or not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+            if not 0 < value < math.inf:
+                yield (name,), f"must be a positive number of seconds, got {value!r}"
         if self.max_open_duration < self.open_duration:
-            raise ValueError(
-                f"max_open_duration ({self.max_open_duration!r}) must be ≥ "
-                f"open_duration ({self.open_duration!r})"
+            yield (
+                ("max_open_duration",),
+                f"must be ≥ open_duration ({self.open_duration!r}), got {self.max_open_duration!r}",
             )
         mult = self.open_backoff_multiplier
-        if not _is_number(mult) or not 1 <= mult < math.inf:
-            raise ValueError(f"open_backoff_multiplier must be ≥ 1, got {mult!r}")
-        if not isinstance(self.half_open_probes, int) or self.half_open_probes < 1:
-            raise ValueError(
-                f"half_open_probes must be an integer ≥ 1, got {self.half_open_probes!r}"
-            )
+        if not 1 <= mult < math.inf:
+            yield ("open_backoff_multiplier",), f"must be ≥ 1, got {mult!r}"
+        if self.half_open_probes < 1:
+            yield ("half_open_probes",), f"must be an integer ≥ 1, got {self.half_open_probes!r}"
         slow = self.slow_call_threshold
-        if slow is not None and (not _is_number(slow) or not 0 < slow < math.inf):
-            raise ValueError(f"slow_call_threshold must be positive seconds, got {slow!r}")
+        if slow is not None and not 0 < slow < math.inf:
+            yield ("slow_call_threshold",), f"must be positive seconds, got {slow!r}"
 
 
 class BreakerSnapshot(_Struct, frozen=True):

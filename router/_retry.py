@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
 
 import msgspec
 
@@ -79,18 +80,14 @@ class RetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
         retries ≤ budget_ratio · requests + budget_min_per_second · budget_window
 
-    Raises:
-        ValueError: a field is out of range; the message names it.  (When decoding
-            with msgspec this becomes a ``msgspec.ValidationError`` with the path.)
+    Building one never raises: ``open_router`` and ``load_config`` validate it, and an
+    out-of-range field is a ``ConfigError`` at its path
+    (``$.providers.openai.retry.max_attempts: must be an int from 1 to 10 ...``).
 
     Example::
 
         >>> RetryConfig(max_attempts=5, max_backoff=4.0).max_attempts
         5
-        >>> RetryConfig(max_attempts=0)
-        Traceback (most recent call last):
-        ...
-        ValueError: max_attempts: must be an int from 1 to 10 (it counts the first try), got 0
     """
 
     max_attempts: int = 3
@@ -102,12 +99,16 @@ class RetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     budget_min_per_second: float = 1.0
     budget_window: float = 10.0
 
-    def __post_init__(self) -> None:
+    def _problems(self) -> Iterator[tuple[tuple[str | int, ...], str]]:
+        """Out-of-range fields, as ``((field,), message)`` (see router._validation):
+        building a config never raises; ``open_router`` and ``load_config`` report
+        these as a ConfigError at the field's path."""
         n = self.max_attempts
-        if not (isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= _MAX_ATTEMPTS_CAP):
-            raise ValueError(
-                f"max_attempts: must be an int from 1 to {_MAX_ATTEMPTS_CAP}"
-                f" (it counts the first try), got {n!r}"
+        if not 1 <= n <= _MAX_ATTEMPTS_CAP:
+            yield (
+                ("max_attempts",),
+                f"must be an int from 1 to {_MAX_ATTEMPTS_CAP} (it counts the first try), "
+                f"got {n!r}",
             )
         for name in (
             "initial_backoff",
@@ -117,21 +118,21 @@ class RetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             "budget_min_per_second",
         ):
             value = getattr(self, name)
-            if not (_is_number(value) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
+            if not (math.isfinite(value) and value >= 0):
+                yield (name,), f"must be a finite number >= 0, got {value!r}"
         if self.max_backoff < self.initial_backoff:
-            raise ValueError(
-                f"max_backoff: must be >= initial_backoff ({self.initial_backoff!r}),"
-                f" got {self.max_backoff!r}"
+            yield (
+                ("max_backoff",),
+                f"must be >= initial_backoff ({self.initial_backoff!r}), got {self.max_backoff!r}",
             )
         m = self.multiplier
-        if not (_is_number(m) and math.isfinite(m) and m >= 1):
-            raise ValueError(f"multiplier: must be a finite number >= 1, got {m!r}")
+        if not (math.isfinite(m) and m >= 1):
+            yield ("multiplier",), f"must be a finite number >= 1, got {m!r}"
         w = self.budget_window
-        if not (_is_number(w) and 1 <= w <= _MAX_BUDGET_WINDOW and float(w).is_integer()):
-            raise ValueError(
-                f"budget_window: must be a whole number of seconds from 1 to"
-                f" {_MAX_BUDGET_WINDOW}, got {w!r}"
+        if not (1 <= w <= _MAX_BUDGET_WINDOW and float(w).is_integer()):
+            yield (
+                ("budget_window",),
+                f"must be a whole number of seconds from 1 to {_MAX_BUDGET_WINDOW}, got {w!r}",
             )
 
 

@@ -86,6 +86,7 @@ from ._config import (
     RouterConfig,
     Strategy,
     model_info,
+    validate_config,
 )
 from ._events import (
     ActorCrashed,
@@ -294,7 +295,9 @@ async def open_router(
 
     Args:
         config: the providers, routes and supervision settings; ``None`` builds one
-            from the API keys in the environment (:func:`config_from_env`).
+            from the API keys in the environment (:func:`config_from_env`).  It is
+            validated as ``load_config`` validates TOML: a mistake is a ``ConfigError``
+            naming its path (``$.routes.fast.hedge.delay``).
         providers: ready-made providers by name (a ``MockProvider``, or an adapter with
             your own ``httpx.AsyncClient``), used instead of building from ``config``.
             Their names must be configured; the router does not close them.
@@ -314,8 +317,8 @@ async def open_router(
         async with open_router(config) as router:
             resp = await router.complete(request)
     """
-    if config is None:
-        config = config_from_env()
+    # A config built in code is validated exactly as load_config validates TOML.
+    config = validate_config(config_from_env() if config is None else config)
     given = dict(providers or {})
     unknown = sorted(set(given) - set(config.providers))
     if unknown:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import resources
 
 import msgspec
@@ -44,17 +44,9 @@ from providers import (
 )
 from providers.testing import Fixed, Latency
 
-from ._config import (
-    _ALL_FIELDS,
-    ModelConfig,
-    ProviderConfig,
-    RouteConfig,
-    RouterConfig,
-    _convert,
-    _fields,
-    _key,
-)
+from ._config import ModelConfig, ProviderConfig, RouteConfig, RouterConfig
 from ._health import BreakerConfig
+from ._validation import Problem, validate
 
 __all__ = [
     "PolicyResult",
@@ -90,15 +82,15 @@ class SimProvider(_Sim, frozen=True):
     output_tokens: int = 200
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
 
-    def __post_init__(self) -> None:
+    def _problems(self) -> Iterator[Problem]:
         for name in ("error_rate", "rate_limit_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"`{name}` must be in [0, 1], got {value}")
+                yield (name,), f"must be in [0, 1], got {value}"
         if self.error_rate + self.rate_limit_rate > 1.0:
-            raise ValueError("`error_rate` + `rate_limit_rate` must be at most 1")
+            yield ("error_rate",), "error_rate + rate_limit_rate must be at most 1"
         if self.output_tokens < 1:
-            raise ValueError(f"`output_tokens` must be >= 1, got {self.output_tokens}")
+            yield ("output_tokens",), f"must be >= 1, got {self.output_tokens}"
 
 
 class SimScenario(_Sim, frozen=True):
@@ -117,22 +109,23 @@ class SimScenario(_Sim, frozen=True):
     input_tokens: int = 500
     deadline: float | None = None
 
-    def __post_init__(self) -> None:
+    def _problems(self) -> Iterator[Problem]:
         if not self.providers:
-            raise ValueError("`providers` must name at least one provider")
+            yield ("providers",), "must name at least one provider"
         if not self.policies:
-            raise ValueError("`policies` must name at least one policy (a route)")
+            yield ("policies",), "must name at least one policy (a route)"
         if self.requests < 1:
-            raise ValueError(f"`requests` must be >= 1, got {self.requests}")
+            yield ("requests",), f"must be >= 1, got {self.requests}"
         if not 0.0 < self.rate < math.inf:
-            raise ValueError(f"`rate` must be a positive number, got {self.rate}")
+            yield ("rate",), f"must be a positive number, got {self.rate}"
         for name, policy in self.policies.items():
-            for target in policy.targets:
+            for i, target in enumerate(policy.targets):
                 provider = target.partition(":")[0]
                 if provider not in self.providers:
-                    raise ValueError(
-                        f"`policies`: {name!r} targets unknown provider {provider!r}; "
-                        f"providers: {sorted(self.providers)}"
+                    yield (
+                        ("policies", name, "targets", i),
+                        f"{name!r} targets unknown provider {provider!r}; "
+                        f"providers: {sorted(self.providers)}",
                     )
 
 
@@ -193,21 +186,7 @@ def load_scenario(path: str | os.PathLike[str] | None = None) -> SimScenario:
         raw = msgspec.toml.decode(text)
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{source} is not valid TOML: {exc}") from None
-    if not isinstance(raw, dict):  # pragma: no cover - TOML documents are tables
-        raise ConfigError(f"{source} must be a TOML table")
-    tables = {}
-    for name, type_ in (("providers", SimProvider), ("policies", RouteConfig)):
-        value = raw.get(name, {})
-        if not isinstance(value, dict):
-            raise ConfigError(f"expected a table (in {source})", path=f"$.{name}")
-        tables[name] = {
-            key: _convert(item, type_, f"$.{name}{_key(key)}", source, _SIM_FIELDS)
-            for key, item in value.items()
-        }
-    return _convert({**raw, **tables}, SimScenario, "$", source, _SIM_FIELDS)
-
-
-_SIM_FIELDS = _ALL_FIELDS | _fields(SimScenario, SimProvider)
+    return validate(raw, SimScenario, source=source)
 
 
 # --------------------------------------------------------------------------- running
@@ -367,7 +346,12 @@ def simulate(
 
         results = simulate(load_scenario(), requests=2_000)
         best = min(results, key=lambda r: r.p99)
+
+    Raises:
+        ConfigError: ``scenario`` (built in code) is invalid, validated as
+            :func:`load_scenario` validates a file, or a named policy is unknown.
     """
+    scenario = validate(scenario, SimScenario)  # built in code: checked as TOML is
     n = scenario.requests if requests is None else requests
     if n < 1:
         raise ValueError(f"requests must be >= 1, got {n}")

@@ -17,17 +17,21 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import msgspec
+import msgspec.structs
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from providers import (
     AnthropicProvider,
     AzureOpenAIProvider,
+    ChatRequest,
     ConfigError,
     GeminiProvider,
     GroqProvider,
+    Message,
     MockProvider,
     OllamaProvider,
     OpenAICompatibleProvider,
@@ -35,6 +39,7 @@ from providers import (
     OpenRouterProvider,
     TogetherProvider,
 )
+from providers.testing import open_fake_upstream
 from router._config import (
     BudgetConfig,
     HedgeConfig,
@@ -47,6 +52,7 @@ from router._config import (
     _key,
     decode_config,
     load_config,
+    validate_config,
 )
 from router._health import BreakerConfig
 from router._providers import (
@@ -58,6 +64,9 @@ from router._providers import (
     effective_limits,
 )
 from router._retry import RetryConfig
+from router._router import open_router
+from router._simulate import SimProvider, SimScenario, simulate
+from router._validation import validate
 
 KINDS: list[str] = list(typing.get_args(typing.get_type_hints(ProviderConfig)["kind"]))
 ERROR_NAMES = ["retryable", "Overloaded", "RateLimited", "ServerError", "Timeout", "NotFound"]
@@ -65,8 +74,14 @@ ERROR_NAMES = ["retryable", "Overloaded", "RateLimited", "ServerError", "Timeout
 # --------------------------------------------------------------------------- TOML text
 
 
+def toml_key(key: str) -> str:
+    """A TOML key (keys are not expanded: ``$`` stays as it is)."""
+    # A JSON string is a TOML basic string, but for DEL, which TOML wants escaped.
+    return json.dumps(key, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
 def toml_value(value: Any) -> str:
-    """One TOML value, tables inline."""
+    """One TOML value, tables inline; a string's ``$`` doubled, so it reads back as is."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -74,18 +89,17 @@ def toml_value(value: Any) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else repr(value)
     if isinstance(value, str):
-        # A JSON string is a TOML basic string, but for DEL, which TOML wants escaped.
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+        return toml_key(value.replace("$", "$$"))
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{toml_value(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"no TOML for {value!r}")
 
 
 def to_toml(raw: dict[str, Any]) -> str:
     """A TOML document for ``raw``: one line per top-level key."""
-    return "".join(f"{toml_value(k)} = {toml_value(v)}\n" for k, v in raw.items())
+    return "".join(f"{toml_key(k)} = {toml_value(v)}\n" for k, v in raw.items())
 
 
 def without_none(value: Any) -> Any:
@@ -245,7 +259,7 @@ def configs(draw: st.DrawFn) -> RouterConfig:
     )
 
 
-@settings(max_examples=60)
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
 @given(configs())
 def test_valid_configs_round_trip_through_toml(config: RouterConfig) -> None:
     """Any valid config, written as TOML and decoded again, is the same config."""
@@ -523,7 +537,7 @@ def invalid_configs(draw: st.DrawFn, mutation: str) -> tuple[dict[str, Any], str
 
 
 @pytest.mark.parametrize("mutation", MUTATIONS)
-@settings(max_examples=15)
+@settings(max_examples=15, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_every_mistake_is_a_config_error_at_its_path(mutation: str, data: st.DataObject) -> None:
     """One mistake anywhere: a ConfigError whose path names exactly where it is."""
@@ -557,7 +571,7 @@ toml_values = st.recursive(
 )
 
 
-@settings(max_examples=60)
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
 @given(configs(), st.data())
 def test_any_value_anywhere_gives_a_config_or_a_config_error(
     config: RouterConfig, data: st.DataObject
@@ -874,3 +888,471 @@ async def test_the_key_never_shows(kind: str, key: str) -> None:
         shown = [repr(provider), str(provider), repr(getattr(provider, "__dict__", {}))]
         await provider.aclose()
     assert all(key not in text for text in shown)
+
+
+# --------------------------------------------------------------------------- built in code
+#
+# The issue this pins: a config built in code used to skip most checks (a bad strategy
+# behaved as "fallback", a misspelt kind was "a missing API key" or a KeyError) or raise
+# a ValueError from a struct's constructor; 1 of 6 such mistakes was a ConfigError, 25
+# of 25 in TOML.  Now both go through one validation: the same path, the same message.
+
+LOCAL = {"local": ProviderConfig(kind="mock")}
+LOCAL_TOML = "[providers.local]\nkind = 'mock'\n"
+FAST_TOML = LOCAL_TOML + "[routes.fast]\ntargets = ['local:m']\n"
+KIND_CHOICES = ", ".join(KINDS)
+STRATEGIES = "fallback, weighted, least-latency, least-cost, least-busy"
+
+
+def with_route(**fields: Any) -> RouterConfig:
+    """LOCAL with one route ``fast`` (targets ``local:m`` unless given)."""
+    fields.setdefault("targets", ["local:m"])
+    return RouterConfig(providers=LOCAL, routes={"fast": RouteConfig(**fields)})
+
+
+def with_provider(**fields: Any) -> RouterConfig:
+    """One provider ``x`` of kind mock unless given."""
+    fields.setdefault("kind", "mock")
+    return RouterConfig(providers={"x": ProviderConfig(**fields)})
+
+
+#: (code-built config, the same in TOML, path, words the message must contain).
+CODE_MISTAKES = [
+    pytest.param(
+        lambda: with_route(strategy="least_cost"),
+        FAST_TOML + "strategy = 'least_cost'",
+        "$.routes.fast.strategy",
+        ["'least_cost' is not one of: " + STRATEGIES, "did you mean 'least-cost'?"],
+        id="strategy",
+    ),
+    pytest.param(
+        lambda: with_provider(kind="openia"),
+        "[providers.x]\nkind = 'openia'",
+        "$.providers.x.kind",
+        ["'openia' is not one of: " + KIND_CHOICES, "did you mean 'openai'?"],
+        id="kind",
+    ),
+    pytest.param(
+        lambda: with_provider(kind="openia", api_key_env="OPENIA_API_KEY"),
+        "[providers.x]\nkind = 'openia'\napi_key_env = 'OPENIA_API_KEY'",
+        "$.providers.x.kind",
+        ["'openia' is not one of: " + KIND_CHOICES],
+        id="kind-with-key",
+    ),
+    pytest.param(
+        lambda: with_provider(kind=5),
+        "[providers.x]\nkind = 5",
+        "$.providers.x.kind",
+        ["expected one of: " + KIND_CHOICES + ", got int 5"],
+        id="kind-type",
+    ),
+    pytest.param(
+        lambda: with_provider(rpm="fast"),
+        "[providers.x]\nkind = 'mock'\nrpm = 'fast'",
+        "$.providers.x.rpm",
+        ["expected int, got str 'fast'"],
+        id="rpm-type",
+    ),
+    pytest.param(
+        lambda: with_provider(rpm=-5),
+        "[providers.x]\nkind = 'mock'\nrpm = -5",
+        "$.providers.x.rpm",
+        ["must be a positive int", "got -5"],
+        id="rpm-negative",
+    ),
+    pytest.param(
+        lambda: with_provider(tpm=0),
+        "[providers.x]\nkind = 'mock'\ntpm = 0",
+        "$.providers.x.tpm",
+        ["must be a positive int", "got 0"],
+        id="tpm-zero",
+    ),
+    pytest.param(
+        lambda: with_provider(max_concurrency=0),
+        "[providers.x]\nkind = 'mock'\nmax_concurrency = 0",
+        "$.providers.x.max_concurrency",
+        ["got 0"],
+        id="concurrency-zero",
+    ),
+    pytest.param(
+        lambda: with_provider(max_queue=-1),
+        "[providers.x]\nkind = 'mock'\nmax_queue = -1",
+        "$.providers.x.max_queue",
+        ["must be >= 0, got -1"],
+        id="queue-negative",
+    ),
+    pytest.param(
+        lambda: with_provider(headers={"X-Team": 1}),
+        "[providers.x]\nkind = 'mock'\nheaders = { X-Team = 1 }",
+        "$.providers.x.headers.X-Team",
+        ["expected str, got int 1"],
+        id="header-type",
+    ),
+    pytest.param(
+        lambda: with_provider(kind="openai", mock=MockConfig()),
+        "[providers.x]\nkind = 'openai'\nmock = {}",
+        "$.providers.x.mock",
+        ["belongs to providers of kind 'mock', not 'openai'"],
+        id="mock-on-openai",
+    ),
+    pytest.param(
+        lambda: with_provider(breaker=BreakerConfig(window=0.0)),
+        "[providers.x]\nkind = 'mock'\nbreaker = { window = 0.0 }",
+        "$.providers.x.breaker.window",
+        ["(0, 3600]", "got 0.0"],
+        id="breaker-window",
+    ),
+    pytest.param(
+        lambda: with_provider(retry=RetryConfig(max_attempts=0)),
+        "[providers.x]\nkind = 'mock'\nretry = { max_attempts = 0 }",
+        "$.providers.x.retry.max_attempts",
+        ["from 1 to 10", "got 0"],
+        id="retry-attempts",
+    ),
+    pytest.param(
+        lambda: with_route(targets=[]),
+        LOCAL_TOML + "[routes.fast]\ntargets = []",
+        "$.routes.fast.targets",
+        ["at least one target", "got []"],
+        id="targets-empty",
+    ),
+    pytest.param(
+        lambda: with_route(targets="local:m"),
+        LOCAL_TOML + "[routes.fast]\ntargets = 'local:m'",
+        "$.routes.fast.targets",
+        ["expected list[str], got str 'local:m'"],
+        id="targets-type",
+    ),
+    pytest.param(
+        lambda: with_route(targets=["lcoal:m"]),
+        LOCAL_TOML + "[routes.fast]\ntargets = ['lcoal:m']",
+        "$.routes.fast.targets[0]",
+        ["unknown provider 'lcoal'", "configured: local", "did you mean 'local'?"],
+        id="target-unknown-provider",
+    ),
+    pytest.param(
+        lambda: with_route(targets=["local:m", "gpt-4o"]),
+        LOCAL_TOML + "[routes.fast]\ntargets = ['local:m', 'gpt-4o']",
+        "$.routes.fast.targets[1]",
+        ["must look like 'provider:model', got 'gpt-4o'"],
+        id="target-shape",
+    ),
+    pytest.param(
+        lambda: with_route(hedge=HedgeConfig(delay="soonish")),
+        FAST_TOML + "hedge = { delay = 'soonish' }",
+        "$.routes.fast.hedge.delay",
+        ["seconds >= 0 or a percentile", "'p95'", "got 'soonish'"],
+        id="hedge-delay",
+    ),
+    pytest.param(
+        lambda: with_route(hedge=HedgeConfig(delay=-1.0)),
+        FAST_TOML + "hedge = { delay = -1.0 }",
+        "$.routes.fast.hedge.delay",
+        ["seconds >= 0", "got -1.0"],
+        id="hedge-delay-negative",
+    ),
+    pytest.param(
+        lambda: with_route(hedge=HedgeConfig(max_attempts=9)),
+        FAST_TOML + "hedge = { max_attempts = 9 }",
+        "$.routes.fast.hedge.max_attempts",
+        ["from 1 to 5, got 9"],
+        id="hedge-attempts",
+    ),
+    pytest.param(
+        lambda: with_route(weights=[1.0, 2.0]),
+        FAST_TOML + "weights = [1.0, 2.0]",
+        "$.routes.fast.weights",
+        ["one weight per target (1), got 2"],
+        id="weights-count",
+    ),
+    pytest.param(
+        lambda: with_route(fail_over_on=["Overload"]),
+        FAST_TOML + "fail_over_on = ['Overload']",
+        "$.routes.fast.fail_over_on[0]",
+        ["unknown error name 'Overload'", "did you mean 'Overloaded'?"],
+        id="fail-over-name",
+    ),
+    pytest.param(
+        lambda: RouterConfig(providers=LOCAL, budget=BudgetConfig(limit=-1.0)),
+        LOCAL_TOML + "[budget]\nlimit = -1.0",
+        "$.budget.limit",
+        ["positive number of dollars, got -1.0"],
+        id="budget-limit",
+    ),
+    pytest.param(
+        lambda: RouterConfig(providers=LOCAL, budget=BudgetConfig(limit=1.0, period="year")),
+        LOCAL_TOML + "[budget]\nlimit = 1.0\nperiod = 'year'",
+        "$.budget.period",
+        ["'year' is not one of: hour, day, week, month, or float"],
+        id="budget-period",
+    ),
+    pytest.param(
+        lambda: RouterConfig(providers=LOCAL, models={"local:m": ModelConfig(context_window=0)}),
+        LOCAL_TOML + "[models.'local:m']\ncontext_window = 0",
+        "$.models['local:m'].context_window",
+        ["got 0"],
+        id="model-window",
+    ),
+    pytest.param(
+        lambda: RouterConfig(providers=LOCAL, supervisor=SupervisorConfig(max_restarts=-1)),
+        LOCAL_TOML + "[supervisor]\nmax_restarts = -1",
+        "$.supervisor.max_restarts",
+        ["must be >= 0, got -1"],
+        id="supervisor",
+    ),
+    pytest.param(
+        lambda: RouterConfig(providers={}),
+        "providers = {}",
+        "$.providers",
+        ["at least one provider"],
+        id="no-providers",
+    ),
+    pytest.param(
+        lambda: RouterConfig(providers=LOCAL, default_max_tokens=0),
+        "default_max_tokens = 0\n" + LOCAL_TOML,
+        "$.default_max_tokens",
+        ["must be >= 1, got 0"],
+        id="default-max-tokens",
+    ),
+]
+
+
+@pytest.mark.parametrize(("make", "toml", "path", "words"), CODE_MISTAKES)
+async def test_a_mistake_built_in_code_is_the_config_error_toml_gives(
+    make: Any, toml: str, path: str, words: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Built in code, the struct takes the mistake without raising; open_router raises a
+    ConfigError at the field's path saying the bad value and what is allowed (the
+    choices, for an enum); the same mistake in TOML gives the same path and message."""
+    monkeypatch.setenv("OPENIA_API_KEY", "sk-not-a-real-key-0000")  # the KeyError case
+    config = make()  # building it does not raise
+    with pytest.raises(ConfigError) as in_code:
+        async with open_router(config):
+            pytest.fail("the router opened")  # pragma: no cover
+    with pytest.raises(ConfigError) as in_toml:
+        decode_config(toml, source="router.toml")
+    assert in_code.value.path == in_toml.value.path == path
+    message = str(in_code.value)
+    assert message.startswith(f"{path}: ")
+    assert str(in_toml.value) == f"{message} (in router.toml)"
+    for word in words:
+        assert word in message
+
+
+def test_the_issue_counts_six_of_six() -> None:
+    """The six code-built mistakes the issue lists are all ConfigErrors, none silently
+    accepted (the strategy) or another exception (ValueError, TypeError, KeyError)."""
+    six = {"strategy", "kind", "kind-with-key", "rpm-type", "rpm-negative", "hedge-delay"}
+    six |= {"targets-empty"}  # the issue lists targets=[] with the range errors
+    found = {p.id: p.values[0] for p in CODE_MISTAKES if p.id in six}
+    assert set(found) == six
+    for make in found.values():
+        with pytest.raises(ConfigError):
+            validate_config(make())
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+@given(configs())
+def test_validation_is_the_identity_on_valid_configs(config: RouterConfig) -> None:
+    """Invariant: a valid config built in code validates to itself, and to what its TOML
+    decodes to."""
+    assert validate_config(config) == config == decode_config(to_toml(raw_of(config)))
+
+
+#: Mistakes a struct built in code can hold (an unknown or a missing field cannot be:
+#: the struct's signature refuses them).
+CODE_MUTATIONS = [m for m in MUTATIONS if m not in ("unknown field", "missing field")]
+
+
+def build(value: Any, type_: Any) -> Any:
+    """``value`` (raw TOML) built into structs by their constructors, as code builds
+    them: nothing is checked or converted, so a wrong value stays in the struct."""
+    members = (
+        typing.get_args(type_)
+        if typing.get_origin(type_) in (typing.Union, types.UnionType)
+        else (type_,)
+    )
+    for member in members:
+        origin = typing.get_origin(member) or member
+        if (
+            isinstance(value, dict)
+            and isinstance(origin, type)
+            and issubclass(origin, msgspec.Struct)
+        ):
+            fields = {f.name: f.type for f in msgspec.structs.fields(origin)}
+            return origin(**{k: build(v, fields[k]) for k, v in value.items()})
+        if isinstance(value, dict) and origin is dict:
+            return {k: build(v, typing.get_args(member)[1]) for k, v in value.items()}
+        if isinstance(value, list) and origin is list:
+            return [build(v, typing.get_args(member)[0]) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("mutation", CODE_MUTATIONS)
+@settings(max_examples=10, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_code_and_toml_agree_on_every_mistake(mutation: str, data: st.DataObject) -> None:
+    """Invariant: any one mistake, in a config built in code or written in TOML, is the
+    same ConfigError: the same path and the same message."""
+    raw, path, _what = data.draw(invalid_configs(mutation))
+    config = build(raw, RouterConfig)
+    with pytest.raises(ConfigError) as in_code:
+        validate_config(config)
+    with pytest.raises(ConfigError) as in_toml:
+        decode_config(to_toml(raw), source="r.toml")
+    assert in_code.value.path == in_toml.value.path == path
+    assert str(in_toml.value) == f"{in_code.value} (in r.toml)"
+
+
+def test_validate_config_normalizes_and_refuses_what_is_not_a_config() -> None:
+    """Ints where floats go become floats and tuples lists, as TOML decoding does; a
+    value that is not a RouterConfig is a ConfigError at ``$``."""
+    config = RouterConfig(
+        providers=LOCAL,
+        routes={"fast": RouteConfig(targets=("local:m",), weights=[2])},  # type: ignore[arg-type]
+    )
+    checked = validate_config(config)
+    assert checked.routes["fast"].targets == ["local:m"]
+    assert checked.routes["fast"].weights == [2.0]
+    assert type(checked.routes["fast"].weights[0]) is float
+    with pytest.raises(ConfigError, match="expected a RouterConfig") as info:
+        validate_config({"providers": {}})  # type: ignore[arg-type]
+    assert info.value.path == "$"
+
+
+def test_api_key_env_holding_a_key_is_refused_without_showing_it() -> None:
+    """A key pasted into api_key_env (instead of its variable's name) is a ConfigError
+    that does not repeat the key."""
+    key = "sk-proj-Abc123-do-not-show"
+    with pytest.raises(ConfigError) as info:
+        validate_config(with_provider(kind="openai", api_key_env=key))
+    assert info.value.path == "$.providers.x.api_key_env"
+    assert key not in str(info.value)
+    assert "OPENAI_API_KEY" in str(info.value)
+
+
+def test_unknown_fields_suggest_the_field_and_list_them() -> None:
+    """An unknown field in TOML names the closest field and every valid one."""
+    with pytest.raises(ConfigError) as info:
+        decode_config("[providers.x]\nkind = 'mock'\nbreaker = { treshold = 0.5 }")
+    assert info.value.path == "$.providers.x.breaker.treshold"
+    assert "unknown field 'treshold'" in str(info.value)
+    assert "failure_rate_threshold" in str(info.value)
+
+
+def test_a_post_init_check_still_becomes_a_config_error_at_its_field() -> None:
+    """A struct whose __post_init__ raises (checks written the old way) still gives a
+    ConfigError at the struct's field, not a ValueError."""
+
+    class Legacy(msgspec.Struct, frozen=True, kw_only=True):
+        size: int = 1
+
+        def __post_init__(self) -> None:
+            if self.size < 1:
+                raise ValueError(f"`size` must be >= 1, got {self.size}")
+
+    with pytest.raises(ConfigError) as info:
+        validate({"size": 0}, Legacy)
+    assert (info.value.path, str(info.value)) == ("$.size", "$.size: must be >= 1, got 0")
+
+
+def test_a_code_built_scenario_is_validated_by_simulate() -> None:
+    """simulate() checks a scenario built in code as load_scenario checks a file."""
+    scenario = SimScenario(
+        providers={"x": SimProvider()},
+        policies={"p": RouteConfig(targets=["x:m"], hedge=HedgeConfig(delay="soon"))},
+    )
+    with pytest.raises(ConfigError) as info:
+        simulate(scenario, requests=1)
+    assert info.value.path == "$.policies.p.hedge.delay"
+
+
+# --------------------------------------------------------------------------- ${VAR}
+
+
+def test_strings_reference_the_environment() -> None:
+    """``${NAME}`` is replaced, ``${NAME:-default}`` falls back when unset or empty,
+    ``$$`` is a ``$`` and any other ``$`` stays; keys are not expanded."""
+    config = decode_config(
+        """
+        [providers.x]
+        kind = "openai-compatible"
+        base_url = "http://${HOST:-127.0.0.1}:${PORT}/v1"
+        headers = { X-Team = "${TEAM:-search}", X-Price = "$$5 or $5", "${NAME}" = "${EMPTY:-e}" }
+        """,
+        environ={"PORT": "8123", "TEAM": "", "EMPTY": ""},
+    )
+    provider = config.providers["x"]
+    assert provider.base_url == "http://127.0.0.1:8123/v1"
+    assert provider.headers == {"X-Team": "search", "X-Price": "$5 or $5", "${NAME}": "e"}
+
+
+@pytest.mark.parametrize(
+    ("value", "path", "words"),
+    [
+        ("base_url = 'http://h:${PORT}/v1'", "$.providers.x.base_url", ["PORT is not set"]),
+        ("headers = { X-A = '${' }", "$.providers.x.headers.X-A", ["${NAME}", "$$"]),
+        ("headers = { X-A = '${1X}' }", "$.providers.x.headers.X-A", ["${NAME}"]),
+        ("api_key_env = '${VAR}'", "$.providers.x.api_key_env", ["names the variable"]),
+        (
+            "headers = { Authorization = 'Bearer ${TOKEN}' }",
+            "$.providers.x.headers.Authorization",
+            ["api_key_env"],
+        ),
+    ],
+)
+def test_bad_references_are_config_errors_at_their_path(
+    value: str, path: str, words: list[str]
+) -> None:
+    """An unset variable without a default, a malformed ``${``, and a reference where a
+    secret would land in the config (api_key_env, a secret header) are ConfigErrors
+    naming the path."""
+    environ = {"VAR": "sk-secret-value", "TOKEN": "sk-secret-value"}
+    with pytest.raises(ConfigError) as info:
+        decode_config(f"[providers.x]\nkind = 'openai'\n{value}\n", environ=environ)
+    assert info.value.path == path
+    for word in words:
+        assert word in str(info.value)
+    assert "sk-secret-value" not in str(info.value)
+
+
+@given(st.text(max_size=30))
+def test_doubling_every_dollar_reads_back_unchanged(text: str) -> None:
+    """Invariant: any string written with each ``$`` doubled decodes to itself."""
+    raw = {"providers": {"x": {"kind": "mock", "mock": {"reply": text}}}}
+    mock = decode_config(to_toml(raw), environ={}).providers["x"].mock
+    assert mock is not None
+    assert mock.reply == text
+
+
+def test_load_config_reads_the_process_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """load_config expands from os.environ unless given an environ."""
+    path = tmp_path / "router.toml"
+    path.write_text("[providers.x]\nkind = 'openai-compatible'\nbase_url = '${URL}'\n")
+    monkeypatch.setenv("URL", "http://127.0.0.1:9/v1")
+    assert load_config(path).providers["x"].base_url == "http://127.0.0.1:9/v1"
+    assert load_config(path, environ={"URL": "u"}).providers["x"].base_url == "u"
+
+
+async def test_one_file_serves_an_upstream_on_any_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over a real loopback socket: the file's base_url takes the fake upstream's port
+    from the environment, so the same file works wherever the upstream listens."""
+    monkeypatch.setenv("UPSTREAM_KEY", "sk-test-0000")
+    path = tmp_path / "router.toml"
+    path.write_text(
+        "[providers.up]\nkind = 'openai-compatible'\napi_key_env = 'UPSTREAM_KEY'\n"
+        "base_url = 'http://127.0.0.1:${UPSTREAM_PORT}/echo/v1'\n"
+    )
+    async with open_fake_upstream({}) as upstream:
+        port = httpx.URL(upstream.base_url("echo", "openai-compatible")).port
+        config = load_config(path, environ={"UPSTREAM_PORT": str(port)})
+        async with open_router(config) as router:
+            response = await router.complete(
+                ChatRequest(model="up:m", messages=[Message.user("over the wire")])
+            )
+    assert "over the wire" in response.text
+    assert len(upstream.requests) == 1

@@ -1,0 +1,359 @@
+"""Validating configuration: one path for TOML and for structs built in code.
+
+msgspec checks types while it decodes, but a struct built in code is not checked at all
+(a Struct's ``__init__`` trusts its arguments), and a decoding error names a dict entry
+``$.providers[...]`` and an enum mistake without its choices.  So configuration is
+validated here, by a small converter that walks a value and its annotation together:
+
+* the value is raw TOML (tables as dicts) or the structs themselves, built in code; a
+  struct is read field by field, so both take exactly the same path;
+* each value is checked against its annotation (``int``, ``float``, ``str``, ``bool``,
+  ``None``, ``Literal``, ``list``, ``dict``, a Struct, and unions of these) and converted
+  as msgspec would (an int where a float goes becomes a float, a tuple a list);
+* each struct is rebuilt from its converted fields, then asked for its problems: its
+  ``_problems()`` method yields range and cross-field checks as data, ``(where,
+  message)`` with ``where`` a tuple of field names and indices relative to the struct
+  (``(("targets", 2), "must look like 'provider:model', got 'gpt-4o'")``).  Checks are
+  never raised from ``__post_init__``, so building a struct in code never raises, and a
+  mistake is reported with its whole path (``$.routes.fast.hedge.delay``);
+* the first mistake is a :class:`~providers.ConfigError` whose ``path`` names it and
+  whose message says what is allowed: the choices of an enum (with a "did you mean"),
+  the fields of a struct, the expected type.
+
+A field whose type this converter does not know (a tagged union of structs, say) is
+handed to ``msgspec.convert``; its message is kept, behind our path (:func:`_msgspec_error`,
+the one place that reads msgspec's text).  A ``__post_init__`` that does raise (a check
+written the old way) still gives a ConfigError at the struct (:func:`_post_init_error`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal, TypeAlias, TypeVar
+
+import msgspec
+import msgspec.structs
+
+from providers import ConfigError
+
+#: Where a problem is, relative to its struct: field names (or dict keys) and list indices.
+Where: TypeAlias = tuple[str | int, ...]
+#: A problem a struct's ``_problems()`` reports: where, and what is wrong and allowed.
+Problem: TypeAlias = tuple[Where, str]
+
+_T = TypeVar("_T")
+_NONE = type(None)
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def key_path(name: str) -> str:
+    """One step of a path: ``.name``, or ``['a:b']`` for a key that is not an identifier."""
+    return f".{name}" if _IDENT.fullmatch(name) else f"[{name!r}]"
+
+
+def where_path(where: Where) -> str:
+    """``("targets", 2)`` → ``.targets[2]``."""
+    return "".join(key_path(s) if isinstance(s, str) else f"[{s}]" for s in where)
+
+
+def suggest(word: str, choices: typing.Iterable[str]) -> str:
+    """`` — did you mean 'x'?`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" — did you mean {close[0]!r}?" if close else ""
+
+
+def validate(value: object, type_: type[_T], *, source: str | None = None) -> _T:
+    """``value`` (raw TOML, or structs built in code) checked and converted to ``type_``.
+
+    Raises:
+        ConfigError: the first mistake; ``path`` names it from ``$``, and the message
+            ends with ``(in <source>)`` when a source is given.
+    """
+    try:
+        result: _T = _Validator(source).convert(value, type_, "$")
+    except ConfigError as exc:
+        # The walk's frames say nothing to the user: the path does.
+        raise exc.with_traceback(None) from None
+    return result
+
+
+def describe(type_: object) -> str:
+    """A type as a message shows it: ``int``, ``list[str]``, ``HedgeConfig``."""
+    origin = typing.get_origin(type_)
+    if origin is typing.Union or isinstance(type_, types.UnionType):
+        members = [m for m in typing.get_args(type_) if m is not _NONE]
+        return " or ".join(describe(m) for m in members) or "None"
+    if origin is Literal:
+        return "one of: " + ", ".join(str(a) for a in typing.get_args(type_))
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(describe(a) for a in typing.get_args(type_))}]"
+    if type_ is _NONE:
+        return "None"
+    return getattr(type_, "__name__", str(type_))
+
+
+def _shown(value: object) -> str:
+    """What a message says it got: the type, and a scalar's value (shortened)."""
+    kind = type(value).__name__
+    if isinstance(value, str | int | float | bool):
+        text = repr(value)
+        return f"{kind} {text if len(text) <= 40 else text[:37] + '...'}"
+    return kind
+
+
+def _struct_type(type_: object) -> bool:
+    """A struct this converter rebuilds itself (tagged or array-like ones go to msgspec)."""
+    if not (isinstance(type_, type) and issubclass(type_, msgspec.Struct)):
+        return False
+    config = type_.__struct_config__
+    return config.tag is None and not config.array_like
+
+
+def _shape(value: object, type_: object) -> bool:
+    """Whether ``value`` is of the kind ``type_`` (one member of a union) takes."""
+    origin = typing.get_origin(type_) or type_
+    if isinstance(value, bool):
+        return type_ is bool
+    if isinstance(value, int):
+        return type_ in (int, float)
+    if isinstance(value, float):
+        return type_ is float
+    if isinstance(value, str):
+        return type_ is str
+    if isinstance(value, list | tuple):
+        return origin is list
+    if isinstance(value, Mapping):
+        return origin is dict or _struct_type(type_)
+    if isinstance(value, msgspec.Struct):
+        return isinstance(type_, type) and isinstance(value, type_)
+    return False
+
+
+@functools.cache
+def _fields(cls: type[msgspec.Struct]) -> tuple[msgspec.structs.FieldInfo, ...]:
+    """A struct's fields, their annotations resolved (slow: once per class)."""
+    return msgspec.structs.fields(cls)
+
+
+def _known(type_: object) -> bool:
+    """Whether the converter checks ``type_`` itself (else msgspec does)."""
+    origin = typing.get_origin(type_)
+    return (
+        type_ in (bool, int, float, str, _NONE, Any, object)
+        or origin in (list, dict, Literal)
+        or _struct_type(type_)
+    )
+
+
+class _Validator:
+    """One validation: the source named in messages."""
+
+    def __init__(self, source: str | None) -> None:
+        self.source = source
+
+    def error(self, path: str, message: str) -> ConfigError:
+        suffix = f" (in {self.source})" if self.source else ""
+        return ConfigError(message + suffix, path=path)
+
+    def expected(self, value: object, type_: object, path: str) -> ConfigError:
+        return self.error(path, f"expected {describe(type_)}, got {_shown(value)}")
+
+    def convert(self, value: object, type_: Any, path: str) -> Any:
+        origin = typing.get_origin(type_)
+        if type_ is Any or type_ is object:
+            return value
+        if origin is typing.Union or isinstance(type_, types.UnionType):
+            return self.union(value, type_, path)
+        if origin is Literal:
+            return self.literal(value, typing.get_args(type_), [], path)
+        if type_ is bool or type_ is str or type_ is _NONE:
+            if not isinstance(value, type_):
+                raise self.expected(value, type_, path)
+            return value
+        if type_ is int:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise self.expected(value, type_, path)
+            return value
+        if type_ is float:
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise self.expected(value, type_, path)
+            try:
+                return float(value)
+            except OverflowError:
+                raise self.error(path, f"{value} is too large for a float") from None
+        if origin is list:
+            if not isinstance(value, list | tuple):
+                raise self.expected(value, type_, path)
+            (item,) = typing.get_args(type_)
+            return [self.convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+        if origin is dict:
+            if not isinstance(value, Mapping):
+                raise self.expected(value, type_, path)
+            key_type, item = typing.get_args(type_)
+            out = {}
+            for k, v in value.items():
+                if key_type is str and not isinstance(k, str):
+                    raise self.error(path, f"keys must be str, got {_shown(k)}")
+                out[k] = self.convert(v, item, path + key_path(str(k)))
+            return out
+        if _struct_type(type_):
+            return self.struct(value, type_, path)
+        return self.fallback(value, type_, path)
+
+    def union(self, value: object, type_: Any, path: str) -> Any:
+        members = typing.get_args(type_)
+        if value is None and _NONE in members:
+            return None
+        literals = [a for m in members if typing.get_origin(m) is Literal for a in m.__args__]
+        others = [m for m in members if typing.get_origin(m) is not Literal and m is not _NONE]
+        for member in others:
+            if _shape(value, member):
+                return self.convert(value, member, path)
+        if literals and isinstance(value, str):
+            return self.literal(value, literals, others, path)
+        if not all(_known(m) for m in others):
+            return self.fallback(value, type_, path)
+        raise self.expected(value, type_, path)
+
+    def literal(
+        self, value: object, choices: typing.Sequence[object], others: list[Any], path: str
+    ) -> Any:
+        if any(value == c and type(value) is type(c) for c in choices):
+            return value
+        listed = ", ".join(str(c) for c in choices)
+        alternatives = "".join(f", or {describe(o)}" for o in others)
+        if not isinstance(value, str):
+            raise self.error(path, f"expected one of: {listed}{alternatives}, got {_shown(value)}")
+        hint = suggest(value, [c for c in choices if isinstance(c, str)])
+        raise self.error(path, f"{value!r} is not one of: {listed}{alternatives}{hint}")
+
+    def struct(self, value: object, cls: type[msgspec.Struct], path: str) -> Any:
+        fields = _fields(cls)
+        if isinstance(value, cls):
+            given: Mapping[Any, object] = {f.encode_name: getattr(value, f.name) for f in fields}
+        elif isinstance(value, Mapping):
+            given = value
+            names = [f.encode_name for f in fields]
+            for key in given:
+                if key not in names and cls.__struct_config__.forbid_unknown_fields:
+                    raise self.error(
+                        path + key_path(str(key)),
+                        f"unknown field {key!r}{suggest(str(key), names)} "
+                        f"({cls.__name__} has: {', '.join(names)})",
+                    )
+            missing = [f.encode_name for f in fields if f.required and f.encode_name not in given]
+            if missing:
+                raise self.error(path, f"missing required field {missing[0]!r}")
+        else:
+            raise self.expected(value, cls, path)
+        kwargs = {
+            f.name: self.convert(given[f.encode_name], f.type, path + key_path(f.encode_name))
+            for f in fields
+            if f.encode_name in given
+        }
+        try:
+            result = cls(**kwargs)
+        except (ValueError, TypeError) as exc:
+            raise _post_init_error(self, exc, cls, path) from None
+        problems: Callable[[], Iterator[Problem]] | None = getattr(result, "_problems", None)
+        for where, message in problems() if problems is not None else ():
+            raise self.error(path + where_path(where), message)
+        return result
+
+    def fallback(self, value: object, type_: Any, path: str) -> Any:
+        try:
+            return msgspec.convert(value, type_)
+        except msgspec.ValidationError as exc:
+            raise _msgspec_error(self, exc, path) from None
+
+
+def _msgspec_error(validator: _Validator, exc: msgspec.ValidationError, path: str) -> ConfigError:
+    """msgspec's ``"Expected `int`, got `str` - at `$.seconds`"`` as a ConfigError at
+    ``path`` + ``.seconds``: the only place that reads msgspec's text, and only for the
+    types the converter leaves to msgspec."""
+    message, _, where = str(exc).partition(" - at `$")
+    message = message.replace("`", "")
+    return validator.error(path + where.rstrip("`"), message[:1].lower() + message[1:])
+
+
+def _post_init_error(
+    validator: _Validator, exc: Exception, cls: type[msgspec.Struct], path: str
+) -> ConfigError:
+    """A ``__post_init__`` that raised (checks belong in ``_problems``): a ConfigError at
+    the struct, or at its field when the message starts with one (```rpm` must be...``)."""
+    message = str(exc)
+    field = re.match(r"`?([A-Za-z_][A-Za-z0-9_]*)`?:?\s", message)
+    if field is not None and field[1] in cls.__struct_fields__:
+        return validator.error(path + key_path(field[1]), message[field.end() :])
+    return validator.error(path, message)
+
+
+# --------------------------------------------------------------------------- ${VAR}
+
+#: ``$$`` (a literal ``$``), ``${NAME}``, ``${NAME:-default}``, or a ``${`` that is neither.
+_REFERENCE = re.compile(
+    r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|\$\{"
+)
+
+
+def expand_env(
+    raw: object,
+    environ: Mapping[str, str],
+    *,
+    source: str | None = None,
+    protected: Callable[[Where], str | None] = lambda where: None,
+) -> Any:
+    """``raw`` TOML with ``${NAME}`` in every string value replaced from ``environ``.
+
+    ``${NAME:-default}`` takes ``default`` when ``NAME`` is unset or empty; ``$$`` is a
+    literal ``$``; any other ``$`` is kept.  Keys are not expanded.  ``protected(where)``
+    returns why a value may not reference the environment (``None`` where it may).
+
+    Raises:
+        ConfigError: at the value's path: a variable that is unset and has no default,
+            a malformed ``${``, or a reference where ``protected`` forbids one.
+    """
+    validator = _Validator(source)
+
+    def walk(value: object, where: Where) -> object:
+        if isinstance(value, dict):
+            return {k: walk(v, (*where, k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, (*where, i)) for i, v in enumerate(value)]
+        if isinstance(value, str) and "$" in value:
+            return expand_text(value, where)
+        return value
+
+    def expand_text(text: str, where: Where) -> str:
+        path = "$" + where_path(where)
+
+        def replace(match: re.Match[str]) -> str:
+            if match[0] == "$$":
+                return "$"
+            name = match["name"]
+            if name is None:
+                raise validator.error(
+                    path, "'${' must start ${NAME} or ${NAME:-default} (write $$ for a '$')"
+                )
+            reason = protected(where)
+            if reason is not None:
+                raise validator.error(path, f"cannot reference ${{{name}}}: {reason}")
+            value = environ.get(name)
+            if match["default"] is not None and not value:
+                return match["default"]
+            if value is None:
+                raise validator.error(
+                    path,
+                    f"environment variable {name} is not set (write ${{{name}:-default}} "
+                    "to give a default)",
+                )
+            return value
+
+        return _REFERENCE.sub(replace, text)
+
+    return walk(raw, ())
