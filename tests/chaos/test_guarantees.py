@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import trio
 
 from router import (
     ChatRequest,
-    LLMError,
     Message,
     ProviderConfig,
     RateLimited,
@@ -27,26 +27,37 @@ def _ask(model: str) -> ChatRequest:
     return ChatRequest(model=model, messages=[Message.user("hi")])
 
 
-async def test_a_huge_retry_after_pauses_a_provider_at_most_max_retry_after(
+async def test_a_huge_retry_after_takes_a_provider_out_of_routing_visibly(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """retry-after: 86400 does not take a provider out for a day: after max_retry_after it serves."""
+    """retry-after: 86400 (over max_retry_after) is no silent day-long wait: the provider
+    is out of routing, health() says why and until when, a route fails over at once, a
+    direct call is refused at once with RateLimited saying when, and nothing is sent."""
     mock = MockProvider(
         name="p", responses=[RateLimited("slow down", retry_after=86400.0)], default="fine"
     )
-    config = RouterConfig(providers={"p": ProviderConfig(kind="mock")})
-    async with open_router(config, providers={"p": mock}) as router:
-        start = trio.current_time()
-        try:
-            with trio.move_on_after(5.0):
-                await router.complete(_ask("p:mock-model"))
-        except LLMError:
-            pass
-        max_retry_after = config.providers["p"].retry.max_retry_after
-        await trio.sleep_until(start + max_retry_after + 1.0)
+    other = MockProvider(name="q", default="from q")
+    config = RouterConfig(
+        providers={"p": ProviderConfig(kind="mock"), "q": ProviderConfig(kind="mock")},
+        routes={"r": RouteConfig(targets=["p:mock-model", "q:mock-model"])},
+    )
+    async with open_router(config, providers={"p": mock, "q": other}) as router:
         with trio.fail_after(5.0):
-            reply = await router.complete(_ask("p:mock-model"))
-        assert reply.text == "fine"
+            first = await router.complete(_ask("r"))
+        assert first.text == "from q"  # p answered 429, the route failed over
+        health = router.health()["p"]
+        assert health.status == "unhealthy"
+        assert "86400" in (health.reason or "")
+        start = trio.current_time()
+        with trio.fail_after(5.0):
+            again = await router.complete(_ask("r"))
+        assert again.text == "from q"
+        with pytest.raises(RateLimited) as refused:
+            await router.complete(_ask("p:mock-model"))
+        assert trio.current_time() == start  # refused at once: no wait, no call
+        assert refused.value.retry_after is not None
+        assert refused.value.retry_after > 80000
+        assert len(mock.calls) == 1
 
 
 async def test_a_silent_first_attempt_fails_over_within_the_first_token_limit(
