@@ -248,6 +248,7 @@ Strategy: TypeAlias = Literal["fallback", "weighted", "least-latency", "least-co
 #: those specific to one target, which another target may well not have.
 DEFAULT_FAIL_OVER: tuple[str, ...] = (
     "retryable",
+    "RateLimited",
     "Overloaded",
     "BudgetExceeded",
     "AuthenticationError",

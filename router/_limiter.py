@@ -464,6 +464,10 @@ class Mailbox:
             f"{self._suspension}: refused until t={until:.3f} ({until - now:.3g}s left)",
             provider=self.name,
             retry_after=until - now,
+            # The router's own refusal, certain until then: waiting within a deadline
+            # does not change it, so not retryable (no tight retry loop); routes fail
+            # over on it (RateLimited is in the default fail_over_on).
+            retryable=False,
         )
 
     # -- what providers tell us ------------------------------------------------------

@@ -1,0 +1,90 @@
+"""Hostile review of issue 12: defects found through the public API, each pinned here.
+
+Everything runs on virtual time (``autojump_clock``) with exact assertions.
+"""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from router import (
+    ChatRequest,
+    LLMError,
+    Message,
+    ProviderConfig,
+    RateLimited,
+    RetryConfig,
+    RouteConfig,
+    RouterConfig,
+    open_router,
+)
+from router.testing import MockProvider, MockResponse
+
+NO_RETRY = RetryConfig(max_attempts=1)
+
+
+def chat(model: str) -> ChatRequest:
+    """A one-message request for ``model``."""
+    return ChatRequest(model=model, messages=[Message.user("hi")])
+
+
+async def test_a_suspended_provider_does_not_spin_a_retry_until_deadline_loop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A provider out of routing (retry-after 3600 s > max_retry_after) is refused at
+    once, not retryable: a loop retrying retryable errors until its deadline stops after
+    the refusal instead of spinning without time passing (autojump could never end it)."""
+    a = MockProvider(name="a", responses=[RateLimited("slow down", retry_after=3600.0)])
+    config = RouterConfig(providers={"a": ProviderConfig(kind="mock", retry=NO_RETRY)})
+    async with open_router(config, providers={"a": a}) as router:
+        tries = 0
+        last: LLMError | None = None
+        with trio.move_on_after(10.0):
+            while tries < 100:
+                tries += 1
+                try:
+                    await router.complete(chat("a:m"))
+                    break
+                except LLMError as exc:
+                    last = exc
+                    if not exc.retryable:
+                        break
+        assert tries == 2
+        assert trio.current_time() == 0.0
+        assert isinstance(last, RateLimited)
+        assert not last.retryable
+        assert "refused until t=3600.000" in str(last)
+        assert last.retry_after == 3600.0
+        assert len(a.calls) == 1  # the refusal sent nothing
+
+
+async def test_a_request_queued_when_its_target_is_suspended_fails_over(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A request waiting in a's mailbox when a retry-after of 3600 s suspends a is failed
+    at once by the suspension (not retryable) and still fails over to the route's next
+    target."""
+    a = MockProvider(
+        name="a", responses=[MockResponse(error=RateLimited("x", retry_after=3600.0), latency=1.0)]
+    )
+    b = MockProvider(name="b")
+    providers = {
+        "a": ProviderConfig(kind="mock", retry=NO_RETRY, max_concurrency=1),
+        "b": ProviderConfig(kind="mock", retry=NO_RETRY),
+    }
+    config = RouterConfig(providers=providers, routes={"r": RouteConfig(targets=["a:m", "b:m"])})
+    async with open_router(config, providers={"a": a, "b": b}) as router:
+        answers: list[str] = []
+
+        async def routed() -> None:
+            answers.append((await router.complete(chat("r"))).text)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(routed)  # takes a's only slot, gets the 3600 s retry-after
+            await trio.sleep(0.5)
+            nursery.start_soon(routed)  # planned [a, b], queued behind the first in a
+        assert trio.current_time() == 1.0
+        assert len(a.calls) == 1
+        assert len(b.calls) == 2
+        assert answers == ["echo: hi", "echo: hi"]
