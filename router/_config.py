@@ -215,6 +215,13 @@ class ProviderConfig(_Config, frozen=True):
                 yield (field,), f"must be a positive int (or unset: no limit), got {value}"
         if self.max_queue < 0:
             yield ("max_queue",), f"must be >= 0, got {self.max_queue}"
+        if self.base_url is not None and not self.base_url.strip():
+            # Never read as unset: that would send the key to the vendor's own endpoint.
+            yield (
+                ("base_url",),
+                f"must be the server's URL (e.g. 'http://127.0.0.1:8000/v1'), got "
+                f"{self.base_url!r}; leave it unset for the vendor's own endpoint",
+            )
         if self.degraded_latency is not None and not _finite(self.degraded_latency, strict=True):
             yield ("degraded_latency",), f"must be positive seconds, got {self.degraded_latency}"
         if self.mock is not None and self.kind != "mock":

@@ -5,11 +5,13 @@ Everything runs on virtual time (``autojump_clock``) with exact assertions.
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
 from router import (
     ChatRequest,
+    ConfigError,
     LLMError,
     Message,
     ProviderConfig,
@@ -17,6 +19,7 @@ from router import (
     RetryConfig,
     RouteConfig,
     RouterConfig,
+    decode_config,
     open_router,
 )
 from router.testing import MockProvider, MockResponse
@@ -88,3 +91,21 @@ async def test_a_request_queued_when_its_target_is_suspended_fails_over(
         assert len(a.calls) == 1
         assert len(b.calls) == 2
         assert answers == ["echo: hi", "echo: hi"]
+
+
+async def test_an_empty_base_url_is_a_config_error_not_the_vendors_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """base_url "" (e.g. ``${PROXY_URL}`` set to nothing) is a ConfigError at its path,
+    in code and in TOML alike: it never silently means the vendor's own endpoint (where
+    the key would be sent instead of to the proxy meant)."""
+    config = RouterConfig(providers={"a": ProviderConfig(kind="openai", base_url=" ")})
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with pytest.raises(ConfigError, match="server's URL") as built:
+        async with open_router(config):
+            pass
+    assert built.value.path == "$.providers.a.base_url"
+    toml = "[providers.a]\nkind = 'openai'\nbase_url = '${PROXY_URL}'\n"
+    with pytest.raises(ConfigError, match="server's URL") as decoded:
+        decode_config(toml, environ={"PROXY_URL": ""})
+    assert decoded.value.path == "$.providers.a.base_url"
