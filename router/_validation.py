@@ -344,8 +344,14 @@ def expand_env(
             if reason is not None:
                 raise validator.error(path, f"cannot reference ${{{name}}}: {reason}")
             value = environ.get(name)
-            if match["default"] is not None and not value:
-                return match["default"]
+            default = match["default"]
+            if default is not None and "${" in default.replace("$$", ""):
+                # ${A:-${B}} would give a literal "${B}" (and a stray "}"): say so.
+                raise validator.error(
+                    path, f"a default cannot reference a variable (${{{name}:-{default}...)"
+                )
+            if default is not None and not value:
+                return default.replace("$$", "$")
             if value is None:
                 raise validator.error(
                     path,

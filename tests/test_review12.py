@@ -109,3 +109,15 @@ async def test_an_empty_base_url_is_a_config_error_not_the_vendors_endpoint(
     with pytest.raises(ConfigError, match="server's URL") as decoded:
         decode_config(toml, environ={"PROXY_URL": ""})
     assert decoded.value.path == "$.providers.a.base_url"
+
+
+def test_a_nested_reference_in_a_default_is_an_error_and_dollars_in_it_are_literal() -> None:
+    """``${A:-${B}}`` is a ConfigError at the value's path (it used to become the literal
+    text ``${B}``), and ``$$`` in a default is a ``$`` as everywhere else."""
+    toml = "[providers.a]\nkind = 'mock'\nbase_url = '%s'\n"
+    for text in ("${A:-${B}}", "http://h:${A:-${B:-80}}/v1"):
+        with pytest.raises(ConfigError, match="cannot reference a variable") as info:
+            decode_config(toml % text, environ={"B": "http://b"})
+        assert info.value.path == "$.providers.a.base_url"
+    config = decode_config(toml % "http://h/${A:-a$$b}", environ={})
+    assert config.providers["a"].base_url == "http://h/a$b"
