@@ -228,7 +228,10 @@ def _compile_type(target: Any) -> OutputSchema[Any]:
 
 
 def _compile_dict(target: Mapping[str, Any]) -> OutputSchema[Any]:
-    raw = dict(target)
+    try:  # JSON in, JSON out: a copy of what will be sent, refused here if it cannot be
+        raw = msgspec.json.decode(msgspec.json.encode(target))
+    except (TypeError, ValueError) as exc:  # msgspec.EncodeError is a ValueError
+        raise InvalidRequest(f"the JSON Schema dict cannot be encoded as JSON: {exc}") from None
     name = _name(raw.get("title") if isinstance(raw.get("title"), str) else None)
     root, wrapped = _object_root(raw)
     strict_schema, strict = strict_form(root)

@@ -12,6 +12,7 @@ import trio.testing
 from router import (
     ChatRequest,
     ConfigError,
+    InvalidRequest,
     LLMError,
     Message,
     ProviderConfig,
@@ -121,3 +122,18 @@ def test_a_nested_reference_in_a_default_is_an_error_and_dollars_in_it_are_liter
         assert info.value.path == "$.providers.a.base_url"
     config = decode_config(toml % "http://h/${A:-a$$b}", environ={})
     assert config.providers["a"].base_url == "http://h/a$b"
+
+
+async def test_a_schema_dict_that_is_not_json_is_an_invalid_request(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A JSON Schema dict holding something JSON cannot encode is refused before sending
+    with InvalidRequest saying so, not msgspec's bare TypeError from deep inside."""
+    config = RouterConfig(providers={"a": ProviderConfig(kind="mock")})
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "x": object()}
+    async with open_router(config) as router:
+        with pytest.raises(InvalidRequest, match="cannot be encoded as JSON"):
+            await router.structured(chat("a:m"), schema)
+        nan = {"type": "object", "properties": {"a": {"type": "number", "maximum": [1j]}}}
+        with pytest.raises(InvalidRequest, match="cannot be encoded as JSON"):
+            await router.structured(chat("a:m"), nan)
