@@ -278,6 +278,27 @@ class RouterStatistics(msgspec.Struct, frozen=True, kw_only=True):
     hedging: dict[str, HedgeStatistics] = msgspec.field(default_factory=dict)
 
 
+def _embedding_inputs(inputs: Sequence[str], dimensions: int | None) -> list[str]:
+    """``inputs`` as a list, once (a generator serves every attempt), or InvalidRequest:
+    the caller's mistake, refused before any attempt, never a provider's failure."""
+    if isinstance(inputs, (str, bytes)):
+        raise InvalidRequest("inputs is a list of texts to embed, not one text: pass [text]")
+    try:
+        texts = list(inputs)
+    except TypeError:
+        raise InvalidRequest(f"inputs must be a list of str, got {type(inputs).__name__}") from None
+    if not texts:
+        raise InvalidRequest("an embedding request needs at least one input")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidRequest(f"inputs[{i}] must be a str, got {type(text).__name__}")
+    if dimensions is not None and (
+        isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions <= 0
+    ):
+        raise InvalidRequest(f"dimensions must be a positive int, got {dimensions!r}")
+    return texts
+
+
 @asynccontextmanager
 async def open_router(
     config: RouterConfig | None = None,
@@ -1187,18 +1208,24 @@ class Router:
         Example::
 
             vectors = (await router.embed("openai:text-embedding-3-small", ["a", "b"])).vectors
+
+        ``inputs`` is read once (any iterable of ``str``; every attempt gets the same).
+
+        Raises:
+            InvalidRequest: before any attempt, when ``inputs`` is one ``str`` (not a
+                list of them), empty or holds a non-``str``, or ``dimensions`` is not a
+                positive int: the caller's mistake, never counted against a provider.
         """
+        texts = _embedding_inputs(inputs, dimensions)
         needs = Needs(embeddings=True)
 
         def call(
             actor: ProviderActor, candidate: Candidate, record: AttemptRecord
         ) -> Coroutine[Any, Any, EmbeddingResponse]:
-            req = EmbeddingRequest(
-                model=candidate.model, inputs=list(inputs), dimensions=dimensions
-            )
+            req = EmbeddingRequest(model=candidate.model, inputs=texts, dimensions=dimensions)
             return actor.embed(req, trace=record, nowait=nowait)
 
-        response, winner, race, t0, events = await self._run(model, needs, call, inputs=inputs)
+        response, winner, race, t0, events = await self._run(model, needs, call, inputs=texts)
         cost = response.cost if response.cost is not None else winner.cost
         attempts = race.trace(t0)
         response = msgspec.structs.replace(response, attempts=attempts, cost=cost)

@@ -5,6 +5,8 @@ Everything runs on virtual time (``autojump_clock``) with exact assertions.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
@@ -137,3 +139,46 @@ async def test_a_schema_dict_that_is_not_json_is_an_invalid_request(
         nan = {"type": "object", "properties": {"a": {"type": "number", "maximum": [1j]}}}
         with pytest.raises(InvalidRequest, match="cannot be encoded as JSON"):
             await router.structured(chat("a:m"), nan)
+
+
+async def test_bad_embedding_inputs_are_the_callers_error_not_a_provider_failure(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A str (which embedded each character), an empty list, a non-str item, None or a
+    bad ``dimensions`` is an InvalidRequest before any attempt: never a retryable
+    ServerError counted against the provider's health."""
+    config = RouterConfig(providers={"a": ProviderConfig(kind="mock")})
+    async with open_router(config) as router:
+        bad: list[tuple[Any, dict[str, Any]]] = [
+            ("hello", {}),
+            ([], {}),
+            (["ok", 1], {}),
+            (None, {}),
+            (["ok"], {"dimensions": 0}),
+            (["ok"], {"dimensions": True}),
+        ]
+        for inputs, kw in bad:
+            with pytest.raises(InvalidRequest):
+                await router.embed("a:m", inputs, **kw)
+        stats = router.statistics().providers["a"]
+        assert (stats.admitted, stats.failed) == (0, 0)
+        assert router.health()["a"].breaker.calls == 0
+
+
+async def test_generator_inputs_reach_every_attempt_of_a_route(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """inputs given as a generator are read once: the fallback after a failed first
+    target embeds the same texts (it used to get an exhausted, empty list)."""
+    a = MockProvider(name="a")
+    await a.aclose()  # its embed now fails with ConnectionFailed
+    b = MockProvider(name="b")
+    providers = {
+        "a": ProviderConfig(kind="mock", retry=NO_RETRY),
+        "b": ProviderConfig(kind="mock", retry=NO_RETRY),
+    }
+    config = RouterConfig(providers=providers, routes={"r": RouteConfig(targets=["a:m", "b:m"])})
+    async with open_router(config, providers={"a": a, "b": b}) as router:
+        response = await router.embed("r", (t for t in ["x", "y"]))
+        assert response.provider == "b"
+        assert len(response.vectors) == 2
