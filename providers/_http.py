@@ -37,6 +37,7 @@ from __future__ import annotations
 import email.utils
 import importlib.util
 import logging
+import ssl
 import weakref
 import zlib
 from collections import deque
@@ -109,10 +110,30 @@ _INFLATE_STEP = 64 * 1024
 _ACCEPT_ENCODING = "gzip, deflate"
 
 
+_TLS_CONTEXTS: dict[bool, ssl.SSLContext] = {}
+
+
+def shared_tls_context(*, http2: bool) -> ssl.SSLContext:
+    """The one verified TLS context every :func:`default_client` of this ``http2`` shares.
+
+    Made once, on first use, as httpx makes its own (``httpx.create_ssl_context()``:
+    certifi's CA bundle, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``; ``CERT_REQUIRED`` and
+    ``check_hostname``).  Each context loads the whole CA bundle (~0.9 MiB of RSS), so a
+    context per client made 30 providers cost ~27 MiB.  One per ``http2`` value because
+    httpcore sets the context's ALPN list (``h2`` or not) before each handshake: clients
+    that share a context then always set the same list.
+    """
+    ctx = _TLS_CONTEXTS.get(http2)
+    if ctx is None:
+        ctx = _TLS_CONTEXTS[http2] = httpx.create_ssl_context(verify=True)
+    return ctx
+
+
 def default_client(*, http2: bool | None = None) -> httpx.AsyncClient:
     """The HTTP client an adapter makes when none is injected.
 
-    Connection pooling on (20 keep-alive connections, 90 s expiry), TLS verification on,
+    Connection pooling on (20 keep-alive connections, 90 s expiry), TLS verification on
+    (one verified context shared by every default client, :func:`shared_tls_context`),
     HTTP/2 when the ``h2`` extra is installed.  Timeouts are a safety net only: deadlines
     belong to the caller's cancel scopes.
 
@@ -125,7 +146,7 @@ def default_client(*, http2: bool | None = None) -> httpx.AsyncClient:
         http2 = importlib.util.find_spec("h2") is not None
     return httpx.AsyncClient(
         http2=http2,
-        verify=True,
+        verify=shared_tls_context(http2=http2),
         limits=httpx.Limits(
             max_connections=None, max_keepalive_connections=20, keepalive_expiry=90.0
         ),
