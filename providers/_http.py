@@ -129,6 +129,36 @@ def shared_tls_context(*, http2: bool) -> ssl.SSLContext:
     return ctx
 
 
+class _RequestBody(httpx.ByteStream):
+    """A request body that httpcore may abandon half-sent without leaving garbage behind.
+
+    httpx's own :class:`httpx.ByteStream` yields the body from an async generator, and
+    httpcore iterates it with a bare ``async for``: when the body's write fails (the
+    server reset the connection: httpcore swallows the ``WriteError`` and goes on to read
+    the answer) or is cancelled (a hedge's loser, a deadline), the generator is left
+    suspended, and trio reports it at garbage collection as a ``ResourceWarning`` ("Async
+    generator ... was garbage collected before it had been exhausted").  This iterator
+    is a plain object: nothing to finalize.  ``__aiter__`` rewinds it, so httpcore may
+    send it again on a fresh connection.
+    """
+
+    __slots__ = ("_sent",)
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__(body)
+        self._sent = False
+
+    def __aiter__(self) -> _RequestBody:
+        self._sent = False
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._sent:
+            raise StopAsyncIteration
+        self._sent = True
+        return self._stream
+
+
 def default_client(*, http2: bool | None = None) -> httpx.AsyncClient:
     """The HTTP client an adapter makes when none is injected.
 
@@ -814,9 +844,12 @@ class HTTPProvider:
             if len(self._urls) >= _MAX_URLS:  # per-model endpoints (Gemini): stay bounded
                 self._urls.clear()
             parsed = self._urls[url] = httpx.URL(url)
-        return self._client.build_request(
+        request = self._client.build_request(
             method, parsed, content=content, headers=headers, params=params
         )
+        if content is not None:
+            request.stream = _RequestBody(content)
+        return request
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         """Send ``request``, streaming; only the headers have been read when it returns."""
