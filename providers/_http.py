@@ -37,6 +37,7 @@ from __future__ import annotations
 import email.utils
 import importlib.util
 import logging
+import ssl
 import weakref
 import zlib
 from collections import deque
@@ -109,10 +110,60 @@ _INFLATE_STEP = 64 * 1024
 _ACCEPT_ENCODING = "gzip, deflate"
 
 
+_TLS_CONTEXTS: dict[bool, ssl.SSLContext] = {}
+
+
+def shared_tls_context(*, http2: bool) -> ssl.SSLContext:
+    """The one verified TLS context every :func:`default_client` of this ``http2`` shares.
+
+    Made once, on first use, as httpx makes its own (``httpx.create_ssl_context()``:
+    certifi's CA bundle, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``; ``CERT_REQUIRED`` and
+    ``check_hostname``).  Each context loads the whole CA bundle (~0.9 MiB of RSS), so a
+    context per client made 30 providers cost ~27 MiB.  One per ``http2`` value because
+    httpcore sets the context's ALPN list (``h2`` or not) before each handshake: clients
+    that share a context then always set the same list.
+    """
+    ctx = _TLS_CONTEXTS.get(http2)
+    if ctx is None:
+        ctx = _TLS_CONTEXTS[http2] = httpx.create_ssl_context(verify=True)
+    return ctx
+
+
+class _RequestBody(httpx.ByteStream):
+    """A request body that httpcore may abandon half-sent without leaving garbage behind.
+
+    httpx's own :class:`httpx.ByteStream` yields the body from an async generator, and
+    httpcore iterates it with a bare ``async for``: when the body's write fails (the
+    server reset the connection: httpcore swallows the ``WriteError`` and goes on to read
+    the answer) or is cancelled (a hedge's loser, a deadline), the generator is left
+    suspended, and trio reports it at garbage collection as a ``ResourceWarning`` ("Async
+    generator ... was garbage collected before it had been exhausted").  This iterator
+    is a plain object: nothing to finalize.  ``__aiter__`` rewinds it, so httpcore may
+    send it again on a fresh connection.
+    """
+
+    __slots__ = ("_sent",)
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__(body)
+        self._sent = False
+
+    def __aiter__(self) -> _RequestBody:
+        self._sent = False
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._sent:
+            raise StopAsyncIteration
+        self._sent = True
+        return self._stream
+
+
 def default_client(*, http2: bool | None = None) -> httpx.AsyncClient:
     """The HTTP client an adapter makes when none is injected.
 
-    Connection pooling on (20 keep-alive connections, 90 s expiry), TLS verification on,
+    Connection pooling on (20 keep-alive connections, 90 s expiry), TLS verification on
+    (one verified context shared by every default client, :func:`shared_tls_context`),
     HTTP/2 when the ``h2`` extra is installed.  Timeouts are a safety net only: deadlines
     belong to the caller's cancel scopes.
 
@@ -125,7 +176,7 @@ def default_client(*, http2: bool | None = None) -> httpx.AsyncClient:
         http2 = importlib.util.find_spec("h2") is not None
     return httpx.AsyncClient(
         http2=http2,
-        verify=True,
+        verify=shared_tls_context(http2=http2),
         limits=httpx.Limits(
             max_connections=None, max_keepalive_connections=20, keepalive_expiry=90.0
         ),
@@ -793,9 +844,12 @@ class HTTPProvider:
             if len(self._urls) >= _MAX_URLS:  # per-model endpoints (Gemini): stay bounded
                 self._urls.clear()
             parsed = self._urls[url] = httpx.URL(url)
-        return self._client.build_request(
+        request = self._client.build_request(
             method, parsed, content=content, headers=headers, params=params
         )
+        if content is not None:
+            request.stream = _RequestBody(content)
+        return request
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         """Send ``request``, streaming; only the headers have been read when it returns."""

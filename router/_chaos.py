@@ -21,8 +21,9 @@ what the router promises (docs/reliability.md):
    no log record at DEBUG (any logger), no ``str``/``repr`` of an error (causes,
    contexts and group members included) or of a result, no event, no span and no audit
    line.
-5. **Memory.**  RSS measured after a warm-up (10 % of the requests) and at the end;
-   ``llm-router chaos`` fails when it grew by more than ``max_rss_growth``.
+5. **Memory.**  RSS measured after a warm-up (10 % of the requests) and at the end,
+   each after ``gc.collect()`` and ``malloc_trim(0)``; ``llm-router chaos`` fails when it
+   grew by more than ``max_rss_growth``.
 
 Two worlds: ``"wire"`` (real loopback sockets: the fake upstream in Anthropic's format,
 the hostile server in OpenAI's, and crashing in-process adapters) and ``"mock"``
@@ -744,6 +745,7 @@ async def run_chaos_async(
                             done = len(results)
                             if done == warm_at:
                                 gc.collect()
+                                _malloc_trim()  # as at the end: compare like with like
                                 rss_warm = _rss()
                                 if trace_memory:
                                     traced_warm = tracemalloc.get_traced_memory()[0]

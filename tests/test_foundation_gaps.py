@@ -332,6 +332,31 @@ async def test_default_client_pools_keep_alive_and_uses_http2_when_h2_is_install
         assert client.follow_redirects is False
 
 
+async def test_default_clients_share_one_verified_tls_context() -> None:
+    """Every default client (and so every adapter without an injected client) uses one
+    TLS context, loaded once, with verification on: a CA bundle per client cost ~0.9 MiB
+    of RSS each (30 providers: +27 MiB)."""
+    import ssl
+
+    for http2 in (False, True):
+        async with default_client(http2=http2) as a, default_client(http2=http2) as b:
+            ctx_a = a._transport._pool._ssl_context  # type: ignore[attr-defined]
+            ctx_b = b._transport._pool._ssl_context  # type: ignore[attr-defined]
+            assert ctx_a is ctx_b
+            assert ctx_a.verify_mode == ssl.CERT_REQUIRED
+            assert ctx_a.check_hostname is True
+            assert ctx_a.cert_store_stats()["x509_ca"] > 0  # the CA bundle is loaded
+    one, two = OpenAIProvider(api_key=KEY), AnthropicProvider(api_key=KEY)
+    try:
+        assert (
+            one._client._transport._pool._ssl_context  # type: ignore[attr-defined]
+            is two._client._transport._pool._ssl_context  # type: ignore[attr-defined]
+        )
+    finally:
+        await one.aclose()
+        await two.aclose()
+
+
 async def test_adapter_closes_only_the_client_it_created() -> None:
     """Without a client an adapter pools its own and closes it; an injected one is left open."""
     own = OpenAIProvider(api_key=KEY)

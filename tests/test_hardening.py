@@ -578,3 +578,52 @@ def test_docs_examples_selected_in_part_leave_no_unclosed_pipe() -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "ResourceWarning" not in output, output[-3000:]
+
+
+# --------------------------------------------------------------------------- abandoned request bodies
+
+
+@pytest.mark.parametrize("how", ["reset", "cancelled"])
+async def test_a_request_body_abandoned_half_sent_leaves_no_unfinished_generator(how: str) -> None:
+    """A request body httpcore stops sending (the server resets the connection mid-body,
+    or the caller is cancelled mid-body, as a hedge's loser is) leaves nothing for the
+    garbage collector to warn about: no ``ResourceWarning``, the call ends typed or
+    cancelled, and the connection is gone."""
+    import gc
+    import socket
+    import struct
+    import warnings
+
+    async def handler(stream: trio.SocketStream) -> None:
+        try:
+            if how == "reset":
+                buf = b""
+                while b"\r\n\r\n" not in buf:  # the head only, never the body
+                    buf += await stream.receive_some(65536)
+                stream.socket.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+            else:
+                await trio.sleep_forever()  # reads nothing: the client's body write blocks
+        finally:
+            await stream.aclose()
+
+    big = ChatRequest(model="m", messages=[Message.user("x" * (16 * MiB))])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            provider = OpenAIProvider(api_key=KEY, base_url=f"http://127.0.0.1:{port}")
+            try:
+                with trio.move_on_after(5 if how == "reset" else 0.2) as scope:
+                    with pytest.raises(LLMError):
+                        await provider.complete(big)
+                assert scope.cancelled_caught is (how == "cancelled")
+            finally:
+                await provider.aclose()
+            nursery.cancel_scope.cancel()
+        gc.collect()
+        await trio.lowlevel.checkpoint()
+    leaked = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaked == []
