@@ -23,6 +23,8 @@ from typing import IO
 import httpx
 import pytest
 
+from tests import _cli_runner
+
 DEMO_KEY = "sk-demo-not-a-real-key"
 TIMEOUT = 30.0  # generous: only a hung command gets anywhere near it
 
@@ -31,15 +33,9 @@ ENV = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,l
 
 
 def llm_router(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m router._cli ARGS`` to completion and capture its output."""
-    return subprocess.run(
-        [sys.executable, "-m", "router._cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=ENV,
-        stdin=subprocess.DEVNULL,
-    )
+    """Run ``python -m router._cli ARGS`` to completion and capture its output (forked
+    from a warm interpreter: a process of its own, without the imports' cost)."""
+    return _cli_runner.run(list(args), env=ENV, timeout=timeout)
 
 
 def read_line(stream: IO[bytes] | None, deadline: float) -> str:

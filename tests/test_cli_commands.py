@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from router._providers import AZURE_ENDPOINT_ENV, KEY_ENV
+from tests import _cli_runner
 from tests.test_cli import listening_url
 
 TIMEOUT = 30.0  # only a hung command gets near it
@@ -53,15 +54,10 @@ chunk_interval = 30.0
 def llm_router(
     *args: str, stdin: str | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m router._cli ARGS`` to completion; the fake key must not show."""
-    result = subprocess.run(
-        [sys.executable, "-m", "router._cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env=ENV if env is None else env,
-        input=stdin,
-        stdin=subprocess.DEVNULL if stdin is None else None,
+    """Run ``python -m router._cli ARGS`` to completion (forked from a warm interpreter);
+    the fake key must not show."""
+    result = _cli_runner.run(
+        list(args), env=ENV if env is None else env, stdin=stdin, timeout=TIMEOUT
     )
     assert FAKE_KEY not in result.stdout
     assert FAKE_KEY not in result.stderr

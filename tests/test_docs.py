@@ -1,7 +1,8 @@
 """The documentation works: every Python example runs, every relative link resolves.
 
-Each ```python block of README.md and docs/*.md runs as a script in its own interpreter
-(``-W error``, in a scratch directory, with a timeout), with an audit hook that refuses
+Each ```python block of README.md and docs/*.md runs as ``__main__`` in a process of its
+own (forked from one ``-W error`` interpreter that imported the shared modules once), in
+a scratch directory, with a timeout, with an audit hook that refuses
 any connection or name lookup that is not loopback: examples talk to the fake upstream,
 never to the network.  A block that cannot run on its own says so on the line just
 above its fence::
@@ -15,8 +16,10 @@ all at once on first use, so the file takes about as long as the slowest example
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -35,9 +38,14 @@ TIMEOUT = 60.0  # per block: only a hung example gets near it
 MARKER = re.compile(r"^\s*<!--\s*not-runnable:(?P<reason>.*?)-->\s*$")
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\s]*)")
 
-# Runs a block as __main__ after installing a hook that refuses non-loopback sockets.
+# One interpreter imports what the examples share, installs a hook that refuses
+# non-loopback sockets, then forks a child per block: each child is a process of its
+# own (its own ``__main__``, working directory, output files and exit status) that runs
+# its block as ``__main__``, exactly as ``python -W error script.py`` would, but without
+# paying the imports again.  An exception ends the child through the interpreter's own
+# exit path (traceback on stderr, status 1, atexit handlers and threads joined).
 RUNNER = """
-import ipaddress, runpy, socket, sys
+import ipaddress, os, runpy, socket, sys, time
 
 def _loopback(host):
     if host is None:
@@ -60,9 +68,35 @@ def _no_network(event, args):
         if isinstance(address, tuple) and not _loopback(address[0]):
             raise ConnectionRefusedError(f"documentation examples must not use the network: {address!r}")
 
+import httpx, msgspec, trio, trio.testing  # noqa: E401  what the examples share
+import providers, router, router.testing  # noqa: E401
+
 sys.addaudithook(_no_network)
-sys.argv = [sys.argv[1]]
-runpy.run_path(sys.argv[0], run_name="__main__")
+children = {}
+for script in sys.argv[1:]:
+    scratch = os.path.dirname(script)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.chdir(scratch)
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            out = os.open(os.path.join(scratch, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(out, fd)
+            os.close(out)
+        sys.argv = [script]
+        runpy.run_path(script, run_name="__main__")
+        sys.exit(0)
+    children[pid] = scratch
+    with open(os.path.join(scratch, "pid.tmp"), "w") as f:
+        f.write(str(pid))
+    os.rename(os.path.join(scratch, "pid.tmp"), os.path.join(scratch, "pid"))
+while children:
+    pid, status = os.wait()
+    scratch = children.pop(pid)
+    with open(os.path.join(scratch, "rc.tmp"), "w") as f:
+        f.write(str(os.waitstatus_to_exitcode(status)))
+    os.rename(os.path.join(scratch, "rc.tmp"), os.path.join(scratch, "rc"))
 """
 
 
@@ -152,55 +186,70 @@ def child_env() -> dict[str, str]:
 def run_block(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Block], Outcome]]:
     """Run every runnable block at once (on first use) and hand out their outcomes."""
     outcomes: dict[str, Outcome] = {}
-    started: dict[str, tuple[subprocess.Popen[str], float]] = {}
+    scratches: dict[str, Path] = {}
+    server: list[subprocess.Popen[bytes]] = []
+    began = [0.0]
 
     def start_all() -> None:
         workdir = tmp_path_factory.mktemp("doc-examples")
         runner = workdir / "run_example.py"
         runner.write_text(RUNNER, encoding="utf-8")
-        env = child_env()
+        scripts = []
         for n, block in enumerate(RUNNABLE):
             scratch = workdir / f"block{n}"
             scratch.mkdir()
             script = scratch / f"{block.path.stem}_line{block.line}.py"
             script.write_text(block.code, encoding="utf-8")
-            proc = subprocess.Popen(
-                [sys.executable, "-W", "error", str(runner), str(script)],
-                cwd=scratch,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
+            scratches[block.id] = scratch
+            scripts.append(str(script))
+        with open(workdir / "runner.log", "wb") as log:
+            server.append(
+                subprocess.Popen(
+                    [sys.executable, "-W", "error", str(runner), *scripts],
+                    cwd=workdir,
+                    env=child_env(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
             )
-            started[block.id] = (proc, time.monotonic())
+        began[0] = time.monotonic()
+
+    def read(path: Path) -> str:
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
 
     def run(block: Block) -> Outcome:
-        if not started:
+        if not server:
             start_all()
         if block.id not in outcomes:
-            proc, began = started[block.id]
-            try:
-                out, err = proc.communicate(timeout=max(0.0, began + TIMEOUT - time.monotonic()))
-                code: int | None = proc.returncode
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, err = proc.communicate()
-                code = None
-            outcomes[block.id] = Outcome(code, out, err, time.monotonic() - began)
+            scratch = scratches[block.id]
+            code: int | None = None
+            while not (scratch / "rc").exists():
+                if server[0].poll() is not None and not (scratch / "rc").exists():
+                    log = read(scratch.parent / "runner.log")
+                    pytest.fail(f"{block.id}: the example runner died:\n{log}")
+                if time.monotonic() > began[0] + TIMEOUT:
+                    os.kill(int(read(scratch / "pid")), signal.SIGKILL)  # the runner reaps it
+                    break
+                time.sleep(0.01)
+            else:
+                code = int(read(scratch / "rc"))
+            seconds = time.monotonic() - began[0]
+            out, err = read(scratch / "stdout"), read(scratch / "stderr")
+            outcomes[block.id] = Outcome(code, out, err, seconds)
         return outcomes[block.id]
 
     yield run
-    # Every process must be reaped here, not only those still running: one that finished
-    # but was never asked for (a ``-k`` that selects some examples only) still holds its
-    # stdout and stderr pipes, and the garbage collector would close them with a
-    # ResourceWarning at some later test's teardown.  ``communicate`` closes them.
-    for block_id, (proc, _) in started.items():
-        if block_id in outcomes:
-            continue  # communicated already: its pipes are closed
+    # The runner (and through it every example) ends here, whether or not each example
+    # was asked for: a ``-k`` that selects some examples only must leave no process behind.
+    if server:
+        proc = server[0]
         if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+            for scratch in scratches.values():
+                if (scratch / "pid").exists() and not (scratch / "rc").exists():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(read(scratch / "pid")), signal.SIGKILL)
+        proc.wait(timeout=TIMEOUT)
 
 
 def test_the_docs_have_python_examples() -> None:

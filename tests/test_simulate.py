@@ -7,8 +7,7 @@ are small (a few hundred to 2,000) so the whole file runs in a few seconds.
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
+import os
 from pathlib import Path
 
 import msgspec
@@ -27,6 +26,7 @@ from router._simulate import (
     load_scenario,
     simulate,
 )
+from tests import _cli_runner
 
 SHIPPED_POLICIES = ["fallback", "hedged-p95", "hedged-p97", "parallel"]
 
@@ -303,12 +303,8 @@ def test_cli_simulate_prints_the_table_and_writes_json(tmp_path: Path) -> None:
     """``llm-router simulate --requests 200 --json FILE`` exits 0, prints one row per
     policy, and writes JSON that decodes to one PolicyResult per policy."""
     out = tmp_path / "results.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "router._cli", "simulate", "--requests", "200", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    proc = _cli_runner.run(
+        ["simulate", "--requests", "200", "--json", str(out)], env=dict(os.environ), timeout=120
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -327,13 +323,7 @@ def test_cli_simulate_reports_a_bad_scenario_in_one_line(tmp_path: Path) -> None
     """A bad scenario file: exit status 1 and one error line naming the file and field."""
     bad = tmp_path / "bad.toml"
     bad.write_text('requests = "many"\n[providers.x]\n[policies.p]\ntargets = ["x:m"]\n')
-    proc = subprocess.run(
-        [sys.executable, "-m", "router._cli", "simulate", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = _cli_runner.run(["simulate", str(bad)], env=dict(os.environ), timeout=60)
     assert proc.returncode == 1
     assert proc.stderr.startswith("llm-router: error: $.requests:")
     assert str(bad) in proc.stderr
