@@ -519,6 +519,8 @@ class ProviderActor:
             limit_requests=info.limit_requests,
             limit_tokens=info.limit_tokens,
         )
+        if self.mailbox.suspended_until is not None:
+            self._breaker_changed.set()  # the watcher republishes when it ends
 
     # -- calls -----------------------------------------------------------------------
 

@@ -507,9 +507,10 @@ class Mailbox:
         """Lower the buckets to what the provider says remains (shared keys, other clients).
 
         A provider limit below ours shrinks the bucket; ``remaining`` clamps the tokens
-        held; nothing left with a known reset pauses admission until that reset (however
-        far: a rate-limit window's reset is when the provider takes requests again, and
-        callers with a deadline are refused at once when it is too far).
+        held; nothing left with a known reset pauses admission until that reset, as a
+        ``retry-after`` would (:meth:`pause_until`): a reset further than ``max_pause``
+        suspends the mailbox, so a window that resets in a day puts the provider out of
+        routing, loudly, instead of queueing a caller without a deadline for a day.
         """
         now = trio.current_time()
         if self._rpm is not None:
@@ -517,19 +518,19 @@ class Mailbox:
                 self._rpm.resize(limit_requests / 60.0, limit_requests, now)
             if remaining_requests is not None:
                 self._rpm.clamp(remaining_requests, now)
-                if remaining_requests < 1 and reset_requests:
-                    self._pause(now + reset_requests)
-        elif remaining_requests is not None and remaining_requests < 1 and reset_requests:
-            self._pause(now + reset_requests)
+        if remaining_requests is not None and remaining_requests < 1 and reset_requests:
+            self.pause_until(
+                now + reset_requests, why=f"no requests left, the limit resets in {reset_requests:g}s"
+            )
         if self._tpm is not None:
             if limit_tokens and limit_tokens < self._tpm.capacity:
                 self._tpm.resize(limit_tokens / 60.0, limit_tokens, now)
             if remaining_tokens is not None:
                 self._tpm.clamp(remaining_tokens, now)
-                if remaining_tokens < 1 and reset_tokens:
-                    self._pause(now + reset_tokens)
-        elif remaining_tokens is not None and remaining_tokens < 1 and reset_tokens:
-            self._pause(now + reset_tokens)
+        if remaining_tokens is not None and remaining_tokens < 1 and reset_tokens:
+            self.pause_until(
+                now + reset_tokens, why=f"no tokens left, the limit resets in {reset_tokens:g}s"
+            )
         self._changed.set()
 
     # -- the loop --------------------------------------------------------------------
