@@ -17,10 +17,9 @@ from providers import (
     ChatResponse,
     EmbeddingRequest,
     EmbeddingResponse,
-    LLMError,
-    RateLimited,
     Message,
     ModelInfo,
+    RateLimited,
 )
 from router import ProviderConfig, RouteConfig, RouterConfig, open_router
 
