@@ -519,7 +519,7 @@ class Mailbox:
             if remaining_requests is not None:
                 self._rpm.clamp(remaining_requests, now)
         if remaining_requests is not None and remaining_requests < 1 and reset_requests:
-            why = f"no requests left, the limit resets in {reset_requests:g}s"
+            why = "no requests left until the rate-limit window resets"
             self.pause_until(now + reset_requests, why=why)
         if self._tpm is not None:
             if limit_tokens and limit_tokens < self._tpm.capacity:
@@ -527,7 +527,7 @@ class Mailbox:
             if remaining_tokens is not None:
                 self._tpm.clamp(remaining_tokens, now)
         if remaining_tokens is not None and remaining_tokens < 1 and reset_tokens:
-            why = f"no tokens left, the limit resets in {reset_tokens:g}s"
+            why = "no tokens left until the rate-limit window resets"
             self.pause_until(now + reset_tokens, why=why)
         self._changed.set()
 

@@ -78,7 +78,7 @@ async def test_an_exhausted_window_resetting_in_a_day_is_a_visible_suspension(
         await router.complete(chat("a:m"))
         health = router.health()["a"]
         assert health.status != "healthy"
-        assert "resets in 86400s" in (health.reason or "")
+        assert "window resets: 86400s, longer than max_retry_after" in (health.reason or "")
         start = trio.current_time()
         with pytest.raises(RateLimited) as info:
             await router.complete(chat("a:m"))
