@@ -6,22 +6,27 @@ time) or small hostile loopback servers.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 
 from providers import (
+    AzureOpenAIProvider,
     Capabilities,
     ChatRequest,
     ChatResponse,
     EmbeddingRequest,
     EmbeddingResponse,
+    LLMError,
     Message,
     ModelInfo,
     RateLimited,
 )
-from router import ProviderConfig, RouteConfig, RouterConfig, open_router
+from router import ProviderConfig, RetryConfig, RouteConfig, RouterConfig, open_router
+from tests.test_hardening import answer, hostile, ours, texts
 
 
 class Headed:
@@ -88,3 +93,68 @@ async def test_an_exhausted_window_resetting_in_a_day_is_a_visible_suspension(
         answer = await router.complete(chat("r"))
         assert answer.provider == "b"
         assert trio.current_time() == start + 0.01
+
+
+# --------------------------------------------------------------------------- a key in headers
+
+
+HEADER_KEY = "gw-secret-4Rk8Pz1QmW7vT3yN6cJ0"
+
+
+@pytest.mark.parametrize("kind", ["openai-compatible", "ollama"])
+@pytest.mark.parametrize(
+    "header", [("authorization", f"Bearer {HEADER_KEY}"), ("x-api-key", HEADER_KEY)]
+)
+async def test_a_key_sent_in_a_configured_header_is_scrubbed_like_the_api_key(
+    kind: str, header: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gateway key given as an extra header (``headers = {authorization = "Bearer ..."}``,
+    the way a keyless kind such as Ollama reaches an authenticating proxy) and echoed by
+    the upstream in its error body and ``x-request-id`` shows in no error, event or log
+    record: the adapter scrubs it as it scrubs its API key."""
+    caplog.set_level(logging.DEBUG)
+    echo = {"x-request-id": HEADER_KEY}
+    body = msgspec.json.encode({"error": f"bad credentials {HEADER_KEY}"})
+    seen: list[Any] = []
+    async with hostile(answer(500, body, echo)) as (url, heads):
+        config = RouterConfig(
+            providers={
+                "p": ProviderConfig(
+                    kind=kind,
+                    base_url=url,
+                    headers=dict([header]),
+                    retry=RetryConfig(max_attempts=1),
+                )
+            }
+        )
+        async with open_router(config) as router:
+            router.add_listener(seen.append)
+            with pytest.raises(LLMError) as info:
+                await router.complete(chat("p:m"))
+            seen.append(info.value)
+    assert HEADER_KEY.encode() in heads[0]  # it was sent
+    everything = [text for thing in seen for text in texts(thing)] + ours(caplog)
+    leaks = [text for text in everything if HEADER_KEY[:12] in text]
+    assert not leaks, [leak[:200] for leak in leaks]
+
+
+async def test_an_azure_entra_token_echoed_in_headers_is_not_in_the_http_debug_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An Azure adapter authenticated by an Entra token alone (no API key): an upstream
+    echoing the token in ``x-request-id`` leaves it out of httpcore's DEBUG trace of the
+    response headers, as the API key is."""
+    caplog.set_level(logging.DEBUG)
+    async with hostile(answer(500, b"{}", {"x-request-id": HEADER_KEY})) as (url, _):
+        provider = AzureOpenAIProvider(
+            name="az", endpoint=url, azure_ad_token=HEADER_KEY, api_version="v1"
+        )
+        try:
+            with pytest.raises(LLMError) as info:
+                await provider.complete(chat("m"))
+        finally:
+            await provider.aclose()
+    assert info.value.request_id == "***"
+    traced = [text for text in ours(caplog) if "x-request-id" in text]
+    assert traced, "httpcore's DEBUG trace of the headers was not seen"
+    assert not [text for text in traced if HEADER_KEY[:12] in text]
