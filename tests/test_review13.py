@@ -7,8 +7,10 @@ time) or small hostile loopback servers.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 import trio
@@ -26,7 +28,7 @@ from providers import (
     RateLimited,
 )
 from router import ProviderConfig, RetryConfig, RouteConfig, RouterConfig, open_router
-from tests.test_hardening import answer, hostile, ours, texts
+from tests.test_hardening import KEY, adapter, answer, assert_no_key, hostile, ours, texts
 
 
 class Headed:
@@ -158,3 +160,43 @@ async def test_an_azure_entra_token_echoed_in_headers_is_not_in_the_http_debug_l
     traced = [text for text in ours(caplog) if "x-request-id" in text]
     assert traced, "httpcore's DEBUG trace of the headers was not seen"
     assert not [text for text in traced if HEADER_KEY[:12] in text]
+
+
+# --------------------------------------------------------------------------- embed and list_models
+
+EMBEDDINGS = {
+    "openai": {"model": KEY, "data": [{"index": 0, "embedding": [0.5]}]},
+    "openrouter": {"model": KEY, "data": [{"index": 0, "embedding": [0.5]}]},
+    "ollama": {"model": KEY, "embeddings": [[0.5]]},
+}
+MODELS = {
+    "openai": {"data": [{"id": KEY, "owned_by": KEY}]},
+    "openrouter": {"data": [{"id": KEY}]},
+    "anthropic": {"data": [{"id": KEY, "type": "model"}]},
+    "gemini": {"models": [{"name": f"models/{KEY}"}]},
+    "ollama": {"models": [{"name": KEY}]},
+}
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as c:
+        yield c
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+async def test_model_ids_and_names_echoing_the_key_are_scrubbed(
+    kind: str, client: httpx.AsyncClient
+) -> None:
+    """An upstream whose model list (ids, owners) and embedding answer (``model``) echo the
+    key: what ``list_models`` and ``embed`` return shows none of it, as a chat answer's
+    ``id`` and ``model`` do not."""
+    got: list[Any] = []
+    async with hostile(answer(200, msgspec.json.encode(MODELS[kind]))) as (url, _):
+        got.extend(await adapter(kind, url, client).list_models())
+    if kind in EMBEDDINGS:
+        async with hostile(answer(200, msgspec.json.encode(EMBEDDINGS[kind]))) as (url, _):
+            request = EmbeddingRequest(model="m", inputs=["x"])
+            got.append(await adapter(kind, url, client).embed(request))
+    assert got
+    assert_no_key(*got)
