@@ -200,3 +200,15 @@ async def test_model_ids_and_names_echoing_the_key_are_scrubbed(
             got.append(await adapter(kind, url, client).embed(request))
     assert got
     assert_no_key(*got)
+
+
+def test_a_key_in_a_configured_header_is_not_in_the_configs_repr() -> None:
+    """``repr``/``str`` of a provider's config (and of the router config holding it) hide
+    the values of secret-named headers, as the adapter does; other headers show."""
+    provider = ProviderConfig(
+        kind="openai-compatible",
+        headers={"Authorization": f"Bearer {HEADER_KEY}", "x-team": "search"},
+    )
+    for text in (repr(provider), str(RouterConfig(providers={"p": provider}))):
+        assert HEADER_KEY[:12] not in text
+        assert "'x-team': 'search'" in text
