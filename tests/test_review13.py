@@ -26,6 +26,7 @@ from providers import (
     Message,
     ModelInfo,
     RateLimited,
+    ServerError,
 )
 from router import ProviderConfig, RetryConfig, RouteConfig, RouterConfig, open_router
 from tests.test_hardening import KEY, adapter, answer, assert_no_key, hostile, ours, texts
@@ -212,3 +213,41 @@ def test_a_key_in_a_configured_header_is_not_in_the_configs_repr() -> None:
     for text in (repr(provider), str(RouterConfig(providers={"p": provider}))):
         assert HEADER_KEY[:12] not in text
         assert "'x-team': 'search'" in text
+
+
+class SyncCrash(Headed):
+    """A provider whose ``stream()`` raises at once, before handing out a context manager
+    (as one that does not stream might: ``raise NotImplementedError``)."""
+
+    def stream(self, request: ChatRequest) -> Any:
+        raise KeyError(request.model)
+
+
+async def test_a_stream_call_that_raises_before_opening_is_typed_and_returns_its_permit(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """``provider.stream(request)`` raising a foreign exception itself (not from its
+    context manager): the caller gets a typed ServerError, the call counts as a failure,
+    and its permit comes back (``in_flight`` 0, so a ``max_concurrency = 1`` provider
+    still takes the next request)."""
+    crash = SyncCrash("a", {})
+    config = RouterConfig(
+        providers={
+            "a": ProviderConfig(kind="openai", max_concurrency=1, retry=RetryConfig(max_attempts=1))
+        }
+    )
+    async with open_router(config, providers={"a": crash}) as router:
+        with trio.fail_after(60):  # a permit never returned would hold the second forever
+            await streams_twice(router)
+        stats = router.statistics().providers["a"]
+        assert (stats.in_flight, stats.queued, stats.failed, stats.cancelled) == (0, 0, 2, 0)
+        answer = await router.complete(chat("a:m"))
+        assert answer.text == "ok"
+
+
+async def streams_twice(router: Any) -> None:
+    for _ in range(2):
+        with pytest.raises(ServerError, match="KeyError"):
+            async with router.stream(chat("a:m")) as events:
+                async for _event in events:
+                    pass
