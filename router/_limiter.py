@@ -67,6 +67,10 @@ __all__ = ["Hold", "Mailbox", "MailboxStatistics", "Permit", "TokenBucket", "Wai
 _EPS = 1e-9
 
 
+#: The longest reset (seconds) read as a per-minute rate-limit window's: always a pause.
+MINUTE_WINDOW_RESET = 65.0
+
+
 class TokenBucket:
     """A continuously refilling token bucket; pure, time passed in.
 
@@ -489,6 +493,15 @@ class Mailbox:
             return
         self._pause(when)
 
+    def _window_reset(self, now: float, reset: float, what: str) -> None:
+        # A per-minute window always pauses (its reset, a timestamp rounded to the
+        # second, may read a little over 60 s); a longer one (a daily quota) is held like
+        # a retry-after: past max_pause it suspends the mailbox.
+        if reset <= MINUTE_WINDOW_RESET:
+            self._pause(now + reset)
+        else:
+            self.pause_until(now + reset, why=f"{what} until the rate-limit window resets")
+
     def _pause(self, when: float) -> None:
         if self._paused_until is None or when > self._paused_until:
             self._paused_until = when
@@ -519,16 +532,14 @@ class Mailbox:
             if remaining_requests is not None:
                 self._rpm.clamp(remaining_requests, now)
         if remaining_requests is not None and remaining_requests < 1 and reset_requests:
-            why = "no requests left until the rate-limit window resets"
-            self.pause_until(now + reset_requests, why=why)
+            self._window_reset(now, reset_requests, "no requests left")
         if self._tpm is not None:
             if limit_tokens and limit_tokens < self._tpm.capacity:
                 self._tpm.resize(limit_tokens / 60.0, limit_tokens, now)
             if remaining_tokens is not None:
                 self._tpm.clamp(remaining_tokens, now)
         if remaining_tokens is not None and remaining_tokens < 1 and reset_tokens:
-            why = "no tokens left until the rate-limit window resets"
-            self.pause_until(now + reset_tokens, why=why)
+            self._window_reset(now, reset_tokens, "no tokens left")
         self._changed.set()
 
     # -- the loop --------------------------------------------------------------------
