@@ -586,7 +586,7 @@ class AnthropicProvider(HTTPProvider):
             "GET", f"{self._base_url}/v1/models", None, _models_decoder.decode
         )
         return [
-            ModelInfo(id=m.id, provider=self._name, context_window=m.max_input_tokens)
+            ModelInfo(id=self._scrub(m.id), provider=self._name, context_window=m.max_input_tokens)
             for m in data.data
         ]
 

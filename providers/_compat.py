@@ -35,7 +35,7 @@ from ._errors import (
     LLMError,
     Overloaded,
 )
-from ._http import decode_error_json, error_for_status
+from ._http import _scrub_library_logs, decode_error_json, error_for_status
 from ._openai import OpenAIProvider
 from ._secret import Secret
 from ._types import ChatRequest, EmbeddingRequest
@@ -338,6 +338,8 @@ class AzureOpenAIProvider(OpenAIProvider):
         if isinstance(azure_ad_token, str):
             azure_ad_token = Secret(azure_ad_token)
         self._ad_token = azure_ad_token
+        if azure_ad_token:
+            _scrub_library_logs(self)  # the base registered only for an API key
 
     def __repr__(self) -> str:
         return (
@@ -360,7 +362,7 @@ class AzureOpenAIProvider(OpenAIProvider):
         secrets = [self._api_key.reveal()] if self._api_key else []
         if self._ad_token:
             secrets.append(self._ad_token.reveal())
-        return secrets
+        return secrets + self._header_secrets
 
     def deployment_for(self, model: str) -> str:
         """The deployment that serves ``model``: the mapping's entry, or ``model`` itself."""

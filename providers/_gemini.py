@@ -943,7 +943,7 @@ class GeminiProvider(HTTPProvider):
             )
             out.extend(
                 ModelInfo(
-                    id=m.name.removeprefix("models/"),
+                    id=self._scrub(m.name.removeprefix("models/")),
                     provider=self._name,
                     context_window=m.input_token_limit,
                 )

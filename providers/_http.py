@@ -37,6 +37,7 @@ from __future__ import annotations
 import email.utils
 import importlib.util
 import logging
+import re
 import ssl
 import weakref
 import zlib
@@ -681,6 +682,9 @@ def _decoded(data: Any, headers: dict[str, str]) -> Any:
     return data
 
 
+#: Extra request headers whose values are secrets (by name, as the audit log judges).
+_SECRET_HEADER = re.compile(r"auth|key|token|secret", re.IGNORECASE)
+
 #: The HTTP libraries' own loggers.  httpcore's DEBUG trace prints raw response headers,
 #: and an upstream may echo the key in one (``x-request-id``); httpx's INFO line prints
 #: the URL.  A logger's filters see only its own records, so each gets the filter.
@@ -776,6 +780,15 @@ class HTTPProvider:
         self._client = client if client is not None else default_client()
         self._capabilities = capabilities or self.default_capabilities
         self._extra_headers = dict(headers or {})
+        # A key sent in an extra header (a gateway's ``authorization``, ``x-api-key``) is
+        # a secret too: the scrubber hides it as it hides the API key.
+        self._header_secrets = [
+            part
+            for name, value in self._extra_headers.items()
+            if _SECRET_HEADER.search(name)
+            for part in {value, value.rpartition(" ")[2]}
+            if len(part) >= 8  # not "basic" or a short mode word: keys are long
+        ]
         # Only codings _BodyReader can inflate in bounded steps (httpx would also offer
         # br and zstd when their packages are installed); a configured header wins.
         self._base_headers = {"accept-encoding": _ACCEPT_ENCODING, **self._extra_headers}
@@ -783,7 +796,7 @@ class HTTPProvider:
         # Endpoint URLs parsed once: httpx parses a string URL on every request (about
         # 8 µs), and a provider sends to a handful of endpoints.
         self._urls: dict[str, httpx.URL] = {}
-        if api_key:
+        if api_key or self._header_secrets:
             _scrub_library_logs(self)
 
     def __repr__(self) -> str:
@@ -806,7 +819,8 @@ class HTTPProvider:
 
     @property
     def _secrets(self) -> list[str]:
-        return [self._api_key.reveal()] if self._api_key else []
+        secrets = [self._api_key.reveal()] if self._api_key else []
+        return secrets + self._header_secrets
 
     @cached_property
     def _scrub(self) -> Scrubber:

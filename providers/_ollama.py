@@ -474,7 +474,7 @@ class OllamaProvider(HTTPProvider):
                 provider=self._name,
             )
         return EmbeddingResponse(
-            model=data.model or request.model,
+            model=self._scrub(data.model or request.model),
             provider=self._name,
             vectors=data.embeddings,
             usage=Usage(input_tokens=data.prompt_eval_count or 0),
@@ -485,7 +485,8 @@ class OllamaProvider(HTTPProvider):
         data = await self._send_json(
             "GET", f"{self._base_url}/api/tags", None, _tags_decoder.decode
         )
-        return [ModelInfo(id=m.name, provider=self._name) for m in data.models]
+        scrub = self._scrub  # names are the upstream's text: they may echo the key
+        return [ModelInfo(id=scrub(m.name), provider=self._name) for m in data.models]
 
     # -- errors: the one mapping place ------------------------------------------------
 

@@ -577,15 +577,22 @@ class OpenAIProvider(HTTPProvider):
         vectors = [e.embedding for e in sorted(data.data, key=lambda e: e.index)]
         usage = data.usage.to_usage() if data.usage else Usage()
         return EmbeddingResponse(
-            model=data.model or request.model, provider=self._name, vectors=vectors, usage=usage
+            model=self._scrub(data.model or request.model),
+            provider=self._name,
+            vectors=vectors,
+            usage=usage,
         )
 
     async def list_models(self) -> list[ModelInfo]:
         """The models at ``/models``."""
         data = await self._send_json("GET", self._models_url(), None, _models_decoder.decode)
+        scrub = self._scrub  # ids are the upstream's text: they may echo the key
         return [
             ModelInfo(
-                id=m.id, provider=self._name, owned_by=m.owned_by, context_window=m.context_length
+                id=scrub(m.id),
+                provider=self._name,
+                owned_by=None if m.owned_by is None else scrub(m.owned_by),
+                context_window=m.context_length,
             )
             for m in data.data
         ]

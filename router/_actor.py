@@ -519,6 +519,8 @@ class ProviderActor:
             limit_requests=info.limit_requests,
             limit_tokens=info.limit_tokens,
         )
+        if self.mailbox.suspended_until is not None:
+            self._breaker_changed.set()  # the watcher republishes when it ends
 
     # -- calls -----------------------------------------------------------------------
 
@@ -969,10 +971,12 @@ class ActorStream:
         if self._trace is not None:
             self._trace.sent_tokens = self._prompt
         self._start = start = permit.granted_at
-        opening = actor.provider.stream(request)
-        self._opening = opening
         limit = actor._first_token_timeout
         try:
+            # Inside the try: an adapter whose stream() itself raises is a failed call
+            # too (typed, counted, its permit returned), not an escape.
+            opening = actor.provider.stream(request)
+            self._opening = opening
             if limit is None:
                 self._events = await opening.__aenter__()
             else:

@@ -36,7 +36,7 @@ from typing import Annotated, Any, Literal, TypeAlias
 import msgspec
 
 import providers
-from providers import ConfigError, LLMError
+from providers import ConfigError, LLMError, Scrubber
 
 from ._health import BreakerConfig
 from ._retry import RetryConfig
@@ -192,6 +192,13 @@ class ProviderConfig(_Config, frozen=True):
     #: stream event or NDJSON line; None = the defaults, 32 MiB and 8 MiB.
     max_response_bytes: int | None = None
     max_event_bytes: int | None = None
+
+    def __repr__(self) -> str:
+        # A key given as a header (``authorization``, ``x-api-key``) is never shown: the
+        # adapter treats it as a secret, and so does the repr of the config holding it.
+        text = super().__repr__()
+        secrets = [v for k, v in self.headers.items() if _SECRET_HEADER.search(k)]
+        return Scrubber(secrets)(text) if secrets else text
 
     def _problems(self) -> Iterator[Problem]:
         if self.api_key_env is not None and not _ENV_NAME.fullmatch(self.api_key_env):

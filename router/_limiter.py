@@ -67,6 +67,10 @@ __all__ = ["Hold", "Mailbox", "MailboxStatistics", "Permit", "TokenBucket", "Wai
 _EPS = 1e-9
 
 
+#: The longest reset (seconds) read as a per-minute rate-limit window's: always a pause.
+MINUTE_WINDOW_RESET = 65.0
+
+
 class TokenBucket:
     """A continuously refilling token bucket; pure, time passed in.
 
@@ -493,6 +497,15 @@ class Mailbox:
             return
         self._pause(when)
 
+    def _window_reset(self, now: float, reset: float, what: str) -> None:
+        # A per-minute window always pauses (its reset, a timestamp rounded to the
+        # second, may read a little over 60 s); a longer one (a daily quota) is held like
+        # a retry-after: past max_pause it suspends the mailbox.
+        if reset <= MINUTE_WINDOW_RESET:
+            self._pause(now + reset)
+        else:
+            self.pause_until(now + reset, why=f"{what} until the rate-limit window resets")
+
     def _pause(self, when: float) -> None:
         if self._paused_until is None or when > self._paused_until:
             self._paused_until = when
@@ -511,9 +524,10 @@ class Mailbox:
         """Lower the buckets to what the provider says remains (shared keys, other clients).
 
         A provider limit below ours shrinks the bucket; ``remaining`` clamps the tokens
-        held; nothing left with a known reset pauses admission until that reset (however
-        far: a rate-limit window's reset is when the provider takes requests again, and
-        callers with a deadline are refused at once when it is too far).
+        held; nothing left with a known reset pauses admission until that reset, as a
+        ``retry-after`` would (:meth:`pause_until`): a reset further than ``max_pause``
+        suspends the mailbox, so a window that resets in a day puts the provider out of
+        routing, loudly, instead of queueing a caller without a deadline for a day.
         """
         now = trio.current_time()
         if self._rpm is not None:
@@ -521,19 +535,15 @@ class Mailbox:
                 self._rpm.resize(limit_requests / 60.0, limit_requests, now)
             if remaining_requests is not None:
                 self._rpm.clamp(remaining_requests, now)
-                if remaining_requests < 1 and reset_requests:
-                    self._pause(now + reset_requests)
-        elif remaining_requests is not None and remaining_requests < 1 and reset_requests:
-            self._pause(now + reset_requests)
+        if remaining_requests is not None and remaining_requests < 1 and reset_requests:
+            self._window_reset(now, reset_requests, "no requests left")
         if self._tpm is not None:
             if limit_tokens and limit_tokens < self._tpm.capacity:
                 self._tpm.resize(limit_tokens / 60.0, limit_tokens, now)
             if remaining_tokens is not None:
                 self._tpm.clamp(remaining_tokens, now)
-                if remaining_tokens < 1 and reset_tokens:
-                    self._pause(now + reset_tokens)
-        elif remaining_tokens is not None and remaining_tokens < 1 and reset_tokens:
-            self._pause(now + reset_tokens)
+        if remaining_tokens is not None and remaining_tokens < 1 and reset_tokens:
+            self._window_reset(now, reset_tokens, "no tokens left")
         self._changed.set()
 
     # -- the loop --------------------------------------------------------------------
