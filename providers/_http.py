@@ -195,7 +195,7 @@ def surface_headers(
     ``x-request-id``); adapters get their headers this way from :class:`HTTPProvider`.
     """
     out: dict[str, str] = {}
-    if scrub is not None and not scrub:
+    if scrub is not None and not scrub.active:
         scrub = None  # no secrets: skip the calls
     if isinstance(headers, httpx.Headers):
         # On every answer: match the raw names and decode only what is kept (httpx's
@@ -339,7 +339,7 @@ def seal_error(error: LLMError, scrub: Scrubber) -> LLMError:
     :class:`LLMError` it was raised from (a :class:`StreamInterrupted`'s cause).  Each
     adapter calls it once, where its errors leave it, so no mapping code has to.
     """
-    if not scrub:
+    if not scrub.active:
         return error
     seen: set[int] = set()
     current: BaseException | None = error
@@ -359,9 +359,7 @@ def seal_error(error: LLMError, scrub: Scrubber) -> LLMError:
 
 def _seal_response(response: ChatResponse, scrub: Scrubber) -> ChatResponse:
     """``response`` with its body-given ``id`` and ``model`` scrubbed (they reach spans)."""
-    if scrub.found_in(response.id) or scrub.found_in(response.model):
-        return msgspec.structs.replace(response, id=scrub(response.id), model=scrub(response.model))
-    return response
+    return msgspec.structs.replace(response, id=scrub(response.id), model=scrub(response.model))
 
 
 class StreamTranslator(Protocol):
@@ -792,6 +790,10 @@ class HTTPProvider:
         # Only codings _BodyReader can inflate in bounded steps (httpx would also offer
         # br and zstd when their packages are installed); a configured header wins.
         self._base_headers = {"accept-encoding": _ACCEPT_ENCODING, **self._extra_headers}
+        # The same without it, for a client that already asks for exactly those codings
+        # (httpx's default without brotli or zstandard): merging a header the client
+        # sends anyway costs httpx more than asking the client what it sends.
+        self._plain_headers = dict(self._extra_headers)
         self._closed = False
         # Endpoint URLs parsed once: httpx parses a string URL on every request (about
         # 8 µs), and a provider sends to a handful of endpoints.
@@ -848,7 +850,13 @@ class HTTPProvider:
     ) -> httpx.Request:
         if self._closed:
             raise ConnectionFailed("the provider is closed", provider=self._name)
-        headers = {**self._base_headers, **self._auth_headers()}
+        client = self._client
+        base = (
+            self._plain_headers
+            if client.headers.get("accept-encoding") == _ACCEPT_ENCODING
+            else self._base_headers
+        )
+        headers = {**base, **self._auth_headers()}
         content = None
         if body is not None:
             headers["content-type"] = "application/json"
@@ -858,19 +866,12 @@ class HTTPProvider:
             if len(self._urls) >= _MAX_URLS:  # per-model endpoints (Gemini): stay bounded
                 self._urls.clear()
             parsed = self._urls[url] = httpx.URL(url)
-        request = self._client.build_request(
+        request = client.build_request(
             method, parsed, content=content, headers=headers, params=params
         )
         if content is not None:
             request.stream = _RequestBody(content)
         return request
-
-    async def _send(self, request: httpx.Request) -> httpx.Response:
-        """Send ``request``, streaming; only the headers have been read when it returns."""
-        try:
-            return await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise map_transport_error(exc, provider=self._name) from exc
 
     async def _raise_for_status(self, response: httpx.Response, headers: dict[str, str]) -> None:
         """Read (the start of) an error body and raise the adapter's mapped error."""
@@ -900,11 +901,14 @@ class HTTPProvider:
         request = self._request(method, url, body, params=params)
         scrub = self._scrub
         try:
-            response = await self._send(request)
-            headers = surface_headers(response.headers, scrub)
-            if response.status_code >= 400:
-                await self._raise_for_status(response, headers)
+            # Sent streaming (only the headers are read), then the body, capped.  The
+            # client's send is awaited here, not through a helper: every resumption of
+            # the exchange passes each coroutine frame between it and the event loop.
             try:
+                response = await self._client.send(request, stream=True)
+                headers = surface_headers(response.headers, scrub)
+                if response.status_code >= 400:
+                    await self._raise_for_status(response, headers)
                 raw = await _BodyReader(response).read(self._max_response_bytes)
             except httpx.HTTPError as exc:
                 raise map_transport_error(exc, provider=self._name) from exc
@@ -923,7 +927,11 @@ class HTTPProvider:
                 exc.provider = self._name
             seal_error(exc, scrub)
             raise
-        if isinstance(result, ChatResponse) and scrub:
+        if (
+            scrub.active
+            and isinstance(result, ChatResponse)
+            and scrub.found_in(f"{result.id}\n{result.model}")
+        ):
             result = _seal_response(result, scrub)
         return result
 
@@ -946,10 +954,10 @@ class HTTPProvider:
         scrub = self._scrub
         events: HTTPEventStream | None = None
         try:
-            response = await self._send(request)
-        except LLMError as exc:
-            seal_error(exc, scrub)
-            raise
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            error = seal_error(map_transport_error(exc, provider=self._name), scrub)
+            raise error from exc
         try:
             try:
                 headers = surface_headers(response.headers, scrub)

@@ -94,7 +94,7 @@ class Scrubber:
         True
     """
 
-    __slots__ = ("_forms", "_probes")
+    __slots__ = ("_forms", "_probes", "active")
 
     def __init__(self, secrets: Iterable[Secret | str]) -> None:
         forms: list[str] = []
@@ -108,9 +108,12 @@ class Scrubber:
         # Longest first, so a form that contains another is replaced whole.
         self._forms = tuple(sorted(forms, key=len, reverse=True))
         self._probes = tuple(dict.fromkeys(form[:PREFIX_CHARS] for form in self._forms))
+        #: Whether there is anything to scrub (``bool(scrubber)``; an attribute, for the
+        #: hot path, where a ``__bool__`` call per answer shows).
+        self.active = bool(self._forms)
 
     def __bool__(self) -> bool:
-        return bool(self._forms)
+        return self.active
 
     def __repr__(self) -> str:
         return f"Scrubber(<{len(self._forms)} forms>)"

@@ -501,6 +501,53 @@ async def test_a_compressed_answer_still_decodes(client: httpx.AsyncClient) -> N
         assert b"accept-encoding: gzip, deflate" in heads[0].lower()
 
 
+async def test_requests_ask_for_gzip_and_deflate_whatever_the_client_sends() -> None:
+    """Requests carry exactly one ``accept-encoding: gzip, deflate`` whether the client
+    already asks for that (the header is then not merged again) or for more (``br``, set
+    on a shared client after the adapter was made), and the answer decodes either way."""
+    body = gzip.compress(success_body("openai"))
+    for client_asks in ("gzip, deflate", "gzip, deflate, br", None):
+        async with (
+            httpx.AsyncClient() as client,
+            hostile(answer(200, body, {"content-encoding": "gzip"})) as (url, heads),
+        ):
+            provider = adapter("openai", url, client)
+            if client_asks is None:
+                del client.headers["accept-encoding"]
+            else:
+                client.headers["accept-encoding"] = client_asks
+            response = await provider.complete(req())
+        assert response.text == "hi"
+        lines = [line for line in heads[0].lower().split(b"\r\n") if b"accept-encoding" in line]
+        assert lines == [b"accept-encoding: gzip, deflate"], client_asks
+
+
+async def test_a_client_that_asks_for_gzip_and_deflate_gets_no_header_merged(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hot path: with a client that already sends ``accept-encoding: gzip, deflate``
+    (httpx's default here), the adapter does not hand httpx that header to merge again
+    per request (the merge was most of the cost this round added over loopback); a
+    configured header still goes to every request."""
+    assert client.headers["accept-encoding"] == "gzip, deflate"
+    given: list[dict[str, str]] = []
+    build = client.build_request
+
+    def spy(*args: Any, **kw: Any) -> httpx.Request:
+        given.append(dict(kw["headers"]))
+        return build(*args, **kw)
+
+    monkeypatch.setattr(client, "build_request", spy)
+    async with hostile(answer(200, success_body("openai"))) as (url, heads):
+        await adapter("openai", url, client).complete(req())
+        await adapter("openai", url, client, headers={"x-team": "a"}).complete(req())
+    assert [sorted(h) for h in given] == [
+        ["authorization", "content-type"],
+        ["authorization", "content-type", "x-team"],
+    ]
+    assert all(b"accept-encoding: gzip, deflate" in head.lower() for head in heads)
+
+
 async def test_an_unsupported_coding_and_a_corrupt_gzip_are_protocol_errors(
     client: httpx.AsyncClient,
 ) -> None:
