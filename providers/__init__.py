@@ -2,7 +2,9 @@
 
 ``router`` re-exports the vocabulary; most users import from there.  Adapter authors use
 the protocol (:class:`Provider`), the stream framing (:class:`SSEDecoder`,
-:class:`NDJSONDecoder`) and the conformance suite in :mod:`providers.testing`.
+:class:`NDJSONDecoder`), the HTTP helpers (:func:`default_client`,
+:func:`parse_retry_after`) and the conformance suite in :mod:`providers.testing`, which
+also holds the in-process :class:`~providers.testing.MockProvider`.
 """
 
 from ._anthropic import AnthropicProvider as AnthropicProvider
@@ -40,9 +42,6 @@ from ._errors import UnsupportedFeature as UnsupportedFeature
 from ._gemini import GeminiProvider as GeminiProvider
 from ._http import default_client as default_client
 from ._http import parse_retry_after as parse_retry_after
-from ._mock import MockCall as MockCall
-from ._mock import MockProvider as MockProvider
-from ._mock import MockResponse as MockResponse
 from ._ollama import OllamaProvider as OllamaProvider
 from ._openai import OpenAIProvider as OpenAIProvider
 from ._secret import Scrubber as Scrubber
@@ -106,9 +105,6 @@ __all__ = [
     "InvalidRequest",
     "LLMError",
     "Message",
-    "MockCall",
-    "MockProvider",
-    "MockResponse",
     "ModelInfo",
     "ModelNotFound",
     "NDJSONDecoder",

@@ -336,14 +336,15 @@ def scrub(text: str, secrets: Sequence[str]) -> str:
     return Scrubber(secrets)(text)
 
 
-# Tracebacks and reprs name the path users import from (``router.Timeout``), not this
-# private module: each public class reports ``router`` as its module, as trio's classes
-# report ``trio``.  It is a string, not an import (providers still never imports router);
-# pickle looks the class up as ``router.<Name>`` (importing router if it must), which
-# holds because router re-exports every name here (tests/test_exports.py checks both).
-# A class added to ``__all__`` is covered without another line.
+# Tracebacks and reprs name the path users import from (``router.errors.Timeout``), not
+# this private module: each public class reports ``router.errors`` as its module, as
+# trio's classes report ``trio``.  It is a string, not an import (providers still never
+# imports router); pickle looks the class up as ``router.errors.<Name>`` (importing router
+# if it must), which holds because router.errors re-exports every class here
+# (tests/test_exports.py checks both).  A class added to ``__all__`` is covered without
+# another line.
 for _name in __all__:
     _public = globals()[_name]
     if isinstance(_public, type):
-        _public.__module__ = "router"
+        _public.__module__ = "router.errors"
 del _name, _public

@@ -39,7 +39,8 @@ import httpx
 import msgspec
 import trio
 
-from providers import ChatRequest, Message, MockProvider, OpenAIProvider, Secret, TextDelta
+from providers import ChatRequest, Message, OpenAIProvider, Secret, TextDelta
+from providers.testing import MockProvider
 
 from ._config import HedgeConfig, ProviderConfig, RouteConfig, RouterConfig
 from ._router import open_router

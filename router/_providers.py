@@ -39,8 +39,6 @@ from providers import (
     ConfigError,
     GeminiProvider,
     GroqProvider,
-    MockProvider,
-    MockResponse,
     OllamaProvider,
     OpenAICompatibleProvider,
     OpenAIProvider,
@@ -49,6 +47,7 @@ from providers import (
     Secret,
     TogetherProvider,
 )
+from providers._mock import MockProvider, MockResponse
 
 from ._config import ProviderConfig, ProviderKind, RouterConfig
 from ._config import _key as _path_key

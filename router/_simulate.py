@@ -36,13 +36,11 @@ from providers import (
     ConfigError,
     LLMError,
     Message,
-    MockProvider,
-    MockResponse,
     RateLimited,
     ServerError,
     Usage,
 )
-from providers.testing import Fixed, Latency
+from providers.testing import Fixed, Latency, MockProvider, MockResponse
 
 from ._config import ModelConfig, ProviderConfig, RouteConfig, RouterConfig
 from ._health import BreakerConfig

@@ -38,18 +38,11 @@ from providers import (
 )
 from providers._types import is_content_event
 from providers.testing import Fault, Scenario
-from router import (
-    ProviderConfig,
-    QueueWait,
-    RetryConfig,
-    RouteConfig,
-    Router,
-    RouterConfig,
-    RouterEvent,
-    open_router,
-)
+from router import Router, open_router
 from router._limiter import Mailbox
 from router._providers import PRESETS, preset_limits
+from router.config import ProviderConfig, RetryConfig, RouteConfig, RouterConfig
+from router.events import QueueWait, RouterEvent
 from router.testing import MockProvider, MockResponse
 from tests.test_router_wire import finished, wire_router
 

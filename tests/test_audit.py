@@ -26,23 +26,17 @@ import trio.testing
 
 from providers import AnthropicProvider, OpenAIProvider, Secret
 from providers.testing import Fault, Scenario, open_fake_upstream
-from router import (
+from router import ChatRequest, Message, Router, TextDelta, open_router
+from router.config import (
     AuditConfig,
     BreakerConfig,
-    ChatRequest,
-    ConfigError,
-    LLMError,
-    Message,
     ProviderConfig,
     RetryConfig,
     RouteConfig,
-    Router,
     RouterConfig,
-    ServerError,
-    TextDelta,
     decode_config,
-    open_router,
 )
+from router.errors import ConfigError, LLMError, ServerError
 from router.testing import MockProvider, MockResponse
 
 NO_RETRY = RetryConfig(max_attempts=1)

@@ -11,20 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from providers import Usage
-from router import (
+from router import ChatRequest, Message, open_router
+from router._budget import Budget, period_seconds
+from router.config import (
     BudgetConfig,
-    BudgetExceeded,
-    ChatRequest,
-    ConfigError,
-    Message,
     ModelConfig,
     ProviderConfig,
     RouteConfig,
     RouterConfig,
     decode_config,
-    open_router,
 )
-from router._budget import Budget, period_seconds
+from router.errors import BudgetExceeded, ConfigError
 from router.testing import MockProvider, MockResponse
 
 PRICES = ModelConfig(input_price=1.0, output_price=2.0)  # $ per million tokens
@@ -177,7 +174,7 @@ async def test_route_cap_and_lost_hedge_is_charged_its_prompt(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     """A hedge loser is charged the prompt it sent; an unpriced model costs nothing."""
-    from router import HedgeConfig
+    from router.config import HedgeConfig
 
     config = RouterConfig(
         providers={"a": ProviderConfig(kind="mock"), "b": ProviderConfig(kind="mock")},

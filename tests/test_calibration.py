@@ -7,7 +7,8 @@ import trio
 
 from providers import Usage
 from providers._tokens import count_input_tokens
-from router import ChatRequest, Message, ProviderConfig, RouterConfig, open_router
+from router import ChatRequest, Message, open_router
+from router.config import ProviderConfig, RouterConfig
 from router.testing import MockProvider, MockResponse
 
 

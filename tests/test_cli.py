@@ -325,8 +325,9 @@ async def test_every_kind_in_the_help_is_served_over_loopback() -> None:
     """Each kind ``upstream --help`` lists answers a chat request through the router's own
     adapter for it, at the base URL the help gives, over a real socket."""
     from providers.testing import open_fake_upstream
-    from router import ChatRequest, Message, ProviderConfig
+    from router import ChatRequest, Message
     from router._providers import build_provider
+    from router.config import ProviderConfig
 
     table = upstream_help_table()
     async with open_fake_upstream() as upstream:

@@ -32,14 +32,13 @@ from providers import (
     GeminiProvider,
     GroqProvider,
     Message,
-    MockProvider,
     OllamaProvider,
     OpenAICompatibleProvider,
     OpenAIProvider,
     OpenRouterProvider,
     TogetherProvider,
 )
-from providers.testing import open_fake_upstream
+from providers.testing import MockProvider, open_fake_upstream
 from router._config import (
     BudgetConfig,
     HedgeConfig,

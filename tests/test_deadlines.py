@@ -28,31 +28,14 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from providers import (
-    Attempt,
-    ChatRequest,
-    EventStream,
-    LLMError,
-    Message,
-    MockProvider,
-    MockResponse,
-    ServerError,
-)
-from router import (
-    Candidate,
-    HedgeConfig,
-    HedgeStatistics,
-    ProviderConfig,
-    RequestFinished,
-    RetryConfig,
-    RouteConfig,
-    Router,
-    RouterConfig,
-    RouterEvent,
-    TextDelta,
-    open_router,
-)
+from providers import Attempt, ChatRequest, EventStream, LLMError, Message, ServerError
+from providers.testing import MockProvider, MockResponse
+from router import Router, TextDelta, open_router
 from router._race import AttemptRecord, Race
+from router.config import HedgeConfig, ProviderConfig, RetryConfig, RouteConfig, RouterConfig
+from router.events import RequestFinished, RouterEvent
+from router.policy import Candidate
+from router.stats import HedgeStatistics
 
 NO_RETRY = RetryConfig(max_attempts=1)
 

@@ -20,41 +20,36 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router import (
+from router import ChatRequest, Message, Router, TextDelta, open_router
+from router.config import (
+    BreakerConfig,
+    BudgetConfig,
+    HedgeConfig,
+    ModelConfig,
+    ProviderConfig,
+    RetryConfig,
+    RouteConfig,
+    RouterConfig,
+    SupervisorConfig,
+)
+from router.errors import BudgetExceeded, LLMError, RouterClosed, ServerError
+from router.events import (
     ActorCrashed,
     ActorRestarted,
     AttemptFinished,
     AttemptStarted,
     BreakerChanged,
-    BreakerConfig,
-    BudgetConfig,
-    BudgetExceeded,
     BudgetRefused,
-    ChatRequest,
     FallbackLaunched,
     HealthChanged,
-    HedgeConfig,
     HedgeLaunched,
-    LLMError,
-    Message,
-    ModelConfig,
-    ProviderConfig,
     RequestFinished,
     RequestStarted,
-    RetryConfig,
     RetryScheduled,
-    RouteConfig,
-    Router,
-    RouterClosed,
-    RouterConfig,
     RouterEvent,
-    ServerError,
     Subscription,
-    SubscriptionStatistics,
-    SupervisorConfig,
-    TextDelta,
-    open_router,
 )
+from router.stats import SubscriptionStatistics
 from router.testing import MockProvider, MockResponse
 
 NO_RETRY = RetryConfig(max_attempts=1)

@@ -47,7 +47,8 @@ from providers import (
 from providers._errors import ResponseTooLarge
 from providers._http import HTTPProvider
 from providers._secret import Scrubber
-from router import ProviderConfig, RetryConfig, RouterConfig, open_router
+from router import open_router
+from router.config import ProviderConfig, RetryConfig, RouterConfig
 
 KEY = "sk-hostile-7Qe2Lz9XwV4pT1sK8mN3bR6y"
 KINDS = ["openai", "anthropic", "gemini", "ollama", "openrouter"]

@@ -20,7 +20,8 @@ import trio
 import trio.testing
 
 from providers import ChatRequest, Message, OpenAIProvider, Secret, TextDelta
-from router import ProviderConfig, RouterConfig, open_router
+from router import open_router
+from router.config import ProviderConfig, RouterConfig
 
 h2_config = pytest.importorskip("h2.config")
 h2_connection = pytest.importorskip("h2.connection")

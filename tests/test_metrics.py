@@ -16,21 +16,17 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from router import (
-    Attempt,
+from router import Attempt, ChatRequest, Message, open_router
+from router.config import (
     BudgetConfig,
-    ChatRequest,
     HedgeConfig,
-    LLMError,
-    Message,
     ModelConfig,
     ProviderConfig,
     RetryConfig,
     RouteConfig,
     RouterConfig,
-    ServerError,
-    open_router,
 )
+from router.errors import LLMError, ServerError
 from router.testing import MockProvider, MockResponse
 
 NO_RETRY = RetryConfig(max_attempts=1)

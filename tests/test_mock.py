@@ -812,7 +812,9 @@ async def test_a_toml_configured_mock_is_rescripted_through_the_router(
     """``router.provider(name)`` is the mock the router built from TOML: re-scripting it
     part-way changes the next routed answers, at their exact times; unknown names are
     NoRoute."""
-    from router import NoRoute, decode_config, open_router
+    from router import open_router
+    from router.config import decode_config
+    from router.errors import NoRoute
 
     config = decode_config(
         """

@@ -16,21 +16,18 @@ import trio
 import trio.testing
 
 from providers import AllProvidersFailed, ConfigError, Overloaded, ServerError, TextDelta
-from router import (
+from router import ChatRequest, Message, Router, open_router
+from router._config import decode_config
+from router.config import (
     BreakerConfig,
-    ChatRequest,
     HedgeConfig,
-    Message,
     ModelConfig,
-    Needs,
     ProviderConfig,
     RetryConfig,
     RouteConfig,
-    Router,
     RouterConfig,
-    open_router,
 )
-from router._config import decode_config
+from router.policy import Needs
 from router.testing import MockProvider, MockResponse
 
 NO_RETRY = RetryConfig(max_attempts=1)

@@ -32,24 +32,29 @@ from providers import (
     InvalidRequest,
     LLMError,
     Message,
-    MockProvider,
-    MockResponse,
     OpenAIProvider,
     Overloaded,
     Secret,
     ServerError,
     TextDelta,
 )
-from providers.testing import FakeUpstream, Fault, Fixed, Scenario, open_fake_upstream
-from router import (
+from providers.testing import (
+    FakeUpstream,
+    Fault,
+    Fixed,
+    MockProvider,
+    MockResponse,
+    Scenario,
+    open_fake_upstream,
+)
+from router import Router, open_router
+from router.config import (
     HedgeConfig,
     ModelConfig,
     ProviderConfig,
     RetryConfig,
     RouteConfig,
-    Router,
     RouterConfig,
-    open_router,
 )
 
 NO_RETRY = RetryConfig(max_attempts=1)

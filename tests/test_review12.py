@@ -11,20 +11,9 @@ import pytest
 import trio
 import trio.testing
 
-from router import (
-    ChatRequest,
-    ConfigError,
-    InvalidRequest,
-    LLMError,
-    Message,
-    ProviderConfig,
-    RateLimited,
-    RetryConfig,
-    RouteConfig,
-    RouterConfig,
-    decode_config,
-    open_router,
-)
+from router import ChatRequest, Message, open_router
+from router.config import ProviderConfig, RetryConfig, RouteConfig, RouterConfig, decode_config
+from router.errors import ConfigError, InvalidRequest, LLMError, RateLimited
 from router.testing import MockProvider, MockResponse
 
 NO_RETRY = RetryConfig(max_attempts=1)

@@ -28,7 +28,8 @@ from providers import (
     RateLimited,
     ServerError,
 )
-from router import ProviderConfig, RetryConfig, RouteConfig, RouterConfig, open_router
+from router import open_router
+from router.config import ProviderConfig, RetryConfig, RouteConfig, RouterConfig
 from tests.test_hardening import KEY, adapter, answer, assert_no_key, hostile, ours, texts
 
 

@@ -22,40 +22,37 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from providers import ModelInfo
-from router import (
+from router import ChatRequest, Message, Router, TextDelta, Usage, open_router
+from router.config import (
+    BreakerConfig,
+    HedgeConfig,
+    ModelConfig,
+    ProviderConfig,
+    RetryConfig,
+    RouteConfig,
+    RouterConfig,
+    SupervisorConfig,
+)
+from router.errors import (
     AllProvidersFailed,
     AuthenticationError,
-    BreakerConfig,
-    ChatRequest,
     ConfigError,
     ConnectionFailed,
     ContentFiltered,
     ContextLengthExceeded,
-    HedgeConfig,
     InvalidRequest,
     LLMError,
-    Message,
-    ModelConfig,
     ModelNotFound,
     NoRoute,
     Overloaded,
     PermissionDenied,
-    ProviderConfig,
     QuotaExceeded,
     RateLimited,
-    RetryConfig,
-    RouteConfig,
-    Router,
     RouterClosed,
-    RouterConfig,
     ServerError,
     StreamInterrupted,
-    SupervisorConfig,
-    TextDelta,
     Timeout,
     UnsupportedFeature,
-    Usage,
-    open_router,
 )
 from router.testing import MockProvider, MockResponse
 

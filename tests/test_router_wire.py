@@ -52,15 +52,14 @@ from providers.testing import (
     Scenario,
     open_fake_upstream,
 )
-from router import (
+from router import Router, open_router
+from router.config import (
     BreakerConfig,
     HedgeConfig,
     ProviderConfig,
     RetryConfig,
     RouteConfig,
-    Router,
     RouterConfig,
-    open_router,
 )
 
 KEY = "sk-test-ROUTERWIRE-5f2b9c7e1a8d4036"

@@ -12,19 +12,9 @@ import pytest
 import trio
 import trio.testing
 
-from router import (
-    ChatRequest,
-    Done,
-    Message,
-    ProviderConfig,
-    RequestFinished,
-    RetryConfig,
-    RouteConfig,
-    Router,
-    RouterConfig,
-    TextDelta,
-    open_router,
-)
+from router import ChatRequest, Done, Message, Router, TextDelta, open_router
+from router.config import ProviderConfig, RetryConfig, RouteConfig, RouterConfig
+from router.events import RequestFinished
 from router.testing import MockProvider, MockResponse
 
 USAGE = "async with router.stream(request) as events:\n        async for event in events:"

@@ -33,7 +33,6 @@ from providers import (
     InvalidOutput,
     InvalidRequest,
     Message,
-    MockProvider,
     OllamaProvider,
     OpenAICompatibleProvider,
     OpenAIProvider,
@@ -47,17 +46,10 @@ from providers import (
     UnsupportedFeature,
 )
 from providers._gemini import openapi_schema
-from providers.testing import FakeUpstream, Scenario, open_fake_upstream
-from router import (
-    ProviderConfig,
-    RetryConfig,
-    RouteConfig,
-    Router,
-    RouterConfig,
-    Structured,
-    open_router,
-)
+from providers.testing import FakeUpstream, MockProvider, Scenario, open_fake_upstream
+from router import Router, Structured, open_router
 from router._structured import output_schema, strict_form
+from router.config import ProviderConfig, RetryConfig, RouteConfig, RouterConfig
 
 KEY = "sk-test-STRUCTURED-0d9c8b7a6f5e4d3c"
 NO_RETRY = RetryConfig(max_attempts=1)
@@ -341,8 +333,8 @@ async def test_a_hedged_race_validates_in_each_attempt(
 ) -> None:
     """Hedged route: the primary's invalid answer at t=1 fails its attempt and starts the
     fallback at once (not at the 5 s hedge delay); the fallback's valid answer wins at t=2."""
-    from providers import MockResponse
-    from router import HedgeConfig
+    from providers.testing import MockResponse
+    from router.config import HedgeConfig
 
     slow_bad = MockProvider(name="a", responses=[MockResponse(text=WRONG_TYPE, latency=1.0)])
     slow_good = MockProvider(

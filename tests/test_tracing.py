@@ -25,21 +25,16 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 )
 from opentelemetry.trace import SpanKind, StatusCode
 
-from router import (
-    AllProvidersFailed,
-    ChatRequest,
-    ChatResponse,
+from router import ChatRequest, ChatResponse, Message, Router, open_router
+from router.config import (
     HedgeConfig,
-    Message,
     ProviderConfig,
     RetryConfig,
     RouteConfig,
-    Router,
     RouterConfig,
-    ServerError,
     TracingConfig,
-    open_router,
 )
+from router.errors import AllProvidersFailed, ServerError
 from router.testing import MockProvider, MockResponse
 
 NO_RETRY = RetryConfig(max_attempts=1)
@@ -332,7 +327,9 @@ import sys
 for name in ("opentelemetry", "prometheus_client"):
     sys.modules[name] = None  # import fails
 import trio, trio.testing
-from router import ChatRequest, ConfigError, Message, ProviderConfig, RouterConfig, open_router
+from router import ChatRequest, Message, open_router
+from router.config import ProviderConfig, RouterConfig
+from router.errors import ConfigError
 from router.testing import MockProvider
 
 async def main():

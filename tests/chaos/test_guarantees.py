@@ -7,16 +7,9 @@ import math
 import pytest
 import trio
 
-from router import (
-    ChatRequest,
-    Message,
-    ProviderConfig,
-    RateLimited,
-    RouteConfig,
-    RouterConfig,
-    decode_config,
-    open_router,
-)
+from router import ChatRequest, Message, open_router
+from router.config import ProviderConfig, RouteConfig, RouterConfig, decode_config
+from router.errors import RateLimited
 from router.testing import MockProvider, MockResponse
 
 #: The per-attempt first-token limit the router takes (a ProviderConfig field).
