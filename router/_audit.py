@@ -1,6 +1,6 @@
 """The audit log: one JSON line per request, written from a thread, never with a key.
 
-Configured by ``[audit]`` (:class:`~router.AuditConfig`).  The router calls
+Configured by ``[audit]`` (:class:`~router.config.AuditConfig`).  The router calls
 :meth:`AuditLog.listen` with each ``RequestFinished`` event; that only appends the event
 to a bounded in-memory queue (a full queue drops it, counted).  A task in the router's
 nursery takes the queue in batches (what arrived within ``BATCH_WINDOW`` of the first

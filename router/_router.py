@@ -1249,7 +1249,7 @@ class Router:
         subscriber never slows routing.  ``types`` keeps only events of those classes.
         Iteration ends when the router closes; ``receive`` raises
         ``trio.ClosedResourceError`` once the subscription is closed (its ``async with``
-        block exits).  See :class:`~router.Subscription`.
+        block exits).  See :class:`~router.events.Subscription`.
 
         Example::
 
