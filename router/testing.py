@@ -28,12 +28,12 @@ from providers.testing import check_provider as check_provider
 from providers.testing import load_scenarios as load_scenarios
 from providers.testing import open_fake_upstream as open_fake_upstream
 
-from ._simulate import PolicyResult as PolicyResult
-from ._simulate import SimProvider as SimProvider
-from ._simulate import SimScenario as SimScenario
-from ._simulate import hedging_bound as hedging_bound
-from ._simulate import load_scenario as load_scenario
-from ._simulate import simulate as simulate
+from ._tools._simulate import PolicyResult as PolicyResult
+from ._tools._simulate import SimProvider as SimProvider
+from ._tools._simulate import SimScenario as SimScenario
+from ._tools._simulate import hedging_bound as hedging_bound
+from ._tools._simulate import load_scenario as load_scenario
+from ._tools._simulate import simulate as simulate
 
 __all__ = [
     "FakeUpstream",

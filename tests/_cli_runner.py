@@ -1,9 +1,9 @@
-"""Run ``python -m router._cli ARGS`` without paying the interpreter's imports each time.
+"""Run ``python -m router ARGS`` without paying the interpreter's imports each time.
 
 One server interpreter imports the router's packages once, then forks a child per
 command: the child is a process of its own (its own environment, standard input,
-output files and exit status) that runs ``router._cli`` as ``__main__`` exactly as
-``python -m router._cli`` does (an exception ends it with a traceback and status 1,
+output files and exit status) that runs ``router`` (its ``__main__``) exactly as
+``python -m router`` does (an exception ends it with a traceback and status 1,
 through the interpreter's own exit).  :func:`run` hands back a
 ``subprocess.CompletedProcess`` like ``subprocess.run(..., capture_output=True,
 text=True)``, and kills the command at ``timeout`` like it (``TimeoutExpired``).
@@ -26,7 +26,7 @@ SERVER = r"""
 import json, os, runpy, sys
 
 import httpx, msgspec, trio  # noqa: E401  what every command imports
-import providers, router, router._commands, router._providers  # noqa: E401
+import providers, router, router._providers, router._tools._cli, router._tools._commands  # noqa: E401
 
 requests, answers = os.dup(0), os.dup(1)
 null = os.open(os.devnull, os.O_RDWR)
@@ -58,7 +58,7 @@ while (job := readline()) is not None:
             os.dup2(out, fd)
             os.close(out)
         sys.argv = ["-m", *job["args"]]
-        runpy.run_module("router._cli", run_name="__main__", alter_sys=True)
+        runpy.run_module("router", run_name="__main__", alter_sys=True)
         sys.exit(0)
     os.write(answers, f"{pid}\n".encode())
     _, status = os.waitpid(pid, 0)
@@ -109,7 +109,7 @@ class _Server:
         pid = self.line(deadline + 5.0)
         assert pid is not None, "the CLI runner did not fork"
         code = self.line(deadline)
-        argv = [sys.executable, "-m", "router._cli", *args]
+        argv = [sys.executable, "-m", "router", *args]
         if code is None:
             os.kill(int(pid), signal.SIGKILL)
             self.line(time.monotonic() + 5.0)  # reaped by the runner
@@ -129,7 +129,7 @@ _server: _Server | None = None
 def run(
     args: list[str], *, env: dict[str, str], stdin: str | None = None, timeout: float = 30.0
 ) -> subprocess.CompletedProcess[str]:
-    """``subprocess.run([python, -m, router._cli, *args], capture_output=True, text=True,
+    """``subprocess.run([python, -m, router, *args], capture_output=True, text=True,
     env=env, input=stdin, timeout=timeout)``, forked from the warm runner."""
     global _server
     if _server is None:

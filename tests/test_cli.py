@@ -33,7 +33,7 @@ ENV = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,l
 
 
 def llm_router(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m router._cli ARGS`` to completion and capture its output (forked
+    """Run ``python -m router ARGS`` to completion and capture its output (forked
     from a warm interpreter: a process of its own, without the imports' cost)."""
     return _cli_runner.run(list(args), env=ENV, timeout=timeout)
 
@@ -66,7 +66,7 @@ def start_upstream() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
 
     def start(*args: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "router._cli", "upstream", *args],
+            [sys.executable, "-m", "router", "upstream", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
@@ -272,11 +272,41 @@ def test_bad_command_lines_are_usage_errors(args: list[str], says: str) -> None:
     assert "Traceback" not in result.stderr
 
 
+def declared_console_script() -> str:
+    """``module:function`` of the ``llm-router`` script, as pyproject.toml declares it."""
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    scripts = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["scripts"]
+    target: str = scripts["llm-router"]
+    return target
+
+
+def test_the_declared_console_script_answers_help() -> None:
+    """The entry point pyproject.toml declares (what ``pip install`` wraps) imports and runs."""
+    module, _, function = declared_console_script().partition(":")
+    code = f"import sys; from {module} import {function}; sys.exit({function}())"
+    result = subprocess.run(
+        [sys.executable, "-c", code, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=ENV,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: llm-router")
+
+
 def test_console_script_is_installed_and_answers_help() -> None:
-    """The ``llm-router`` script next to the interpreter runs ``router._cli:main``."""
+    """The ``llm-router`` script next to the interpreter runs the declared entry point."""
+    from importlib.metadata import entry_points
+
     script = shutil.which("llm-router", path=str(Path(sys.executable).parent))
     if script is None:
         pytest.skip("the package is not installed with its console script here")
+    installed = [e.value for e in entry_points(group="console_scripts", name="llm-router")]
+    if installed != [declared_console_script()]:
+        pytest.skip(f"the installed script runs {installed}: reinstall (pip install -e .)")
     result = subprocess.run(
         [script, "--help"], capture_output=True, text=True, timeout=TIMEOUT, env=ENV
     )

@@ -54,7 +54,7 @@ chunk_interval = 30.0
 def llm_router(
     *args: str, stdin: str | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m router._cli ARGS`` to completion (forked from a warm interpreter);
+    """Run ``python -m router ARGS`` to completion (forked from a warm interpreter);
     the fake key must not show."""
     result = _cli_runner.run(
         list(args), env=ENV if env is None else env, stdin=stdin, timeout=TIMEOUT
@@ -79,7 +79,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     scenarios = tmp_path_factory.mktemp("upstream") / "scenarios.toml"
     scenarios.write_text(SCENARIOS)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "router._cli", "upstream", "--port", "0", "--scenario", scenarios],
+        [sys.executable, "-m", "router", "upstream", "--port", "0", "--scenario", scenarios],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -239,7 +239,7 @@ def test_chat_ctrl_c_mid_stream_exits_130_quietly(tmp_path: Path, upstream: str)
     """SIGINT while the answer streams: exit 130, no traceback, the output line ended."""
     path = config(tmp_path, provider("drip", upstream, "drip"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "router._cli", "chat", "-m", "drip:m", "one two", "--config", path],
+        [sys.executable, "-m", "router", "chat", "-m", "drip:m", "one two", "--config", path],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,

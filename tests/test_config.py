@@ -64,8 +64,8 @@ from router._providers import (
 )
 from router._retry import RetryConfig
 from router._router import open_router
-from router._simulate import SimProvider, SimScenario, simulate
 from router._validation import validate
+from router.testing import SimProvider, SimScenario, simulate
 
 KINDS: list[str] = list(typing.get_args(typing.get_type_hints(ProviderConfig)["kind"]))
 ERROR_NAMES = ["retryable", "Overloaded", "RateLimited", "ServerError", "Timeout", "NotFound"]

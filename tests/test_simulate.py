@@ -17,11 +17,11 @@ from providers import ConfigError
 from providers.testing import Fixed, Uniform
 from router._config import HedgeConfig, RouteConfig
 from router._health import BreakerConfig
-from router._simulate import (
+from router._tools._simulate import format_results
+from router.testing import (
     PolicyResult,
     SimProvider,
     SimScenario,
-    format_results,
     hedging_bound,
     load_scenario,
     simulate,

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _chaos(*args: str) -> subprocess.CompletedProcess[bytes]:
     env = dict(os.environ, LLM_ROUTER_CHAOS_KEY=KEY, PYTHONPATH=str(ROOT))
     return subprocess.run(
-        [sys.executable, "-m", "router._cli", "chaos", *args],
+        [sys.executable, "-m", "router", "chaos", *args],
         env=env,
         capture_output=True,
         timeout=240,

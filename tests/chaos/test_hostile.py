@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -11,8 +13,14 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from providers.testing._hostile import BOMB_BYTES, HUGE_BYTES, open_hostile_server
-from router._chaos import rpm_excess
+from providers.testing._hostile import (
+    BOMB_BYTES,
+    HOSTILE_FAULTS,
+    HUGE_BYTES,
+    HostileServer,
+    open_hostile_server,
+)
+from router._tools._chaos import HOSTILE, WIRE_FAULTS, rpm_excess
 
 KEY = "sk-chaos-hostile-test-0123456789abcdef"
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -115,3 +123,24 @@ def test_rpm_excess_is_the_worst_window(arrivals: list[float], rpm: int, burst: 
     assert rpm_excess(arrivals, rpm, burst, 0.25) == pytest.approx(
         _brute_excess(arrivals, rpm, burst, 0.25), abs=1e-6
     )
+
+
+def test_chaos_takes_its_hostile_faults_from_the_server() -> None:
+    """Chaos's hostile faults are the server's own list less the paths that answer well,
+    plus accept-then-hang: every one is served, and a fault added to the server joins the
+    mix without a second list to edit."""
+    assert set(HOSTILE) == (set(HOSTILE_FAULTS) - {"ok", "late", "slow"}) | {"accept-hang"}
+    assert {f"h-{f}" for f in HOSTILE} <= set(WIRE_FAULTS)
+    server = HostileServer()
+    for fault in HOSTILE:
+        server.base_url(fault)  # raises for a fault the server does not serve
+    code = (
+        "import providers.testing._hostile as hostile\n"
+        "hostile.HOSTILE_FAULTS = (*hostile.HOSTILE_FAULTS, 'teapot')\n"
+        "from router._tools._chaos import WIRE_FAULTS\n"
+        "assert 'h-teapot' in WIRE_FAULTS, WIRE_FAULTS\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from router._chaos import MOCK_FAULTS, STAGES, ChaosReport, run_chaos_async
+from router._tools._chaos import MOCK_FAULTS, STAGES, ChaosReport, run_chaos_async
 
 
 def _violations(report: ChaosReport) -> str:

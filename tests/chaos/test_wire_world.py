@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router._chaos import STAGES, WIRE_FAULTS, ChaosReport, run_chaos_async
+from router._tools._chaos import STAGES, WIRE_FAULTS, ChaosReport, run_chaos_async
 
 
 def _violations(report: ChaosReport) -> str:

@@ -41,10 +41,13 @@ from providers import (
     Usage,
 )
 from providers.testing import Fixed, Latency, MockProvider, MockResponse
+from router import open_router
+from router.config import BreakerConfig, ModelConfig, ProviderConfig, RouteConfig, RouterConfig
 
-from ._config import ModelConfig, ProviderConfig, RouteConfig, RouterConfig
-from ._health import BreakerConfig
-from ._validation import Problem, validate
+# Internal, and why: a scenario is validated exactly as a router config is (field
+# paths in errors, each struct's _problems), so its errors read the same.
+from .._validation import Problem, validate
+from ._format import percentile, table_lines
 
 __all__ = [
     "PolicyResult",
@@ -190,14 +193,6 @@ def load_scenario(path: str | os.PathLike[str] | None = None) -> SimScenario:
 # --------------------------------------------------------------------------- running
 
 
-def _percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending list (``nan`` when empty)."""
-    if not sorted_values:
-        return math.nan
-    rank = max(1, math.ceil(q * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 class _Draws:
     """What provider ``name`` does for request ``i``: common random numbers."""
 
@@ -249,8 +244,6 @@ def _config(scenario: SimScenario, policy: RouteConfig) -> RouterConfig:
 async def _run_policy(
     scenario: SimScenario, name: str, policy: RouteConfig, requests: int, seed: int
 ) -> PolicyResult:
-    from ._router import open_router  # the router imports nothing from here
-
     prompt = scenario.input_tokens
     mocks: dict[str, MockProvider] = {}
     # Calls that reached a provider: the upstream load, whatever kind of attempt sent them.
@@ -310,10 +303,10 @@ async def _run_policy(
         requests=requests,
         succeeded=n,
         success_rate=n / requests,
-        p50=_percentile(latencies, 0.50),
-        p95=_percentile(latencies, 0.95),
-        p99=_percentile(latencies, 0.99),
-        p999=_percentile(latencies, 0.999),
+        p50=percentile(latencies, 0.50),
+        p95=percentile(latencies, 0.95),
+        p99=percentile(latencies, 0.99),
+        p999=percentile(latencies, 0.999),
         mean=sum(latencies) / n if n else math.nan,
         attempts=sent,
         extra_attempts=sent / requests - 1.0,
@@ -385,10 +378,8 @@ def hedging_bound(
     second = scenario.providers[backup].latency
     xs = [first.sample(rng) for _ in range(samples)]
     ys = [second.sample(rng) for _ in range(samples)]
-    ordered = sorted(xs)
-    d = _percentile(ordered, 1.0 - extra_load) if extra_load > 0 else math.inf
-    combined = sorted(min(x, d + y) for x, y in zip(xs, ys, strict=True))
-    return d, _percentile(combined, 0.99)
+    d = percentile(xs, 1.0 - extra_load) if extra_load > 0 else math.inf
+    return d, percentile([min(x, d + y) for x, y in zip(xs, ys, strict=True)], 0.99)
 
 
 def format_results(scenario: SimScenario, results: Sequence[PolicyResult]) -> str:
@@ -399,17 +390,9 @@ def format_results(scenario: SimScenario, results: Sequence[PolicyResult]) -> st
     the last column is the best p99 any hedging policy could reach with the same extra
     load (:func:`hedging_bound`).
     """
-    head = (
-        f"{'policy':<14} {'p50':>8} {'p95':>8} {'p99':>8} {'p99.9':>8} {'success':>8} "
-        f"{'extra':>7} {'hedge':>7} {'fallbk':>7} {'retry':>7} "
-        f"{'wasted tok':>11} {'cost $':>9} {'waste $':>8} {'p99 bound':>10}"
-    )
-    lines = []
-    if scenario.description:
-        lines.append(scenario.description)
-    n = results[0].requests if results else 0
-    lines += [f"{n} requests per policy, virtual time, seed {scenario.seed}", "", head]
-    lines.append("-" * len(head))
+    head = ["policy", "p50", "p95", "p99", "p99.9", "success", "extra", "hedge", "fallbk"]
+    head += ["retry", "wasted tok", "cost $", "waste $", "p99 bound"]
+    rows = [head]
     for r in results:
         policy = scenario.policies[r.policy]
         bound = ""
@@ -417,12 +400,29 @@ def format_results(scenario: SimScenario, results: Sequence[PolicyResult]) -> st
             a, b = (t.partition(":")[0] for t in policy.targets)
             bound = f"{hedging_bound(scenario, a, b, r.extra_attempts)[1]:.3f}s"
         n = r.requests
-        lines.append(
-            f"{r.policy:<14} {r.p50:>7.3f}s {r.p95:>7.3f}s {r.p99:>7.3f}s {r.p999:>7.3f}s "
-            f"{r.success_rate:>8.2%} {r.extra_attempts:>7.2%} {r.hedges / n:>7.2%} "
-            f"{r.fallbacks / n:>7.2%} {r.retries / n:>7.2%} {r.wasted_tokens:>11} "
-            f"{r.cost:>9.4f} {r.wasted_cost:>8.4f} {bound:>10}"
+        rows.append(
+            [
+                r.policy,
+                *(f"{x:.3f}s" for x in (r.p50, r.p95, r.p99, r.p999)),
+                *(f"{x:.2%}" for x in (r.success_rate, r.extra_attempts)),
+                *(f"{x / n:.2%}" for x in (r.hedges, r.fallbacks, r.retries)),
+                str(r.wasted_tokens),
+                f"{r.cost:.4f}",
+                f"{r.wasted_cost:.4f}",
+                bound,
+            ]
         )
+    widths = [14, 8, 8, 8, 8, 8, 7, 7, 7, 7, 11, 9, 8, 10]
+    # Full-width lines, the bound column included when it is empty: as always printed.
+    table = table_lines(rows, right=range(1, 14), widths=widths, sep=" ", rule=True, strip=False)
+    lines = []
+    if scenario.description:
+        lines.append(scenario.description)
+    n = results[0].requests if results else 0
+    lines += [f"{n} requests per policy, virtual time, seed {scenario.seed}", "", *table[:2]]
+    under = " " * (max([widths[0], *(len(r.policy) for r in results)]) + 1)  # column 2
+    for r, line in zip(results, table[2:], strict=True):
+        lines.append(line)
         if r.panic_routed:
-            lines.append(f"{'':<14} {r.panic_routed} requests routed in panic")
+            lines.append(f"{under}{r.panic_routed} requests routed in panic")
     return "\n".join(lines)

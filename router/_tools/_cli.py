@@ -13,7 +13,8 @@ status  meaning
 130     interrupted (Ctrl-C)
 ======  ===================================================================
 
-The ``chat``, ``health`` and ``models`` commands live in :mod:`router._commands`.
+The ``chat``, ``health`` and ``models`` commands live in :mod:`router._tools._commands`;
+``python -m router`` runs :func:`main` as the console script does.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from typing import Any, TypeVar
 import trio
 
 from providers import LLMError
+
+from ._format import table_lines
 
 __all__ = ["main"]
 
@@ -170,7 +173,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_chaos_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``chaos``: the fault mix against the router, checking its guarantees (router._chaos)."""
+    """``chaos``: the fault mix against the router, checking its guarantees (``_chaos``)."""
     chaos = sub.add_parser(
         "chaos",
         help="a seeded fault mix against the router; exit 1 if any guarantee fails",
@@ -497,12 +500,14 @@ def _upstream_formats(url: str = "URL") -> str:
     """
     from providers.testing import UPSTREAM_KINDS
 
+    rows = [
+        [kind if kind == wire else f"{kind} ({wire} format)", f"{url}/<scenario>{path}"]
+        for wire in dict.fromkeys(w for w, _ in UPSTREAM_KINDS.values())
+        for kind, (w, path) in UPSTREAM_KINDS.items()
+        if w == wire
+    ]
     lines = ["wire formats (provider kind: the base_url to configure):"]
-    for wire in dict.fromkeys(w for w, _ in UPSTREAM_KINDS.values()):
-        for kind, (w, path) in UPSTREAM_KINDS.items():
-            if w == wire:
-                label = kind if kind == wire else f"{kind} ({wire} format)"
-                lines.append(f"  {label:<35} {url}/<scenario>{path}")
+    lines += table_lines(rows, widths=[35], sep=" ", indent="  ")
     return "\n".join(lines)
 
 

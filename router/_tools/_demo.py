@@ -36,9 +36,10 @@ from providers.testing import (
     Scenario,
     open_fake_upstream,
 )
+from router import Router, open_router
+from router.config import HedgeConfig, ProviderConfig, RouteConfig, RouterConfig
 
-from ._config import HedgeConfig, ProviderConfig, RouteConfig, RouterConfig
-from ._router import Router, open_router
+from ._format import percentile, table_lines
 
 __all__ = ["DemoRun", "run_demo"]
 
@@ -94,11 +95,9 @@ class DemoRun:
         self.failures = failures
         self.stats = stats
 
-    def percentile(self, q: float) -> float:
-        """Nearest-rank percentile of the successful requests' latency, in seconds."""
-        if not self.latencies:
-            return math.nan
-        return self.latencies[max(0, math.ceil(q * len(self.latencies)) - 1)]
+    def latency(self, q: float) -> float:
+        """The ``q`` percentile of the successful requests' latency, in seconds."""
+        return percentile(self.latencies, q)
 
     @property
     def requests(self) -> int:
@@ -149,21 +148,26 @@ async def _pass(
     return DemoRun(route, latencies, failures, stats)
 
 
-def _table(runs: list[DemoRun]) -> str:
-    head = (
-        f"  {'route':<8} {'p50':>8} {'p95':>8} {'p99':>8} {'success':>8} {'fallbacks':>9} "
-        f"{'hedges':>7} {'extra load':>10} {'cost':>9}"
-    )
-    lines = [head, "  " + "-" * (len(head) - 2)]
+def _comparison(runs: list[DemoRun]) -> str:
+    head = ["route", "p50", "p95", "p99", "success", "fallbacks", "hedges", "extra load", "cost"]
+    rows = [head]
     for r in runs:
         extra = (r.stats["hedges"] + r.stats["fallbacks"] + r.stats["retries"]) / r.requests
-        lines.append(
-            f"  {r.route:<8} {1000 * r.percentile(0.5):>6.0f}ms"
-            f" {1000 * r.percentile(0.95):>6.0f}ms {1000 * r.percentile(0.99):>6.0f}ms"
-            f" {len(r.latencies) / r.requests:>8.1%} {r.stats['fallbacks']:>9.0f}"
-            f" {r.stats['hedges']:>7.0f} {extra:>10.1%} ${r.stats['cost']:>8.4f}"
+        rows.append(
+            [
+                r.route,
+                *(f"{1000 * r.latency(q):.0f}ms" for q in (0.5, 0.95, 0.99)),
+                f"{len(r.latencies) / r.requests:.1%}",
+                f"{r.stats['fallbacks']:.0f}",
+                f"{r.stats['hedges']:.0f}",
+                f"{extra:.1%}",
+                f"${r.stats['cost']:>8.4f}",
+            ]
         )
-    return "\n".join(lines)
+    widths = [8, 8, 8, 8, 8, 9, 7, 10, 9]
+    return "\n".join(
+        table_lines(rows, right=range(1, 9), widths=widths, sep=" ", indent="  ", rule=True)
+    )
 
 
 def _progress_printer(out: TextIO) -> Callable[[str, int, int], None]:
@@ -274,9 +278,9 @@ async def run_demo(
                 await _pass(router, route, requests, concurrency, progress)
                 for route in ("plain", "hedged")
             ]
-            print("\n" + _table(runs), file=out)
+            print("\n" + _comparison(runs), file=out)
             plain, hedged = runs
-            p99_plain, p99_hedged = plain.percentile(0.99), hedged.percentile(0.99)
+            p99_plain, p99_hedged = plain.latency(0.99), hedged.latency(0.99)
             if p99_hedged > 0 and not math.isnan(p99_plain):
                 hedges = hedged.stats["hedges"] / hedged.requests
                 print(

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -41,9 +41,10 @@ import trio
 
 from providers import ChatRequest, Message, OpenAIProvider, Secret, TextDelta
 from providers.testing import MockProvider
+from router import open_router
+from router.config import HedgeConfig, ProviderConfig, RouteConfig, RouterConfig
 
-from ._config import HedgeConfig, ProviderConfig, RouteConfig, RouterConfig
-from ._router import open_router
+from ._format import percentile, table_lines
 
 __all__ = ["BENCHMARKS", "run_benchmarks"]
 
@@ -62,14 +63,10 @@ class Latencies(msgspec.Struct, frozen=True, kw_only=True):
 def _summary(samples: list[float], seconds: float) -> Latencies:
     ordered = sorted(samples)
     n = len(ordered)
-
-    def q(p: float) -> float:
-        return ordered[max(0, math.ceil(p * n) - 1)] * 1e6 if n else math.nan
-
     return Latencies(
-        p50_us=q(0.50),
-        p99_us=q(0.99),
-        p999_us=q(0.999),
+        p50_us=percentile(ordered, 0.50) * 1e6,
+        p99_us=percentile(ordered, 0.99) * 1e6,
+        p999_us=percentile(ordered, 0.999) * 1e6,
         requests=n,
         seconds=seconds,
         per_second=n / seconds if seconds else math.nan,
@@ -154,7 +151,7 @@ def _upstream_process(scenarios_toml: str = "") -> Iterator[str]:
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
         f.write(scenarios_toml)
         path = f.name
-    args = [sys.executable, "-m", "router._cli", "upstream", "--port", "0", "--scenario", path]
+    args = [sys.executable, "-m", "router", "upstream", "--port", "0", "--scenario", path]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -497,6 +494,11 @@ def _machine() -> str:
     )
 
 
+def _labelled(rows: Iterable[tuple[str, str]], width: int = 0) -> list[str]:
+    """Lines of a report: a label column (at least ``width`` wide), then the figures."""
+    return table_lines([list(row) for row in rows], widths=[width], sep=" ", indent="  ")
+
+
 def _report(name: str, r: Any) -> str:
     if name == "overhead":
         rows = [
@@ -506,21 +508,25 @@ def _report(name: str, r: Any) -> str:
             ("router c=100", r.router_c100),
         ]
         lines = [f"overhead (in-process, MockProvider, {r.router_c1.requests} requests)"]
-        lines += [
-            f"  {label:<13} p50 {x.p50_us:7.1f} µs  p99 {x.p99_us:7.1f} µs"
-            f"  {x.per_second:8.0f} req/s"
+        figures = [
+            (label, f"p50 {x.p50_us:7.1f} µs  p99 {x.p99_us:7.1f} µs  {x.per_second:8.0f} req/s")
             for label, x in rows
         ]
+        lines += _labelled(figures, width=13)
         lines.append(f"  router adds: p50 {r.added_p50_us:.1f} µs, p99 {r.added_p99_us:.1f} µs")
         return "\n".join(lines)
     if name == "loopback":
         lines = ["loopback (fake upstream in another process, OpenAI format)"]
-        for x in r:
-            lines.append(
-                f"  c={x.concurrency:<3} bare p50 {x.bare.p50_us:7.1f} µs"
-                f" {x.bare.per_second:6.0f} req/s | router p50 {x.router.p50_us:7.1f} µs"
-                f" {x.router.per_second:6.0f} req/s"
+        figures = [
+            (
+                f"c={x.concurrency}",
+                f"bare p50 {x.bare.p50_us:7.1f} µs {x.bare.per_second:6.0f} req/s"
+                f" | router p50 {x.router.p50_us:7.1f} µs {x.router.per_second:6.0f} req/s",
             )
+            for x in r
+        ]
+        for x, row in zip(r, _labelled(figures, width=5), strict=True):
+            lines.append(row)
             lines.append(
                 f"        throughput ratio {x.throughput_ratio:.1%}"
                 f" (rounds {x.ratio_low:.1%}..{x.ratio_high:.1%}),"
@@ -528,13 +534,22 @@ def _report(name: str, r: Any) -> str:
             )
         return "\n".join(lines)
     if name == "hedging":
-        return (
-            f"hedging over loopback ({r.requests} requests, 2% stalls of 50x the median)\n"
-            f"  plain:  p50 {r.plain_p50_ms:7.1f} ms  p99 {r.plain_p99_ms:7.1f} ms"
-            f"  p99.9 {r.plain_p999_ms:7.1f} ms\n"
-            f"  hedged: p50 {r.hedged_p50_ms:7.1f} ms  p99 {r.hedged_p99_ms:7.1f} ms"
-            f"  p99.9 {r.hedged_p999_ms:7.1f} ms  extra attempts {r.extra_attempts:.1%}"
+        lines = [f"hedging over loopback ({r.requests} requests, 2% stalls of 50x the median)"]
+        lines += _labelled(
+            [
+                (
+                    "plain:",
+                    f"p50 {r.plain_p50_ms:7.1f} ms  p99 {r.plain_p99_ms:7.1f} ms"
+                    f"  p99.9 {r.plain_p999_ms:7.1f} ms",
+                ),
+                (
+                    "hedged:",
+                    f"p50 {r.hedged_p50_ms:7.1f} ms  p99 {r.hedged_p99_ms:7.1f} ms"
+                    f"  p99.9 {r.hedged_p999_ms:7.1f} ms  extra attempts {r.extra_attempts:.1%}",
+                ),
+            ]
         )
+        return "\n".join(lines)
     if name == "scale":
         return (
             f"scale ({r.streams} concurrent streams)\n"

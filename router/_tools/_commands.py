@@ -1,4 +1,4 @@
-"""What ``llm-router chat``, ``health`` and ``models`` do; :mod:`router._cli` parses.
+"""What ``llm-router chat``, ``health`` and ``models`` do; :mod:`._cli` parses.
 
 Each command writes its result to ``out`` (stdout: pipeable) and its commentary to
 ``err`` (stderr), and returns the exit status.  Failures are raised as they are —
@@ -49,12 +49,20 @@ from providers import (
     TextDelta,
 )
 from providers._errors import scrub
+from router import load_config, open_router
+from router.config import MockConfig, ModelConfig, RouterConfig, config_from_env
+from router.models import model_card
 
-from ._config import MockConfig, ModelConfig, RouterConfig, load_config, model_info
-from ._health import HealthStatus
-from ._models import model_card, model_cards
-from ._providers import build_provider, config_from_env
-from ._router import open_router
+# The internals, and why: each provider is built here (build_provider), not by
+# open_router, so that one whose key is missing becomes a stand-in that says so and the
+# health probe can be recorded; ``models`` shows the router's own merge of [models] over
+# the built-in cards (model_info) and, without a config, the whole table (model_cards);
+# error lines pass the one scrubber (scrub); HealthStatus is a type.
+from .._config import model_info
+from .._health import HealthStatus
+from .._models import model_cards
+from .._providers import build_provider
+from ._format import table_lines
 
 __all__ = [
     "EXIT_ERROR",
@@ -399,7 +407,7 @@ async def run_health(
             ]
             for r in rows
         ]
-        out.write(format_table(table, right={3, 4}))
+        out.write("\n".join(table_lines(table, right={3, 4})) + "\n")
     out.flush()
     return EXIT_UNHEALTHY if any(r.status == "unhealthy" for r in rows) else EXIT_OK
 
@@ -525,7 +533,7 @@ def run_models(config_path: Path | None, *, as_json: bool = False, out: TextIO) 
     # The numeric headers end in a space: the cells below end in a marker column.
     table = [["TARGET", "CONTEXT ", "INPUT $/M ", "OUTPUT $/M ", "CACHED $/M ", "AS OF", "ROUTES"]]
     table += [_model_cells(r) for r in rows]
-    out.write(format_table(table, right={1, 2, 3, 4}))
+    out.write("\n".join(table_lines(table, right={1, 2, 3, 4})) + "\n")
     if any(r.from_config for r in rows):
         out.write("* set in the config's [models]; the rest is the built-in table\n")
     if config is None:
@@ -559,20 +567,6 @@ def _model_cells(row: ModelRow) -> list[str]:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def format_table(rows: Sequence[Sequence[str]], *, right: Iterable[int] = ()) -> str:
-    """Columns padded to their widest cell (``right``: right-aligned), two spaces apart."""
-    aligned = set(right)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for row in rows:
-        cells = [
-            cell.rjust(width) if i in aligned else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines) + "\n"
 
 
 def to_json(value: object) -> str:
