@@ -723,6 +723,7 @@ class _Finished:
 
 _EXHAUSTED = cast("Generator[None, None, None]", iter(()))
 _FINISHED = _Finished()
+#: The headers of an answer that keeps none (an embedding); only ever read.
 _NO_HEADERS: dict[str, str] = {}
 
 
@@ -999,9 +1000,10 @@ class ActorStream(ActorCall):
             self._opening = None  # never entered: nothing to exit
             ActorCall.__aexit__(self, type(exc), exc, exc.__traceback__)
             raise
-        # Open: the reads keep the first-token limit themselves (_next_limited), so that
-        # it never covers the caller's own time between reads.
-        self._end_limit(None, None, None)
+        if self._scope is not None:
+            # Open: the reads keep the first-token limit themselves (_next_limited), so
+            # that it never covers the caller's own time between reads.
+            self._end_limit(None, None, None)
         return self
 
     # -- read -----------------------------------------------------------------------------
