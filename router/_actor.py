@@ -21,8 +21,10 @@ from __future__ import annotations
 import datetime
 import logging
 import math
+from collections.abc import Awaitable, Generator
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
+from typing import Self, cast
 
 import msgspec
 import trio
@@ -204,7 +206,6 @@ class ProviderActor:
         self.retried = 0
         self._input_tokens = 0
         self._output_tokens = 0
-        self._crash_next: BaseException | None = None
         self._breaker_changed = trio.Event()
         # The run's clock, read through its bound method: trio.current_time() without
         # the two lookups in between (the hot path reads the time a few times per call).
@@ -222,7 +223,7 @@ class ProviderActor:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the mailbox until cancelled; the supervisor restarts it if it crashes."""
-        await self.mailbox.run(task_status=task_status, crash=self._maybe_crash)
+        await self.mailbox.run(task_status=task_status)
 
     async def watch_breaker(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -253,16 +254,6 @@ class ProviderActor:
                     await self._breaker_changed.wait()
                 if trio.current_time() >= retry_at:
                     self._publish()
-
-    def _maybe_crash(self) -> None:
-        if self._crash_next is not None:
-            exc, self._crash_next = self._crash_next, None
-            raise exc
-
-    def inject_crash(self, exc: BaseException) -> None:
-        """Testing hook: make the actor's loop raise ``exc`` at its next wake-up."""
-        self._crash_next = exc
-        self.mailbox._changed.set()
 
     def on_crash(self, exc: BaseException) -> None:
         """The loop crashed: fail the queued requests so they can fail over."""
@@ -549,52 +540,6 @@ class ProviderActor:
                 retryable=False,
             )
 
-    def _cost(
-        self, request: ChatRequest, prompt_tokens: int | None = None
-    ) -> tuple[float, float, int]:
-        """(TPM cost, its output part, the prompt count) of a chat request.
-
-        The prompt is counted exactly where an offline tokenizer knows the model, else
-        estimated (providers._tokens); the TPM cost scales that by what this provider's
-        reported usage has taught :attr:`calibration` about the model.  The unscaled
-        count is returned, for the calibration to learn from when the answer comes.
-        """
-        output = request.max_tokens or self._default_max_tokens
-        prompt = count_input_tokens(request) if prompt_tokens is None else prompt_tokens
-        scaled = self.calibration.scale(request.model, prompt)
-        return float(scaled + output), float(output), prompt
-
-    async def _admit(
-        self,
-        cost: float,
-        output_cost: float,
-        *,
-        nowait: bool,
-        trace: AttemptRecord | None,
-        model: str,
-        panic: bool = False,
-    ) -> Permit:
-        # A call made in a cancelled scope takes no permit: nothing is charged or sent.
-        await trio.lowlevel.checkpoint_if_cancelled()
-        permit = self._admit_at_once(cost, output_cost, nowait=nowait, panic=panic)
-        if permit is not None:
-            return permit
-        return await self._wait_for_admission(cost, output_cost, trace, model)
-
-    async def _wait_for_admission(
-        self, cost: float, output_cost: float, trace: AttemptRecord | None, model: str
-    ) -> Permit:
-        """Queue for a permit (after :meth:`_admit_at_once` said ``None``)."""
-
-        def waited(seconds: float, held_by: Hold, outcome: WaitOutcome) -> None:
-            self._waited(seconds, held_by, outcome, trace, model)
-
-        try:
-            return await self.mailbox.admit(cost, output_cost, on_wait=waited)
-        except BaseException:
-            self._not_admitted()
-            raise
-
     def _waited(
         self,
         seconds: float,
@@ -640,100 +585,12 @@ class ProviderActor:
                 )
             )
 
-    def _admit_at_once(
-        self, cost: float, output_cost: float, *, nowait: bool, panic: bool = False
-    ) -> Permit | None:
-        """The permit, when admission needs no wait; ``None`` when it must queue.
-
-        Callers check for cancellation first (``checkpoint_if_cancelled``): a permit
-        granted here is for a call that will be sent.  ``panic``: the plan put this
-        target in by panic routing, so an open breaker does not refuse it.
-        """
-        now = self._now()
-        self._check_available(now, panic)
-        try:
-            if nowait:
-                return self.mailbox.admit_nowait(cost, output_cost, now=now)
-            return self.mailbox.try_admit(cost, output_cost, now=now)
-        except BaseException:
-            self._not_admitted()
-            raise
-
     def _not_admitted(self) -> None:
         # Admission refused or cancelled: the call never started, so any half-open probe
         # slot the breaker granted goes back.
         now = self._now()
         self.breaker.record_cancelled(now)
         self._outcome(now)
-
-    # The one call path.  Every operation (complete, stream, embed) goes through it:
-    #
-    #   admit     _admit_at_once / _wait_for_admission: a permit, or a refusal
-    #   call      the adapter, under the per-attempt limits when they are set
-    #   outcome   exactly one of
-    #               _answered   a whole answer (or a stream's Done): tokens accounted,
-    #                           calibration and rate-limit headers learnt, a success
-    #               _ended      an exception: an LLMError is the provider's failure;
-    #                           any other Exception is the adapter crashing, wrapped in
-    #                           ServerError (the original as __cause__) and a failure
-    #                           too; anything else (Cancelled) abandons the call
-    #             each releases the permit and updates health.
-    #
-    # They are plain methods called inline, not a context manager: ``complete`` is the
-    # hot path, and every coroutine layer costs on each of its I/O wake-ups.
-
-    def _answered(
-        self,
-        permit: Permit,
-        usage: Usage,
-        headers: dict[str, str],
-        latency: float,
-        now: float,
-        trace: AttemptRecord | None,
-        *,
-        stream: bool = False,
-        model: str | None = None,
-        prompt: int = 0,
-    ) -> None:
-        """A call succeeded: ``latency`` is the whole answer's, or a stream's first token."""
-        self._input_tokens += usage.input_tokens
-        self._output_tokens += usage.output_tokens
-        total = usage.input_tokens + usage.output_tokens
-        permit.release(total or None)
-        if model is not None:  # chat: the prompt count learns from the reported usage
-            self.calibration.observe(model, prompt, usage.input_tokens)
-        if trace is not None:
-            trace.usage = usage
-        self._learn(headers, now)
-        self._success(latency, now, stream=stream)
-
-    def _ended(
-        self,
-        permit: Permit,
-        exc: BaseException,
-        start: float,
-        *,
-        stream: bool = False,
-        first: float | None = None,
-    ) -> ServerError | None:
-        """A call that started at ``start`` raised ``exc``: record its outcome; return
-        the typed error to raise instead of a foreign ``exc``, else ``None`` (raise
-        ``exc`` itself).
-
-        An abandoned call's censored latency sample runs to now, or for a stream to its
-        first content (``first``) if that came.
-        """
-        now = self._now()
-        permit.release()
-        if isinstance(exc, LLMError):
-            self._failure(exc, now)
-            return None
-        if isinstance(exc, Exception):
-            error = self._wrap(exc)
-            self._failure(error, now)
-            return error
-        self._abandoned(now, (now if first is None else first) - start, stream=stream)
-        return None
 
     def _wrap(self, exc: Exception) -> ServerError:
         """A foreign exception from the adapter, as the typed error the caller sees."""
@@ -758,51 +615,12 @@ class ProviderActor:
 
         ``trace`` is filled in with the tokens sent, the time queued and the usage;
         ``nowait`` refuses with :class:`~providers.Overloaded` instead of queueing (load
-        shedding).
+        shedding); ``prompt_tokens`` is the prompt's count when the caller has it.
         """
-        cost, output_cost, prompt = self._cost(request, prompt_tokens)
-        # A call made in a cancelled scope takes no permit: nothing is charged or sent
-        # (a hedge started as the race is decided, a fallback as the caller is
-        # cancelled).  Not a schedule point otherwise.  (_admit, inlined: one coroutine
-        # layer fewer on the hot path.)
-        await trio.lowlevel.checkpoint_if_cancelled()
-        panic = trace is not None and trace.candidate.panic
-        permit = self._admit_at_once(cost, output_cost, nowait=nowait, panic=panic)
-        if permit is None:
-            permit = await self._wait_for_admission(cost, output_cost, trace, request.model)
-        if trace is not None:
-            trace.sent_tokens = prompt
-        # Admitted at once, or granted from the queue: either way the call starts when
-        # admission was granted (no schedule point in between, so the same instant).
-        start = permit.granted_at
-        limit = self._first_token_timeout
-        try:
-            if limit is None:
-                response = await self.provider.complete(request)
-            else:
-                with trio.move_on_at(start + limit) as scope:
-                    response = await self.provider.complete(request)
-                if scope.cancelled_caught:
-                    raise self._timed_out("no answer", limit)
-        except BaseException as exc:
-            error = self._ended(permit, exc, start)
-            if error is None:
-                raise
-            try:  # no local left to tie the traceback's frame to the error: no cycle
-                raise error from exc
-            finally:
-                del error
-        now = self._now()
-        self._answered(
-            permit,
-            response.usage,
-            response.headers,
-            now - start,
-            now,
-            trace,
-            model=request.model,
-            prompt=prompt,
-        )
+        call = ActorCall(self, request, trace, nowait, prompt_tokens)
+        async with call:
+            response = await self.provider.complete(request)
+            call.answered(response.usage, response.headers)
         return response
 
     def stream(
@@ -823,34 +641,11 @@ class ProviderActor:
         trace: AttemptRecord | None = None,
         nowait: bool = False,
     ) -> EmbeddingResponse:
-        """Embed through admission (cost: the inputs' estimated tokens)."""
-        prompt = sum(estimate_text_tokens(t) for t in request.inputs)
-        panic = trace is not None and trace.candidate.panic
-        permit = await self._admit(
-            float(prompt), 0.0, nowait=nowait, trace=trace, model=request.model, panic=panic
-        )
-        if trace is not None:
-            trace.sent_tokens = prompt
-        start = permit.granted_at
-        limit = self._first_token_timeout
-        try:
-            if limit is None:
-                response = await self.provider.embed(request)
-            else:
-                with trio.move_on_at(start + limit) as scope:
-                    response = await self.provider.embed(request)
-                if scope.cancelled_caught:
-                    raise self._timed_out("no embeddings", limit)
-        except BaseException as exc:
-            error = self._ended(permit, exc, start)
-            if error is None:
-                raise
-            try:  # no local left to tie the traceback's frame to the error: no cycle
-                raise error from exc
-            finally:
-                del error
-        now = self._now()
-        self._answered(permit, response.usage, {}, now - start, now, trace)
+        """Embed through the same call path (cost: the inputs' estimated tokens)."""
+        call = ActorCall(self, request, trace, nowait)
+        async with call:
+            response = await self.provider.embed(request)
+            call.answered(response.usage, _NO_HEADERS)  # an embedding answer keeps none
         return response
 
     async def probe(self) -> None:
@@ -892,34 +687,285 @@ class ProviderActor:
         )
 
 
-class ActorStream:
-    """One streaming attempt: ``async with actor.stream(request) as events``.
+# The one call path.  Every operation (complete, stream, embed) is an ActorCall:
+#
+#   admit     on entering its ``async with``: the cancel check, the actor's breaker and
+#             suspension, the mailbox (at once, or queued): the grant, or a refusal
+#   call      the adapter, inside the block, under the first-token limit when one is set
+#   outcome   exactly one of
+#               answered    a whole answer (or a stream's Done): tokens accounted,
+#                           calibration and rate-limit headers learnt, a success
+#               raised      an LLMError is the provider's failure; any other Exception
+#                           is the adapter crashing, wrapped in ServerError (the original
+#                           as __cause__) and a failure too; anything else (Cancelled)
+#                           abandons the call
+#               abandoned   the block was left without either (a lost race, a reader
+#                           that stopped early): a censored latency sample
+#             each releases the permit (the call is the permit) and updates health.
+#
+# Cost: one object per call, which is also the mailbox's permit (so no second object),
+# one coroutine to enter (admission may queue), none to exit (``__aexit__`` is a plain
+# method returning a finished awaitable), no cancel scope unless a limit is set.
 
-    It goes through the actor's one call path (see :class:`ProviderActor`): admission on
-    entry, the adapter's stream under the per-attempt limits, and exactly one outcome —
-    a success at the :class:`~providers.Done` event (health latency: time to first
-    content), a failure when opening or reading raises (a foreign exception wrapped in
-    :class:`~providers.ServerError`, the original as ``__cause__``), or, when the block
-    is left before either, an abandoned call.
+
+class _Finished:
+    """An awaitable that is finished already: awaiting it returns ``None`` at once.
+
+    ``ActorCall.__aexit__`` does its work synchronously and returns this, so leaving the
+    call costs no coroutine object.  Every await shares one exhausted iterator.
+    """
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[None, None, None]:
+        return _EXHAUSTED
+
+
+_EXHAUSTED = cast("Generator[None, None, None]", iter(()))
+_FINISHED = _Finished()
+#: The headers of an answer that keeps none (an embedding); only ever read.
+_NO_HEADERS: dict[str, str] = {}
+
+
+class ActorCall(Permit):
+    """One call through a provider actor: ``async with call:`` around the adapter call.
+
+    Entering admits the call (or raises the refusal); inside, the caller calls the
+    adapter and reports a whole answer with :meth:`answered`; leaving records the
+    outcome — a success, a failure (a foreign exception is re-raised as
+    :class:`~providers.ServerError`), or an abandoned call — and releases the permit.
+    See the comment above for the rules.
+
+    Synopsis::
+
+        call = ActorCall(actor, request, trace, nowait)
+        async with call:
+            response = await actor.provider.complete(request)
+            call.answered(response.usage, response.headers)
     """
 
     __slots__ = (
         "_actor",
-        "_events",
-        "_limited",
+        "_learns",
+        "_model",
         "_nowait",
-        "_opening",
-        "_permit",
-        "_prompt",
-        "_prompt_tokens",
-        "_request",
-        "_start",
+        "_scope",
+        "_stream",
         "_trace",
-        "failed",
+        "_what",
         "first_content_at",
-        "response",
+        "prompt",
         "settled",
     )
+
+    def __init__(
+        self,
+        actor: ProviderActor,
+        request: ChatRequest | EmbeddingRequest,
+        trace: AttemptRecord | None,
+        nowait: bool,
+        prompt_tokens: int | None = None,
+        *,
+        stream: bool = False,
+    ) -> None:
+        if isinstance(request, EmbeddingRequest):
+            # Nothing is generated: the cost is the inputs' estimated tokens, and the
+            # usage teaches the chat prompt counts nothing.
+            prompt = sum(estimate_text_tokens(t) for t in request.inputs)
+            Permit.__init__(self, float(prompt), 0.0)
+            self._learns = False
+            self._what = "no embeddings"
+        else:
+            # The prompt is counted exactly where an offline tokenizer knows the model,
+            # else estimated (providers._tokens); the TPM cost scales that by what this
+            # provider's reported usage has taught the calibration about the model.  The
+            # unscaled count is kept, for the calibration to learn from the answer.
+            output = request.max_tokens or actor._default_max_tokens
+            prompt = count_input_tokens(request) if prompt_tokens is None else prompt_tokens
+            scaled = actor.calibration.scale(request.model, prompt)
+            Permit.__init__(self, float(scaled + output), float(output))
+            self._learns = True
+            self._what = "no first token" if stream else "no answer"
+        self._actor = actor
+        self._model = request.model
+        self._trace = trace
+        self._nowait = nowait
+        self._stream = stream
+        self._scope: trio.CancelScope | None = None
+        #: The prompt's token count (unscaled), sent as the attempt's ``sent_tokens``.
+        self.prompt = prompt
+        #: When a stream's first content event came (trio time), if it has.
+        self.first_content_at: float | None = None
+        #: The outcome is recorded (answered, failed or abandoned).
+        self.settled = False
+
+    # -- admit ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        # A call made in a cancelled scope takes no permit: nothing is charged or sent
+        # (a hedge started as the race is decided, a fallback as the caller is
+        # cancelled).  Not a schedule point otherwise.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        actor = self._actor
+        trace = self._trace
+        now = actor._now()
+        # A panic attempt (the plan put the target in by panic routing) goes through an
+        # open breaker.
+        actor._check_available(now, trace is not None and trace.candidate.panic)
+        mailbox = actor.mailbox
+        try:
+            if self._nowait:
+                mailbox.admit_nowait(self, now=now)
+            elif mailbox.try_admit(self, now=now) is None:
+                await mailbox.admit(self, on_wait=self._waited)
+        except BaseException:
+            actor._not_admitted()
+            raise
+        if trace is not None:
+            trace.sent_tokens = self.prompt
+        limit = actor._first_token_timeout
+        if limit is not None:
+            # Admitted at once or from the queue, the call starts when admission was
+            # granted (no schedule point in between, so the same instant).
+            self._scope = scope = trio.move_on_at(self.granted_at + limit)
+            scope.__enter__()
+        return self
+
+    def _waited(self, seconds: float, held_by: Hold, outcome: WaitOutcome) -> None:
+        self._actor._waited(seconds, held_by, outcome, self._trace, self._model)
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    def answered(self, usage: Usage, headers: dict[str, str]) -> None:
+        """The call succeeded with ``usage``: a whole answer, or a stream's Done.
+
+        Health latency is the whole answer's, or a stream's time to first content.
+        """
+        self.settled = True
+        actor = self._actor
+        now = actor._now()
+        actor._input_tokens += usage.input_tokens
+        actor._output_tokens += usage.output_tokens
+        total = usage.input_tokens + usage.output_tokens
+        self.release(total or None)
+        if self._learns:
+            actor.calibration.observe(self._model, self.prompt, usage.input_tokens)
+        trace = self._trace
+        if trace is not None:
+            trace.usage = usage
+        actor._learn(headers, now)
+        first = self.first_content_at
+        actor._success(
+            (now if first is None else first) - self.granted_at, now, stream=self._stream
+        )
+
+    def _raised(self, exc: BaseException) -> ServerError | None:
+        """The call raised ``exc``: its outcome, once; the typed error to raise instead of
+        a foreign ``exc``, else ``None`` (raise ``exc`` itself)."""
+        actor = self._actor
+        if self.settled:
+            # Already answered or failed: only make sure nothing foreign escapes.
+            if isinstance(exc, Exception) and not isinstance(exc, LLMError):
+                return actor._wrap(exc)
+            return None
+        if not isinstance(exc, Exception):
+            self._abandon()  # Cancelled (or KeyboardInterrupt): no verdict either way
+            return None
+        self.settled = True
+        now = actor._now()
+        self.release()
+        if isinstance(exc, LLMError):
+            actor._failure(exc, now)
+            return None
+        error = actor._wrap(exc)
+        actor._failure(error, now)
+        return error
+
+    def _abandon(self) -> None:
+        """Left without an outcome (a lost race, a deadline, a reader that stopped early).
+
+        The censored latency sample runs to now, or for a stream to its first content
+        if that came (see ProviderActor._abandoned).
+        """
+        if self.settled:
+            return
+        self.settled = True
+        actor = self._actor
+        now = actor._now()
+        self.release()
+        first = self.first_content_at
+        actor._abandoned(
+            now, (now if first is None else first) - self.granted_at, stream=self._stream
+        )
+
+    def _end_limit(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> BaseException | None:
+        """Leave the first-token limit's scope, if one is open; return the exception the
+        call ended with: ``exc``, or a :class:`~providers.Timeout` if the limit cut it."""
+        scope = self._scope
+        if scope is None:
+            return exc
+        self._scope = None
+        try:
+            scope.__exit__(exc_type, exc, tb)
+        except BaseException as remaining:
+            # A group holding the limit's Cancelled and more: the rest of it.
+            return remaining
+        if not scope.cancelled_caught:
+            return exc
+        limit = self._actor._first_token_timeout
+        assert limit is not None
+        return self._actor._timed_out(self._what, limit)
+
+    def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Awaitable[bool | None]:
+        """Record the outcome (see the comment above the class) and release the permit.
+
+        A plain method returning a finished awaitable: the work is synchronous, and
+        leaving a call then costs no coroutine.  Raises the typed error in place of a
+        foreign exception, and the limit's :class:`~providers.Timeout` in place of its
+        own cancellation.
+        """
+        ended = exc if self._scope is None else self._end_limit(exc_type, exc, tb)
+        if ended is None:
+            if not self.settled:
+                self._abandon()  # left without an answer
+            return _FINISHED
+        error = self._raised(ended)
+        if error is not None:
+            try:  # no local left to tie the traceback's frame to the error: no cycle
+                raise error from ended
+            finally:
+                del error, ended
+        if ended is not exc:
+            try:  # the limit's Timeout in place of its own Cancelled (display: Timeout only)
+                raise ended from None
+            finally:
+                del ended
+        return _FINISHED
+
+
+class ActorStream(ActorCall):
+    """One streaming attempt: ``async with actor.stream(request) as events``.
+
+    An :class:`ActorCall` whose block is the caller's reading: admission on entry, then
+    the adapter's stream opened under the first-token limit; reads under the
+    first-token and idle limits; and exactly one outcome — a success at the
+    :class:`~providers.Done` event (health latency: time to first content), a failure
+    when opening, reading or closing raises (a foreign exception wrapped in
+    :class:`~providers.ServerError`, the original as ``__cause__``), or, when the block
+    is left before either, an abandoned call.
+    """
+
+    __slots__ = ("_events", "_limited", "_opening", "_request")
 
     def __init__(
         self,
@@ -929,23 +975,11 @@ class ActorStream:
         nowait: bool,
         prompt_tokens: int | None,
     ) -> None:
-        self._actor = actor
+        super().__init__(actor, request, trace, nowait, prompt_tokens, stream=True)
         self._request = request
-        self._trace = trace
-        self._nowait = nowait
-        self._prompt_tokens = prompt_tokens
-        self._prompt = 0
-        self._permit: Permit | None = None
         self._opening: AbstractAsyncContextManager[EventStream] | None = None
         self._events: EventStream | None = None
-        self._start = 0.0
         self._limited = actor._first_token_timeout is not None or actor._idle_timeout is not None
-        self.first_content_at: float | None = None
-        self.response: ChatResponse | None = None
-        #: The call's outcome is recorded (a success or a failure).
-        self.settled = False
-        #: It failed (opening or reading raised).
-        self.failed = False
 
     @property
     def provider(self) -> str:
@@ -954,45 +988,22 @@ class ActorStream:
 
     # -- admit and open -----------------------------------------------------------------
 
-    async def __aenter__(self) -> ActorStream:
-        actor = self._actor
-        request = self._request
-        cost, output_cost, self._prompt = actor._cost(request, self._prompt_tokens)
-        trace = self._trace
-        permit = await actor._admit(
-            cost,
-            output_cost,
-            nowait=self._nowait,
-            trace=trace,
-            model=request.model,
-            panic=trace is not None and trace.candidate.panic,
-        )
-        self._permit = permit
-        if self._trace is not None:
-            self._trace.sent_tokens = self._prompt
-        self._start = start = permit.granted_at
-        limit = actor._first_token_timeout
+    async def __aenter__(self) -> Self:
+        await super().__aenter__()
         try:
             # Inside the try: an adapter whose stream() itself raises is a failed call
             # too (typed, counted, its permit returned), not an escape.
-            opening = actor.provider.stream(request)
+            opening = self._actor.provider.stream(self._request)
             self._opening = opening
-            if limit is None:
-                self._events = await opening.__aenter__()
-            else:
-                with trio.move_on_at(start + limit) as scope:
-                    self._events = await opening.__aenter__()
-                if scope.cancelled_caught:
-                    raise actor._timed_out("no first token", limit)
+            self._events = await opening.__aenter__()
         except BaseException as exc:
             self._opening = None  # never entered: nothing to exit
-            error = self._settle_error(exc)
-            if error is None:
-                raise
-            try:  # no local left to tie the traceback's frame to the error: no cycle
-                raise error from exc
-            finally:
-                del error
+            ActorCall.__aexit__(self, type(exc), exc, exc.__traceback__)
+            raise
+        if self._scope is not None:
+            # Open: the reads keep the first-token limit themselves (_next_limited), so
+            # that it never covers the caller's own time between reads.
+            self._end_limit(None, None, None)
         return self
 
     # -- read -----------------------------------------------------------------------------
@@ -1014,7 +1025,7 @@ class ActorStream:
         except BaseException as exc:
             if not isinstance(exc, Exception):
                 raise  # Cancelled: the block's exit records the call as abandoned
-            error = self._settle_error(exc)
+            error = self._raised(exc)
             if error is None:
                 raise
             try:  # no local left to tie the traceback's frame to the error: no cycle
@@ -1024,25 +1035,8 @@ class ActorStream:
         if self.first_content_at is None and is_content_event(event):
             self.first_content_at = self._actor._now()
         if isinstance(event, Done) and not self.settled:
-            self.settled = True
-            self.response = response = event.response
-            actor = self._actor
-            now = actor._now()
-            permit = self._permit
-            assert permit is not None
-            # Health latency for streams is time to first token: what a caller waits for.
-            ttft = (self.first_content_at or now) - self._start
-            actor._answered(
-                permit,
-                response.usage,
-                response.headers,
-                ttft,
-                now,
-                self._trace,
-                stream=True,
-                model=self._request.model,
-                prompt=self._prompt,
-            )
+            response = event.response
+            self.answered(response.usage, response.headers)
         return event
 
     async def _next_limited(self, events: EventStream) -> StreamEvent:
@@ -1058,7 +1052,7 @@ class ActorStream:
         limit = 0.0
         first = actor._first_token_timeout
         if first is not None and self.first_content_at is None:
-            deadline, which, limit = self._start + first, "no first token", first
+            deadline, which, limit = self.granted_at + first, "no first token", first
         idle = actor._idle_timeout
         if idle is not None:
             idle_at = actor._now() + idle
@@ -1088,45 +1082,9 @@ class ActorStream:
             try:
                 suppress = bool(await opening.__aexit__(exc_type, exc, tb))
             except BaseException as closing:
-                if closing is exc:
-                    self._abandon_if_open()
-                    raise
-                error = self._settle_error(closing)
-                if error is None:
-                    raise
-                try:  # no local left to tie the traceback's frame to the error: no cycle
-                    raise error from closing
-                finally:
-                    del error
-        self._abandon_if_open()
+                if closing is not exc:
+                    ActorCall.__aexit__(self, type(closing), closing, closing.__traceback__)
+                self._abandon()
+                raise
+        self._abandon()
         return suppress
-
-    def _abandon_if_open(self) -> None:
-        if self.settled:
-            return
-        self.settled = True
-        # Left early (a lost race, the caller stopped reading or was cancelled): the time
-        # to first content if it came, else at least the time waited.
-        permit = self._permit
-        if permit is not None:
-            actor = self._actor
-            now = actor._now()
-            permit.release()
-            first = self.first_content_at
-            actor._abandoned(now, (first if first is not None else now) - self._start, stream=True)
-
-    def _settle_error(self, exc: BaseException) -> ServerError | None:
-        """The call raised ``exc``: its outcome, once; the typed error to raise instead
-        of a foreign ``exc``, else ``None``."""
-        actor = self._actor
-        if self.settled:
-            # Already answered or failed: only make sure nothing foreign escapes.
-            if isinstance(exc, Exception) and not isinstance(exc, LLMError):
-                return actor._wrap(exc)
-            return None
-        self.settled = True
-        permit = self._permit
-        assert permit is not None
-        error = actor._ended(permit, exc, self._start, stream=True, first=self.first_content_at)
-        self.failed = isinstance(exc, Exception)
-        return error

@@ -53,7 +53,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, TypeVar
 
 import msgspec
 import trio
@@ -157,44 +157,55 @@ Hold: TypeAlias = Literal["pause", "concurrency", "rpm", "tpm"]
 #: How a wait in the queue ended.
 WaitOutcome: TypeAlias = Literal["admitted", "refused", "cancelled"]
 
+#: A :class:`Permit`, or a subclass of it: what the admission methods hand back.
+P = TypeVar("P", bound="Permit")
+
 #: Told how long a request waited in the queue, what held it and how the wait ended.
 WaitListener: TypeAlias = Callable[[float, Hold, WaitOutcome], None]
 
 
 class _Waiter:
-    __slots__ = ("cost", "error", "event", "held_by", "output_cost", "permit")
+    __slots__ = ("error", "event", "granted", "held_by", "permit")
 
-    def __init__(self, cost: float, output_cost: float, held_by: Hold) -> None:
-        self.cost = cost
-        self.output_cost = output_cost
+    def __init__(self, permit: Permit, held_by: Hold) -> None:
+        self.permit = permit
         self.event = trio.Event()
-        self.permit: Permit | None = None
+        self.granted = False
         self.error: LLMError | None = None
         self.held_by: Hold = held_by
 
 
 class Permit:
-    """The right to send one request; release it exactly once (idempotent).
+    """A claim on one admission: made by the caller, granted by a :class:`Mailbox`,
+    released exactly once (release is idempotent, and a no-op before the grant).
 
     ``cost`` is the estimated tokens debited from TPM; ``output_cost`` the part of it
-    that is the output budget (refunded when no usage is reported).
+    that is the output budget (refunded when no usage is reported); ``granted_at`` the
+    time of the grant.  The caller makes the permit so that a richer object can be one:
+    the actor's call (router._actor.ActorCall) is a Permit, one object per request.
     """
 
-    __slots__ = ("_mailbox", "cost", "granted_at", "output_cost", "released")
+    __slots__ = ("_mailbox", "cost", "granted_at", "output_cost")
 
-    def __init__(self, mailbox: Mailbox, cost: float, output_cost: float, now: float) -> None:
-        self._mailbox = mailbox
+    def __init__(self, cost: float = 0.0, output_cost: float = 0.0) -> None:
         self.cost = cost
         self.output_cost = output_cost
-        self.granted_at = now
-        self.released = False
+        self.granted_at = math.nan
+        #: The mailbox holding the grant, while it is held.
+        self._mailbox: Mailbox | None = None
+
+    @property
+    def held(self) -> bool:
+        """Granted and not yet released."""
+        return self._mailbox is not None
 
     def release(self, actual_tokens: int | None = None) -> None:
         """Give the concurrency slot back and reconcile TPM (see the module docstring)."""
-        if self.released:
+        mailbox = self._mailbox
+        if mailbox is None:
             return
-        self.released = True
-        self._mailbox._release(self, actual_tokens)
+        self._mailbox = None
+        mailbox._release(self, actual_tokens)
 
 
 class Mailbox:
@@ -204,7 +215,7 @@ class Mailbox:
 
         mailbox = Mailbox("openai", rpm=500, tpm=150_000, max_concurrency=64)
         nursery.start_soon(mailbox.run)       # the actor's loop serves the queue
-        permit = await mailbox.admit(cost=1200, output_cost=1000)
+        permit = await mailbox.admit(Permit(cost=1200, output_cost=1000))
         try:
             ...send...
         finally:
@@ -259,17 +270,19 @@ class Mailbox:
             return False
         return self._tpm is None or self._tpm.tokens(now) >= cost - _EPS
 
-    def _grant(self, cost: float, output_cost: float, now: float) -> Permit:
+    def _grant(self, permit: P, now: float) -> P:
         if self._rpm is not None:
             self._rpm.take(1, now)
         if self._tpm is not None:
-            self._tpm.take(cost, now)
+            self._tpm.take(permit.cost, now)
         self._in_flight += 1
         self._admitted += 1
-        return Permit(self, cost, output_cost, now)
+        permit.granted_at = now
+        permit._mailbox = self
+        return permit
 
     def _ungrant(self, permit: Permit) -> None:
-        permit.released = True
+        permit._mailbox = None
         now = trio.current_time()
         if self._rpm is not None:
             self._rpm.give(1, now)
@@ -325,19 +338,15 @@ class Mailbox:
             wait = max(wait, deficit / self._tpm.rate)
         return wait
 
-    def admit_nowait(
-        self, cost: float = 0.0, output_cost: float = 0.0, *, now: float | None = None
-    ) -> Permit:
-        """Admit now or raise :class:`~providers.Overloaded` — for load shedding."""
-        permit = self.try_admit(cost, output_cost, now=now)
-        if permit is None:
+    def admit_nowait(self, permit: P, *, now: float | None = None) -> P:
+        """Grant ``permit`` now or raise :class:`~providers.Overloaded` — for load shedding."""
+        if self.try_admit(permit, now=now) is None:
             raise self._refuse("the provider cannot take a request right now")
         return permit
 
-    def try_admit(
-        self, cost: float = 0.0, output_cost: float = 0.0, *, now: float | None = None
-    ) -> Permit | None:
-        """Admit now if that needs no wait, else ``None`` (nothing queued, nothing refused).
+    def try_admit(self, permit: P, *, now: float | None = None) -> P | None:
+        """Grant ``permit`` now if that needs no wait, else ``None`` (nothing queued,
+        nothing refused).
 
         Raises like :meth:`admit` when the request can never be admitted (the mailbox is
         closed, the cost exceeds the TPM bucket).  ``now``: the current time, when the
@@ -346,20 +355,20 @@ class Mailbox:
         """
         if now is None:
             now = trio.current_time()
+        cost = permit.cost
         self._check(cost, now)
         if self._queue or not self._can_admit(cost, now):
             return None
-        return self._grant(cost, output_cost, now)
+        return self._grant(permit, now)
 
     async def admit(
         self,
-        cost: float = 0.0,
-        output_cost: float = 0.0,
+        permit: P,
         *,
         now: float | None = None,
         on_wait: WaitListener | None = None,
-    ) -> Permit:
-        """Wait for admission in FIFO order; see the class docstring for refusals.
+    ) -> P:
+        """Wait for ``permit``'s grant in FIFO order; see the class docstring for refusals.
 
         ``now``: the current time, when the caller has just read it.  ``on_wait`` is
         called once a request that had to queue stops waiting (admitted, refused or
@@ -369,12 +378,12 @@ class Mailbox:
         await trio.lowlevel.checkpoint_if_cancelled()
         if now is None:
             now = trio.current_time()
+        cost = permit.cost
         self._check(cost, now)
         if not self._queue and self._can_admit(cost, now):
-            permit = self._grant(cost, output_cost, now)
             # No schedule point here: the caller sends the request next, which yields;
             # an extra pass through the run loop per request is measurable over HTTP.
-            return permit
+            return self._grant(permit, now)
         if len(self._queue) >= self._max_queue:
             raise self._refuse(f"the queue is full ({self._max_queue} waiting)")
         deadline = trio.current_effective_deadline()
@@ -389,20 +398,20 @@ class Mailbox:
             )
         # Behind others, a request is held by whatever holds the head.
         held_by = self._queue[0].held_by if self._queue else self._holding(cost, now)
-        waiter = _Waiter(cost, output_cost, held_by)
+        waiter = _Waiter(permit, held_by)
         self._queue.append(waiter)
         self._queued_cost += cost
         self._changed.set()
         try:
             await waiter.event.wait()
         except BaseException:
-            if waiter.permit is not None:
+            if waiter.granted:
                 # Granted in the same instant we were cancelled: nothing was sent, so
                 # the grant is undone as if it had never happened.
-                self._ungrant(waiter.permit)
+                self._ungrant(permit)
             elif waiter.error is None:
                 self._queue.remove(waiter)
-                self._queued_cost -= waiter.cost
+                self._queued_cost -= cost
                 self._changed.set()
             if on_wait is not None:
                 on_wait(trio.current_time() - now, waiter.held_by, "cancelled")
@@ -411,11 +420,9 @@ class Mailbox:
             if on_wait is not None:
                 on_wait(trio.current_time() - now, waiter.held_by, "refused")
             raise waiter.error
-        granted = waiter.permit
-        assert granted is not None
         if on_wait is not None:
-            on_wait(granted.granted_at - now, waiter.held_by, "admitted")
-        return granted
+            on_wait(permit.granted_at - now, waiter.held_by, "admitted")
+        return permit
 
     def _release(self, permit: Permit, actual_tokens: int | None) -> None:
         self._in_flight -= 1
@@ -551,15 +558,16 @@ class Mailbox:
     def _serve(self, now: float) -> float:
         """Admit queued heads that fit; return how long until the head could fit."""
         queue = self._queue
-        while queue and self._can_admit(queue[0].cost, now):
+        while queue and self._can_admit(queue[0].permit.cost, now):
             waiter = queue.popleft()
-            self._queued_cost -= waiter.cost
-            waiter.permit = self._grant(waiter.cost, waiter.output_cost, now)
+            self._queued_cost -= waiter.permit.cost
+            self._grant(waiter.permit, now)
+            waiter.granted = True
             waiter.event.set()
         if not queue:
             return math.inf
         head = queue[0]
-        head.held_by = self._holding(head.cost, now)
+        head.held_by = self._holding(head.permit.cost, now)
         if self._max_concurrency is not None and self._in_flight >= self._max_concurrency:
             return math.inf  # a release will wake us
         wait = 0.0
@@ -568,22 +576,15 @@ class Mailbox:
         if self._rpm is not None:
             wait = max(wait, self._rpm.wait_time(1, now))
         if self._tpm is not None:
-            wait = max(wait, self._tpm.wait_time(queue[0].cost, now))
+            wait = max(wait, self._tpm.wait_time(head.permit.cost, now))
         return wait
 
-    async def run(
-        self,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-        crash: Callable[[], None] | None = None,
-    ) -> None:
-        """Serve the queue until cancelled.  ``crash`` is a test hook run on every wake-up."""
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the queue until cancelled."""
         task_status.started()
         while True:
             self._changed = trio.Event()
             wait = self._serve(trio.current_time())
-            if crash is not None:
-                crash()
             if wait <= 0:
                 await trio.lowlevel.checkpoint()
                 continue

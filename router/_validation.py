@@ -20,10 +20,15 @@ validated here, by a small converter that walks a value and its annotation toget
   whose message says what is allowed: the choices of an enum (with a "did you mean"),
   the fields of a struct, the expected type.
 
-A field whose type this converter does not know (a tagged union of structs, say) is
-handed to ``msgspec.convert``; its message is kept, behind our path (:func:`_msgspec_error`,
-the one place that reads msgspec's text).  A ``__post_init__`` that does raise (a check
-written the old way) still gives a ConfigError at the struct (:func:`_post_init_error`).
+* a constrained number or string (``Annotated[float, msgspec.Meta(gt=0)]``) is checked
+  against its ``Meta`` bounds here too, and the message says the bound and the value.
+
+Every message is built from what the converter holds — the path it walked, the type,
+the value — never by reading another library's error text.  A type the converter does
+not know (a tagged union of structs, say) is a ``TypeError`` naming it: teach the
+converter the type before a config uses it (tests/test_config.py walks every config
+struct to check that).  A ``__post_init__`` that raises (a check written the old way)
+gives a ConfigError at the struct, with its message.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import re
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Literal, TypeAlias, TypeVar
+from typing import Annotated, Any, Literal, TypeAlias, TypeVar
 
 import msgspec
 import msgspec.structs
@@ -85,6 +90,8 @@ def validate(value: object, type_: type[_T], *, source: str | None = None) -> _T
 def describe(type_: object) -> str:
     """A type as a message shows it: ``int``, ``list[str]``, ``HedgeConfig``."""
     origin = typing.get_origin(type_)
+    if origin is Annotated:
+        return describe(typing.get_args(type_)[0])
     if origin is typing.Union or isinstance(type_, types.UnionType):
         members = [m for m in typing.get_args(type_) if m is not _NONE]
         return " or ".join(describe(m) for m in members) or "None"
@@ -107,15 +114,26 @@ def _shown(value: object) -> str:
 
 
 def _struct_type(type_: object) -> bool:
-    """A struct this converter rebuilds itself (tagged or array-like ones go to msgspec)."""
+    """A struct this converter rebuilds itself (any but an array-like one)."""
     if not (isinstance(type_, type) and issubclass(type_, msgspec.Struct)):
         return False
-    config = type_.__struct_config__
-    return config.tag is None and not config.array_like
+    return not type_.__struct_config__.array_like
+
+
+def _tag(type_: object) -> tuple[str, str] | None:
+    """A tagged struct's ``(tag field, tag)`` (``("dist", "fixed")``), else ``None``."""
+    if not _struct_type(type_):
+        return None
+    config = type_.__struct_config__  # type: ignore[attr-defined]
+    if config.tag is None or config.tag_field is None:
+        return None
+    return config.tag_field, str(config.tag)
 
 
 def _shape(value: object, type_: object) -> bool:
     """Whether ``value`` is of the kind ``type_`` (one member of a union) takes."""
+    if typing.get_origin(type_) is Annotated:
+        type_ = typing.get_args(type_)[0]
     origin = typing.get_origin(type_) or type_
     if isinstance(value, bool):
         return type_ is bool
@@ -140,9 +158,42 @@ def _fields(cls: type[msgspec.Struct]) -> tuple[msgspec.structs.FieldInfo, ...]:
     return msgspec.structs.fields(cls)
 
 
+#: The ``msgspec.Meta`` constraints the converter checks, with how a message says each.
+_BOUNDS: tuple[tuple[str, str, Callable[[Any, Any], bool]], ...] = (
+    ("gt", ">", lambda value, bound: value > bound),
+    ("ge", ">=", lambda value, bound: value >= bound),
+    ("lt", "<", lambda value, bound: value < bound),
+    ("le", "<=", lambda value, bound: value <= bound),
+)
+_LENGTHS: tuple[tuple[str, str, Callable[[int, int], bool]], ...] = (
+    ("min_length", ">=", lambda length, bound: length >= bound),
+    ("max_length", "<=", lambda length, bound: length <= bound),
+)
+_CHECKED_META = {name for name, _, _ in _BOUNDS + _LENGTHS} | {"pattern"}
+#: What a Meta may carry that says nothing about validity (documentation, schema).
+_DESCRIPTIVE_META = {"title", "description", "examples", "extra_json_schema", "extra"}
+
+
+def _metas(type_: object) -> list[msgspec.Meta]:
+    """The ``msgspec.Meta`` of an ``Annotated`` type (other annotations are ignored)."""
+    return [m for m in typing.get_args(type_)[1:] if isinstance(m, msgspec.Meta)]
+
+
 def _known(type_: object) -> bool:
-    """Whether the converter checks ``type_`` itself (else msgspec does)."""
+    """Whether the converter checks ``type_`` (an ``Annotated`` one with its constraints)."""
     origin = typing.get_origin(type_)
+    if origin is Annotated:
+        constraints = {
+            name
+            for meta in _metas(type_)
+            for name in dir(meta)
+            if not name.startswith("_") and getattr(meta, name) is not None
+        }
+        return _known(typing.get_args(type_)[0]) and constraints <= (
+            _CHECKED_META | _DESCRIPTIVE_META
+        )
+    if origin is typing.Union or isinstance(type_, types.UnionType):
+        return all(_known(m) for m in typing.get_args(type_))
     return (
         type_ in (bool, int, float, str, _NONE, Any, object)
         or origin in (list, dict, Literal)
@@ -167,6 +218,8 @@ class _Validator:
         origin = typing.get_origin(type_)
         if type_ is Any or type_ is object:
             return value
+        if origin is Annotated:
+            return self.constrained(value, type_, path)
         if origin is typing.Union or isinstance(type_, types.UnionType):
             return self.union(value, type_, path)
         if origin is Literal:
@@ -201,9 +254,11 @@ class _Validator:
                     raise self.error(path, f"keys must be str, got {_shown(k)}")
                 out[k] = self.convert(v, item, path + key_path(str(k)))
             return out
+        if _tag(type_) is not None:
+            return self.tagged(value, [type_], path)
         if _struct_type(type_):
             return self.struct(value, type_, path)
-        return self.fallback(value, type_, path)
+        raise TypeError(f"router._validation cannot check values of type {type_!r}")
 
     def union(self, value: object, type_: Any, path: str) -> Any:
         members = typing.get_args(type_)
@@ -211,14 +266,55 @@ class _Validator:
             return None
         literals = [a for m in members if typing.get_origin(m) is Literal for a in m.__args__]
         others = [m for m in members if typing.get_origin(m) is not Literal and m is not _NONE]
+        tagged = [m for m in others if _tag(m) is not None]
+        if tagged and isinstance(value, (Mapping, *tagged)):
+            return self.tagged(value, tagged, path)
         for member in others:
             if _shape(value, member):
                 return self.convert(value, member, path)
         if literals and isinstance(value, str):
             return self.literal(value, literals, others, path)
-        if not all(_known(m) for m in others):
-            return self.fallback(value, type_, path)
         raise self.expected(value, type_, path)
+
+    def tagged(self, value: object, members: list[Any], path: str) -> Any:
+        """One of the tagged structs ``members``, chosen by the value's tag field (as
+        msgspec decodes a tagged union: ``{dist = "fixed", seconds = 0.5}``)."""
+        for cls in members:
+            if isinstance(value, cls):
+                return self.struct(value, cls, path)
+        if not isinstance(value, Mapping):
+            raise self.expected(value, typing.Union[tuple(members)], path)  # noqa: UP007
+        by_tag: dict[str, Any] = {}
+        fields: set[str] = set()
+        for cls in members:
+            field, tag = _tag(cls) or ("", "")
+            fields.add(field)
+            by_tag[tag] = cls
+        if len(fields) != 1:
+            raise TypeError(f"router._validation: tagged structs with unlike tag fields: {members}")
+        (field,) = fields
+        if field not in value:
+            raise self.error(path, f"missing required field {field!r}")
+        tag = self.literal(value[field], list(by_tag), [], path + key_path(field))
+        return self.struct(value, by_tag[tag], path)
+
+    def constrained(self, value: object, type_: Any, path: str) -> Any:
+        """``Annotated[T, msgspec.Meta(...)]``: ``value`` as a ``T``, within the bounds."""
+        if not _known(type_):
+            raise TypeError(f"router._validation cannot check the constraints of {type_!r}")
+        result = self.convert(value, typing.get_args(type_)[0], path)
+        for meta in _metas(type_):
+            for name, sign, holds in _BOUNDS:
+                bound = getattr(meta, name)
+                if bound is not None and not holds(result, bound):
+                    raise self.error(path, f"must be {sign} {bound}, got {result}")
+            for name, sign, fits in _LENGTHS:
+                bound = getattr(meta, name)
+                if bound is not None and not fits(len(result), bound):
+                    raise self.error(path, f"length must be {sign} {bound}, got {len(result)}")
+            if meta.pattern is not None and not re.search(meta.pattern, result):
+                raise self.error(path, f"must match {meta.pattern!r}, got {_shown(result)}")
+        return result
 
     def literal(
         self, value: object, choices: typing.Sequence[object], others: list[Any], path: str
@@ -239,7 +335,10 @@ class _Validator:
         elif isinstance(value, Mapping):
             given = value
             names = [f.encode_name for f in fields]
+            tag = _tag(cls)
             for key in given:
+                if tag is not None and key == tag[0]:
+                    continue  # the tag: its struct was chosen by it (see tagged)
                 if key not in names and cls.__struct_config__.forbid_unknown_fields:
                     raise self.error(
                         path + key_path(str(key)),
@@ -259,38 +358,12 @@ class _Validator:
         try:
             result = cls(**kwargs)
         except (ValueError, TypeError) as exc:
-            raise _post_init_error(self, exc, cls, path) from None
+            # A __post_init__ check (they belong in _problems): its message, at the struct.
+            raise self.error(path, str(exc)) from None
         problems: Callable[[], Iterator[Problem]] | None = getattr(result, "_problems", None)
         for where, message in problems() if problems is not None else ():
             raise self.error(path + where_path(where), message)
         return result
-
-    def fallback(self, value: object, type_: Any, path: str) -> Any:
-        try:
-            return msgspec.convert(value, type_)
-        except msgspec.ValidationError as exc:
-            raise _msgspec_error(self, exc, path) from None
-
-
-def _msgspec_error(validator: _Validator, exc: msgspec.ValidationError, path: str) -> ConfigError:
-    """msgspec's ``"Expected `int`, got `str` - at `$.seconds`"`` as a ConfigError at
-    ``path`` + ``.seconds``: the only place that reads msgspec's text, and only for the
-    types the converter leaves to msgspec."""
-    message, _, where = str(exc).partition(" - at `$")
-    message = message.replace("`", "")
-    return validator.error(path + where.rstrip("`"), message[:1].lower() + message[1:])
-
-
-def _post_init_error(
-    validator: _Validator, exc: Exception, cls: type[msgspec.Struct], path: str
-) -> ConfigError:
-    """A ``__post_init__`` that raised (checks belong in ``_problems``): a ConfigError at
-    the struct, or at its field when the message starts with one (```rpm` must be...``)."""
-    message = str(exc)
-    field = re.match(r"`?([A-Za-z_][A-Za-z0-9_]*)`?:?\s", message)
-    if field is not None and field[1] in cls.__struct_fields__:
-        return validator.error(path + key_path(field[1]), message[field.end() :])
-    return validator.error(path, message)
 
 
 # --------------------------------------------------------------------------- ${VAR}

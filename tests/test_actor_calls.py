@@ -8,6 +8,7 @@ variants run the real adapters against the fake upstream over loopback.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -26,6 +27,7 @@ from providers import (
     ChatRequest,
     ConfigError,
     Done,
+    EmbeddingRequest,
     EventStream,
     LLMError,
     Message,
@@ -33,13 +35,15 @@ from providers import (
     RateLimited,
     ServerError,
     StreamEvent,
+    StreamInterrupted,
     TextDelta,
     Timeout,
 )
 from providers._types import is_content_event
 from providers.testing import Fault, Scenario
 from router import Router, open_router
-from router._limiter import Mailbox
+from router._actor import ProviderActor
+from router._limiter import Mailbox, Permit
 from router._providers import PRESETS, preset_limits
 from router.config import ProviderConfig, RetryConfig, RouteConfig, RouterConfig
 from router.events import QueueWait, RouterEvent
@@ -617,15 +621,15 @@ def test_a_pause_holds_up_to_the_cap_and_suspends_beyond(wait: float, cap: float
             await nursery.start(mailbox.run)
             mailbox.pause_until(wait)
             if wait <= cap:
-                permit = await mailbox.admit()
+                permit = await mailbox.admit(Permit())
                 assert trio.current_time() == wait
             else:
                 with pytest.raises(RateLimited) as refused:
-                    await mailbox.admit()
+                    await mailbox.admit(Permit())
                 assert refused.value.retry_after == wait
                 assert (trio.current_time(), mailbox.suspended_until) == (0.0, wait)
                 await trio.sleep(wait)
-                permit = await mailbox.admit()
+                permit = await mailbox.admit(Permit())
                 assert trio.current_time() == wait
             permit.release()
             nursery.cancel_scope.cancel()
@@ -802,3 +806,153 @@ async def test_a_request_cancelled_in_the_queue_is_reported_as_cancelled(
     lines = [r for r in caplog.records if "waited" in r.getMessage()]
     assert [r.levelno for r in lines] == [logging.INFO, logging.DEBUG]
     assert "the concurrency limit (max_concurrency)" in lines[0].getMessage()
+
+
+# --------------------------------------------------------------------------- one call path
+
+
+class Scripted(MockProvider):
+    """A provider whose every call, after 1 s, answers (``"ok"``), fails with
+    ServerError (``"error"``), raises ValueError (``"crash"``) or never ends (``"hang"``).
+
+    A stream that answers sends its first text delta at 1 s and its Done at 2 s; with
+    ``"error-mid"`` it fails with StreamInterrupted after that first delta.
+    """
+
+    def __init__(self, outcome: str, delay: float = 1.0) -> None:
+        mid = MockResponse(text="one two", chunk_latency=0.5, error_after_chunks=1)
+        super().__init__(
+            name="a",
+            default=mid
+            if outcome == "error-mid"
+            else MockResponse(text="one two", chunk_latency=0.5),
+        )
+        self.outcome = outcome
+        self.delay = delay
+
+    async def _then(self) -> None:
+        await trio.sleep(math.inf if self.outcome == "hang" else self.delay)
+        if self.outcome == "error":
+            raise ServerError("upstream failed", provider="a")
+        if self.outcome == "crash":
+            raise ValueError("adapter bug")
+
+    async def complete(self, request: ChatRequest) -> Any:
+        await self._then()
+        return await MockProvider.complete(self, request)
+
+    async def embed(self, request: Any) -> Any:
+        await self._then()
+        return await MockProvider.embed(self, request)
+
+    def stream(self, request: ChatRequest) -> Any:
+        return self._stream(request)
+
+    @asynccontextmanager
+    async def _stream(self, request: ChatRequest) -> AsyncIterator[Any]:
+        await self._then()
+        async with MockProvider.stream(self, request) as events:
+            yield events
+
+
+async def _call(actor: ProviderActor, operation: str, leave_after_content: bool = False) -> None:
+    if operation == "complete":
+        await actor.complete(chat())
+    elif operation == "embed":
+        await actor.embed(EmbeddingRequest(model="m", inputs=["some text"]))
+    else:
+        async with actor.stream(chat()) as events:
+            async for event in events:
+                if leave_after_content and is_content_event(event):
+                    return
+
+
+# operation -> outcome -> ((succeeded, failed, cancelled), latency sample or None, error)
+_SAMPLE_OF = {"complete": False, "embed": False, "stream": True}
+CALL_OUTCOMES: list[tuple[str, str, tuple[int, int, int], float | None, type | None]] = [
+    (op, outcome, counts, sample, error)
+    for op in ("complete", "embed", "stream")
+    for outcome, counts, sample, error in [
+        ("ok", (1, 0, 0), 1.0, None),  # stream: time to first content
+        ("error", (0, 1, 0), None, ServerError),
+        ("crash", (0, 1, 0), None, ServerError),
+        ("cancelled-mid-call", (0, 0, 1), 0.25, None),  # a censored sample, to the cut
+        ("cancelled-before-admission", (0, 0, 0), None, None),
+    ]
+] + [
+    ("stream", "left-after-first-content", (0, 0, 1), 1.0, None),
+    ("stream", "error-mid", (0, 1, 0), None, StreamInterrupted),
+]
+
+
+@pytest.mark.parametrize(
+    ("operation", "outcome", "counts", "sample", "error"),
+    CALL_OUTCOMES,
+    ids=[f"{op}-{outcome}" for op, outcome, *_ in CALL_OUTCOMES],
+)
+async def test_every_operation_accounts_each_outcome_alike(
+    operation: str,
+    outcome: str,
+    counts: tuple[int, int, int],
+    sample: float | None,
+    error: type | None,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """complete, embed and stream through the one call path: each outcome gives the same
+    counts, the same latency sample (of whole answers, or a stream's first content; a
+    cancelled call's censored at the cut) and the same error, and returns the permit."""
+    script = {"cancelled-mid-call": "hang", "left-after-first-content": "ok"}.get(outcome, outcome)
+    provider = Scripted("ok" if script == "cancelled-before-admission" else script)
+    async with open_router(
+        config({"a": ProviderConfig(kind="mock")}), providers={"a": provider}
+    ) as router:
+        actor = router._actors["a"]
+        await trio.sleep(1.0)  # so that no time reads as 0.0
+        start = trio.current_time()
+        raised: BaseException | None = None
+        with trio.CancelScope() as scope:
+            if outcome == "cancelled-before-admission":
+                scope.cancel()
+            elif outcome == "cancelled-mid-call":
+                scope.deadline = start + 0.25
+            try:
+                await _call(actor, operation, outcome == "left-after-first-content")
+            except LLMError as exc:
+                raised = exc
+        stats = actor.statistics()
+        stream = _SAMPLE_OF[operation]
+        recorded = actor.expected_latency(stream=stream)
+        other = actor.expected_latency(stream=not stream)
+    assert (stats.succeeded, stats.failed, stats.cancelled) == counts
+    assert (stats.in_flight, stats.queued) == (0, 0)
+    assert stats.admitted == (0 if outcome == "cancelled-before-admission" else 1)
+    assert recorded == sample
+    assert other is None  # the other kind of latency is untouched
+    assert type(raised) is (error or type(None))
+    if outcome == "crash":
+        assert isinstance(raised.__cause__, ValueError)
+
+
+async def test_a_streams_first_content_at_time_zero_is_its_latency(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Drift pinned: a stream whose first content came at trio time 0.0 records a time to
+    first token of 0.0, as an abandoned stream did; the success path read the 0.0 as
+    "no content yet" (``first or now``) and recorded the whole stream's 1.0 s."""
+    slow_body = MockProvider(
+        name="a", default=MockResponse(text="one two three", chunk_latency=0.5)
+    )
+    async with open_router(
+        config({"a": ProviderConfig(kind="mock")}), providers={"a": slow_body}
+    ) as router:
+        assert trio.current_time() == 0.0
+        await read_all(router, chat())
+        assert trio.current_time() == 1.5  # Done 1.5 s after the first delta
+        assert router._actors["a"].expected_latency(stream=True) == 0.0
+
+
+def test_no_test_hook_in_the_actor_or_its_mailbox() -> None:
+    """Supervision tests crash an actor's loop from tests/_crash.py: the actor has no
+    inject_crash, and the mailbox's loop no crash callback."""
+    assert not hasattr(ProviderActor, "inject_crash")
+    assert list(inspect.signature(Mailbox.run).parameters) == ["self", "task_status"]

@@ -8,6 +8,7 @@ import trio
 from providers import Usage
 from providers._tokens import count_input_tokens
 from router import ChatRequest, Message, open_router
+from router._actor import ActorCall
 from router.config import ProviderConfig, RouterConfig
 from router.testing import MockProvider, MockResponse
 
@@ -30,10 +31,10 @@ async def test_tpm_cost_follows_the_learned_ratio(autojump_clock: trio.abc.Clock
             await router.complete(chat(text))
         assert actor.calibration.ratio("m") == pytest.approx(2.0)
         assert actor.calibration.samples("m") == 5
-        cost, output, prompt = actor._cost(sent)
-        assert prompt == counted
-        assert cost == pytest.approx(2 * counted + 10, abs=1)
-        assert output == 10
+        call = ActorCall(actor, sent, None, False)
+        assert call.prompt == counted
+        assert call.cost == pytest.approx(2 * counted + 10, abs=1)
+        assert call.output_cost == 10
 
 
 async def test_small_prompts_and_missing_usage_teach_nothing(

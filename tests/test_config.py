@@ -64,8 +64,8 @@ from router._providers import (
 )
 from router._retry import RetryConfig
 from router._router import open_router
-from router._validation import validate
-from router.testing import SimProvider, SimScenario, simulate
+from router._validation import _known, validate
+from router.testing import SimProvider, SimScenario, load_scenario, simulate
 
 KINDS: list[str] = list(typing.get_args(typing.get_type_hints(ProviderConfig)["kind"]))
 ERROR_NAMES = ["retryable", "Overloaded", "RateLimited", "ServerError", "Timeout", "NotFound"]
@@ -1113,6 +1113,29 @@ CODE_MISTAKES = [
         ["must be >= 1, got 0"],
         id="default-max-tokens",
     ),
+    # Constrained fields (Annotated with msgspec.Meta): the bound and the value, from the
+    # annotation itself (their messages were msgspec's text, cut up: no value shown).
+    pytest.param(
+        lambda: with_provider(first_token_timeout=-1),
+        "[providers.x]\nkind = 'mock'\nfirst_token_timeout = -1",
+        "$.providers.x.first_token_timeout",
+        ["must be > 0, got -1.0"],
+        id="first-token-timeout-bound",
+    ),
+    pytest.param(
+        lambda: with_provider(idle_timeout="soon"),
+        "[providers.x]\nkind = 'mock'\nidle_timeout = 'soon'",
+        "$.providers.x.idle_timeout",
+        ["expected float, got str 'soon'"],
+        id="idle-timeout-type",
+    ),
+    pytest.param(
+        lambda: with_provider(queue_wait_threshold=-0.5),
+        "[providers.x]\nkind = 'mock'\nqueue_wait_threshold = -0.5",
+        "$.providers.x.queue_wait_threshold",
+        ["must be >= 0, got -0.5"],
+        id="queue-wait-threshold-bound",
+    ),
 ]
 
 
@@ -1239,9 +1262,9 @@ def test_unknown_fields_suggest_the_field_and_list_them() -> None:
     assert "failure_rate_threshold" in str(info.value)
 
 
-def test_a_post_init_check_still_becomes_a_config_error_at_its_field() -> None:
-    """A struct whose __post_init__ raises (checks written the old way) still gives a
-    ConfigError at the struct's field, not a ValueError."""
+def test_a_post_init_check_becomes_a_config_error_at_its_struct() -> None:
+    """A struct whose __post_init__ raises (a check written the old way) gives a
+    ConfigError at the struct, with the struct's own message, not a ValueError."""
 
     class Legacy(msgspec.Struct, frozen=True, kw_only=True):
         size: int = 1
@@ -1251,8 +1274,93 @@ def test_a_post_init_check_still_becomes_a_config_error_at_its_field() -> None:
                 raise ValueError(f"`size` must be >= 1, got {self.size}")
 
     with pytest.raises(ConfigError) as info:
-        validate({"size": 0}, Legacy)
-    assert (info.value.path, str(info.value)) == ("$.size", "$.size: must be >= 1, got 0")
+        validate({"nested": {"size": 0}}, dict[str, Legacy])
+    assert (info.value.path, str(info.value)) == (
+        "$.nested",
+        "$.nested: `size` must be >= 1, got 0",
+    )
+
+
+def _field_types(type_: object, seen: set[object]) -> typing.Iterator[object]:
+    """``type_`` and every type inside it: members, items, fields of structs."""
+    if type_ in seen:
+        return
+    seen.add(type_)
+    yield type_
+    inside: typing.Iterable[object] = typing.get_args(type_)
+    if typing.get_origin(type_) is Literal:
+        inside = ()  # its arguments are values
+    elif typing.get_origin(type_) is typing.Annotated:
+        inside = inside[:1]  # type: ignore[index]
+    elif isinstance(type_, type) and issubclass(type_, msgspec.Struct):
+        inside = [f.type for f in msgspec.structs.fields(type_)]
+    for inner in inside:
+        yield from _field_types(inner, seen)
+
+
+@pytest.mark.parametrize("root", [RouterConfig, SimScenario])
+def test_the_converter_checks_every_config_type_itself(root: type) -> None:
+    """Every type in the config trees (the router's, and the simulator's scenarios with
+    their tagged latency distributions) is one the converter checks itself, so no message
+    comes from another library's error text; a constrained field's bounds included."""
+    unknown = [t for t in _field_types(root, set()) if not _known(t)]
+    assert unknown == []
+
+
+#: (TOML under [providers.a] of a scenario, path, message)
+SCENARIO_MISTAKES = [
+    (
+        'latency = { dist = "fixd", seconds = 1 }',
+        "$.providers.a.latency.dist",
+        "'fixd' is not one of: fixed, uniform, lognormal, mixture — did you mean 'fixed'?",
+    ),
+    (
+        'latency = { dist = "fixed", secs = 1 }',
+        "$.providers.a.latency.secs",
+        "unknown field 'secs' — did you mean 'seconds'? (Fixed has: seconds)",
+    ),
+    ("latency = { seconds = 1 }", "$.providers.a.latency", "missing required field 'dist'"),
+    (
+        "latency = 5",
+        "$.providers.a.latency",
+        "expected Fixed or Uniform or LogNormal or Mixture, got int 5",
+    ),
+    (
+        'latency = { dist = "mixture", components = [{ weight = "x", latency = '
+        '{ dist = "fixed", seconds = 1 } }] }',
+        "$.providers.a.latency.components[0].weight",
+        "expected float, got str 'x'",
+    ),
+    (
+        'latency = { dist = "mixture", components = [{ weight = 1, latency = '
+        '{ dist = "lognormal", median = 0, sigma = 1 } }] }',
+        "$.providers.a.latency.components[0].latency",
+        "`median` must be > 0",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("toml", "path", "message"),
+    SCENARIO_MISTAKES,
+    ids=["tag", "unknown-field", "no-tag", "type", "nested-type", "nested-post-init"],
+)
+def test_a_scenarios_latency_mistake_names_its_path_and_the_choices(
+    toml: str, path: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tagged latency distribution is validated field by field like the rest of the
+    config: the tag's choices with a did-you-mean, an unknown field at its own path, the
+    value shown; msgspec's conversion is never asked (its text was re-cut before)."""
+
+    def no_convert(*args: object, **kwargs: object) -> object:
+        raise AssertionError("validation called msgspec.convert")
+
+    monkeypatch.setattr(msgspec, "convert", no_convert)
+    file = tmp_path / "s.toml"
+    file.write_text(f"[policies.p]\ntargets = ['a:m']\n[providers.a]\n{toml}\n")
+    with pytest.raises(ConfigError) as info:
+        load_scenario(file)
+    assert (info.value.path, str(info.value)) == (path, f"{path}: {message} (in {file})")
 
 
 def test_a_code_built_scenario_is_validated_by_simulate() -> None:

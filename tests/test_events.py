@@ -51,6 +51,7 @@ from router.events import (
 )
 from router.stats import SubscriptionStatistics
 from router.testing import MockProvider, MockResponse
+from tests._crash import crash_actor
 
 NO_RETRY = RetryConfig(max_attempts=1)
 
@@ -250,7 +251,7 @@ async def test_actor_crash_and_restart_events(autojump_clock: trio.testing.MockC
         router.subscribe(types=(ActorCrashed, ActorRestarted)) as events,
     ):
         await trio.sleep(1.0)
-        router._actors["a"].inject_crash(RuntimeError("boom"))
+        crash_actor(router._actors["a"], RuntimeError("boom"))
         await trio.sleep(1.0)
         got = drain(events)
     assert [brief(e) for e in got] == [
@@ -271,7 +272,7 @@ async def test_actor_given_up_on_after_too_many_crashes(
         routed({"a": MockProvider(name="a")}, **config) as router,
         router.subscribe(types=(ActorCrashed, ActorRestarted, HealthChanged)) as events,
     ):
-        router._actors["a"].inject_crash(RuntimeError("boom"))
+        crash_actor(router._actors["a"], RuntimeError("boom"))
         await trio.sleep(1.0)
         got = drain(events)
     assert [brief(e) for e in got] == [
@@ -773,7 +774,7 @@ async def test_every_event_round_trips_through_json(
     async with routed(workload_targets(), hedge=hedge) as router:
         router.add_listener(seen.append)
         await workload(router)
-        router._actors["c"].inject_crash(RuntimeError("boom"))
+        crash_actor(router._actors["c"], RuntimeError("boom"))
         await trio.sleep(1.0)
     types = {type(e) for e in seen}
     assert {RequestFinished, HedgeLaunched, FallbackLaunched, ActorCrashed} <= types

@@ -30,7 +30,7 @@ async def take_at(
     hold: float = 0.0,
     output_cost: float = 0.0,
 ) -> None:
-    permit = await mailbox.admit(cost, output_cost)
+    permit = await mailbox.admit(Permit(cost, output_cost))
     log.append((name, trio.current_time()))
     await trio.sleep(hold)
     permit.release()
@@ -124,7 +124,7 @@ async def test_full_queue_is_refused_at_once(autojump_clock: trio.testing.MockCl
         nursery.start_soon(take_at, mailbox, log, "queued")
         await trio.testing.wait_all_tasks_blocked()
         with pytest.raises(Overloaded, match="queue is full"):
-            await mailbox.admit()
+            await mailbox.admit(Permit())
         assert trio.current_time() == 0.0
         assert mailbox.statistics().refused == 1
 
@@ -137,7 +137,7 @@ async def test_cost_that_can_never_fit_is_refused(autojump_clock: trio.testing.M
 
     async def body(nursery: trio.Nursery) -> None:
         with pytest.raises(Overloaded, match="can never fit") as info:
-            await mailbox.admit(1001.0)
+            await mailbox.admit(Permit(1001.0))
         assert not info.value.retryable
 
     await run_mailbox(mailbox, body)
@@ -150,12 +150,12 @@ async def test_wait_beyond_deadline_is_refused_at_once(
     mailbox = Mailbox("p", rpm=6, rpm_burst=1)  # one per 10 s
 
     async def body(nursery: trio.Nursery) -> None:
-        (await mailbox.admit()).release()
+        (await mailbox.admit(Permit())).release()
         with trio.move_on_after(2.0), pytest.raises(Overloaded, match="deadline"):
-            await mailbox.admit()
+            await mailbox.admit(Permit())
         assert trio.current_time() == 0.0
         with trio.move_on_after(11.0):
-            (await mailbox.admit()).release()
+            (await mailbox.admit(Permit())).release()
         assert trio.current_time() == 10.0
 
     await run_mailbox(mailbox, body)
@@ -167,7 +167,7 @@ async def test_cancel_while_queued_frees_the_slot(autojump_clock: trio.testing.M
     log: list[tuple[str, float]] = []
 
     async def body(nursery: trio.Nursery) -> None:
-        (await mailbox.admit(10.0)).release(actual_tokens=10)
+        (await mailbox.admit(Permit(10.0))).release(actual_tokens=10)
 
         async def cancel_at_3(scope: trio.CancelScope) -> None:
             await trio.sleep(3.0)
@@ -176,7 +176,7 @@ async def test_cancel_while_queued_frees_the_slot(autojump_clock: trio.testing.M
         # Cancelled from outside (not a deadline, which would be refused up front).
         with trio.CancelScope() as scope:
             nursery.start_soon(cancel_at_3, scope)
-            await mailbox.admit(5.0)  # would wait until t=5
+            await mailbox.admit(Permit(5.0))  # would wait until t=5
         assert trio.current_time() == 3.0
         assert mailbox.statistics().queued == 0
         await take_at(mailbox, log, "next", 4.0)
@@ -221,16 +221,16 @@ async def test_reconciliation_rule(autojump_clock: trio.testing.MockClock) -> No
     mailbox = Mailbox("p", tpm=10_000)
 
     async def body(nursery: trio.Nursery) -> None:
-        p = await mailbox.admit(1000.0, output_cost=800.0)
+        p = await mailbox.admit(Permit(1000.0, output_cost=800.0))
         assert mailbox.statistics().tpm_tokens == 9000
         p.release(actual_tokens=300)
         assert mailbox.statistics().tpm_tokens == 9700
         p.release(actual_tokens=0)  # idempotent
         assert mailbox.statistics().tpm_tokens == 9700
-        p = await mailbox.admit(1000.0, output_cost=800.0)
+        p = await mailbox.admit(Permit(1000.0, output_cost=800.0))
         p.release()
         assert mailbox.statistics().tpm_tokens == 9500
-        p = await mailbox.admit(100.0, output_cost=50.0)
+        p = await mailbox.admit(Permit(100.0, output_cost=50.0))
         p.release(actual_tokens=600)  # used more than estimated: the extra 500 is debited
         assert mailbox.statistics().tpm_tokens == 8900
 
@@ -240,11 +240,11 @@ async def test_reconciliation_rule(autojump_clock: trio.testing.MockClock) -> No
 async def test_admit_nowait_sheds_load(autojump_clock: trio.testing.MockClock) -> None:
     """admit_nowait admits at once or raises Overloaded; it never queues."""
     mailbox = Mailbox("p", max_concurrency=1)
-    first = mailbox.admit_nowait()
+    first = mailbox.admit_nowait(Permit())
     with pytest.raises(Overloaded):
-        mailbox.admit_nowait()
+        mailbox.admit_nowait(Permit())
     first.release()
-    mailbox.admit_nowait().release()
+    mailbox.admit_nowait(Permit()).release()
 
 
 async def test_fail_waiting_and_close(autojump_clock: trio.testing.MockClock) -> None:
@@ -254,12 +254,12 @@ async def test_fail_waiting_and_close(autojump_clock: trio.testing.MockClock) ->
 
     async def waiter() -> None:
         try:
-            await mailbox.admit()
+            await mailbox.admit(Permit())
         except Overloaded as exc:
             errors.append(exc)
 
     async def body(nursery: trio.Nursery) -> None:
-        holder = await mailbox.admit()
+        holder = await mailbox.admit(Permit())
         nursery.start_soon(waiter)
         nursery.start_soon(waiter)
         await trio.testing.wait_all_tasks_blocked()
@@ -268,7 +268,7 @@ async def test_fail_waiting_and_close(autojump_clock: trio.testing.MockClock) ->
         assert len(errors) == 2
         holder.release()
         with pytest.raises(Overloaded, match="crashed"):
-            await mailbox.admit()
+            await mailbox.admit(Permit())
 
     await run_mailbox(mailbox, body)
 
@@ -302,7 +302,7 @@ def test_limiter_invariants(
 
     async def one(i: int, cost: int, hold: float, mailbox: Mailbox) -> None:
         nonlocal in_flight, peak
-        permit: Permit = await mailbox.admit(float(cost))
+        permit: Permit = await mailbox.admit(Permit(float(cost)))
         admitted.append((i, trio.current_time(), cost))
         in_flight += 1
         peak = max(peak, in_flight)

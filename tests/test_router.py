@@ -55,6 +55,7 @@ from router.errors import (
     UnsupportedFeature,
 )
 from router.testing import MockProvider, MockResponse
+from tests._crash import crash_actor
 
 # --------------------------------------------------------------------------- helpers
 
@@ -1172,7 +1173,7 @@ async def crash_and_time_restart(router: Router, provider: MockProvider, label: 
     next request must queue, and only a running loop can admit it.
     """
     crashed_at = trio.current_time()
-    router._actors["a"].inject_crash(RuntimeError(f"boom {label}"))
+    crash_actor(router._actors["a"], RuntimeError(f"boom {label}"))
     await trio.testing.wait_all_tasks_blocked()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(router.complete, chat(text="hold"))
@@ -1225,7 +1226,7 @@ async def test_requests_queued_in_a_crash_fail_and_fail_over(
         n.start_soon(call, router)
         await trio.testing.wait_all_tasks_blocked()
         assert router.statistics().providers["a"].queued == 1
-        router._actors["a"].inject_crash(RuntimeError("boom"))
+        crash_actor(router._actors["a"], RuntimeError("boom"))
         await trio.testing.wait_all_tasks_blocked()
         result, at = results
         assert at == 1.0
@@ -1245,7 +1246,7 @@ async def test_crash_during_shutdown_never_reaches_the_caller(
 ) -> None:
     """A loop crash that coincides with the router's exit is absorbed, not raised at the caller."""
     async with open_router(config(["a"]), providers=mocks("a")) as router:
-        router._actors["a"].inject_crash(RuntimeError("boom"))
+        crash_actor(router._actors["a"], RuntimeError("boom"))
 
 
 async def test_too_many_crashes_mark_the_provider_unhealthy(
@@ -1265,11 +1266,11 @@ async def test_too_many_crashes_mark_the_provider_unhealthy(
         open_router(cfg, providers={"a": a, "b": b}) as router,
     ):
         actor = router._actors["a"]
-        actor.inject_crash(RuntimeError("boom 1"))  # crashes at 0, restarts at 0.5
+        crash_actor(actor, RuntimeError("boom 1"))  # crashes at 0, restarts at 0.5
         await trio.testing.wait_all_tasks_blocked()
-        actor.inject_crash(RuntimeError("boom 2"))  # on restart at 0.5; next at 1.5
+        crash_actor(actor, RuntimeError("boom 2"))  # on restart at 0.5; next at 1.5
         await trio.sleep(1.0)
-        actor.inject_crash(RuntimeError("boom 3"))  # on restart at 1.5: the third
+        crash_actor(actor, RuntimeError("boom 3"))  # on restart at 1.5: the third
         await router.health_value("a").wait_value(lambda h: h.status == "unhealthy")
         assert trio.current_time() == 1.5
         health = router.health()["a"]
@@ -1299,7 +1300,7 @@ async def test_crashed_provider_is_refused_at_once_with_default_retries(
     a = MockProvider(name="a")
     supervisor = SupervisorConfig(max_restarts=0)
     async with open_router(config(["a"], supervisor=supervisor), providers={"a": a}) as router:
-        router._actors["a"].inject_crash(RuntimeError("boom"))
+        crash_actor(router._actors["a"], RuntimeError("boom"))
         await router.health_value("a").wait_value(lambda h: h.status == "unhealthy")
         with pytest.raises(Overloaded, match="provider unavailable"):
             await router.complete(chat())
@@ -1838,7 +1839,7 @@ def test_every_request_ends_and_nothing_leaks(
 
     async def crash(router: Router, name: str, at: float) -> None:
         await trio.sleep_until(at)
-        router._actors[name].inject_crash(RuntimeError("chaos"))
+        crash_actor(router._actors[name], RuntimeError("chaos"))
 
     async def main() -> None:
         with trio.fail_after(10_000):
