@@ -107,11 +107,11 @@ from ._policy import TargetHealth as TargetHealth
 from ._policy import plan_route as plan_route
 from ._providers import config_from_env as config_from_env
 from ._retry import RetryConfig as RetryConfig
-from ._router import HedgeStatistics as HedgeStatistics
 from ._router import Router as Router
-from ._router import RouterStatistics as RouterStatistics
-from ._router import RouterStream as RouterStream
 from ._router import open_router as open_router
+from ._statistics import HedgeStatistics as HedgeStatistics
+from ._statistics import RouterStatistics as RouterStatistics
+from ._stream import RouterStream as RouterStream
 from ._structured import Structured as Structured
 
 __version__ = "0.1.0"

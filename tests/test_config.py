@@ -40,6 +40,7 @@ from providers import (
     TogetherProvider,
 )
 from providers.testing import open_fake_upstream
+from router import open_router
 from router._config import (
     BudgetConfig,
     HedgeConfig,
@@ -64,7 +65,6 @@ from router._providers import (
     effective_limits,
 )
 from router._retry import RetryConfig
-from router._router import open_router
 from router._simulate import SimProvider, SimScenario, simulate
 from router._validation import validate
 

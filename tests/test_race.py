@@ -78,15 +78,19 @@ async def race_router(
     hedge: HedgeConfig | None = None,
     *,
     models: dict[str, ModelConfig] | None = None,
-    retry: RetryConfig | None = None,
+    retry: RetryConfig = NO_RETRY,
     **route: Any,
 ) -> AsyncIterator[tuple[Router, dict[str, MockProvider]]]:
-    """A router with route "r" over ``targets`` (name → mock, or its default answer)."""
+    """A router with route "r" over ``targets`` (name → mock, or its default answer).
+
+    Targets do not retry unless ``retry`` says so: these tests are about the race's
+    schedule (every attempt, hedged or not, retries on its target per its retry policy;
+    the tests of that pass ``retry``)."""
     mocks = {
         name: t if isinstance(t, MockProvider) else MockProvider(name=name, default=t)
         for name, t in targets.items()
     }
-    pc = ProviderConfig(kind="mock") if retry is None else ProviderConfig(kind="mock", retry=retry)
+    pc = ProviderConfig(kind="mock", retry=retry)
     config = RouterConfig(
         providers={name: pc for name in mocks},
         routes={"r": RouteConfig(targets=[f"{n}:m" for n in mocks], hedge=hedge, **route)},
