@@ -11,6 +11,7 @@ upstream, and checks that a loser's HTTP connection is closed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -51,6 +52,8 @@ from router import (
     RouterConfig,
     open_router,
 )
+from router._policy import Candidate
+from router._race import AttemptRecord, Race
 
 NO_RETRY = RetryConfig(max_attempts=1)
 KEY = "sk-test-RACE-0123456789abcdef"
@@ -369,6 +372,96 @@ async def test_percentile_delay_cold_starts_on_the_default_then_follows_the_p95(
         assert trio.current_time() == pytest.approx(t0 + p95 + 0.25, abs=1e-9)
         assert abs(p95 - hedge.default_delay) > 1.0
         assert router.statistics().hedges == 2
+
+
+# --------------------------------------------------------------------------- retries on every path
+
+#: Retry once, after exactly the ``retry_after`` the error carries (no jitter).
+RETRY_ONCE = RetryConfig(max_attempts=2, initial_backoff=0.0, max_backoff=0.0)
+
+
+async def test_a_hedged_attempt_retries_on_its_target(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """On a hedged route a ServerError at 0.2 s is retried on the same target after its
+    0.3 s wait (the retry answers at 0.7 s, before the 1 s hedge is due), as it is
+    without hedging: no fallback to b (which used to start at 0.2 s and win at 5.2 s)."""
+    a = MockProvider(
+        name="a", responses=[fail(ServerError("boom", retry_after=0.3), 0.2), reply("a", 0.2)]
+    )
+    async with race_router(
+        {"a": a, "b": reply("b", 5.0)}, HedgeConfig(delay=1.0), retry=RETRY_ONCE
+    ) as (router, mocks):
+        resp = await router.complete(chat())
+        assert trio.current_time() == 0.7
+        assert trace(resp.attempts) == [("a", "primary", "won", 0.0, 0.7)]
+        assert resp.attempts[0].retries == 1
+        assert calls(a) == [("error", 0.0, 0.2), ("ok", 0.5, 0.7)]
+        assert mocks["b"].calls == []
+        stats = router.statistics()
+        assert (stats.retries, stats.hedges, stats.fallbacks) == (1, 0, 0)
+        assert_all_ended(mocks)
+
+
+async def test_a_hedge_goes_out_while_the_primary_waits_to_retry(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The primary fails at 0.2 s and waits 1 s to retry; the 0.5 s hedge goes out in
+    the meantime and wins at 1.0 s, cancelling the primary in its wait (its one retry
+    scheduled is on the trace)."""
+    a = MockProvider(
+        name="a", responses=[fail(ServerError("boom", retry_after=1.0), 0.2), reply("a", 1.0)]
+    )
+    async with race_router(
+        {"a": a, "b": reply("b", 0.5)}, HedgeConfig(delay=0.5), retry=RETRY_ONCE
+    ) as (router, mocks):
+        resp = await router.complete(chat())
+        assert trio.current_time() == 1.0
+        assert trace(resp.attempts) == [
+            ("a", "primary", "cancelled", 0.0, 1.0),
+            ("b", "hedge", "won", 0.5, 1.0),
+        ]
+        assert resp.attempts[0].retries == 1
+        assert resp.attempts[0].reason == "lost the race to b"
+        assert calls(a) == [("error", 0.0, 0.2)]  # the retry never went out
+        assert_all_ended(mocks)
+
+
+class _TaskRace(Race[str]):
+    """A race whose attempts note the task they run in and answer after 1 s (a) or
+    2 s (b)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(
+            [Candidate(provider="a", model="m"), Candidate(provider="b", model="m", index=1)],
+            max_attempts=2,
+            delay=delay,
+        )
+        self.tasks: list[trio.lowlevel.Task] = []
+
+    async def _answer(self, record: AttemptRecord) -> str:
+        self.tasks.append(trio.lowlevel.current_task())
+        await trio.sleep(1.0 + record.candidate.index)
+        return "ok"
+
+    def call(self, record: AttemptRecord) -> Any:
+        return self._answer(record)
+
+
+@pytest.mark.parametrize(
+    ("delay", "in_caller"), [(math.inf, True), (0.5, False), (0.0, False)], ids=str
+)
+async def test_one_driver_runs_a_sequential_race_in_the_callers_task(
+    autojump_clock: trio.testing.MockClock, delay: float, in_caller: bool
+) -> None:
+    """Race.run is the one driver: with delay = inf its attempt runs in the caller's own
+    task (no nursery, no task per request); with a finite delay in a task of the
+    race's nursery, on the same schedule (the hedge at 0.5 s loses to the primary)."""
+    race = _TaskRace(delay)
+    result, winner = await race.run()
+    assert (result, winner.candidate.provider, trio.current_time()) == ("ok", "a", 1.0)
+    assert (race.tasks[0] is trio.lowlevel.current_task()) is in_caller
+    assert len(race.tasks) == (1 if delay == math.inf else 2)
 
 
 # --------------------------------------------------------------------------- streaming
