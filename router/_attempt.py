@@ -54,7 +54,7 @@ Call = Callable[[ProviderActor, Candidate, AttemptRecord], Awaitable[T]]
 class Targets:
     """What every request's race reads from its router: made once per router."""
 
-    __slots__ = ("actors", "clock", "counts", "rng", "spend")
+    __slots__ = ("actors", "clock", "counts", "id_prefix", "rng", "spend")
 
     def __init__(
         self,
@@ -63,7 +63,9 @@ class Targets:
         counts: Counters,
         rng: random.Random,
         clock: Callable[[], float],
+        id_prefix: str,
     ) -> None:
+        self.id_prefix = id_prefix
         self.actors = actors
         self.spend = spend
         self.counts = counts
@@ -80,7 +82,7 @@ class RequestRace(Race[T]):
     hedge that falls due with no target left is traced and counted.
     """
 
-    __slots__ = ("_call", "_discard", "_events", "_needs", "_route", "_targets")
+    __slots__ = ("_call", "_discard", "_events", "_needs", "_route", "_sequence", "_targets")
 
     def __init__(
         self,
@@ -91,11 +93,13 @@ class RequestRace(Race[T]):
         call: Call[T],
         *,
         now: float,
+        sequence: int,
         request_id: str,
         events: RequestEvents | None,
         discard: Callable[[T, AttemptRecord], Awaitable[None]] | None,
     ) -> None:
         self._targets = targets
+        self._sequence = sequence
         self._route = route
         self._needs = needs
         self._call = call
@@ -160,7 +164,13 @@ class RequestRace(Race[T]):
             return None
         targets = self._targets
         actor = targets.actors[record.candidate.provider]
-        delay = retry_delay(exc, retry, actor.config.retry, targets.rng)
+        rng = targets.rng
+        if self.overlapping:
+            # Attempts that overlap draw in the order trio schedules them, which is
+            # not reproducible: each draws from its own generator, seeded by the
+            # router's request number and its attempt number (reproducible with a seed).
+            rng = random.Random(f"{targets.id_prefix}-{self._sequence}-{record.number}")
+        delay = retry_delay(exc, retry, actor.config.retry, rng)
         now = trio.current_time()
         if (
             delay is None

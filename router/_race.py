@@ -3,12 +3,17 @@
 This is trio's happy eyeballs (``trio/_highlevel_open_tcp_stream.py``) with providers for
 addresses, and gRPC's hedging policy for the rules:
 
-- One nursery, in the caller's task.  The first attempt starts at once.  Each further
+- One driver, in the caller's task.  The first attempt starts at once.  Each further
   attempt starts when the hedge delay has passed since the previous start (a *hedge*,
   which needs a token from the route's hedge budget) or at once when a running attempt
   fails with an error the route fails over on (a *fallback*, which needs none).  With
-  ``delay = 0`` every attempt starts at once; with ``delay = inf`` it is plain
-  sequential fallback.
+  ``delay = 0`` every attempt starts at once (racing); with ``delay = inf`` it is plain
+  sequential fallback, whose attempts never overlap and so run in the caller's task
+  itself, one after the other; otherwise each attempt is a task in one nursery.
+- Each attempt, on every path, is one function: reserve its spend, call its target,
+  retry the target while its retry policy allows (it counts as failed only when it
+  gives up), settle its spend.  The race above it never sees a retry, only the
+  attempt's end; a hedge falls due on time while an attempt waits to retry.
 - The first attempt to succeed commits: it stores its result and cancels the nursery
   with a reason, so every other attempt is cancelled — its permit returned, its
   connection closed — before the caller gets the result.  For a streaming call "succeed"
@@ -347,6 +352,11 @@ class Race(Generic[T]):
     async def discard(self, result: T, record: AttemptRecord) -> None:
         """Release the result of an attempt that succeeded but is not handed to the
         caller (close a stream)."""
+
+    @property
+    def overlapping(self) -> bool:
+        """Whether attempts may run at once (a hedged or racing race, not sequential)."""
+        return self._delay != math.inf
 
     @property
     def has_remaining(self) -> bool:

@@ -36,7 +36,7 @@ request's progress into events while someone listens.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -51,14 +51,12 @@ from providers import (
     EmbeddingRequest,
     EmbeddingResponse,
     InvalidRequest,
-    LLMError,
     NoRoute,
     Provider,
     RouterClosed,
 )
 
 from ._actor import ProviderActor
-from ._attempt import Call, RequestRace, Targets
 from ._audit import AuditLog
 from ._config import RouterConfig, validate_config
 from ._events import EventHub, Listener, RouterEvent, Subscription
@@ -66,11 +64,11 @@ from ._health import HealthSnapshot
 from ._policy import Candidate, Needs, Plan
 from ._providers import build_provider, config_from_env
 from ._race import AttemptRecord
-from ._request_events import RequestEvents
+from ._request import Requests, answered, embedding_inputs
 from ._routes import Routes
 from ._setup import id_prefix, known_secrets, metrics, tracer, warm_tokenizers
 from ._spend import Spend
-from ._statistics import Counters, HedgeStatistics, RouterStatistics
+from ._statistics import Counters, RouterStatistics, snapshot
 from ._stream import StreamContext, same_count
 from ._structured import OutputSchema, Structured, output_schema, validated
 from ._supervise import supervise
@@ -201,16 +199,13 @@ class Router:
         id_prefix: str = "req",
     ) -> None:
         self._config = config
-        self._closed = False
         self._default_max_tokens = config.default_max_tokens
         self._hub = EventHub()
-        self._id_prefix = id_prefix
-        self._sequence = 0
         self._audit: AuditLog | None = None
         # The run's clock, read through its bound method: trio.current_time() without
         # the two lookups in between.
-        self._now = trio.lowlevel.current_clock().current_time
-        start = self._now()
+        now = trio.lowlevel.current_clock().current_time
+        start = now()
         self._actors: dict[str, ProviderActor] = {
             name: ProviderActor(
                 name,
@@ -221,23 +216,25 @@ class Router:
             )
             for name, pc in config.providers.items()
         }
-        self._counts = Counters()
-        self._spend = Spend(config, start)
-        self._routes = Routes(config, self._actors, self._spend, self._counts, rng, start)
-        self._targets = Targets(self._actors, self._spend, self._counts, rng, self._now)
+        counts = Counters()
+        spend = Spend(config, start)
+        self._routes = Routes(config, self._actors, spend, counts, rng, start)
+        self._requests = Requests(
+            self._actors, self._routes, spend, counts, self._hub, rng, now, id_prefix
+        )
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
+        state = "closed" if self._requests.closed else "open"
         return f"<Router {state} providers={sorted(self._actors)}>"
 
     def _close(self) -> None:
-        self._closed = True
+        self._requests.closed = True
         self._hub.close()
         for actor in self._actors.values():
             actor.mailbox.close(RouterClosed("the router is closed", provider=actor.name))
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._requests.closed:
             raise RouterClosed("the router is closed: its `async with` block has exited")
 
     def plan(
@@ -269,104 +266,6 @@ class Router:
         routes = self._routes
         return routes.plan(routes.route(model), needs or Needs(), trio.current_time())
 
-    async def _run(
-        self,
-        model: str,
-        needs: Needs,
-        call: Call[T],
-        *,
-        request: ChatRequest | None = None,
-        inputs: Sequence[str] | None = None,
-        discard: Callable[[T, AttemptRecord], Awaitable[None]] | None = None,
-    ) -> tuple[T, AttemptRecord, RequestRace[T], float, RequestEvents | None]:
-        """Plan and race one request; return (result, winner, race, start time, events).
-
-        ``events`` is ``None`` unless someone listens.  When the request fails this
-        emits its ``RequestFinished``; when it succeeds, the caller does (with the
-        final answer, or when its stream ends).
-        """
-        self._check_open()
-        t0 = self._now()
-        self._sequence += 1
-        if request is not None and request.metadata and request.metadata.get("request_id"):
-            request_id = request.metadata["request_id"]
-        else:
-            request_id = f"{self._id_prefix}-{self._sequence}"
-        events: RequestEvents | None = None
-        if self._hub.listeners:
-            events = RequestEvents(
-                self._hub.emit,
-                request_id,
-                model,
-                "embeddings" if needs.embeddings else "chat",
-                needs.streaming,
-                t0,
-                request,
-                None if inputs is None else list(inputs),
-            )
-            events.started()
-        counts = self._counts
-        race: RequestRace[T] | None = None
-        try:
-            routes = self._routes
-            route = routes.route(model)
-            plan = routes.plan_for(route, needs, t0)
-            spend = self._spend
-            if not plan.targets:
-                spend.refuse_empty(model, plan, request_id, events)
-                plan.raise_if_empty(model)
-            if spend.budget is not None or route.spend_budget is not None:
-                spend.check(route, plan, needs, t0, request_id, events)
-            counts.requests += 1
-            if plan.panic or route.panicking:
-                routes.panic(route, plan, request_id)
-            try:
-                # A request made in a scope that is already cancelled is cancelled, not
-                # refused for lack of time.
-                await trio.lowlevel.checkpoint_if_cancelled()
-            except BaseException:
-                counts.cancelled += 1
-                raise
-            race = RequestRace(
-                self._targets,
-                route,
-                plan,
-                needs,
-                call,
-                now=t0,
-                request_id=request_id,
-                events=events,
-                discard=discard,
-            )
-            try:
-                result, winner = await race.run()
-            except LLMError as exc:
-                counts.failed += 1
-                exc.attempts = tuple(race.trace(t0))
-                raise
-            except BaseException:
-                counts.cancelled += 1
-                raise
-            finally:
-                counts.hedges += race.hedges
-                counts.fallbacks += race.fallbacks
-                for r in race.records:
-                    if r.outcome == "failed" or r.outcome == "cancelled":
-                        counts.wasted_tokens += r.sent_tokens
-        except BaseException as exc:
-            if events is not None:
-                events.failed(exc, [] if race is None else race.trace(t0))
-            if isinstance(exc, LLMError):
-                # Every call is a schedule point, as trio's own operations are, also when
-                # it fails before reaching any I/O (an invalid request, no route): a
-                # loop of failing calls must not starve the other tasks.
-                await trio.lowlevel.cancel_shielded_checkpoint()
-            raise
-        counts.succeeded += 1
-        if winner.kind == "hedge":
-            counts.hedge_wins += 1
-        return result, winner, race, t0, events
-
     # -- the public API --------------------------------------------------------------
 
     async def complete(self, request: ChatRequest, *, nowait: bool = False) -> ChatResponse:
@@ -394,7 +293,7 @@ class Router:
                 sent, trace=record, nowait=nowait, prompt_tokens=same_count(needs, request, sent)
             )
 
-        return _answered(*await self._run(request.model, needs, call, request=request))
+        return answered(*await self._requests.run(request.model, needs, call, request=request))
 
     async def structured(
         self,
@@ -472,10 +371,10 @@ class Router:
             )
             return validated(answer, target, actor.provider)
 
-        (response, value), winner, race, t0, events = await self._run(
+        (response, value), winner, race, t0, events = await self._requests.run(
             request.model, needs, call, request=request
         )
-        return Structured(value=value, response=_answered(response, winner, race, t0, events))
+        return Structured(value=value, response=answered(response, winner, race, t0, events))
 
     def stream(self, request: ChatRequest, *, nowait: bool = False) -> StreamContext:
         """Stream ``request``'s answer; race and fail over until the first content event.
@@ -515,7 +414,7 @@ class Router:
                 list of them), empty or holds a non-``str``, or ``dimensions`` is not a
                 positive int: the caller's mistake, never counted against a provider.
         """
-        texts = _embedding_inputs(inputs, dimensions)
+        texts = embedding_inputs(inputs, dimensions)
         needs = Needs(embeddings=True)
 
         def call(
@@ -524,7 +423,7 @@ class Router:
             req = EmbeddingRequest(model=candidate.model, inputs=texts, dimensions=dimensions)
             return actor.embed(req, trace=record, nowait=nowait)
 
-        return _answered(*await self._run(model, needs, call, inputs=texts))
+        return answered(*await self._requests.run(model, needs, call, inputs=texts))
 
     # -- observability ---------------------------------------------------------------
 
@@ -635,84 +534,13 @@ class Router:
             stats = router.statistics()
             print(stats.hedges / max(1, stats.requests), stats.providers["openai"].in_flight)
         """
-        now = trio.current_time()
-        counts = self._counts
-        hub = self._hub
-        spend = self._spend
-        routes = self._routes.routes
-        return RouterStatistics(
-            requests=counts.requests,
-            succeeded=counts.succeeded,
-            failed=counts.failed,
-            cancelled=counts.cancelled,
-            fallbacks=counts.fallbacks,
-            hedges=counts.hedges,
-            hedge_wins=counts.hedge_wins,
-            retries=counts.retries,
-            wasted_tokens=counts.wasted_tokens,
-            panic_routed=counts.panic_routed,
-            spend=sum(spend.spent.values()),
-            spend_by_target=dict(spend.spent),
-            budgets=[b.statistics(now) for b in spend.all_budgets(self._routes.budgets())],
-            providers={name: a.statistics() for name, a in self._actors.items()},
-            events_emitted=hub.emitted,
-            events_dropped=hub.dropped,
-            listener_errors=hub.listener_errors,
-            subscribers=hub.subscribers,
-            audit=None if self._audit is None else self._audit.statistics(),
-            hedging={
-                name: HedgeStatistics(
-                    route=name,
-                    delay=c.delay,
-                    budget_tokens=b.tokens,
-                    budget_burst=b.burst,
-                    sent=c.sent,
-                    not_sent_budget=c.not_sent_budget,
-                    not_sent_deadline=c.not_sent_deadline,
-                    not_sent_no_target=c.not_sent_no_target,
-                )
-                for name, r in routes.items()
-                if (c := r.hedge_counters) is not None and (b := r.hedge_budget) is not None
-            },
+        requests = self._requests
+        return snapshot(
+            requests.counts,
+            requests.spend,
+            self._routes,
+            self._actors,
+            self._hub,
+            self._audit,
+            trio.current_time(),
         )
-
-
-def _answered(
-    response: R,
-    winner: AttemptRecord,
-    race: RequestRace[Any],
-    t0: float,
-    events: RequestEvents | None,
-) -> R:
-    """The answer of a request that succeeded, with its trace and cost; its
-    ``RequestFinished`` is emitted (``complete``, ``structured`` and ``embed`` alike)."""
-    response = msgspec.structs.replace(
-        response,
-        attempts=race.trace(t0),
-        # The winner's cost was settled from this answer's usage.
-        cost=response.cost if response.cost is not None else winner.cost,
-    )
-    if events is not None:
-        events.succeeded(winner, response.attempts, response, response.cost)
-    return response
-
-
-def _embedding_inputs(inputs: Sequence[str], dimensions: int | None) -> list[str]:
-    """``inputs`` as a list, once (a generator serves every attempt), or InvalidRequest:
-    the caller's mistake, refused before any attempt, never a provider's failure."""
-    if isinstance(inputs, (str, bytes)):
-        raise InvalidRequest("inputs is a list of texts to embed, not one text: pass [text]")
-    try:
-        texts = list(inputs)
-    except TypeError:
-        raise InvalidRequest(f"inputs must be a list of str, got {type(inputs).__name__}") from None
-    if not texts:
-        raise InvalidRequest("an embedding request needs at least one input")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise InvalidRequest(f"inputs[{i}] must be a str, got {type(text).__name__}")
-    if dimensions is not None and (
-        isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions <= 0
-    ):
-        raise InvalidRequest(f"dimensions must be a positive int, got {dimensions!r}")
-    return texts

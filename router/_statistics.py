@@ -3,13 +3,21 @@ the running counts they are made from."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 import msgspec
 
-from ._actor import ActorStatistics
-from ._audit import AuditStatistics
+from ._actor import ActorStatistics, ProviderActor
+from ._audit import AuditLog, AuditStatistics
 from ._budget import BudgetStatistics
+from ._events import EventHub
 
-__all__ = ["Counters", "HedgeStatistics", "RouterStatistics"]
+if TYPE_CHECKING:
+    from ._routes import Routes
+    from ._spend import Spend
+
+__all__ = ["Counters", "HedgeStatistics", "RouterStatistics", "snapshot"]
 
 
 class Counters:
@@ -105,3 +113,51 @@ class RouterStatistics(msgspec.Struct, frozen=True, kw_only=True):
     audit: AuditStatistics | None = None
     #: Per hedged route (by name): its delay, its budget and the hedges not sent.
     hedging: dict[str, HedgeStatistics] = msgspec.field(default_factory=dict)
+
+
+def snapshot(
+    counts: Counters,
+    spend: Spend,
+    routes: Routes,
+    actors: Mapping[str, ProviderActor],
+    hub: EventHub,
+    audit: AuditLog | None,
+    now: float,
+) -> RouterStatistics:
+    """The router's statistics as of ``now``, from its parts."""
+    route_table = routes.routes
+    return RouterStatistics(
+        requests=counts.requests,
+        succeeded=counts.succeeded,
+        failed=counts.failed,
+        cancelled=counts.cancelled,
+        fallbacks=counts.fallbacks,
+        hedges=counts.hedges,
+        hedge_wins=counts.hedge_wins,
+        retries=counts.retries,
+        wasted_tokens=counts.wasted_tokens,
+        panic_routed=counts.panic_routed,
+        spend=sum(spend.spent.values()),
+        spend_by_target=dict(spend.spent),
+        budgets=[b.statistics(now) for b in spend.all_budgets(routes.budgets())],
+        providers={name: a.statistics() for name, a in actors.items()},
+        events_emitted=hub.emitted,
+        events_dropped=hub.dropped,
+        listener_errors=hub.listener_errors,
+        subscribers=hub.subscribers,
+        audit=None if audit is None else audit.statistics(),
+        hedging={
+            name: HedgeStatistics(
+                route=name,
+                delay=c.delay,
+                budget_tokens=b.tokens,
+                budget_burst=b.burst,
+                sent=c.sent,
+                not_sent_budget=c.not_sent_budget,
+                not_sent_deadline=c.not_sent_deadline,
+                not_sent_no_target=c.not_sent_no_target,
+            )
+            for name, r in route_table.items()
+            if (c := r.hedge_counters) is not None and (b := r.hedge_budget) is not None
+        },
+    )

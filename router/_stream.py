@@ -150,7 +150,7 @@ class StreamContext:
                 actor, sent, record, nowait=nowait, prompt_tokens=same_count(needs, request, sent)
             )
 
-        opened, winner, race, t0, observed = await router._run(
+        opened, winner, race, t0, observed = await router._requests.run(
             request.model, needs, call, request=request, discard=close_opened
         )
         stack, events, buffered = opened
