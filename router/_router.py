@@ -70,7 +70,7 @@ from ._setup import id_prefix, known_secrets, metrics, tracer, warm_tokenizers
 from ._spend import Spend
 from ._statistics import Counters, RouterStatistics, snapshot
 from ._stream import StreamContext, same_count
-from ._structured import OutputSchema, Structured, output_schema, validated
+from ._structured import Structured, structured_request, validated
 from ._supervise import supervise
 
 if TYPE_CHECKING:
@@ -347,17 +347,11 @@ class Router:
                 print(attempt.provider, attempt.outcome, attempt.reason or "")
         """
         try:
-            target: OutputSchema[T] = output_schema(schema)
-            if request.response_format is not None:
-                raise InvalidRequest(
-                    "structured() sets the request's response_format from the schema; "
-                    "send the request without one"
-                )
+            request, target = structured_request(request, schema)
         except InvalidRequest:
             # A schedule point even when refused before any I/O, as complete() is.
             await trio.lowlevel.cancel_shielded_checkpoint()
             raise
-        request = msgspec.structs.replace(request, response_format=target.format)
         needs = Needs.of(request, streaming=False, default_max_tokens=self._default_max_tokens)
 
         # complete()'s call, then the validation, in the attempt: an invalid answer is

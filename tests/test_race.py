@@ -804,7 +804,8 @@ async def test_a_race_decided_in_the_hedge_instant_returns_at_once(
 
 # Multiples of 1/4 s: exact in binary, so sums are exact and ties really are ties.
 LATENCIES = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0]
-DELAYS = [0.0, 0.25, 0.5, 1.0, 2.0]
+#: math.inf: a route without hedging, sequential fallback (the same model, one driver).
+DELAYS = [0.0, 0.25, 0.5, 1.0, 2.0, math.inf]
 NAMES = "abcd"
 
 
@@ -860,7 +861,11 @@ async def run_race(spec: Sequence[tuple[float, bool]], delay: float) -> Any:
         NAMES[i]: (reply(NAMES[i], lat) if ok else fail(ServerError(f"{NAMES[i]} down"), lat))
         for i, (lat, ok) in enumerate(spec)
     }
-    hedge = HedgeConfig(delay=delay, max_attempts=len(spec), budget_burst=10.0)
+    hedge = (
+        None
+        if delay == math.inf
+        else HedgeConfig(delay=delay, max_attempts=len(spec), budget_burst=10.0)
+    )
     async with race_router(targets, hedge) as (router, mocks):
         try:
             result: Any = await router.complete(chat())
@@ -882,7 +887,8 @@ async def run_race(spec: Sequence[tuple[float, bool]], delay: float) -> Any:
 )
 def test_race_matches_the_documented_model(spec: list[tuple[float, bool]], delay: float) -> None:
     """Invariant: for any latencies and outcomes (success / ServerError) on 2-4 targets,
-    a fixed delay, max_attempts = targets and a large budget, the router's start times,
+    a fixed delay (or none: sequential fallback is the model with delay = inf),
+    max_attempts = targets and a large budget, the router's start times,
     kinds, outcomes, winner and finish time are the model's, and no call outlives the race."""
     model = Model(spec, delay)
     result, now, ncalls = trio.run(
