@@ -186,11 +186,13 @@ class RequestRace(Race[T]):
             delay,
             extra={"provider": actor.name, "request_id": self.request_id},
         )
-        actor.retried += 1
-        targets.counts.retries += 1
         if self._events is not None:
             self._events.retry(actor.name, type(exc).__name__, retry, delay)
         return delay
+
+    def retried(self, record: AttemptRecord) -> None:
+        self._targets.actors[record.candidate.provider].retried += 1
+        self._targets.counts.retries += 1
 
     def settle(self, record: AttemptRecord, *, answered: bool) -> None:
         if answered and self._needs.streaming:

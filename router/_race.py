@@ -331,6 +331,9 @@ class Race(Generic[T]):
         ``exc``, or ``None`` to give up (the attempt fails with ``exc``)."""
         return None
 
+    def retried(self, record: AttemptRecord) -> None:
+        """A retry of ``record``'s target is about to go out (after its wait)."""
+
     def fails_over(self, exc: LLMError) -> bool:
         """Whether ``exc`` on one target sends the request on to the next."""
         return exc.retryable
@@ -675,8 +678,10 @@ class Race(Generic[T]):
             delay = self.retry_delay(record, exc, retry)
             if delay is None:
                 raise exc
-            record.retries += 1
             await trio.sleep(delay)
+            # Counted as it goes out: a retry the race cancels in its wait sends nothing.
+            record.retries += 1
+            self.retried(record)
             retry += 1
             try:
                 return await self.call(record)

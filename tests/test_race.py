@@ -407,8 +407,8 @@ async def test_a_hedge_goes_out_while_the_primary_waits_to_retry(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """The primary fails at 0.2 s and waits 1 s to retry; the 0.5 s hedge goes out in
-    the meantime and wins at 1.0 s, cancelling the primary in its wait (its one retry
-    scheduled is on the trace)."""
+    the meantime and wins at 1.0 s, cancelling the primary in its wait (the retry it
+    never sent is not counted: retries count calls made)."""
     a = MockProvider(
         name="a", responses=[fail(ServerError("boom", retry_after=1.0), 0.2), reply("a", 1.0)]
     )
@@ -421,9 +421,11 @@ async def test_a_hedge_goes_out_while_the_primary_waits_to_retry(
             ("a", "primary", "cancelled", 0.0, 1.0),
             ("b", "hedge", "won", 0.5, 1.0),
         ]
-        assert resp.attempts[0].retries == 1
+        assert resp.attempts[0].retries == 0
         assert resp.attempts[0].reason == "lost the race to b"
         assert calls(a) == [("error", 0.0, 0.2)]  # the retry never went out
+        stats = router.statistics()
+        assert (stats.retries, stats.hedges, stats.providers["a"].retried) == (0, 1, 0)
         assert_all_ended(mocks)
 
 
