@@ -55,8 +55,8 @@ from . import policy as policy
 from . import stats as stats
 from ._config import load_config as load_config
 from ._router import Router as Router
-from ._router import RouterStream as RouterStream
 from ._router import open_router as open_router
+from ._stream import RouterStream as RouterStream
 from ._structured import Structured as Structured
 
 __all__ = [

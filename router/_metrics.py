@@ -67,7 +67,7 @@ from ._events import (
 )
 
 if TYPE_CHECKING:
-    from ._router import RouterStatistics
+    from ._statistics import RouterStatistics
 
 __all__ = ["LATENCY_BUCKETS", "PrometheusMetrics"]
 

@@ -3,12 +3,17 @@
 This is trio's happy eyeballs (``trio/_highlevel_open_tcp_stream.py``) with providers for
 addresses, and gRPC's hedging policy for the rules:
 
-- One nursery, in the caller's task.  The first attempt starts at once.  Each further
+- One driver, in the caller's task.  The first attempt starts at once.  Each further
   attempt starts when the hedge delay has passed since the previous start (a *hedge*,
   which needs a token from the route's hedge budget) or at once when a running attempt
   fails with an error the route fails over on (a *fallback*, which needs none).  With
-  ``delay = 0`` every attempt starts at once; with ``delay = inf`` it is plain
-  sequential fallback.
+  ``delay = 0`` every attempt starts at once (racing); with ``delay = inf`` it is plain
+  sequential fallback, whose attempts never overlap and so run in the caller's task
+  itself, one after the other; otherwise each attempt is a task in one nursery.
+- Each attempt, on every path, is one function: reserve its spend, call its target,
+  retry the target while its retry policy allows (it counts as failed only when it
+  gives up), settle its spend.  The race above it never sees a retry, only the
+  attempt's end; a hedge falls due on time while an attempt waits to retry.
 - The first attempt to succeed commits: it stores its result and cancels the nursery
   with a reason, so every other attempt is cancelled — its permit returned, its
   connection closed — before the caller gets the result.  For a streaming call "succeed"
@@ -45,8 +50,8 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, NoReturn, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from typing import Generic, Protocol, TypeVar
 
 import trio
 
@@ -179,11 +184,6 @@ class RaceObserver(Protocol):
         it hedges, or the failed one it replaces."""
 
 
-def _spent(*args: Any, **kwargs: Any) -> NoReturn:
-    """Stands in for a finished race's callbacks."""
-    raise RuntimeError("this race has already run")
-
-
 def _foreign(exc: Exception, record: AttemptRecord) -> LLMError:
     error = ServerError(
         f"the attempt raised {type(exc).__name__}: {exc}", provider=record.candidate.provider
@@ -192,23 +192,58 @@ def _foreign(exc: Exception, record: AttemptRecord) -> LLMError:
     return error
 
 
+class _Inline:
+    """Stands in for the nursery of a race with ``delay = inf``: its attempts run one at
+    a time, in the caller's task, so there is nothing to supervise.
+
+    ``async with`` awaits what ``__aenter__`` and ``__aexit__`` return; an exhausted
+    iterator is an awaitable that finishes at once with ``None``, and stays exhausted,
+    so one serves every request: no coroutine, no allocation.
+    """
+
+    __slots__ = ()
+
+    def __aenter__(self) -> _Inline:
+        return self
+
+    def __aexit__(self, *exc_info: object) -> _Inline:
+        return self
+
+    def __await__(self) -> Generator[None, None, None]:
+        return _DONE
+
+
+def _finished() -> Generator[None, None, None]:
+    return
+    yield  # a generator function, whose generator ends at once
+
+
+_DONE = _finished()
+next(_DONE, None)
+_INLINE = _Inline()
+
+
 class Race(Generic[T]):
     """One request's race over a plan; see the module docstring.
 
+    The race is the one driver of every request: sequential fallback (``delay = inf``),
+    staggered hedging and racing (``delay = 0``) follow one schedule (:meth:`run`), and
+    every attempt, on every path, runs one function (``_one``): reserve its spend, call
+    the target, retry the target while :meth:`retry_delay` says so, settle its spend,
+    and record how it ended.  With ``delay = inf`` no two attempts ever overlap, so the
+    race runs them one after the other in the caller's task: no nursery, task, event or
+    cancel scope per request.  Otherwise each attempt is a task in one nursery.
+
+    What the race does *to* a target is the subclass's: :meth:`call` (required), and
+    the hooks below, whose defaults make a plain race (no spend, no retries, fail over
+    on retryable errors, no deadline predictions).  They are methods rather than
+    callbacks so that a request's race is one object: no closure, no bound method and
+    no reference cycle per request.
+
     Args:
         plan: the targets, in the policy's order.
-        attempt: runs one attempt on a target; it may fill in the record's
-            ``retries``, ``sent_tokens`` and ``usage``.
         max_attempts: attempts started at most (skipped targets do not count).
         delay: seconds between staggered starts; ``math.inf`` for no hedging.
-        fails_over: whether an error sends the request on to the next target.
-        spend_hedge: takes a token from the hedge budget; False means no hedge.
-        expected_latency: a target's latency estimate, to skip extra attempts that
-            cannot finish before the deadline; ``None`` when unknown.
-        skip: a reason to skip a target now (e.g. paused by its provider), given
-            whether other targets remain; ``None`` to try it.
-        discard: releases the result of an attempt that succeeded after another won
-            (closes a stream), given the result and its record.
         request_id: the request's id, for log lines.
         observer: told of every attempt as it starts and ends; ``None`` for nobody.
         clock: reads the current time: ``trio.current_time`` or, faster, the bound
@@ -218,26 +253,19 @@ class Race(Generic[T]):
     """
 
     __slots__ = (
-        "_attempt",
         "_clock",
         "_context_limit",
         "_delay",
-        "_discard",
-        "_expected_latency",
         "_failed",
         "_failed_records",
-        "_fails_over",
         "_failures",
         "_fatal",
         "_hedge_counters",
         "_max_attempts",
         "_over",
-        "_previous",
         "_remaining",
         "_result",
         "_running",
-        "_skip",
-        "_spend_hedge",
         "_started",
         "errors",
         "fallbacks",
@@ -252,14 +280,8 @@ class Race(Generic[T]):
         self,
         plan: Sequence[Candidate],
         *,
-        attempt: Callable[[Candidate, AttemptRecord], Awaitable[T]],
         max_attempts: int,
         delay: float,
-        fails_over: Callable[[LLMError], bool],
-        spend_hedge: Callable[[], bool],
-        expected_latency: Callable[[Candidate], float | None],
-        skip: Callable[[Candidate, bool], str | None],
-        discard: Callable[[T, AttemptRecord], Awaitable[None]] | None = None,
         request_id: str = "",
         observer: RaceObserver | None = None,
         clock: Callable[[], float] = trio.current_time,
@@ -270,33 +292,74 @@ class Race(Generic[T]):
         self._clock = clock
         self.observer = observer
         self._remaining: deque[Candidate] = deque(plan)
-        self._attempt = attempt
         self._max_attempts = max_attempts
         self._delay = delay
-        self._fails_over = fails_over
-        self._spend_hedge = spend_hedge
-        self._expected_latency = expected_latency
-        self._skip = skip
-        self._discard = discard
         self.records: list[AttemptRecord] = []
         self.errors: list[LLMError] = []
         self.winner: AttemptRecord | None = None
         self._result: T | None = None
         self._fatal: LLMError | None = None
-        # Set when an attempt fails, to wake the staggering loop (staggered races only:
-        # made when one starts).
-        self._failed: trio.Event
+        # Set when an attempt fails, to wake the staggering loop (made when a staggered
+        # race starts; a race that runs its attempts one at a time needs none).
+        self._failed: trio.Event | None = None
         self._failures = 0
         self._over = False
         self._running = 0
         self._context_limit: int | None = None
-        # The failed attempts whose fallbacks have not started yet, oldest first
-        # (staggered races only).
+        # The failed attempts whose fallbacks have not started yet, oldest first (made
+        # at the first failure).
         self._failed_records: deque[AttemptRecord] | None = None
         self._started = 0
-        self._previous: AttemptRecord | None = None  # the last sequential attempt begun
         self.hedges = 0
         self.fallbacks = 0
+
+    # -- what the race does to a target: the subclass's --------------------------------
+
+    def call(self, record: AttemptRecord) -> Awaitable[T]:
+        """Try ``record``'s target once; it may fill in the record's ``sent_tokens``,
+        ``usage`` and ``queued``.  Called again for each retry."""
+        raise NotImplementedError
+
+    def reserve(self, record: AttemptRecord) -> None:
+        """Before an attempt's first try: reserve its spend, or raise to refuse it."""
+
+    def settle(self, record: AttemptRecord, *, answered: bool) -> None:
+        """After an attempt: settle its spend; ``answered`` when it succeeded."""
+
+    def retry_delay(self, record: AttemptRecord, exc: LLMError, retry: int) -> float | None:
+        """Seconds to wait before retry number ``retry`` of ``record``'s target after
+        ``exc``, or ``None`` to give up (the attempt fails with ``exc``)."""
+        return None
+
+    def retried(self, record: AttemptRecord) -> None:
+        """A retry of ``record``'s target is about to go out (after its wait)."""
+
+    def fails_over(self, exc: LLMError) -> bool:
+        """Whether ``exc`` on one target sends the request on to the next."""
+        return exc.retryable
+
+    def spend_hedge(self) -> bool:
+        """Take a token from the hedge budget; ``False`` means no hedge."""
+        return True
+
+    def expected_latency(self, candidate: Candidate) -> float | None:
+        """``candidate``'s latency estimate, to skip extra attempts that cannot finish
+        before the deadline; ``None`` when unknown."""
+        return None
+
+    def skip(self, candidate: Candidate, more: bool) -> str | None:
+        """A reason to pass ``candidate`` over now (e.g. paused by its provider), given
+        whether other targets remain; ``None`` to try it."""
+        return None
+
+    async def discard(self, result: T, record: AttemptRecord) -> None:
+        """Release the result of an attempt that succeeded but is not handed to the
+        caller (close a stream)."""
+
+    @property
+    def overlapping(self) -> bool:
+        """Whether attempts may run at once (a hedged or racing race, not sequential)."""
+        return self._delay != math.inf
 
     @property
     def has_remaining(self) -> bool:
@@ -356,7 +419,7 @@ class Race(Generic[T]):
         deadline = trio.current_effective_deadline()
         if deadline == math.inf:
             return None
-        expected = self._expected_latency(candidate)
+        expected = self.expected_latency(candidate)
         if expected is None:
             return None
         now = self._clock()
@@ -387,7 +450,7 @@ class Race(Generic[T]):
                     kind,
                 )
                 continue
-            reason = self._skip(candidate, bool(remaining) or late is not None)
+            reason = self.skip(candidate, bool(remaining) or late is not None)
             if reason is None:
                 reason = self._late(candidate)
                 if reason is not None and kind == "primary":
@@ -428,7 +491,7 @@ class Race(Generic[T]):
                 else:
                     counters.not_sent_no_target += 1
             return None
-        if self._spend_hedge():
+        if self.spend_hedge():
             return candidate
         # Stays in line for a fallback after a failure, which needs no token.
         self._remaining.appendleft(candidate)
@@ -449,109 +512,86 @@ class Race(Generic[T]):
             if self._failures:
                 # Each failure starts one fallback, even when several came at once.
                 self._failures -= 1
-                if not self._failures:
+                if not self._failures and self._failed is not None:
                     self._failed = trio.Event()
                 return "fallback"
+            # Only a staggered race gets here: one whose attempts run one at a time has
+            # been won, ended or failed by the time its attempt returns.
+            failed = self._failed
+            assert failed is not None
             with trio.move_on_at(last_start + delay):
-                await self._failed.wait()
+                await failed.wait()
                 continue
             if self._over:
                 return None  # decided in the very instant the hedge fell due
             return "hedge"
 
-    # -- the sequential race, driven by its caller ---------------------------------------
-    #
-    # Without hedging, one attempt runs at a time: no nursery, task or cancel scope is
-    # needed, and the caller runs each attempt inline in its own frame (every coroutine
-    # layer between the caller's task and the socket is resumed on each I/O wake-up of
-    # the attempt, so the router keeps that stack short).  The loop is::
-    #
-    #     while (candidate := race.next_target()) is not None:
-    #         record = race.begin(candidate)
-    #         try:
-    #             result = await ...attempt...
-    #         except LLMError as exc:
-    #             race.lost(record, exc)   # a fatal error: next_target() says None
-    #         except trio.Cancelled:
-    #             race.cancelled(record); raise
-    #         else:
-    #             race.won(record, result); break
-    #     race.finish(); result, winner = race.conclude()
-
-    def next_target(self) -> Candidate | None:
-        """The next target of a sequential race, or ``None`` when it is over."""
-        if self.winner is not None or self._fatal is not None:
-            return None
-        if self._started >= self._max_attempts:
-            return None
-        return self._next("primary" if self._previous is None else "fallback")
-
-    def begin(self, candidate: Candidate) -> AttemptRecord:
-        """Record the start of a sequential attempt on ``candidate`` (from next_target)."""
-        previous = self._previous
-        record = AttemptRecord(
-            candidate, "primary" if previous is None else "fallback", self._clock()
-        )
-        self.records.append(record)
-        if previous is not None:
-            self.fallbacks += 1
-            self._launch(record, previous)
-        self._previous = record
-        self._started += 1
-        record.number = self._started
-        if self.observer is not None:
-            self.observer.attempt_started(record)
-        return record
-
-    def won(self, record: AttemptRecord, result: T) -> None:
-        """A sequential attempt succeeded: the race is won."""
-        record.end = self._clock()
-        record.outcome = "won"
-        self.winner = record
-        self._result = result
-        if self.observer is not None:
-            self.observer.attempt_finished(record)
-
-    def lost(self, record: AttemptRecord, exc: Exception) -> None:
-        """A sequential attempt failed (an LLMError, or a foreign error to wrap)."""
-        self._lost(record, exc if isinstance(exc, LLMError) else _foreign(exc, record), None)
-
-    def cancelled(self, record: AttemptRecord) -> None:
-        """A sequential attempt was cancelled (the caller's scope)."""
-        record.end = self._clock()
-        record.outcome = "cancelled"
-        record.reason = self._cancel_reason()
-        self._finished(record)
-
-    def finish(self) -> None:
-        """The race is over: let go of the callbacks.
-
-        They are closures that usually reference the race, and a cycle per request
-        would leave every request's objects to the cyclic garbage collector (measurable
-        pauses at high concurrency) instead of freeing them when the request ends.
-        """
-        self._attempt = _spent
-        self._fails_over = _spent
-        self._spend_hedge = _spent
-        self._expected_latency = _spent
-        self._skip = _spent
-        self._discard = None
-        self.observer = None
-
-    def conclude(self) -> tuple[T, AttemptRecord]:
-        """The winner's result and record, or raise the race's error (see above)."""
-        return self._conclude()
-
-    # -- the staggered race ----------------------------------------------------------------
+    # -- the driver ---------------------------------------------------------------------
 
     async def run(self) -> tuple[T, AttemptRecord]:
-        """Run the race in a nursery; return the winner's result and record, or raise.
+        """Run the race; return the winner's result and record, or raise (see above).
 
-        Used for hedged races (attempts overlap); it runs a sequential plan too
-        (``delay = inf``), though the router drives those inline (see above).
+        One schedule for every race: the first attempt at once, each further one when a
+        running attempt fails (a fallback) or when the delay has passed since the
+        previous start (a hedge).  With ``delay = inf`` only a failure starts the next,
+        and the previous attempt has ended by then: the attempts run here, in the
+        caller's task, one after the other (``_INLINE`` stands in for the nursery, so
+        the schedule is the same code, and no nursery, task or event is made).
+        Otherwise each attempt runs in a task of one nursery, which the winner (or a
+        fatal error) cancels.
+
+        Every coroutine layer between the caller's task and the socket is resumed on
+        each I/O wake-up of an attempt, so the stack is kept short: ``run`` → ``_one``
+        → the target's own coroutine (``call`` returns it rather than awaiting it).
         """
+        staggered = self._delay != math.inf
+        if staggered:
+            self._failed = trio.Event()
         try:
-            await self._run_staggered()
+            async with trio.open_nursery() if staggered else _INLINE as nursery:
+                started = 0
+                last_start = 0.0
+                kind: AttemptKind | None = "primary"
+                last: AttemptRecord | None = None
+                delay = self._delay
+                while started < self._max_attempts:
+                    if started:
+                        kind = await self._turn(last_start, delay)
+                        if kind is None:
+                            break
+                    if kind == "hedge":
+                        candidate = self._hedge_target()
+                        if candidate is None:
+                            if self._remaining:
+                                delay = math.inf  # no budget: only a failure starts another
+                                continue
+                            break
+                    else:
+                        assert kind is not None
+                        candidate = self._next(kind)
+                        if candidate is None:
+                            break
+                    started += 1
+                    last_start = self._clock()
+                    record = AttemptRecord(candidate, kind, last_start)
+                    self.records.append(record)
+                    if kind == "hedge":
+                        self.hedges += 1
+                        if self._hedge_counters is not None:
+                            self._hedge_counters.sent += 1
+                        self._launch(record, last)
+                    elif kind == "fallback":
+                        self.fallbacks += 1
+                        failed = self._failed_records
+                        self._launch(record, failed.popleft() if failed else None)
+                    last = record
+                    self._running += 1
+                    self._started += 1
+                    record.number = self._started
+                    if nursery is None:
+                        await self._one(record, None)
+                    else:
+                        nursery.start_soon(self._one, record, nursery.cancel_scope)
         except BaseException:
             # Won, but the caller will not get it (cancelled while the losers closed, or
             # an error after the win): close it here, or it holds its permit until gc.
@@ -564,62 +604,89 @@ class Race(Generic[T]):
                 if result is not None:
                     await self._discard_result(result, winner)
             raise
-        finally:
-            self.finish()
         return self._conclude()
 
     async def _discard_result(self, result: T, record: AttemptRecord) -> None:
         """Release a result nobody will read: shielded, so a cancelled caller still
         closes it; bounded, so a stuck close cannot hold the caller for ever."""
-        discard = self._discard
-        if discard is not None:
-            with trio.CancelScope(shield=True), trio.move_on_after(DISCARD_BOUND):
-                await discard(result, record)
+        with trio.CancelScope(shield=True), trio.move_on_after(DISCARD_BOUND):
+            await self.discard(result, record)
 
-    async def _run_staggered(self) -> None:
-        self._failed_records = deque()
-        self._failed = trio.Event()
-        async with trio.open_nursery() as nursery:
-            started = 0
-            last_start = self._clock()
-            kind: AttemptKind | None = "primary"
-            last: AttemptRecord | None = None
-            delay = self._delay
-            while started < self._max_attempts:
-                if started:
-                    kind = await self._turn(last_start, delay)
-                    if kind is None:
-                        break
-                if kind == "hedge":
-                    candidate = self._hedge_target()
-                    if candidate is None:
-                        if self._remaining:
-                            delay = math.inf  # no budget: only a failure starts another now
-                            continue
-                        break
-                else:
-                    assert kind is not None
-                    candidate = self._next(kind)
-                    if candidate is None:
-                        break
-                started += 1
-                last_start = self._clock()
-                record = AttemptRecord(candidate, kind, last_start)
-                self.records.append(record)
-                if kind == "hedge":
-                    self.hedges += 1
-                    if self._hedge_counters is not None:
-                        self._hedge_counters.sent += 1
-                    self._launch(record, last)
-                elif kind == "fallback":
-                    self.fallbacks += 1
-                    failed = self._failed_records
-                    self._launch(record, failed.popleft() if failed is not None else None)
-                last = record
-                self._running += 1
-                self._started += 1
-                record.number = self._started
-                nursery.start_soon(self._one, record, nursery.cancel_scope)
+    async def _one(self, record: AttemptRecord, race_scope: trio.CancelScope | None) -> None:
+        """One attempt, on every path: reserve, call, retry on the target, settle; then
+        record how it ended and what that means for the race.
+
+        ``race_scope`` is the nursery's scope to cancel when the race is decided, or
+        ``None`` when the attempt runs in the caller's task (nothing else runs).
+        """
+        if self.observer is not None:
+            self.observer.attempt_started(record)
+        try:
+            self.reserve(record)
+            try:
+                failure: LLMError | None = None
+                try:
+                    result = await self.call(record)
+                except LLMError as exc:
+                    failure = exc
+                if failure is not None:
+                    # Retried outside the handler: a retry's error is not chained to
+                    # the previous one, and its traceback does not hold this frame.
+                    try:
+                        result = await self._retrying(record, failure)
+                    finally:
+                        failure = None
+            except BaseException:
+                self.settle(record, answered=False)
+                raise
+            self.settle(record, answered=True)
+        except LLMError as exc:
+            self._running -= 1
+            self._lost(record, exc, race_scope)
+            return
+        except trio.Cancelled:
+            self._running -= 1
+            record.end = self._clock()
+            record.outcome = "cancelled"
+            record.reason = self._cancel_reason()
+            self._finished(record)
+            raise
+        except Exception as exc:
+            self._running -= 1
+            self._lost(record, _foreign(exc, record), race_scope)
+            return
+        self._running -= 1
+        record.end = self._clock()
+        if self.winner is not None or self._fatal is not None:
+            # Succeeded in the same instant the race was decided: lost a photo finish.
+            record.outcome = "cancelled"
+            record.reason = self._cancel_reason()
+            await self._discard_result(result, record)
+            self._finished(record)
+            return
+        record.outcome = "won"
+        self.winner = record
+        self._result = result
+        self._finished(record)
+        self._end(race_scope, f"{record.candidate.target} won the race")
+
+    async def _retrying(self, record: AttemptRecord, exc: LLMError) -> T:
+        """The attempt's first try failed with ``exc``: try its target again while
+        :meth:`retry_delay` gives a delay.  Raises the last error when it gives up."""
+        retry = 1
+        while True:
+            delay = self.retry_delay(record, exc, retry)
+            if delay is None:
+                raise exc
+            await trio.sleep(delay)
+            # Counted as it goes out: a retry the race cancels in its wait sends nothing.
+            record.retries += 1
+            self.retried(record)
+            retry += 1
+            try:
+                return await self.call(record)
+            except LLMError as again:
+                exc = again
 
     def _conclude(self) -> tuple[T, AttemptRecord]:
         if self.winner is not None:
@@ -656,44 +723,9 @@ class Race(Generic[T]):
             return
         if self._running:
             race_scope.cancel(reason=reason)
-        else:
+        elif self._failed is not None:
             # Nothing else runs: waking the loop is enough, and cheaper than a cancel.
             self._failed.set()
-
-    async def _one(self, record: AttemptRecord, race_scope: trio.CancelScope) -> None:
-        if self.observer is not None:
-            self.observer.attempt_started(record)
-        try:
-            result = await self._attempt(record.candidate, record)
-        except LLMError as exc:
-            self._running -= 1
-            self._lost(record, exc, race_scope)
-            return
-        except trio.Cancelled:
-            self._running -= 1
-            record.end = self._clock()
-            record.outcome = "cancelled"
-            record.reason = self._cancel_reason()
-            self._finished(record)
-            raise
-        except Exception as exc:
-            self._running -= 1
-            self._lost(record, _foreign(exc, record), race_scope)
-            return
-        self._running -= 1
-        record.end = self._clock()
-        if self.winner is not None or self._fatal is not None:
-            # Succeeded in the same instant the race was decided: lost a photo finish.
-            record.outcome = "cancelled"
-            record.reason = self._cancel_reason()
-            await self._discard_result(result, record)
-            self._finished(record)
-            return
-        record.outcome = "won"
-        self.winner = record
-        self._result = result
-        self._finished(record)
-        self._end(race_scope, f"{record.candidate.target} won the race")
 
     def _lost(
         self, record: AttemptRecord, exc: LLMError, race_scope: trio.CancelScope | None
@@ -706,7 +738,7 @@ class Race(Generic[T]):
         self._finished(record)
         if self.winner is not None or self._fatal is not None:
             return
-        fatal = not self._fails_over(exc)
+        fatal = not self.fails_over(exc)
         if isinstance(exc, ContextLengthExceeded) and not fatal:
             window = record.candidate.context_window or exc.limit
             if window is not None:
@@ -720,8 +752,11 @@ class Race(Generic[T]):
             self._end(race_scope, f"{record.candidate.target} failed: {type(exc).__name__}")
             return
         self._failures += 1
-        if self._failed_records is not None:
-            self._failed_records.append(record)
+        failed = self._failed_records
+        if failed is None:
+            failed = self._failed_records = deque()
+        failed.append(record)
+        if self._failed is not None:
             self._failed.set()
 
     def trace(self, t0: float) -> list[Attempt]:

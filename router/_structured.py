@@ -43,10 +43,24 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from providers import ChatResponse, InvalidOutput, InvalidRequest, Provider, ResponseFormat
+from providers import (
+    ChatRequest,
+    ChatResponse,
+    InvalidOutput,
+    InvalidRequest,
+    Provider,
+    ResponseFormat,
+)
 from providers._errors import scrub
 
-__all__ = ["OutputSchema", "Structured", "output_schema", "strict_form", "validated"]
+__all__ = [
+    "OutputSchema",
+    "Structured",
+    "output_schema",
+    "strict_form",
+    "structured_request",
+    "validated",
+]
 
 T = TypeVar("T")
 
@@ -147,6 +161,24 @@ class OutputSchema(Generic[T]):
             provider=response.provider,
             request_id=response.request_id,
         )
+
+
+def structured_request(
+    request: ChatRequest, schema: type[T] | Mapping[str, Any]
+) -> tuple[ChatRequest, OutputSchema[T]]:
+    """``request`` asking for an answer in ``schema``'s shape, and the compiled schema.
+
+    Raises:
+        InvalidRequest: ``schema`` cannot be described as JSON Schema, or ``request``
+            already has a ``response_format``.
+    """
+    target: OutputSchema[T] = output_schema(schema)
+    if request.response_format is not None:
+        raise InvalidRequest(
+            "structured() sets the request's response_format from the schema; "
+            "send the request without one"
+        )
+    return msgspec.structs.replace(request, response_format=target.format), target
 
 
 async def validated(

@@ -23,8 +23,8 @@ from ._budget import BudgetStatistics as BudgetStatistics
 from ._events import SubscriptionStatistics as SubscriptionStatistics
 from ._health import BreakerSnapshot as BreakerSnapshot
 from ._health import HealthSnapshot as HealthSnapshot
-from ._router import HedgeStatistics as HedgeStatistics
-from ._router import RouterStatistics as RouterStatistics
+from ._statistics import HedgeStatistics as HedgeStatistics
+from ._statistics import RouterStatistics as RouterStatistics
 
 __all__ = [
     "ActorStatistics",

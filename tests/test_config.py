@@ -39,6 +39,7 @@ from providers import (
     TogetherProvider,
 )
 from providers.testing import MockProvider, open_fake_upstream
+from router import open_router
 from router._config import (
     BudgetConfig,
     HedgeConfig,
@@ -63,7 +64,6 @@ from router._providers import (
     effective_limits,
 )
 from router._retry import RetryConfig
-from router._router import open_router
 from router._validation import _known, validate
 from router.testing import SimProvider, SimScenario, load_scenario, simulate
 

@@ -307,6 +307,36 @@ def test_no_hedged_stream_outlives_its_request(
     assert [str(w.message) for w in caught] == []
 
 
+class BareRace(Race[str]):
+    """A race whose attempts are ``attempt`` and whose discard takes ``close_time``
+    seconds and notes (result, record's provider, when it ended)."""
+
+    def __init__(
+        self,
+        attempt: Callable[[Candidate, AttemptRecord], Awaitable[str]],
+        discarded: list[tuple[str, str, float]],
+        close_time: float,
+    ) -> None:
+        super().__init__(
+            [Candidate(provider="a", model="m"), Candidate(provider="b", model="m", index=1)],
+            max_attempts=2,
+            delay=0.0,
+        )
+        self.attempt = attempt
+        self.discarded = discarded
+        self.close_time = close_time
+
+    def call(self, record: AttemptRecord) -> Awaitable[str]:
+        return self.attempt(record.candidate, record)
+
+    def fails_over(self, exc: LLMError) -> bool:
+        return True
+
+    async def discard(self, result: str, record: AttemptRecord) -> None:
+        await trio.sleep(self.close_time)
+        self.discarded.append((result, record.candidate.provider, trio.current_time()))
+
+
 def bare_race(
     attempt: Callable[[Candidate, AttemptRecord], Awaitable[str]],
     discarded: list[tuple[str, str, float]],
@@ -314,22 +344,7 @@ def bare_race(
 ) -> Race[str]:
     """A hedged race (delay 0) over targets a and b with ``attempt``, whose discard
     takes ``close_time`` seconds and notes (result, record's provider, when it ended)."""
-
-    async def discard(result: str, record: AttemptRecord) -> None:
-        await trio.sleep(close_time)
-        discarded.append((result, record.candidate.provider, trio.current_time()))
-
-    return Race(
-        [Candidate(provider="a", model="m"), Candidate(provider="b", model="m", index=1)],
-        attempt=attempt,
-        max_attempts=2,
-        delay=0.0,
-        fails_over=lambda exc: True,
-        spend_hedge=lambda: True,
-        expected_latency=lambda c: None,
-        skip=lambda c, more: None,
-        discard=discard,
-    )
+    return BareRace(attempt, discarded, close_time)
 
 
 async def test_a_photo_finish_loser_is_discarded_shielded_and_bounded(

@@ -11,6 +11,7 @@ upstream, and checks that a loser's HTTP connection is closed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -48,6 +49,8 @@ from providers.testing import (
     open_fake_upstream,
 )
 from router import Router, open_router
+from router._policy import Candidate
+from router._race import AttemptRecord, Race
 from router.config import (
     HedgeConfig,
     ModelConfig,
@@ -83,15 +86,19 @@ async def race_router(
     hedge: HedgeConfig | None = None,
     *,
     models: dict[str, ModelConfig] | None = None,
-    retry: RetryConfig | None = None,
+    retry: RetryConfig = NO_RETRY,
     **route: Any,
 ) -> AsyncIterator[tuple[Router, dict[str, MockProvider]]]:
-    """A router with route "r" over ``targets`` (name → mock, or its default answer)."""
+    """A router with route "r" over ``targets`` (name → mock, or its default answer).
+
+    Targets do not retry unless ``retry`` says so: these tests are about the race's
+    schedule (every attempt, hedged or not, retries on its target per its retry policy;
+    the tests of that pass ``retry``)."""
     mocks = {
         name: t if isinstance(t, MockProvider) else MockProvider(name=name, default=t)
         for name, t in targets.items()
     }
-    pc = ProviderConfig(kind="mock") if retry is None else ProviderConfig(kind="mock", retry=retry)
+    pc = ProviderConfig(kind="mock", retry=retry)
     config = RouterConfig(
         providers={name: pc for name in mocks},
         routes={"r": RouteConfig(targets=[f"{n}:m" for n in mocks], hedge=hedge, **route)},
@@ -370,6 +377,98 @@ async def test_percentile_delay_cold_starts_on_the_default_then_follows_the_p95(
         assert trio.current_time() == pytest.approx(t0 + p95 + 0.25, abs=1e-9)
         assert abs(p95 - hedge.default_delay) > 1.0
         assert router.statistics().hedges == 2
+
+
+# --------------------------------------------------------------------------- retries on every path
+
+#: Retry once, after exactly the ``retry_after`` the error carries (no jitter).
+RETRY_ONCE = RetryConfig(max_attempts=2, initial_backoff=0.0, max_backoff=0.0)
+
+
+async def test_a_hedged_attempt_retries_on_its_target(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """On a hedged route a ServerError at 0.2 s is retried on the same target after its
+    0.3 s wait (the retry answers at 0.7 s, before the 1 s hedge is due), as it is
+    without hedging: no fallback to b (which used to start at 0.2 s and win at 5.2 s)."""
+    a = MockProvider(
+        name="a", responses=[fail(ServerError("boom", retry_after=0.3), 0.2), reply("a", 0.2)]
+    )
+    async with race_router(
+        {"a": a, "b": reply("b", 5.0)}, HedgeConfig(delay=1.0), retry=RETRY_ONCE
+    ) as (router, mocks):
+        resp = await router.complete(chat())
+        assert trio.current_time() == 0.7
+        assert trace(resp.attempts) == [("a", "primary", "won", 0.0, 0.7)]
+        assert resp.attempts[0].retries == 1
+        assert calls(a) == [("error", 0.0, 0.2), ("ok", 0.5, 0.7)]
+        assert mocks["b"].calls == []
+        stats = router.statistics()
+        assert (stats.retries, stats.hedges, stats.fallbacks) == (1, 0, 0)
+        assert_all_ended(mocks)
+
+
+async def test_a_hedge_goes_out_while_the_primary_waits_to_retry(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The primary fails at 0.2 s and waits 1 s to retry; the 0.5 s hedge goes out in
+    the meantime and wins at 1.0 s, cancelling the primary in its wait (the retry it
+    never sent is not counted: retries count calls made)."""
+    a = MockProvider(
+        name="a", responses=[fail(ServerError("boom", retry_after=1.0), 0.2), reply("a", 1.0)]
+    )
+    async with race_router(
+        {"a": a, "b": reply("b", 0.5)}, HedgeConfig(delay=0.5), retry=RETRY_ONCE
+    ) as (router, mocks):
+        resp = await router.complete(chat())
+        assert trio.current_time() == 1.0
+        assert trace(resp.attempts) == [
+            ("a", "primary", "cancelled", 0.0, 1.0),
+            ("b", "hedge", "won", 0.5, 1.0),
+        ]
+        assert resp.attempts[0].retries == 0
+        assert resp.attempts[0].reason == "lost the race to b"
+        assert calls(a) == [("error", 0.0, 0.2)]  # the retry never went out
+        stats = router.statistics()
+        assert (stats.retries, stats.hedges, stats.providers["a"].retried) == (0, 1, 0)
+        assert_all_ended(mocks)
+
+
+class _TaskRace(Race[str]):
+    """A race whose attempts note the task they run in and answer after 1 s (a) or
+    2 s (b)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(
+            [Candidate(provider="a", model="m"), Candidate(provider="b", model="m", index=1)],
+            max_attempts=2,
+            delay=delay,
+        )
+        self.tasks: list[trio.lowlevel.Task] = []
+
+    async def _answer(self, record: AttemptRecord) -> str:
+        self.tasks.append(trio.lowlevel.current_task())
+        await trio.sleep(1.0 + record.candidate.index)
+        return "ok"
+
+    def call(self, record: AttemptRecord) -> Any:
+        return self._answer(record)
+
+
+@pytest.mark.parametrize(
+    ("delay", "in_caller"), [(math.inf, True), (0.5, False), (0.0, False)], ids=str
+)
+async def test_one_driver_runs_a_sequential_race_in_the_callers_task(
+    autojump_clock: trio.testing.MockClock, delay: float, in_caller: bool
+) -> None:
+    """Race.run is the one driver: with delay = inf its attempt runs in the caller's own
+    task (no nursery, no task per request); with a finite delay in a task of the
+    race's nursery, on the same schedule (the hedge at 0.5 s loses to the primary)."""
+    race = _TaskRace(delay)
+    result, winner = await race.run()
+    assert (result, winner.candidate.provider, trio.current_time()) == ("ok", "a", 1.0)
+    assert (race.tasks[0] is trio.lowlevel.current_task()) is in_caller
+    assert len(race.tasks) == (1 if delay == math.inf else 2)
 
 
 # --------------------------------------------------------------------------- streaming
@@ -712,7 +811,8 @@ async def test_a_race_decided_in_the_hedge_instant_returns_at_once(
 
 # Multiples of 1/4 s: exact in binary, so sums are exact and ties really are ties.
 LATENCIES = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0]
-DELAYS = [0.0, 0.25, 0.5, 1.0, 2.0]
+#: math.inf: a route without hedging, sequential fallback (the same model, one driver).
+DELAYS = [0.0, 0.25, 0.5, 1.0, 2.0, math.inf]
 NAMES = "abcd"
 
 
@@ -768,7 +868,11 @@ async def run_race(spec: Sequence[tuple[float, bool]], delay: float) -> Any:
         NAMES[i]: (reply(NAMES[i], lat) if ok else fail(ServerError(f"{NAMES[i]} down"), lat))
         for i, (lat, ok) in enumerate(spec)
     }
-    hedge = HedgeConfig(delay=delay, max_attempts=len(spec), budget_burst=10.0)
+    hedge = (
+        None
+        if delay == math.inf
+        else HedgeConfig(delay=delay, max_attempts=len(spec), budget_burst=10.0)
+    )
     async with race_router(targets, hedge) as (router, mocks):
         try:
             result: Any = await router.complete(chat())
@@ -790,7 +894,8 @@ async def run_race(spec: Sequence[tuple[float, bool]], delay: float) -> Any:
 )
 def test_race_matches_the_documented_model(spec: list[tuple[float, bool]], delay: float) -> None:
     """Invariant: for any latencies and outcomes (success / ServerError) on 2-4 targets,
-    a fixed delay, max_attempts = targets and a large budget, the router's start times,
+    a fixed delay (or none: sequential fallback is the model with delay = inf),
+    max_attempts = targets and a large budget, the router's start times,
     kinds, outcomes, winner and finish time are the model's, and no call outlives the race."""
     model = Model(spec, delay)
     result, now, ncalls = trio.run(

@@ -1543,7 +1543,8 @@ async def test_hedged_race(
     }
     hedge = HedgeConfig(max_attempts=max_attempts, delay=delay)
     cfg = RouterConfig(
-        providers={n: mock() for n in names},
+        # No retries: the scenarios are the race's schedule.
+        providers={n: mock(retry=NO_RETRY) for n in names},
         routes={"r": RouteConfig(targets=[f"{n}:m" for n in names], hedge=hedge)},
     )
     async with open_router(cfg, providers=providers) as router:
