@@ -32,6 +32,7 @@ from .._types import (
     ToolSpec,
     parse_tool_arguments,
 )
+from ._formats import anthropic, ollama, openai
 
 __all__ = [
     "decode_anthropic_request",
@@ -80,21 +81,26 @@ def _image_from_url(url: str, detail: Any = None) -> ImagePart:
 def decode_openai_request(body: dict[str, Any]) -> ChatRequest:
     """Read an OpenAI Chat Completions body as a :class:`ChatRequest`.
 
-    Fields we do not model land in ``extra``.
+    The body is decoded with the fake upstream's own OpenAI Structs
+    (:class:`~._formats.openai.ChatBody`).  Fields we do not model land in ``extra``.
+
+    Raises:
+        msgspec.ValidationError: the body does not fit the format (the path in the
+            message says where).
     """
+    req = msgspec.convert(body, openai.ChatBody)
     messages: list[Message] = []
-    for m in body.get("messages", []):
-        role = m["role"]
+    for m in req.messages:
+        role = m.role
         if role == "developer":
             role = "system"
         if role == "tool":
-            messages.append(Message.tool(m["tool_call_id"], _openai_text(m.get("content"))))
+            messages.append(Message.tool(m.tool_call_id or "", _openai_text(m.content)))
             continue
         content: str | list[Part]
-        raw = m.get("content")
-        if isinstance(raw, list):
+        if isinstance(m.content, list):
             parts: list[Part] = []
-            for p in raw:
+            for p in m.content:
                 if p.get("type") == "text":
                     parts.append(TextPart(text=p["text"]))
                 elif p.get("type") == "image_url":
@@ -102,58 +108,72 @@ def decode_openai_request(body: dict[str, Any]) -> ChatRequest:
                     parts.append(_image_from_url(image["url"], image.get("detail")))
             content = parts
         else:
-            content = raw or ""
+            content = m.content or ""
         calls = []
-        for c in m.get("tool_calls") or []:
-            args, bad = parse_tool_arguments(c["function"].get("arguments") or "")
-            calls.append(
-                ToolCall(id=c["id"], name=c["function"]["name"], arguments=args, raw_arguments=bad)
-            )
-        messages.append(Message(role=role, content=content, tool_calls=calls, name=m.get("name")))
+        for c in m.tool_calls or []:
+            function = c.function or openai.CallFunction()
+            args, bad = parse_tool_arguments(function.arguments)
+            calls.append(ToolCall(id=c.id, name=function.name, arguments=args, raw_arguments=bad))
+        messages.append(Message(role=role, content=content, tool_calls=calls, name=m.name))  # type: ignore[arg-type]
 
     choice: ToolChoice | None = None
-    raw_choice = body.get("tool_choice")
-    if isinstance(raw_choice, dict):
-        choice = ForceTool(name=raw_choice["function"]["name"])
-    elif raw_choice is not None:
-        choice = raw_choice
+    if isinstance(req.tool_choice, dict):
+        choice = ForceTool(name=req.tool_choice["function"]["name"])
+    elif req.tool_choice is not None:
+        choice = req.tool_choice  # type: ignore[assignment]
 
     fmt: ResponseFormat | None = None
-    raw_fmt = body.get("response_format")
-    if raw_fmt is not None and raw_fmt.get("type") == "json_object":
+    raw_fmt = req.response_format
+    if raw_fmt is not None and raw_fmt.type == "json_object":
         fmt = ResponseFormat.json_object()
-    elif raw_fmt is not None and raw_fmt.get("type") == "json_schema":
-        js = raw_fmt["json_schema"]
+    elif raw_fmt is not None and raw_fmt.type == "json_schema":
+        js = raw_fmt.json_schema or openai.JsonSchemaBody()
         fmt = ResponseFormat(
             type="json_schema",
-            name=js.get("name", "response"),
-            schema=js.get("schema"),
-            strict=js.get("strict", True),
-            description=js.get("description"),
+            name=js.name if js.name is not None else "response",
+            schema=js.schema,
+            strict=js.strict if js.strict is not None else True,
+            description=js.description,
         )
 
-    stop = body.get("stop")
-    return ChatRequest(
-        model=body["model"],
-        messages=messages,
-        temperature=body.get("temperature"),
-        top_p=body.get("top_p"),
-        max_tokens=body.get("max_completion_tokens", body.get("max_tokens")),
-        stop=[stop] if isinstance(stop, str) else stop,
-        seed=body.get("seed"),
-        tools=[
+    tools: list[ToolSpec] = []
+    for t in req.tools or []:
+        function_def = t.function or openai.FunctionDef()
+        tools.append(
             ToolSpec(
-                name=t["function"]["name"],
-                description=t["function"].get("description", ""),
-                parameters=t["function"].get("parameters", {"type": "object", "properties": {}}),
-                strict=t["function"].get("strict"),
+                name=function_def.name,
+                description=function_def.description,
+                parameters=_schema_or_empty(function_def.parameters),
+                strict=function_def.strict,
             )
-            for t in body.get("tools") or []
-        ],
+        )
+    max_tokens = req.max_completion_tokens
+    if max_tokens is None and "max_completion_tokens" not in body:
+        max_tokens = req.max_tokens
+    return ChatRequest(
+        model=req.model,
+        messages=messages,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        max_tokens=max_tokens,
+        stop=[req.stop] if isinstance(req.stop, str) else req.stop,
+        seed=req.seed,
+        tools=tools,
         tool_choice=choice,
         response_format=fmt,
         extra={k: v for k, v in body.items() if k not in _OPENAI_KNOWN},
     )
+
+
+def _empty_schema() -> dict[str, Any]:
+    return {"type": "object", "properties": {}}
+
+
+def _schema_or_empty(schema: dict[str, Any] | msgspec.UnsetType) -> dict[str, Any]:
+    """A tool's parameter schema; an absent one is an object without properties."""
+    if isinstance(schema, msgspec.UnsetType):
+        return _empty_schema()
+    return schema
 
 
 def _openai_text(content: Any) -> str:
@@ -165,19 +185,25 @@ def _openai_text(content: Any) -> str:
 def decode_anthropic_request(body: dict[str, Any]) -> ChatRequest:
     """Read an Anthropic Messages body as a :class:`ChatRequest`.
 
-    The top-level ``system`` becomes one system message; ``tool_result`` blocks become
-    tool messages, in order.  Fields we do not model land in ``extra``.
+    The body is decoded with the fake upstream's own Anthropic Structs
+    (:class:`~._formats.anthropic.MessagesBody`).  The top-level ``system`` becomes one
+    system message; ``tool_result`` blocks become tool messages, in order.  Fields we do
+    not model land in ``extra``.
+
+    Raises:
+        msgspec.ValidationError: the body does not fit the format.
     """
+    req = msgspec.convert(body, anthropic.MessagesBody)
     messages: list[Message] = []
-    system = body.get("system")
+    system = req.system
     if isinstance(system, list):
         system = "".join(b.get("text", "") for b in system)
     if system:
         messages.append(Message.system(system))
-    for m in body.get("messages", []):
-        raw = m["content"]
+    for m in req.messages:
+        raw = m.content
         if isinstance(raw, str):
-            messages.append(Message(role=m["role"], content=raw))
+            messages.append(Message(role=m.role, content=raw))  # type: ignore[arg-type]
             continue
         parts: list[Part] = []
         calls: list[ToolCall] = []
@@ -200,43 +226,44 @@ def decode_anthropic_request(body: dict[str, Any]) -> ChatRequest:
                 messages.append(
                     Message.tool(b["tool_use_id"], content, is_error=bool(b.get("is_error")))
                 )
-        if m["role"] == "assistant":
+        if m.role == "assistant":
             text = "".join(p.text for p in parts if isinstance(p, TextPart))
             messages.append(Message.assistant(text, tool_calls=calls))
         elif parts:
             messages.append(Message(role="user", content=parts))
 
     choice: ToolChoice | None = None
-    raw_choice = body.get("tool_choice")
-    if raw_choice is not None:
-        kind = raw_choice["type"]
-        choice = ForceTool(name=raw_choice["name"]) if kind == "tool" else _ANTHROPIC_CHOICE[kind]
+    if req.tool_choice is not None:
+        kind = req.tool_choice.type
+        if kind == "tool":
+            choice = ForceTool(name=req.tool_choice.name or "")
+        else:
+            choice = _ANTHROPIC_CHOICE[kind]
 
     fmt: ResponseFormat | None = None
-    output = body.get("output_config", {}).get("format")
+    output = req.output_config.format if req.output_config is not None else None
     if output is not None:
-        fmt = ResponseFormat.json_schema(output["schema"])
+        fmt = ResponseFormat.json_schema(output.schema)  # type: ignore[arg-type]
 
-    thinking = body.get("thinking")
     return ChatRequest(
-        model=body["model"],
+        model=req.model,
         messages=messages,
-        temperature=body.get("temperature"),
-        top_p=body.get("top_p"),
-        max_tokens=body.get("max_tokens"),
-        stop=body.get("stop_sequences"),
+        temperature=req.temperature,
+        top_p=req.top_p,
+        max_tokens=req.max_tokens,
+        stop=req.stop_sequences,
         tools=[
             ToolSpec(
-                name=t["name"],
-                description=t.get("description", ""),
-                parameters=t.get("input_schema", {"type": "object", "properties": {}}),
-                strict=t.get("strict"),
+                name=t.name,
+                description=t.description,
+                parameters=_schema_or_empty(t.input_schema),
+                strict=t.strict,
             )
-            for t in body.get("tools") or []
+            for t in req.tools or []
         ],
         tool_choice=choice,
         response_format=fmt,
-        thinking_budget=thinking.get("budget_tokens") if thinking else None,
+        thinking_budget=req.thinking.budget_tokens if req.thinking else None,
         extra={k: v for k, v in body.items() if k not in _ANTHROPIC_KNOWN},
     )
 
@@ -397,24 +424,29 @@ def sniff_image_type(data: str) -> str:
 def decode_ollama_request(body: dict[str, Any]) -> ChatRequest:
     """Read an Ollama ``/api/chat`` body as a :class:`ChatRequest`.
 
-    A message with ``images`` becomes its text part followed by the images (media
-    types sniffed with :func:`sniff_image_type`); ``think`` is only a switch, so no
-    thinking budget comes back.  Unknown top-level fields land in ``extra``; unknown
-    ``options`` (``num_ctx``...) are dropped.
+    The body is decoded and checked by the fake upstream's own Ollama decoder
+    (:func:`~._formats.ollama.decode_chat`).  A message with ``images`` becomes its text
+    part followed by the images (media types sniffed with :func:`sniff_image_type`);
+    ``think`` is only a switch, so no thinking budget comes back.  Unknown top-level
+    fields land in ``extra``; unknown ``options`` (``num_ctx``...) are dropped.
+
+    Raises:
+        ValueError: a body Ollama would refuse, in Ollama's words.
 
     Example::
 
         body = OllamaProvider().build_body(request, stream=False)
         assert decode_ollama_request(body).messages == request.messages
     """
+    req = ollama.decode_chat(body)
     messages: list[Message] = []
-    for m in body.get("messages") or []:
-        role = m["role"]
-        text = m.get("content") or ""
+    for m in req.messages or []:
+        role = m.role
+        text = m.content or ""
         if role == "tool":
-            messages.append(Message.tool(m.get("tool_call_id") or "", text))
+            messages.append(Message.tool(m.tool_call_id or "", text))
             continue
-        images = m.get("images") or []
+        images = m.images or []
         content: str | list[Part] = text
         if images:
             parts: list[Part] = [TextPart(text=text)] if text else []
@@ -422,33 +454,38 @@ def decode_ollama_request(body: dict[str, Any]) -> ChatRequest:
             content = parts
         calls = [
             ToolCall(
-                id=c.get("id") or f"call_{i}",
-                name=c["function"]["name"],
-                arguments=c["function"].get("arguments") or {},
+                id=c.id or f"call_{i}",
+                name=c.function.name if c.function is not None else "",
+                arguments=ollama.call_arguments(c),
             )
-            for i, c in enumerate(m.get("tool_calls") or [])
+            for i, c in enumerate(m.tool_calls or [])
         ]
-        messages.append(Message(role=role, content=content, tool_calls=calls))
-    options = body.get("options") or {}
-    fields: dict[str, Any] = {
-        ours: options[theirs] for theirs, ours in _OLLAMA_OPTIONS.items() if theirs in options
-    }
-    fmt = body.get("format")
-    if isinstance(fmt, dict):
-        fields["response_format"] = ResponseFormat.json_schema(fmt)
-    elif fmt == "json":
+        messages.append(Message(role=role, content=content, tool_calls=calls))  # type: ignore[arg-type]
+    fields: dict[str, Any] = {}
+    if req.options is not None:
+        for theirs, ours in _OLLAMA_OPTIONS.items():
+            value = getattr(req.options, theirs)
+            if value is not None:
+                fields[ours] = value
+    if isinstance(req.format, dict):
+        fields["response_format"] = ResponseFormat.json_schema(req.format)
+    elif req.format == "json":
         fields["response_format"] = ResponseFormat.json_object()
-    return ChatRequest(
-        model=body["model"],
-        messages=messages,
-        tools=[
+    tools: list[ToolSpec] = []
+    for t in req.tools or []:
+        function = t.function or ollama.FunctionDef()
+        parameters = function.parameters
+        tools.append(
             ToolSpec(
-                name=t["function"]["name"],
-                description=t["function"].get("description", ""),
-                parameters=t["function"].get("parameters", {"type": "object", "properties": {}}),
+                name=function.name,
+                description=function.description,
+                parameters=parameters if isinstance(parameters, dict) else _empty_schema(),
             )
-            for t in body.get("tools") or []
-        ],
+        )
+    return ChatRequest(
+        model=req.model,
+        messages=messages,
+        tools=tools,
         extra={k: v for k, v in body.items() if k not in _OLLAMA_KNOWN},
         **fields,
     )

@@ -111,7 +111,7 @@ class StreamReply:
 Answer: TypeAlias = Reply | StreamReply
 
 
-class RequestError(Exception):
+class RequestError(ValueError):
     """A request the real API would reject: answered with the vendor's error body."""
 
     def __init__(

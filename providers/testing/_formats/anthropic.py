@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from .._records import ScenarioState
 from .._scenario import ChatView, OfferedTool, ReplyPlan, Scenario, estimate_input_tokens
@@ -53,41 +54,64 @@ _ANTHROPIC_ERRORS: dict[int, tuple[str, str]] = {
 }
 
 
-class _AnMessage(msgspec.Struct):
+# --------------------------------------------------------------------------- request Structs
+# The one decoder of Anthropic request bodies: the server reads a request through them,
+# and so does decode_anthropic_request (providers/testing/_decode.py).  Lenient: unknown
+# fields are ignored.  Content blocks stay as sent (dicts): each reader picks its types.
+
+
+class MessageBody(msgspec.Struct):
     role: str
     content: str | list[dict[str, Any]]
 
 
-class _AnTool(msgspec.Struct):
+class ToolDef(msgspec.Struct):
     name: str = ""
-    input_schema: dict[str, Any] = {}
+    description: str = ""
+    input_schema: dict[str, Any] | UnsetType = UNSET
+    strict: bool | None = None
 
 
-class _AnToolChoice(msgspec.Struct):
+class ToolChoiceBody(msgspec.Struct):
     type: str = "auto"
     name: str | None = None
 
 
-class _AnFormat(msgspec.Struct):
+class FormatBody(msgspec.Struct):
     type: str = ""
     schema: dict[str, Any] | None = None
 
 
-class _AnOutputConfig(msgspec.Struct):
-    format: _AnFormat | None = None
+class OutputConfig(msgspec.Struct):
+    format: FormatBody | None = None
 
 
-class _AnRequest(msgspec.Struct):
+class ThinkingBody(msgspec.Struct):
+    type: str = ""
+    budget_tokens: int | None = None
+
+
+class MessagesBody(msgspec.Struct):
+    """A Messages (or count_tokens) request body."""
+
     model: str
-    messages: list[_AnMessage]
+    messages: list[MessageBody]
     max_tokens: int | None = None
     system: str | list[dict[str, Any]] | None = None
     stream: bool | None = None
-    tools: list[_AnTool] | None = None
-    tool_choice: _AnToolChoice | None = None
-    output_config: _AnOutputConfig | None = None
-    output_format: _AnFormat | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: ToolChoiceBody | None = None
+    output_config: OutputConfig | None = None
+    #: The older name of ``output_config.format``, still accepted.
+    output_format: FormatBody | None = None
     stop_sequences: list[str] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    thinking: ThinkingBody | None = None
+
+
+def _or_empty(schema: dict[str, Any] | UnsetType) -> dict[str, Any]:
+    return {} if isinstance(schema, UnsetType) else schema
 
 
 def _anthropic_blocks_text(blocks: Any) -> str:
@@ -100,7 +124,7 @@ def _anthropic_blocks_text(blocks: Any) -> str:
     )
 
 
-def _anthropic_view(req: _AnRequest) -> ChatView:
+def _anthropic_view(req: MessagesBody) -> ChatView:
     chars = len(_anthropic_blocks_text(req.system)) if req.system is not None else 0
     last_user = ""
     tool_result: str | None = None
@@ -124,7 +148,7 @@ def _anthropic_view(req: _AnRequest) -> ChatView:
             mentions = text if not results else None
         else:
             tool_result = mentions = None
-    tools = [OfferedTool(t.name, t.input_schema) for t in req.tools or ()]
+    tools = [OfferedTool(t.name, _or_empty(t.input_schema)) for t in req.tools or ()]
     choice = req.tool_choice.type if req.tool_choice else "auto"
     forced = req.tool_choice.name if req.tool_choice else None
     fmt = req.output_config.format if req.output_config else None
@@ -228,7 +252,7 @@ class AnthropicFormat(VendorFormat):
         return json_reply(200, obj, self, request_id)
 
     def read_chat(self, route: Route, body: Any, query: str) -> ChatRead:
-        an = convert_body(body, _AnRequest)
+        an = convert_body(body, MessagesBody)
         if route.endpoint == "messages" and an.max_tokens is None:
             raise RequestError(400, "max_tokens: Field required", param="max_tokens")
         return ChatRead(view=_anthropic_view(an), model=an.model, stream=bool(an.stream))

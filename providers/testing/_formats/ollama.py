@@ -10,6 +10,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+from msgspec import UNSET, UnsetType
+
 from .._records import ScenarioState
 from .._scenario import (
     ChatView,
@@ -69,77 +72,151 @@ def _rfc3339_nano(unix_seconds: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
 
 
-def _ollama_view(body: Any) -> tuple[ChatView, str, bool, bool]:
-    """Read and check an ``/api/chat`` body as Ollama does; (view, model, stream, think).
+# --------------------------------------------------------------------------- request Structs
+# The one decoder of /api/chat bodies: the server reads a request through decode_chat,
+# and so does decode_ollama_request (providers/testing/_decode.py).  Where Ollama's Go
+# decoder has its own words for a type error (content parts, string arguments), the
+# field is ``Any`` and decode_chat checks it, saying what Ollama says.
 
-    The traps: ``stream`` defaults to true; ``content`` must be a string (no content
-    parts: images go in ``images`` as bare base64, a ``data:`` URL fails to decode);
-    tool-call ``arguments`` must be an object, not a JSON string.
+
+class ToolFunctionBody(msgspec.Struct):
+    name: str = ""
+    #: Must be an object (Ollama refuses OpenAI's JSON string); checked by decode_chat.
+    arguments: Any = UNSET
+
+
+class ToolCallBody(msgspec.Struct):
+    id: str | None = None
+    function: ToolFunctionBody | None = None
+
+
+class MessageBody(msgspec.Struct):
+    role: str = ""
+    #: Must be a string (no content parts); checked by decode_chat.
+    content: Any = None
+    #: Bare base64 (a ``data:`` URL fails to decode); checked by decode_chat.
+    images: list[Any] | None = None
+    tool_calls: list[ToolCallBody] | None = None
+    tool_call_id: str | None = None
+
+
+class FunctionDef(msgspec.Struct):
+    name: str = ""
+    description: str = ""
+    parameters: dict[str, Any] | UnsetType | None = UNSET
+
+
+class ToolDef(msgspec.Struct):
+    type: str = "function"
+    function: FunctionDef | None = None
+
+
+class Options(msgspec.Struct):
+    """The ``options`` Ollama's adapters send (others, like ``num_ctx``, are ignored)."""
+
+    num_predict: int | None = None
+    stop: list[str] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+
+class ChatBody(msgspec.Struct):
+    """An ``/api/chat`` request body."""
+
+    model: Any = None
+    messages: list[MessageBody] | None = None
+    tools: list[ToolDef] | None = None
+    #: ``"json"``, or a JSON schema.
+    format: str | dict[str, Any] | None = None
+    options: Options | None = None
+    #: Ollama streams unless this is ``false``.
+    stream: bool | None = None
+    think: Any = None
+
+
+def decode_chat(body: Any) -> ChatBody:
+    """Decode and check an ``/api/chat`` body as Ollama does.
+
+    The traps: ``content`` must be a string (no content parts: images go in ``images``
+    as bare base64, a ``data:`` URL fails to decode); tool-call ``arguments`` must be an
+    object, not a JSON string; ``model`` is required.
+
+    Raises:
+        RequestError: what Ollama answers (a 400 with its own wording).
     """
     if not isinstance(body, dict):
         raise RequestError(400, "json: cannot unmarshal into Go value of type api.ChatRequest")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
+    try:
+        req = msgspec.convert(body, ChatBody)
+    except msgspec.ValidationError as exc:
+        raise RequestError(400, f"json: cannot unmarshal into api.ChatRequest: {exc}") from exc
+    if not isinstance(req.model, str) or not req.model:
         raise RequestError(400, "model is required")
-    messages = body.get("messages") or []
-    if not isinstance(messages, list):
-        raise RequestError(
-            400, "json: cannot unmarshal object into Go struct field ChatRequest.messages"
-        )
-    chars = 0
-    last_user = ""
-    for message in messages:
-        if not isinstance(message, dict):
-            raise RequestError(400, "json: cannot unmarshal into Go value of type api.Message")
-        content = message.get("content") or ""
-        if not isinstance(content, str):
+    for message in req.messages or ():
+        if not isinstance(message.content or "", str):
             raise RequestError(
                 400,
                 "json: cannot unmarshal array into Go struct field Message.messages.content "
                 "of type string",
             )
-        for image in message.get("images") or ():
+        for image in message.images or ():
             at = _go_base64_error(image)
             if at is not None:
                 raise RequestError(400, f"illegal base64 data at input byte {at}")
-        for call in message.get("tool_calls") or ():
-            function = call.get("function") if isinstance(call, dict) else None
-            arguments = function.get("arguments", {}) if isinstance(function, dict) else None
-            if not isinstance(arguments, dict):
+        for call in message.tool_calls or ():
+            arguments = call.function.arguments if call.function is not None else None
+            if arguments is not UNSET and not isinstance(arguments, dict):
                 raise RequestError(
                     400,
                     "json: cannot unmarshal string into Go struct field "
                     "ToolCallFunction.messages.tool_calls.function.arguments of type "
                     "api.ToolCallFunctionArguments",
                 )
-            chars += len(encode(arguments))
+    return req
+
+
+def call_arguments(call: ToolCallBody) -> dict[str, Any]:
+    """A tool call's arguments (checked by :func:`decode_chat` to be an object)."""
+    arguments = call.function.arguments if call.function is not None else UNSET
+    return arguments if isinstance(arguments, dict) else {}
+
+
+def _ollama_view(req: ChatBody) -> ChatView:
+    """What the planner needs from a decoded ``/api/chat`` body."""
+    messages = req.messages or []
+    chars = 0
+    last_user = ""
+    for message in messages:
+        content = message.content or ""
+        for call in message.tool_calls or ():
+            chars += len(encode(call_arguments(call)))
         chars += len(content)
-        if message.get("role") == "user":
+        if message.role == "user":
             last_user = content
-    last = messages[-1] if messages else {}
-    tools: list[OfferedTool] = []
-    for tool in body.get("tools") or ():
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if isinstance(function, dict):
-            tools.append(
-                OfferedTool(str(function.get("name", "")), function.get("parameters") or {})
-            )
-    fmt = body.get("format")
-    options = body.get("options") or {}
-    max_tokens = options.get("num_predict") if isinstance(options, dict) else None
-    stop = options.get("stop") if isinstance(options, dict) else None
-    view = ChatView(
+    last = messages[-1] if messages else None
+    tools = [
+        OfferedTool(
+            t.function.name,
+            t.function.parameters or {},
+        )
+        for t in req.tools or ()
+        if t.function is not None
+    ]
+    fmt = req.format
+    options = req.options or Options()
+    max_tokens = options.num_predict
+    return ChatView(
         last_user_text=last_user,
-        tool_result=str(last.get("content") or "") if last.get("role") == "tool" else None,
-        mentions=str(last.get("content") or "") if last.get("role") == "user" else None,
+        tool_result=str(last.content or "") if last and last.role == "tool" else None,
+        mentions=str(last.content or "") if last and last.role == "user" else None,
         tools=tools,
         schema=fmt if isinstance(fmt, dict) else None,
         json_mode=fmt == "json",
-        stop=[str(s) for s in stop or ()],
-        max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
+        stop=list(options.stop or ()),
+        max_tokens=max_tokens if max_tokens is not None and max_tokens > 0 else None,
         input_tokens=estimate_input_tokens(chars, len(messages)),
     )
-    return view, model, body.get("stream", True) is not False, bool(body.get("think"))
 
 
 class OllamaFormat(VendorFormat):
@@ -218,8 +295,13 @@ class OllamaFormat(VendorFormat):
         return json_reply(200, obj, self, request_id), tokens
 
     def read_chat(self, route: Route, body: Any, query: str) -> ChatRead:
-        view, model, stream, think = _ollama_view(body)
-        return ChatRead(view=view, model=model, stream=stream, thinking=think)
+        req = decode_chat(body)
+        return ChatRead(
+            view=_ollama_view(req),
+            model=req.model,
+            stream=req.stream is not False,
+            thinking=bool(req.think),
+        )
 
     @staticmethod
     def _metrics(plan: ReplyPlan, cached: int) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from .._records import ScenarioState
 from .._scenario import (
@@ -78,67 +79,89 @@ OPENAI_ERRORS: dict[int, tuple[str, str | None, str]] = {
     504: ("server_error", None, "Gateway timeout."),
 }
 
-# --------------------------------------------------------------------------- request views
-# Lenient Structs (vendors add fields all the time) holding only what the fake reads.
+# --------------------------------------------------------------------------- request Structs
+# The one decoder of OpenAI request bodies: the server reads a request through them, and
+# so does decode_openai_request (providers/testing/_decode.py).  Lenient: vendors add
+# fields all the time, so unknown ones are ignored.  UNSET marks "absent", where a reader
+# supplies its own default.
 
 
-class _OAFunctionDef(msgspec.Struct):
+class FunctionDef(msgspec.Struct):
     name: str = ""
-    parameters: dict[str, Any] = {}
+    description: str = ""
+    parameters: dict[str, Any] | UnsetType = UNSET
+    strict: bool | None = None
 
 
-class _OATool(msgspec.Struct):
+class ToolDef(msgspec.Struct):
     type: str = "function"
-    function: _OAFunctionDef | None = None
+    function: FunctionDef | None = None
 
 
-class _OAToolCallFunction(msgspec.Struct):
+class CallFunction(msgspec.Struct):
     name: str = ""
     arguments: str = ""
 
 
-class _OAToolCall(msgspec.Struct):
-    function: _OAToolCallFunction | None = None
+class ToolCallBody(msgspec.Struct):
+    id: str = ""
+    function: CallFunction | None = None
 
 
-class _OAMessage(msgspec.Struct):
+class MessageBody(msgspec.Struct):
     role: str
+    #: A string, or content parts (``{"type": "text", ...}``, ``"image_url"``...) as sent.
     content: str | list[Any] | None = None
-    tool_calls: list[_OAToolCall] | None = None
+    tool_calls: list[ToolCallBody] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
 
 
-class _OAStreamOptions(msgspec.Struct):
+class StreamOptions(msgspec.Struct):
     include_usage: bool | None = None
 
 
-class _OAJsonSchema(msgspec.Struct):
-    name: str = ""
+class JsonSchemaBody(msgspec.Struct):
+    name: str | None = None
     schema: dict[str, Any] | None = None
+    strict: bool | None = None
+    description: str | None = None
 
 
-class _OAResponseFormat(msgspec.Struct):
+class ResponseFormatBody(msgspec.Struct):
     type: str
-    json_schema: _OAJsonSchema | None = None
+    json_schema: JsonSchemaBody | None = None
 
 
-class _OAChatRequest(msgspec.Struct):
+class ChatBody(msgspec.Struct):
+    """A Chat Completions request body."""
+
     model: str
-    messages: list[_OAMessage]
+    messages: list[MessageBody]
     stream: bool | None = None
-    stream_options: _OAStreamOptions | None = None
+    stream_options: StreamOptions | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
-    tools: list[_OATool] | None = None
+    tools: list[ToolDef] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    response_format: _OAResponseFormat | None = None
+    response_format: ResponseFormatBody | None = None
     stop: str | list[str] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
 
 
-class _OAEmbeddingRequest(msgspec.Struct):
+class EmbeddingBody(msgspec.Struct):
+    """An embeddings request body."""
+
     model: str
     input: Any
     dimensions: int | None = None
     encoding_format: str | None = None
+
+
+def _or_empty(schema: dict[str, Any] | UnsetType) -> dict[str, Any]:
+    return {} if isinstance(schema, UnsetType) else schema
 
 
 def _openai_text(content: str | list[Any] | None) -> str:
@@ -153,7 +176,7 @@ def _openai_text(content: str | list[Any] | None) -> str:
     )
 
 
-def _openai_view(req: _OAChatRequest) -> ChatView:
+def _openai_view(req: ChatBody) -> ChatView:
     chars = 0
     last_user = ""
     for message in req.messages:
@@ -166,7 +189,7 @@ def _openai_view(req: _OAChatRequest) -> ChatView:
             last_user = text
     last = req.messages[-1] if req.messages else None
     tools = [
-        OfferedTool(t.function.name, t.function.parameters)
+        OfferedTool(t.function.name, _or_empty(t.function.parameters))
         for t in req.tools or ()
         if t.type == "function" and t.function is not None
     ]
@@ -201,7 +224,7 @@ def _openai_view(req: _OAChatRequest) -> ChatView:
 
 
 def _openai_embeddings(
-    req: _OAEmbeddingRequest, request_id: str, vendor: VendorFormat
+    req: EmbeddingBody, request_id: str, vendor: VendorFormat
 ) -> tuple[Reply, int]:
     inputs = req.input
     if isinstance(inputs, str) or (
@@ -343,11 +366,11 @@ class OpenAIFormat(VendorFormat):
         return body
 
     def embeddings_reply(self, route: Route, body: Any, request_id: str) -> tuple[Reply, int]:
-        req = convert_body(self._with_model(route, body), _OAEmbeddingRequest)
+        req = convert_body(self._with_model(route, body), EmbeddingBody)
         return _openai_embeddings(req, request_id, self)
 
     def read_chat(self, route: Route, body: Any, query: str) -> ChatRead:
-        oa = convert_body(self._with_model(route, body), _OAChatRequest)
+        oa = convert_body(self._with_model(route, body), ChatBody)
         if not oa.messages:
             raise RequestError(400, "messages: must not be empty", param="messages")
         return ChatRead(
