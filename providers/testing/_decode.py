@@ -5,6 +5,12 @@ reverse, as a server would read them.  A test can then say exactly what the fake
 upstream received — ``decode_openai_request(body) == what the caller built`` — instead of
 poking at JSON paths.
 
+Each function reads the body through the fake upstream's own decoder for that format
+(``decode_chat``, ``decode_messages``, ``decode_generate`` in
+:mod:`providers.testing._formats`): the same msgspec Structs, the same checks.  So a
+body the fake upstream refuses is a ``ValueError`` here, with the vendor's message, and
+what these functions read is what the server planned its answer from.
+
 Where a format cannot carry something (Gemini and Ollama have no image ``detail``,
 Ollama no ``tool_choice`` and no image order among text), the decoders return what the
 server could know; the round-trip tests compare against the request as that format can
@@ -32,7 +38,7 @@ from .._types import (
     ToolSpec,
     parse_tool_arguments,
 )
-from ._formats import anthropic, ollama, openai
+from ._formats import anthropic, gemini, ollama, openai
 
 __all__ = [
     "decode_anthropic_request",
@@ -81,14 +87,13 @@ def _image_from_url(url: str, detail: Any = None) -> ImagePart:
 def decode_openai_request(body: dict[str, Any]) -> ChatRequest:
     """Read an OpenAI Chat Completions body as a :class:`ChatRequest`.
 
-    The body is decoded with the fake upstream's own OpenAI Structs
-    (:class:`~._formats.openai.ChatBody`).  Fields we do not model land in ``extra``.
+    The body is decoded and checked by the fake upstream's own OpenAI decoder
+    (:func:`~._formats.openai.decode_chat`).  Fields we do not model land in ``extra``.
 
     Raises:
-        msgspec.ValidationError: the body does not fit the format (the path in the
-            message says where).
+        ValueError: a body OpenAI would refuse, in OpenAI's words (naming the field).
     """
-    req = msgspec.convert(body, openai.ChatBody)
+    req = openai.decode_chat(body)
     messages: list[Message] = []
     for m in req.messages:
         role = m.role
@@ -185,15 +190,15 @@ def _openai_text(content: Any) -> str:
 def decode_anthropic_request(body: dict[str, Any]) -> ChatRequest:
     """Read an Anthropic Messages body as a :class:`ChatRequest`.
 
-    The body is decoded with the fake upstream's own Anthropic Structs
-    (:class:`~._formats.anthropic.MessagesBody`).  The top-level ``system`` becomes one
+    The body is decoded and checked by the fake upstream's own Anthropic decoder
+    (:func:`~._formats.anthropic.decode_messages`).  The top-level ``system`` becomes one
     system message; ``tool_result`` blocks become tool messages, in order.  Fields we do
     not model land in ``extra``.
 
     Raises:
-        msgspec.ValidationError: the body does not fit the format.
+        ValueError: a body Anthropic would refuse, in Anthropic's words.
     """
-    req = msgspec.convert(body, anthropic.MessagesBody)
+    req = anthropic.decode_messages(body)
     messages: list[Message] = []
     system = req.system
     if isinstance(system, list):
@@ -273,11 +278,12 @@ _ANTHROPIC_CHOICE: dict[str, ToolChoice] = {"auto": "auto", "any": "required", "
 
 # --------------------------------------------------------------------------- Gemini
 
+#: GenerationConfig attribute -> ChatRequest field.
 _GEMINI_GENERATION = {
     "temperature": "temperature",
-    "topP": "top_p",
-    "maxOutputTokens": "max_tokens",
-    "stopSequences": "stop",
+    "top_p": "top_p",
+    "max_output_tokens": "max_tokens",
+    "stop_sequences": "stop",
     "seed": "seed",
 }
 _GEMINI_KNOWN = {"contents", "systemInstruction", "tools", "toolConfig", "generationConfig"}
@@ -285,52 +291,53 @@ _GEMINI_CHOICE: dict[str, ToolChoice] = {"AUTO": "auto", "NONE": "none", "ANY": 
 
 
 def decode_gemini_request(body: dict[str, Any], *, model: str) -> ChatRequest:
-    """Read a Gemini ``generateContent`` body (camelCase) as a :class:`ChatRequest`.
+    """Read a Gemini ``generateContent`` body as a :class:`ChatRequest`.
 
+    The body is decoded and checked by the fake upstream's own Gemini decoder
+    (:func:`~._formats.gemini.decode_generate`; camelCase or snake_case names).
     ``model`` comes from the URL (``models/{model}:generateContent``), not the body.
     Each ``systemInstruction`` part becomes a system message; ``functionResponse`` parts
     become tool messages (their ``id`` the call id, ``response.output`` or
     ``response.error`` the content).  A user turn of one text part is a plain string.
     Fields we do not model land in ``extra``.
 
+    Raises:
+        ValueError: a body Gemini would refuse, in Gemini's words.
+
     Example::
 
         body = GeminiProvider(api_key="k").build_body(request)
         assert decode_gemini_request(body, model=request.model) == request
     """
+    req = gemini.decode_generate(body)
     messages: list[Message] = []
-    system = body.get("systemInstruction") or {}
-    for part in system.get("parts") or []:
-        messages.append(Message.system(part.get("text", "")))
-    for content in body.get("contents") or []:
+    if req.system_instruction is not None:
+        for part in req.system_instruction.parts or []:
+            messages.append(Message.system(part.text or ""))
+    for content in req.contents:
         parts: list[Part] = []
         calls: list[ToolCall] = []
-        for part in content.get("parts") or []:
-            if "text" in part and not part.get("thought"):
-                parts.append(TextPart(text=part["text"]))
-            elif "inlineData" in part:
-                inline = part["inlineData"]
-                parts.append(ImagePart(data=inline["data"], media_type=inline["mimeType"]))
-            elif "functionCall" in part:
-                call = part["functionCall"]
+        for part in content.parts or []:
+            if part.text is not None and not part.thought:
+                parts.append(TextPart(text=part.text))
+            elif part.inline_data is not None:
+                inline = part.inline_data
+                parts.append(ImagePart(data=inline.data, media_type=inline.mime_type))
+            elif part.function_call is not None:
+                call = part.function_call
+                args = call.args if isinstance(call.args, dict) else {}
                 calls.append(
-                    ToolCall(
-                        id=call.get("id") or f"call_{len(calls)}",
-                        name=call["name"],
-                        arguments=call.get("args") or {},
-                    )
+                    ToolCall(id=call.id or f"call_{len(calls)}", name=call.name, arguments=args)
                 )
-            elif "functionResponse" in part:
-                result = part["functionResponse"]
-                response = result.get("response") or {}
+            elif part.function_response is not None:
+                result = part.function_response
+                response = result.response if isinstance(result.response, dict) else {}
                 is_error = "error" in response and "output" not in response
                 text = response.get("error" if is_error else "output", "")
                 if not isinstance(text, str):
                     text = msgspec.json.encode(text).decode()
-                messages.append(
-                    Message.tool(result.get("id") or result["name"], text, is_error=is_error)
-                )
-        if content.get("role") == "model":
+                messages.append(Message.tool(result.id or result.name, text, is_error=is_error))
+        if content.role == "model":
             text = "".join(p.text for p in parts if isinstance(p, TextPart))
             messages.append(Message.assistant(text, tool_calls=calls))
         elif len(parts) == 1 and isinstance(parts[0], TextPart):
@@ -338,43 +345,43 @@ def decode_gemini_request(body: dict[str, Any], *, model: str) -> ChatRequest:
         elif parts:
             messages.append(Message(role="user", content=parts))
 
-    tools: list[ToolSpec] = []
-    for tool in body.get("tools") or []:
-        for decl in tool.get("functionDeclarations") or []:
-            parameters = decl.get("parametersJsonSchema", decl.get("parameters"))
-            tools.append(
-                ToolSpec(
-                    name=decl["name"],
-                    description=decl.get("description", ""),
-                    parameters=parameters or {"type": "object", "properties": {}},
-                )
-            )
+    tools = [
+        ToolSpec(
+            name=decl.name,
+            description=decl.description,
+            parameters=_gemini_parameters(decl),
+        )
+        for tool in req.tools or []
+        for decl in tool.function_declarations or []
+    ]
     choice: ToolChoice | None = None
-    calling = (body.get("toolConfig") or {}).get("functionCallingConfig")
+    calling = req.tool_config.function_calling_config if req.tool_config else None
     if calling is not None:
-        mode = calling.get("mode", "AUTO")
-        allowed = calling.get("allowedFunctionNames") or []
+        mode = calling.mode
+        allowed = calling.allowed_function_names or []
         if mode == "ANY" and len(allowed) == 1:
             choice = ForceTool(name=allowed[0])
         else:
             choice = _GEMINI_CHOICE.get(mode, "auto")
 
-    generation = dict(body.get("generationConfig") or {})
-    fields: dict[str, Any] = {
-        ours: generation[theirs]
-        for theirs, ours in _GEMINI_GENERATION.items()
-        if theirs in generation
-    }
-    if generation.get("responseMimeType") == "application/json":
-        schema = generation.get("responseJsonSchema", generation.get("responseSchema"))
+    generation = req.generation_config or gemini.GenerationConfig()
+    fields: dict[str, Any] = {}
+    for theirs, ours in _GEMINI_GENERATION.items():
+        value = getattr(generation, theirs)
+        if value is not None:
+            fields[ours] = value
+    if generation.response_mime_type == "application/json":
+        schema = generation.response_json_schema
+        if schema is None:
+            schema = generation.response_schema
         fields["response_format"] = (
             ResponseFormat.json_schema(schema)
             if schema is not None
             else ResponseFormat.json_object()
         )
-    thinking = generation.get("thinkingConfig") or {}
-    if "thinkingBudget" in thinking:
-        fields["thinking_budget"] = thinking["thinkingBudget"]
+    thinking = generation.thinking_config
+    if thinking is not None and thinking.thinking_budget is not None:
+        fields["thinking_budget"] = thinking.thinking_budget
     return ChatRequest(
         model=model,
         messages=messages,
@@ -383,6 +390,13 @@ def decode_gemini_request(body: dict[str, Any], *, model: str) -> ChatRequest:
         extra={k: v for k, v in body.items() if k not in _GEMINI_KNOWN},
         **fields,
     )
+
+
+def _gemini_parameters(decl: gemini.FunctionDeclaration) -> dict[str, Any]:
+    """The declaration's schema as sent (JSON schema first), or an empty object schema."""
+    if decl.parameters_json_schema is not None:
+        return decl.parameters_json_schema
+    return decl.parameters or _empty_schema()
 
 
 # --------------------------------------------------------------------------- Ollama

@@ -110,6 +110,18 @@ class MessagesBody(msgspec.Struct):
     thinking: ThinkingBody | None = None
 
 
+def decode_messages(body: Any, *, count_tokens: bool = False) -> MessagesBody:
+    """Decode and check a Messages body (or a count_tokens one) as Anthropic does.
+
+    Raises:
+        RequestError: what Anthropic answers (a 400 ``invalid_request_error``).
+    """
+    req: MessagesBody = convert_body(body, MessagesBody)
+    if not count_tokens and req.max_tokens is None:
+        raise RequestError(400, "max_tokens: Field required", param="max_tokens")
+    return req
+
+
 def _or_empty(schema: dict[str, Any] | UnsetType) -> dict[str, Any]:
     return {} if isinstance(schema, UnsetType) else schema
 
@@ -252,9 +264,7 @@ class AnthropicFormat(VendorFormat):
         return json_reply(200, obj, self, request_id)
 
     def read_chat(self, route: Route, body: Any, query: str) -> ChatRead:
-        an = convert_body(body, MessagesBody)
-        if route.endpoint == "messages" and an.max_tokens is None:
-            raise RequestError(400, "max_tokens: Field required", param="max_tokens")
+        an = decode_messages(body, count_tokens=route.endpoint == "count_tokens")
         return ChatRead(view=_anthropic_view(an), model=an.model, stream=bool(an.stream))
 
     def count_tokens_reply(self, tokens: int, request_id: str) -> Reply:

@@ -9,7 +9,10 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeAlias
+
+import msgspec
+from msgspec import UNSET
 
 from .._records import ScenarioState
 from .._scenario import (
@@ -221,123 +224,230 @@ def _lower_types(schema: Any) -> Any:
     return schema
 
 
-def _gemini_result_text(response: Any) -> str:
-    if isinstance(response, dict):
-        for key in ("output", "result", "content", "error"):
-            value = response.get(key)
-            if isinstance(value, str):
-                return value
-    return encode(response).decode()
+# --------------------------------------------------------------------------- request Structs
+# The one decoder of generateContent (and countTokens) bodies: the server reads a request
+# through decode_generate, and so does decode_gemini_request
+# (providers/testing/_decode.py).  Proto JSON takes field names in camelCase or
+# snake_case: decode_generate renames the objects' keys to camelCase first (free-form
+# values such as function args and schemas are left alone), then converts.  Where Gemini
+# has its own words for a bad value, the field is ``Any`` and decode_generate checks it.
 
 
-def _gemini_text(parts: Any) -> str:
-    if not isinstance(parts, list):
-        return ""
-    return " ".join(
-        str(p["text"]) for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)
-    )
+class _Proto(msgspec.Struct, rename="camel"):
+    """A proto-JSON message: camelCase names, unknown fields ignored."""
 
 
-def _gemini_view(body: Any) -> tuple[ChatView, bool]:
-    """Read and check a ``generateContent`` body the way Gemini does; (view, thinking).
+class InlineData(_Proto):
+    #: Required; checked by decode_generate.
+    mime_type: Any = None
+    #: Base64 (either alphabet, padded or not); checked by decode_generate.
+    data: Any = None
+
+
+class FunctionCall(_Proto):
+    #: Required; checked by decode_generate.
+    name: Any = None
+    #: An object (not a JSON string); checked by decode_generate.
+    args: Any = UNSET
+    id: str | None = None
+
+
+class FunctionResponse(_Proto):
+    name: str = ""
+    id: str | None = None
+    #: An object; checked by decode_generate.
+    response: Any = UNSET
+
+
+class Part(_Proto):
+    """One part: exactly one of text, inline data, file data, a call or a response."""
+
+    text: str | None = None
+    thought: bool | None = None
+    inline_data: InlineData | None = None
+    file_data: Any = None
+    function_call: FunctionCall | None = None
+    function_response: FunctionResponse | None = None
+
+
+class Content(_Proto):
+    role: str = "user"
+    #: Required and non-empty; checked by decode_generate.
+    parts: list[Part] | None = None
+
+
+class FunctionDeclaration(_Proto):
+    name: str = ""
+    description: str = ""
+    #: Gemini's OpenAPI subset ("OBJECT", "STRING"...).
+    parameters: dict[str, Any] | None = None
+    #: A JSON schema (wins over ``parameters``).
+    parameters_json_schema: dict[str, Any] | None = None
+
+
+class Tool(_Proto):
+    function_declarations: list[FunctionDeclaration] | None = None
+
+
+class FunctionCallingConfig(_Proto):
+    mode: str = "AUTO"
+    allowed_function_names: list[str] | None = None
+
+
+class ToolConfig(_Proto):
+    function_calling_config: FunctionCallingConfig | None = None
+
+
+class ThinkingConfig(_Proto):
+    include_thoughts: bool | None = None
+    thinking_budget: int | None = None
+
+
+class GenerationConfig(_Proto):
+    stop_sequences: list[str] | None = None
+    response_mime_type: str | None = None
+    #: Gemini's OpenAPI-subset schema; checked by decode_generate.
+    response_schema: Any = None
+    response_json_schema: Any = None
+    #: Proto JSON takes an int32 as a number or a string; only a number is read.
+    max_output_tokens: Any = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    thinking_config: ThinkingConfig | None = None
+
+
+class GenerateBody(_Proto):
+    """A ``generateContent`` (or ``countTokens``) request body."""
+
+    contents: list[Content]
+    system_instruction: Content | None = None
+    tools: list[Tool] | None = None
+    tool_config: ToolConfig | None = None
+    generation_config: GenerationConfig | None = None
+
+
+#: Which keys hold proto objects (whose own keys may be snake_case), level by level.
+_Tree: TypeAlias = Mapping[str, "_Tree"]
+_LEAF: _Tree = {}
+_CONTENT_TREE: _Tree = {
+    "parts": {
+        "inlineData": _LEAF,
+        "fileData": _LEAF,
+        "functionCall": _LEAF,
+        "functionResponse": _LEAF,
+    }
+}
+_REQUEST_TREE: _Tree = {
+    "contents": _CONTENT_TREE,
+    "systemInstruction": _CONTENT_TREE,
+    "tools": {"functionDeclarations": _LEAF},
+    "toolConfig": {"functionCallingConfig": _LEAF},
+    "generationConfig": {"thinkingConfig": _LEAF},
+}
+
+
+def _camel_tree(obj: Any, tree: _Tree) -> Any:
+    """``obj`` with the keys of its proto objects (per ``tree``) in camelCase."""
+    if isinstance(obj, list):
+        return [_camel_tree(item, tree) for item in obj]
+    if not isinstance(obj, dict):
+        return obj
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = _camel(key) if "_" in key else key
+        sub = tree.get(name)
+        out[name] = value if sub is None else _camel_tree(value, sub)
+    return out
+
+
+def decode_generate(body: Any) -> GenerateBody:
+    """Decode and check a ``generateContent`` body the way Gemini does.
 
     The checks are the traps real adapters fall into: unknown (e.g. OpenAI-style)
     field names, roles other than ``user``/``model``, empty parts, arguments or
     responses that are not objects, ``data:`` URLs where base64 belongs, a schema
-    without ``responseMimeType``, and function responses that do not answer the
-    previous turn's calls one for one.
+    without ``responseMimeType`` (or one Gemini's ``Schema`` cannot hold), and function
+    responses that do not answer the previous turn's calls one for one.
+
+    Raises:
+        RequestError: what Gemini answers (a 400 ``INVALID_ARGUMENT``, in its words).
     """
     if not isinstance(body, dict):
         raise _gemini_invalid("Invalid JSON payload received. Expected an object.")
     for key in body:
         if _camel(key) not in _GEMINI_TOP:
             raise _gemini_unknown(key)
-    top = _camel_keys(body)
-    raw_generation = top.get("generationConfig") or {}
+    raw_generation = body.get("generationConfig", body.get("generation_config")) or {}
     if not isinstance(raw_generation, dict):
         raise _gemini_invalid("Invalid value at 'generation_config'", "generation_config")
     for key in raw_generation:
         if _camel(key) not in _GEMINI_GENERATION:
             raise _gemini_unknown(key, "generation_config")
-    generation = _camel_keys(raw_generation)
-    contents = top.get("contents")
+    contents = body.get("contents")
     if not isinstance(contents, list) or not contents:
         raise _gemini_invalid("* GenerateContentRequest.contents: contents is not specified\n")
+    try:
+        req = msgspec.convert(_camel_tree(body, _REQUEST_TREE), GenerateBody)
+    except msgspec.ValidationError as exc:
+        raise _gemini_invalid(f"Invalid JSON payload received. {exc}") from exc
 
-    chars = 0
-    n_messages = 0
-    system = _camel_keys(top.get("systemInstruction"))
-    if system:
-        chars += len(_gemini_text(system.get("parts")))
-        n_messages += 1
-    last_user = ""
-    tool_result: str | None = None
-    mentions: str | None = None
     open_calls: int | None = None  # calls made by the previous (model) turn
-    for i, raw_content in enumerate(contents):
-        content = _camel_keys(raw_content)
-        role = content.get("role", "user")
-        if role not in ("user", "model", "function", "tool"):
+    for i, content in enumerate(req.contents):
+        if content.role not in ("user", "model", "function", "tool"):
             raise _gemini_invalid("Please use a valid role: user, model.")
-        parts = content.get("parts")
-        if not isinstance(parts, list) or not parts:
+        if not content.parts:
             raise _gemini_invalid(
                 f"* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty.\n"
             )
-        calls = 0
-        results: list[str] = []
-        texts: list[str] = []
-        for j, raw_part in enumerate(parts):
-            part = _camel_keys(raw_part)
+        calls = results = 0
+        for j, part in enumerate(content.parts):
             where = f"contents[{i}].parts[{j}]"
-            if isinstance(part.get("text"), str):
-                if not part.get("thought"):
-                    texts.append(part["text"])
-            elif "inlineData" in part:
-                inline = _camel_keys(part["inlineData"])
-                if not isinstance(inline.get("mimeType"), str):
+            if part.text is not None:
+                continue
+            if part.inline_data is not None:
+                inline = part.inline_data
+                if not isinstance(inline.mime_type, str):
                     raise _gemini_invalid(
                         f"* GenerateContentRequest.{where}.inline_data.mime_type: "
                         "mime_type is not specified\n"
                     )
-                if not base64_ok(inline.get("data"), urlsafe=True):
-                    shown = str(inline.get("data"))[:40]
+                if not base64_ok(inline.data, urlsafe=True):
+                    shown = str(inline.data)[:40]
                     raise _gemini_invalid(
                         f"Invalid value at '{where}.inline_data.data' (TYPE_BYTES), "
                         f'Base64 decoding failed for "{shown}"',
                         f"{where}.inline_data.data",
                     )
-            elif "functionCall" in part:
-                call = _camel_keys(part["functionCall"])
-                args = call.get("args", {})
-                if not isinstance(args, dict):
+            elif part.function_call is not None:
+                args = part.function_call.args
+                if args is not UNSET and not isinstance(args, dict):
                     raise _gemini_invalid(
                         f"Invalid value at '{where}.function_call.args' "
                         f"(type.googleapis.com/google.protobuf.Struct), {encode(args).decode()}",
                         f"{where}.function_call.args",
                     )
-                if not call.get("name"):
+                if not part.function_call.name:
                     raise _gemini_invalid(
                         f"* GenerateContentRequest.{where}.function_call.name: "
                         "name is not specified\n"
                     )
                 calls += 1
-                chars += len(encode(args))
-            elif "functionResponse" in part:
-                response = _camel_keys(part["functionResponse"]).get("response", {})
-                if not isinstance(response, dict):
+            elif part.function_response is not None:
+                response = part.function_response.response
+                if response is not UNSET and not isinstance(response, dict):
                     raise _gemini_invalid(
                         f"Invalid value at '{where}.function_response.response' "
                         "(type.googleapis.com/google.protobuf.Struct)",
                         f"{where}.function_response.response",
                     )
-                results.append(_gemini_result_text(response))
-            elif "fileData" not in part:
+                results += 1
+            elif part.file_data is None:
                 raise _gemini_invalid(
                     f"* GenerateContentRequest.{where}.data: required oneof field 'data' "
                     "must have one initialized field\n"
                 )
-        if open_calls is not None and len(results) != open_calls:
+        if open_calls is not None and results != open_calls:
             raise _gemini_invalid(
                 "Please ensure that the number of function response parts is equal to the "
                 "number of function call parts of the function call turn."
@@ -347,46 +457,22 @@ def _gemini_view(body: Any) -> tuple[ChatView, bool]:
                 "Please ensure that function response turn comes immediately after a "
                 "function call turn."
             )
-        open_calls = calls if role == "model" and calls else None
-        text = " ".join(texts)
-        chars += len(text) + sum(len(r) for r in results)
-        n_messages += 1
-        if role == "model":
-            tool_result = mentions = None
-        else:
-            if text or not results:
-                last_user = text
-            tool_result = " ".join(results) if results else None
-            mentions = text if not results else None
+        open_calls = calls if content.role == "model" and calls else None
 
-    tools: list[OfferedTool] = []
-    for raw_tool in top.get("tools") or ():
-        for raw_decl in _camel_keys(raw_tool).get("functionDeclarations") or ():
-            decl = _camel_keys(raw_decl)
-            schema = decl.get("parametersJsonSchema")
-            if schema is None:
-                schema = _lower_types(decl.get("parameters") or {})
-            tools.append(OfferedTool(str(decl.get("name", "")), schema))
-    calling = _camel_keys(_camel_keys(top.get("toolConfig")).get("functionCallingConfig"))
-    mode = str(calling.get("mode", "AUTO")).upper()
-    allowed = calling.get("allowedFunctionNames") or []
-    if allowed and mode not in ("ANY", "VALIDATED"):
+    calling = req.tool_config.function_calling_config if req.tool_config else None
+    if (
+        calling is not None
+        and calling.allowed_function_names
+        and calling.mode.upper() not in ("ANY", "VALIDATED")
+    ):
         raise _gemini_invalid(
             "allowed_function_names should only be set when the function calling mode is ANY"
         )
-    choice = {"NONE": "none", "ANY": "required"}.get(mode, "auto")
-    forced: str | None = None
-    if mode == "ANY" and len(allowed) == 1:
-        choice, forced = "tool", str(allowed[0])
-    elif mode == "ANY" and allowed:
-        tools = [t for t in tools if t.name in allowed]
-
-    mime = generation.get("responseMimeType", "text/plain")
-    json_schema = generation.get("responseJsonSchema")
-    legacy_schema = generation.get("responseSchema")
+    generation = req.generation_config or GenerationConfig()
+    json_schema, legacy_schema = generation.response_json_schema, generation.response_schema
     if json_schema is not None and legacy_schema is not None:
         raise _gemini_invalid("response_schema and response_json_schema cannot both be set.")
-    if (json_schema is not None or legacy_schema is not None) and mime not in (
+    if (json_schema is not None or legacy_schema is not None) and _mime(generation) not in (
         "application/json",
         "text/x.enum",
     ):
@@ -396,10 +482,96 @@ def _gemini_view(body: Any) -> tuple[ChatView, bool]:
         )
     if legacy_schema is not None:
         _check_openapi_schema(legacy_schema, "generation_config.response_schema")
-    schema = json_schema if json_schema is not None else _lower_types(legacy_schema)
-    thinking = _camel_keys(generation.get("thinkingConfig"))
-    max_tokens = generation.get("maxOutputTokens")
-    view = ChatView(
+    return req
+
+
+def max_output_tokens(generation: GenerationConfig) -> int | None:
+    """``maxOutputTokens`` if it is a number."""
+    value = generation.max_output_tokens
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _mime(generation: GenerationConfig) -> str:
+    return generation.response_mime_type or "text/plain"
+
+
+def declared_schema(decl: FunctionDeclaration) -> dict[str, Any]:
+    """A function declaration's parameters as a JSON schema (lower-case types)."""
+    if decl.parameters_json_schema is not None:
+        return decl.parameters_json_schema
+    lowered: dict[str, Any] = _lower_types(decl.parameters or {})
+    return lowered
+
+
+def response_schema(generation: GenerationConfig) -> Any:
+    """The response's JSON schema (lower-case types), or None."""
+    if generation.response_json_schema is not None:
+        return generation.response_json_schema
+    return _lower_types(generation.response_schema)
+
+
+def result_text(response: Any) -> str:
+    """What a ``functionResponse``'s ``response`` says, as text."""
+    if isinstance(response, dict):
+        for key in ("output", "result", "content", "error"):
+            value = response.get(key)
+            if isinstance(value, str):
+                return value
+    return encode({} if response is UNSET else response).decode()
+
+
+def _gemini_view(req: GenerateBody) -> ChatView:
+    """What the planner needs from a decoded ``generateContent`` body."""
+    chars = 0
+    n_messages = 0
+    system = req.system_instruction
+    if system is not None:
+        chars += len(" ".join(p.text for p in system.parts or () if p.text is not None))
+        n_messages += 1
+    last_user = ""
+    tool_result: str | None = None
+    mentions: str | None = None
+    for content in req.contents:
+        results: list[str] = []
+        texts: list[str] = []
+        for part in content.parts or ():
+            if part.text is not None:
+                if not part.thought:
+                    texts.append(part.text)
+            elif part.function_call is not None:
+                args = part.function_call.args
+                chars += len(encode({} if args is UNSET else args))
+            elif part.function_response is not None:
+                results.append(result_text(part.function_response.response))
+        text = " ".join(texts)
+        chars += len(text) + sum(len(r) for r in results)
+        n_messages += 1
+        if content.role == "model":
+            tool_result = mentions = None
+        else:
+            if text or not results:
+                last_user = text
+            tool_result = " ".join(results) if results else None
+            mentions = text if not results else None
+
+    tools = [
+        OfferedTool(decl.name, declared_schema(decl))
+        for tool in req.tools or ()
+        for decl in tool.function_declarations or ()
+    ]
+    calling = req.tool_config.function_calling_config if req.tool_config else None
+    mode = calling.mode.upper() if calling is not None else "AUTO"
+    allowed = (calling.allowed_function_names if calling is not None else None) or []
+    choice = {"NONE": "none", "ANY": "required"}.get(mode, "auto")
+    forced: str | None = None
+    if mode == "ANY" and len(allowed) == 1:
+        choice, forced = "tool", allowed[0]
+    elif mode == "ANY" and allowed:
+        tools = [t for t in tools if t.name in allowed]
+    generation = req.generation_config or GenerationConfig()
+    schema = response_schema(generation)
+    mime = _mime(generation)
+    return ChatView(
         last_user_text=last_user,
         tool_result=tool_result,
         mentions=mentions,
@@ -408,11 +580,15 @@ def _gemini_view(body: Any) -> tuple[ChatView, bool]:
         forced_tool=forced,
         schema=schema if isinstance(schema, dict) else None,
         json_mode=mime == "application/json" and schema is None,
-        stop=[str(s) for s in generation.get("stopSequences") or ()],
-        max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+        stop=list(generation.stop_sequences or ()),
+        max_tokens=max_output_tokens(generation),
         input_tokens=estimate_input_tokens(chars, n_messages),
     )
-    return view, bool(thinking.get("includeThoughts"))
+
+
+def _include_thoughts(req: GenerateBody) -> bool:
+    thinking = req.generation_config.thinking_config if req.generation_config else None
+    return bool(thinking is not None and thinking.include_thoughts)
 
 
 def _gemini_embed_one(request: Any, where: str) -> tuple[list[float], int]:
@@ -617,15 +793,15 @@ class GeminiFormat(VendorFormat):
         return json_reply(200, {"embeddings": embeddings}, self, request_id), total
 
     def read_chat(self, route: Route, body: Any, query: str) -> ChatRead:
-        view, thinking = _gemini_view(body)
+        req = decode_generate(body)
         streaming = route.endpoint == "stream_generate"
         sse = query_value(query, "alt") == "sse"
         return ChatRead(
-            view=view,
+            view=_gemini_view(req),
             model=route.model_id.removeprefix("models/"),
             stream=streaming and sse,
             array=streaming and not sse,
-            thinking=thinking,
+            thinking=_include_thoughts(req),
         )
 
     def count_tokens_reply(self, tokens: int, request_id: str) -> Reply:

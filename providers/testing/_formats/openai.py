@@ -160,6 +160,18 @@ class EmbeddingBody(msgspec.Struct):
     encoding_format: str | None = None
 
 
+def decode_chat(body: Any) -> ChatBody:
+    """Decode and check a Chat Completions body as OpenAI does.
+
+    Raises:
+        RequestError: what OpenAI answers (a 400 naming the parameter).
+    """
+    req: ChatBody = convert_body(body, ChatBody)
+    if not req.messages:
+        raise RequestError(400, "messages: must not be empty", param="messages")
+    return req
+
+
 def _or_empty(schema: dict[str, Any] | UnsetType) -> dict[str, Any]:
     return {} if isinstance(schema, UnsetType) else schema
 
@@ -370,9 +382,7 @@ class OpenAIFormat(VendorFormat):
         return _openai_embeddings(req, request_id, self)
 
     def read_chat(self, route: Route, body: Any, query: str) -> ChatRead:
-        oa = convert_body(self._with_model(route, body), ChatBody)
-        if not oa.messages:
-            raise RequestError(400, "messages: must not be empty", param="messages")
+        oa = decode_chat(self._with_model(route, body))
         return ChatRead(
             view=_openai_view(oa),
             model=oa.model,
