@@ -12,7 +12,7 @@ import json
 import random
 import re
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -114,15 +114,9 @@ class Answer(msgspec.Struct):
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with open_fake_upstream(seed=7) as up:
-        yield up
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=5) as c:
-        yield c
+def upstream_seed() -> int:
+    """This module's upstream (the shared ``upstream`` fixture) is seeded with 7."""
+    return 7
 
 
 async def oa_post(

@@ -100,17 +100,16 @@ def decode_openai_request(body: dict[str, Any]) -> ChatRequest:
         if role == "developer":
             role = "system"
         if role == "tool":
-            messages.append(Message.tool(m.tool_call_id or "", _openai_text(m.content)))
+            messages.append(Message.tool(m.tool_call_id or "", openai.content_text(m.content, "")))
             continue
         content: str | list[Part]
         if isinstance(m.content, list):
             parts: list[Part] = []
             for p in m.content:
-                if p.get("type") == "text":
-                    parts.append(TextPart(text=p["text"]))
-                elif p.get("type") == "image_url":
-                    image = p["image_url"]
-                    parts.append(_image_from_url(image["url"], image.get("detail")))
+                if isinstance(p, openai.TextContent):
+                    parts.append(TextPart(text=p.text))
+                elif isinstance(p, openai.ImageContent):
+                    parts.append(_image_from_url(p.image_url.url, p.image_url.detail))
             content = parts
         else:
             content = m.content or ""
@@ -122,10 +121,10 @@ def decode_openai_request(body: dict[str, Any]) -> ChatRequest:
         messages.append(Message(role=role, content=content, tool_calls=calls, name=m.name))  # type: ignore[arg-type]
 
     choice: ToolChoice | None = None
-    if isinstance(req.tool_choice, dict):
-        choice = ForceTool(name=req.tool_choice["function"]["name"])
+    if isinstance(req.tool_choice, openai.NamedToolChoice):
+        choice = ForceTool(name=req.tool_choice.function.name)
     elif req.tool_choice is not None:
-        choice = req.tool_choice  # type: ignore[assignment]
+        choice = req.tool_choice
 
     fmt: ResponseFormat | None = None
     raw_fmt = req.response_format
@@ -181,12 +180,6 @@ def _schema_or_empty(schema: dict[str, Any] | msgspec.UnsetType) -> dict[str, An
     return schema
 
 
-def _openai_text(content: Any) -> str:
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if p.get("type") == "text")
-    return content or ""
-
-
 def decode_anthropic_request(body: dict[str, Any]) -> ChatRequest:
     """Read an Anthropic Messages body as a :class:`ChatRequest`.
 
@@ -200,9 +193,7 @@ def decode_anthropic_request(body: dict[str, Any]) -> ChatRequest:
     """
     req = anthropic.decode_messages(body)
     messages: list[Message] = []
-    system = req.system
-    if isinstance(system, list):
-        system = "".join(b.get("text", "") for b in system)
+    system = anthropic.blocks_text(req.system, "") if req.system is not None else ""
     if system:
         messages.append(Message.system(system))
     for m in req.messages:
@@ -213,24 +204,15 @@ def decode_anthropic_request(body: dict[str, Any]) -> ChatRequest:
         parts: list[Part] = []
         calls: list[ToolCall] = []
         for b in raw:
-            kind = b.get("type")
-            if kind == "text":
-                parts.append(TextPart(text=b["text"]))
-            elif kind == "image":
-                src = b["source"]
-                if src["type"] == "base64":
-                    parts.append(ImagePart(data=src["data"], media_type=src["media_type"]))
-                else:
-                    parts.append(ImagePart(url=src["url"]))
-            elif kind == "tool_use":
-                calls.append(ToolCall(id=b["id"], name=b["name"], arguments=b.get("input") or {}))
-            elif kind == "tool_result":
-                content = b.get("content", "")
-                if isinstance(content, list):
-                    content = "".join(x.get("text", "") for x in content)
-                messages.append(
-                    Message.tool(b["tool_use_id"], content, is_error=bool(b.get("is_error")))
-                )
+            if isinstance(b, anthropic.TextBlock):
+                parts.append(TextPart(text=b.text))
+            elif isinstance(b, anthropic.ImageBlock):
+                parts.append(_anthropic_image(b.source))
+            elif isinstance(b, anthropic.ToolUseBlock):
+                calls.append(ToolCall(id=b.id, name=b.name, arguments=b.input))
+            elif isinstance(b, anthropic.ToolResultBlock):
+                content = anthropic.blocks_text(b.content, "")
+                messages.append(Message.tool(b.tool_use_id, content, is_error=bool(b.is_error)))
         if m.role == "assistant":
             text = "".join(p.text for p in parts if isinstance(p, TextPart))
             messages.append(Message.assistant(text, tool_calls=calls))
@@ -271,6 +253,16 @@ def decode_anthropic_request(body: dict[str, Any]) -> ChatRequest:
         thinking_budget=req.thinking.budget_tokens if req.thinking else None,
         extra={k: v for k, v in body.items() if k not in _ANTHROPIC_KNOWN},
     )
+
+
+def _anthropic_image(
+    source: anthropic.Base64Source | anthropic.URLSource | anthropic.FileSource,
+) -> ImagePart:
+    if isinstance(source, anthropic.Base64Source):
+        return ImagePart(data=source.data, media_type=source.media_type)
+    if isinstance(source, anthropic.URLSource):
+        return ImagePart(url=source.url)
+    raise ValueError("an image from the Files API has no ImagePart form")
 
 
 _ANTHROPIC_CHOICE: dict[str, ToolChoice] = {"auto": "auto", "any": "required", "none": "none"}

@@ -6,8 +6,8 @@ request bodies: :func:`providers.testing.decode_anthropic_request` reads them to
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -57,12 +57,76 @@ _ANTHROPIC_ERRORS: dict[int, tuple[str, str]] = {
 # --------------------------------------------------------------------------- request Structs
 # The one decoder of Anthropic request bodies: the server reads a request through them,
 # and so does decode_anthropic_request (providers/testing/_decode.py).  Lenient: unknown
-# fields are ignored.  Content blocks stay as sent (dicts): each reader picks its types.
+# fields are ignored; a content block of an unknown ``type`` is refused, as Anthropic does.
+
+
+class TextBlock(msgspec.Struct, tag="text", tag_field="type"):
+    text: str
+
+
+class Base64Source(msgspec.Struct, tag="base64", tag_field="type"):
+    media_type: str
+    data: str
+
+
+class URLSource(msgspec.Struct, tag="url", tag_field="type"):
+    url: str
+
+
+class FileSource(msgspec.Struct, tag="file", tag_field="type"):
+    file_id: str
+
+
+class ImageBlock(msgspec.Struct, tag="image", tag_field="type"):
+    source: Base64Source | URLSource | FileSource
+
+
+class DocumentBlock(msgspec.Struct, tag="document", tag_field="type"):
+    source: dict[str, Any] = {}
+
+
+class ToolUseBlock(msgspec.Struct, tag="tool_use", tag_field="type"):
+    id: str
+    name: str
+    input: dict[str, Any] = {}
+
+
+class ToolResultBlock(msgspec.Struct, tag="tool_result", tag_field="type"):
+    tool_use_id: str
+    content: str | list[TextBlock | ImageBlock | DocumentBlock] = ""
+    is_error: bool | None = None
+
+
+class ThinkingBlock(msgspec.Struct, tag="thinking", tag_field="type"):
+    thinking: str = ""
+    signature: str = ""
+
+
+class RedactedThinkingBlock(msgspec.Struct, tag="redacted_thinking", tag_field="type"):
+    data: str = ""
+
+
+Block = (
+    TextBlock
+    | ImageBlock
+    | DocumentBlock
+    | ToolUseBlock
+    | ToolResultBlock
+    | ThinkingBlock
+    | RedactedThinkingBlock
+)
+
+
+def blocks_text(blocks: str | Sequence[Block], sep: str = " ") -> str:
+    """The text of a content (or ``system``) value: the string, or its text blocks."""
+    if isinstance(blocks, str):
+        return blocks
+    return sep.join(b.text for b in blocks if isinstance(b, TextBlock))
 
 
 class MessageBody(msgspec.Struct):
     role: str
-    content: str | list[dict[str, Any]]
+    content: str | list[Block]
 
 
 class ToolDef(msgspec.Struct):
@@ -73,7 +137,7 @@ class ToolDef(msgspec.Struct):
 
 
 class ToolChoiceBody(msgspec.Struct):
-    type: str = "auto"
+    type: Literal["auto", "any", "tool", "none"] = "auto"
     name: str | None = None
 
 
@@ -97,7 +161,7 @@ class MessagesBody(msgspec.Struct):
     model: str
     messages: list[MessageBody]
     max_tokens: int | None = None
-    system: str | list[dict[str, Any]] | None = None
+    system: str | list[TextBlock] | None = None
     stream: bool | None = None
     tools: list[ToolDef] | None = None
     tool_choice: ToolChoiceBody | None = None
@@ -126,32 +190,21 @@ def _or_empty(schema: dict[str, Any] | UnsetType) -> dict[str, Any]:
     return {} if isinstance(schema, UnsetType) else schema
 
 
-def _anthropic_blocks_text(blocks: Any) -> str:
-    if isinstance(blocks, str):
-        return blocks
-    if not isinstance(blocks, list):
-        return ""
-    return " ".join(
-        str(b.get("text", "")) for b in blocks if isinstance(b, dict) and b.get("type") == "text"
-    )
-
-
 def _anthropic_view(req: MessagesBody) -> ChatView:
-    chars = len(_anthropic_blocks_text(req.system)) if req.system is not None else 0
+    chars = len(blocks_text(req.system)) if req.system is not None else 0
     last_user = ""
     tool_result: str | None = None
     mentions: str | None = None
     for message in req.messages:
         content = message.content
-        text = _anthropic_blocks_text(content)
+        text = blocks_text(content)
         results: list[str] = []
         if isinstance(content, list):
             for block in content:
-                kind = block.get("type")
-                if kind == "tool_result":
-                    results.append(_anthropic_blocks_text(block.get("content", "")))
-                elif kind == "tool_use":
-                    chars += len(encode(block.get("input", {})))
+                if isinstance(block, ToolResultBlock):
+                    results.append(blocks_text(block.content))
+                elif isinstance(block, ToolUseBlock):
+                    chars += len(encode(block.input))
         chars += len(text) + sum(len(r) for r in results)
         if message.role == "user":
             if text or not results:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import struct
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -108,13 +108,61 @@ class ToolCallBody(msgspec.Struct):
     function: CallFunction | None = None
 
 
+class TextContent(msgspec.Struct, tag="text", tag_field="type"):
+    text: str
+
+
+class ImageURL(msgspec.Struct):
+    url: str
+    detail: str | None = None
+
+
+class ImageContent(msgspec.Struct, tag="image_url", tag_field="type"):
+    image_url: ImageURL
+
+
+class AudioContent(msgspec.Struct, tag="input_audio", tag_field="type"):
+    input_audio: dict[str, Any] = {}
+
+
+class FileContent(msgspec.Struct, tag="file", tag_field="type"):
+    file: dict[str, Any] = {}
+
+
+class RefusalContent(msgspec.Struct, tag="refusal", tag_field="type"):
+    refusal: str = ""
+
+
+#: One content part; any other ``type`` is refused, as OpenAI does.
+ContentPart = TextContent | ImageContent | AudioContent | FileContent | RefusalContent
+
+
+def content_text(content: str | list[ContentPart] | None, sep: str = " ") -> str:
+    """The text of a message's content: the string, or its text parts joined by ``sep``."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return sep.join(part.text for part in content if isinstance(part, TextContent))
+
+
 class MessageBody(msgspec.Struct):
     role: str
-    #: A string, or content parts (``{"type": "text", ...}``, ``"image_url"``...) as sent.
-    content: str | list[Any] | None = None
+    content: str | list[ContentPart] | None = None
     tool_calls: list[ToolCallBody] | None = None
     tool_call_id: str | None = None
     name: str | None = None
+
+
+class NamedFunction(msgspec.Struct):
+    name: str
+
+
+class NamedToolChoice(msgspec.Struct):
+    """``{"type": "function", "function": {"name": ...}}``: call this tool."""
+
+    function: NamedFunction
+    type: str = "function"
 
 
 class StreamOptions(msgspec.Struct):
@@ -143,7 +191,7 @@ class ChatBody(msgspec.Struct):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     tools: list[ToolDef] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     response_format: ResponseFormatBody | None = None
     stop: str | list[str] | None = None
     temperature: float | None = None
@@ -176,23 +224,11 @@ def _or_empty(schema: dict[str, Any] | UnsetType) -> dict[str, Any]:
     return {} if isinstance(schema, UnsetType) else schema
 
 
-def _openai_text(content: str | list[Any] | None) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return " ".join(
-        str(part.get("text", ""))
-        for part in content
-        if isinstance(part, dict) and part.get("type") == "text"
-    )
-
-
 def _openai_view(req: ChatBody) -> ChatView:
     chars = 0
     last_user = ""
     for message in req.messages:
-        text = _openai_text(message.content)
+        text = content_text(message.content)
         chars += len(text)
         for call in message.tool_calls or ():
             if call.function is not None:
@@ -205,12 +241,12 @@ def _openai_view(req: ChatBody) -> ChatView:
         for t in req.tools or ()
         if t.type == "function" and t.function is not None
     ]
-    choice = req.tool_choice
+    choice: str | None
     forced: str | None = None
-    if isinstance(choice, dict):
-        function = choice.get("function")
-        forced = str(function.get("name", "")) if isinstance(function, dict) else None
-        choice = "tool"
+    if isinstance(req.tool_choice, NamedToolChoice):
+        choice, forced = "tool", req.tool_choice.function.name
+    else:
+        choice = req.tool_choice
     schema: dict[str, Any] | None = None
     json_mode = False
     if req.response_format is not None:
@@ -220,8 +256,8 @@ def _openai_view(req: ChatBody) -> ChatView:
     stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
     return ChatView(
         last_user_text=last_user,
-        tool_result=_openai_text(last.content) if last and last.role == "tool" else None,
-        mentions=_openai_text(last.content) if last and last.role == "user" else None,
+        tool_result=content_text(last.content) if last and last.role == "tool" else None,
+        mentions=content_text(last.content) if last and last.role == "user" else None,
         tools=tools,
         tool_choice=choice or "auto",
         forced_tool=forced,
