@@ -16,8 +16,8 @@ Each module decodes its vendor's requests with the msgspec Structs that
 :mod:`providers.testing._decode` reads too (one decoder per request format), and
 implements :class:`~._base.VendorFormat`.  :data:`FORMATS` maps a wire name to its
 format; :data:`UPSTREAM_KINDS` maps each provider kind to its wire format and base
-path.  Adding a format: a module here, an entry in both tables, and a route in
-``providers.testing._server._route``.
+path, built from each format's ``kinds``.  Adding a format: a module here, an entry in
+:data:`FORMATS`, and a route in ``providers.testing._server._route``.
 """
 
 from __future__ import annotations
@@ -46,18 +46,9 @@ FORMATS: Mapping[Wire, VendorFormat] = MappingProxyType(
 )
 
 #: Every provider kind the server speaks to: its wire format, and the path its base URL
-#: adds after ``{url}/{scenario}``.  :meth:`FakeUpstream.base_url` is built from it, and
-#: ``llm-router upstream --help`` lists it, so neither can drift from the other.
+#: adds after ``{url}/{scenario}``, from each format's ``kinds``.
+#: :meth:`FakeUpstream.base_url` is built from it, and ``llm-router upstream --help``
+#: lists it, so neither can drift from the formats.
 UPSTREAM_KINDS: Mapping[str, tuple[Wire, str]] = MappingProxyType(
-    {
-        "openai": ("openai", "/v1"),
-        "openrouter": ("openai", "/v1"),
-        "groq": ("openai", "/v1"),
-        "together": ("openai", "/v1"),
-        "openai-compatible": ("openai", "/v1"),
-        "anthropic": ("anthropic", ""),
-        "gemini": ("gemini", "/v1beta"),
-        "ollama": ("ollama", ""),
-        "azure": ("azure", ""),
-    }
+    {kind: (wire, path) for wire, fmt in FORMATS.items() for kind, path in fmt.kinds.items()}
 )

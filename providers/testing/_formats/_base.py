@@ -270,6 +270,9 @@ class VendorFormat(abc.ABC):
     """
 
     name: Wire
+    #: The provider kinds (as in the router's configuration) this format serves, each with
+    #: the path its base URL adds after ``{url}/{scenario}``.
+    kinds: Mapping[str, str] = {}
     #: The response header carrying the request id ("" for none).
     request_id_header: str = ""
     missing_auth_message: str = ""

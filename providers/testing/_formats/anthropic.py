@@ -245,6 +245,7 @@ _ANTHROPIC_STOP = {
 
 class AnthropicFormat(VendorFormat):
     name: Wire = "anthropic"
+    kinds: Mapping[str, str] = {"anthropic": ""}
     request_id_header = "request-id"
     missing_auth_message = "x-api-key header is required"
     bad_json_message = "There was an error parsing the body of your request: invalid JSON"

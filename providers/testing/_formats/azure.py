@@ -22,6 +22,7 @@ class AzureFormat(OpenAIFormat):
     """Azure OpenAI: OpenAI's bodies behind Azure's paths, keys and error envelope."""
 
     name: Wire = "azure"
+    kinds: Mapping[str, str] = {"azure": ""}
     missing_auth_message = _AZURE_NO_KEY
 
     def authorized(self, headers: Mapping[str, str], query: str, route: Route) -> bool:

@@ -627,6 +627,7 @@ class GeminiFormat(VendorFormat):
     """The Generative Language API (v1beta): camelCase JSON, ``google.rpc`` errors."""
 
     name: Wire = "gemini"
+    kinds: Mapping[str, str] = {"gemini": "/v1beta"}
     # Gemini says when to come back in a RetryInfo detail, not in a header.
     retry_after_header = False
     missing_auth_message = "API key not valid. Please pass a valid API key."

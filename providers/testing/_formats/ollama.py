@@ -223,6 +223,7 @@ class OllamaFormat(VendorFormat):
     """Ollama's native API: NDJSON streams by default, ``{"error": "..."}`` bodies."""
 
     name: Wire = "ollama"
+    kinds: Mapping[str, str] = {"ollama": ""}
     has_filter = False
     bad_json_message = "invalid character looking for beginning of value"
 

@@ -325,6 +325,13 @@ AZURE_FILTERED = {**AZURE_SAFE, "violence": {"filtered": True, "severity": "high
 
 class OpenAIFormat(VendorFormat):
     name: Wire = "openai"
+    kinds: Mapping[str, str] = {
+        "openai": "/v1",
+        "openrouter": "/v1",
+        "groq": "/v1",
+        "together": "/v1",
+        "openai-compatible": "/v1",
+    }
     request_id_header = "x-request-id"
     retry_after_ms_header = True
     missing_auth_message = (
