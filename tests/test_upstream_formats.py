@@ -28,7 +28,7 @@ from providers.testing import (
     decode_ollama_request,
     decode_openai_request,
 )
-from providers.testing._formats import FORMATS
+from providers.testing._formats import FORMATS, UPSTREAM_KINDS
 from providers.testing._formats._base import RequestError, Route, VendorFormat
 
 USER = {"role": "user", "content": "hello there"}
@@ -281,3 +281,33 @@ def test_decoders_refuse_in_the_vendors_words(wire: str, body: dict[str, Any], s
     with pytest.raises(ValueError, match=None) as caught:
         decode(body)
     assert says in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("kind", "path"),
+    [
+        ("openai", "/chat/completions"),
+        ("anthropic", "/v1/messages"),
+        ("gemini", "/models/m:generateContent"),
+        ("ollama", "/api/chat"),
+    ],
+)
+async def test_a_body_nested_too_deep_is_a_bad_request_not_a_crash(
+    upstream: FakeUpstream, client: httpx.AsyncClient, kind: str, path: str
+) -> None:
+    """JSON nested deeper than the decoder goes is the vendor's invalid-JSON 400, and the
+    server goes on answering (it used to raise RecursionError out of the server)."""
+    deep = b'{"contents": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    headers = {
+        "authorization": "Bearer k",
+        "x-api-key": "k",
+        "anthropic-version": "2023-06-01",
+        "x-goog-api-key": "k",
+        "content-type": "application/json",
+    }
+    url = upstream.base_url("s", kind) + path
+    r = await client.post(url, content=deep, headers=headers)
+    assert r.status_code == 400, r.text
+    assert FORMATS[UPSTREAM_KINDS[kind][0]].bad_json_message in r.text
+    ok = await client.post(url, content=b"{}", headers=headers)  # still serving
+    assert ok.status_code == 400

@@ -492,7 +492,9 @@ class FakeUpstream:
         if raw_body:
             try:
                 body = _decode_any(raw_body)
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):
+                # RecursionError: nested deeper than msgspec decodes.  A bad body, not a
+                # crash of the whole server.
                 body_error = True
 
         route = _route(method, path, headers)

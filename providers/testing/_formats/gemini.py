@@ -348,9 +348,17 @@ _REQUEST_TREE: _Tree = {
 
 
 def _camel_tree(obj: Any, tree: _Tree) -> Any:
-    """``obj`` with the keys of its proto objects (per ``tree``) in camelCase."""
+    """``obj`` with the keys of its proto objects (per ``tree``) in camelCase.
+
+    A repeated field is one list of objects: a list inside it is left as it is (the
+    conversion refuses it), so the depth of the walk is the depth of ``tree``.
+    """
     if isinstance(obj, list):
-        return [_camel_tree(item, tree) for item in obj]
+        return [_camel_object(item, tree) for item in obj]
+    return _camel_object(obj, tree)
+
+
+def _camel_object(obj: Any, tree: _Tree) -> Any:
     if not isinstance(obj, dict):
         return obj
     out: dict[str, Any] = {}
