@@ -16,6 +16,7 @@ import trio
 
 from ._scenario import Scenario
 
+__all__ = ["RATE_WINDOW", "Bucket", "RecordedRequest", "ScenarioState", "UpstreamStats"]
 #: Seconds for a rate-limit bucket to refill completely.
 RATE_WINDOW = 60.0
 

@@ -104,14 +104,7 @@ from ._formats._base import (
 from ._records import RecordedRequest, ScenarioState, UpstreamStats
 from ._scenario import Fault, Scenario, filter_plan, plan_reply, select_fault
 
-__all__ = [
-    "UPSTREAM_KINDS",
-    "FakeUpstream",
-    "RecordedRequest",
-    "UpstreamStats",
-    "open_fake_upstream",
-    "serve_fake_upstream",
-]
+__all__ = ["FakeUpstream", "open_fake_upstream", "serve_fake_upstream"]
 
 _RECEIVE_SIZE = 65536
 _DEFAULT_DRIP_INTERVAL = 0.01
