@@ -1,10 +1,40 @@
-"""Session-wide clean-up shared by the test modules."""
+"""Fixtures and session-wide clean-up shared by the test modules.
+
+``upstream`` is a fake upstream on loopback (every wire format, no scenarios: an echo
+unless a test installs one with ``set_scenario``); ``client`` an ``httpx.AsyncClient``
+to talk to it.  A module that needs the upstream's random streams seeded otherwise
+overrides ``upstream_seed``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import httpx
 import pytest
 
+from providers.testing import FakeUpstream, open_fake_upstream
 from tests import _cli_runner
+
+
+@pytest.fixture
+def upstream_seed() -> int:
+    """The seed of the ``upstream`` fixture's random streams (faults, latency)."""
+    return 0
+
+
+@pytest.fixture
+async def upstream(upstream_seed: int) -> AsyncIterator[FakeUpstream]:
+    """A fake upstream for one test, stopped (every connection closed) after it."""
+    async with open_fake_upstream(seed=upstream_seed) as up:
+        yield up
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    """An ``httpx.AsyncClient`` (5 s timeouts, httpx's default) for one test."""
+    async with httpx.AsyncClient(timeout=5) as c:
+        yield c
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

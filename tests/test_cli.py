@@ -337,13 +337,13 @@ def test_upstream_help_lists_every_wire_format_and_kind_it_serves() -> None:
     format the server implements, and the base URL path the server's ``base_url`` gives."""
     from typing import get_args
 
-    from providers.testing import UPSTREAM_KINDS
-    from providers.testing._upstream import _FORMATS, FakeUpstream
+    from providers.testing import UPSTREAM_KINDS, FakeUpstream
+    from providers.testing._formats import FORMATS
     from router._config import ProviderKind
 
     table = upstream_help_table()
     assert set(table) == set(get_args(ProviderKind)) - {"mock"} == set(UPSTREAM_KINDS)
-    assert {wire for wire, _ in table.values()} == set(_FORMATS)
+    assert {wire for wire, _ in table.values()} == set(FORMATS)
     upstream = FakeUpstream.__new__(FakeUpstream)  # base_url only reads ``url``
     upstream.url = ""
     for kind, (wire, path) in table.items():

@@ -74,7 +74,7 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def upstream_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The URL of a fake upstream playing the module's scenarios."""
     scenarios = tmp_path_factory.mktemp("upstream") / "scenarios.toml"
     scenarios.write_text(SCENARIOS)
@@ -109,12 +109,12 @@ def config(tmp_path: Path, *tables: str) -> str:
 
 
 @pytest.fixture
-def chat_config(tmp_path: Path, upstream: str) -> str:
+def chat_config(tmp_path: Path, upstream_url: str) -> str:
     """``good`` and ``down`` providers, and the route ``fast`` = down, then good."""
     return config(
         tmp_path,
-        provider("good", upstream, "good"),
-        provider("down", upstream, "down"),
+        provider("good", upstream_url, "good"),
+        provider("down", upstream_url, "down"),
         '[routes.fast]\ntargets = ["down:gpt-4o-mini", "good:gpt-4o-mini"]\n',
     )
 
@@ -186,12 +186,12 @@ def test_chat_provider_failure_is_one_line_and_exit_1(chat_config: str) -> None:
     assert "ServerError: [down] HTTP 500:" in line
 
 
-def test_chat_with_a_missing_key_names_the_variable(tmp_path: Path, upstream: str) -> None:
+def test_chat_with_a_missing_key_names_the_variable(tmp_path: Path, upstream_url: str) -> None:
     """A provider whose key variable is unset: one line naming it; other providers still work."""
     path = config(
         tmp_path,
-        provider("good", upstream, "good"),
-        provider("nokey", upstream, "good", kind="anthropic").replace(KEY_VAR, MISSING_VAR),
+        provider("good", upstream_url, "good"),
+        provider("nokey", upstream_url, "good", kind="anthropic").replace(KEY_VAR, MISSING_VAR),
     )
     line = one_error_line(
         llm_router("chat", "-m", "nokey:claude-3-5-haiku-latest", "hi", "--config", path)
@@ -235,9 +235,9 @@ def test_debug_shows_the_traceback(chat_config: str) -> None:
     assert "NoRoute" in result.stderr
 
 
-def test_chat_ctrl_c_mid_stream_exits_130_quietly(tmp_path: Path, upstream: str) -> None:
+def test_chat_ctrl_c_mid_stream_exits_130_quietly(tmp_path: Path, upstream_url: str) -> None:
     """SIGINT while the answer streams: exit 130, no traceback, the output line ended."""
-    path = config(tmp_path, provider("drip", upstream, "drip"))
+    path = config(tmp_path, provider("drip", upstream_url, "drip"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "router", "chat", "-m", "drip:m", "one two", "--config", path],
         stdout=subprocess.PIPE,
@@ -269,12 +269,12 @@ def test_chat_ctrl_c_mid_stream_exits_130_quietly(tmp_path: Path, upstream: str)
 # --------------------------------------------------------------------------- health
 
 
-def test_health_of_healthy_providers_exits_0(tmp_path: Path, upstream: str) -> None:
+def test_health_of_healthy_providers_exits_0(tmp_path: Path, upstream_url: str) -> None:
     """Every provider answers its probe: a table of healthy rows, exit 0."""
     path = config(
         tmp_path,
-        provider("good", upstream, "good"),
-        provider("claude", upstream, "good", kind="anthropic"),
+        provider("good", upstream_url, "good"),
+        provider("claude", upstream_url, "good", kind="anthropic"),
     )
     result = llm_router("health", "--config", path)
     assert result.returncode == 0, result.stderr
@@ -287,14 +287,14 @@ def test_health_of_healthy_providers_exits_0(tmp_path: Path, upstream: str) -> N
     assert all(row.split()[3].endswith("ms") for row in rows)  # the probe's latency
 
 
-def test_health_reports_each_failure_and_exits_3(tmp_path: Path, upstream: str) -> None:
+def test_health_reports_each_failure_and_exits_3(tmp_path: Path, upstream_url: str) -> None:
     """A failed probe, a probe past the deadline and a missing key are each unhealthy: exit 3."""
     path = config(
         tmp_path,
-        provider("good", upstream, "good"),
-        provider("down", upstream, "down"),
-        provider("stuck", upstream, "stuck"),
-        provider("nokey", upstream, "good").replace(KEY_VAR, MISSING_VAR),
+        provider("good", upstream_url, "good"),
+        provider("down", upstream_url, "down"),
+        provider("stuck", upstream_url, "stuck"),
+        provider("nokey", upstream_url, "good").replace(KEY_VAR, MISSING_VAR),
     )
     result = llm_router("health", "--config", path, "--deadline", "1", "--json")
     assert result.returncode == 3, result.stderr

@@ -50,18 +50,6 @@ from ._helpers import collect
 KEY = "sk-compat-SECRET-1357924680"
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with open_fake_upstream() as up:
-        yield up
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as c:
-        yield c
-
-
 def req(text: str = "hello compat", **kw: Any) -> ChatRequest:
     kw.setdefault("messages", [Message.system("Be terse."), Message.user(text)])
     return ChatRequest(model="test-model", **kw)

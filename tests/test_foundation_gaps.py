@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import importlib.util
-from collections.abc import AsyncIterator
 from typing import Any, Literal, TypeAlias
 
 import httpx
@@ -373,12 +372,6 @@ async def test_adapter_closes_only_the_client_it_created() -> None:
 
 
 # --------------------------------------------------------------------------- headers on results
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as c:
-        yield c
 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])

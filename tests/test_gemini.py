@@ -8,7 +8,6 @@ hypothesis checks that what the server decodes is what the caller built.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -75,18 +74,6 @@ WEATHER = ToolSpec(
 )
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with open_fake_upstream() as up:
-        yield up
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as c:
-        yield c
 
 
 def gemini(

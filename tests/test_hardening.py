@@ -146,12 +146,6 @@ def req() -> ChatRequest:
     return ChatRequest(model="m", messages=[Message.user("hi")])
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as c:
-        yield c
-
-
 # --------------------------------------------------------------------------- what leaks
 
 

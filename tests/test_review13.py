@@ -7,7 +7,6 @@ time) or small hostile loopback servers.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -178,12 +177,6 @@ MODELS = {
     "gemini": {"models": [{"name": f"models/{KEY}"}]},
     "ollama": {"models": [{"name": KEY}]},
 }
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as c:
-        yield c
 
 
 @pytest.mark.parametrize("kind", sorted(MODELS))

@@ -12,7 +12,7 @@ import json
 import random
 import re
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -28,6 +28,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from providers._errors import ConfigError
+from providers.testing._formats._base import format_seconds as _format_seconds
+from providers.testing._formats._base import go_duration as _go_duration
+from providers.testing._records import RecordedRequest, UpstreamStats
 from providers.testing._scenario import (
     ChatView,
     Fault,
@@ -44,15 +47,7 @@ from providers.testing._scenario import (
     select_fault,
     split_words,
 )
-from providers.testing._upstream import (
-    FakeUpstream,
-    RecordedRequest,
-    UpstreamStats,
-    _format_seconds,
-    _go_duration,
-    open_fake_upstream,
-    serve_fake_upstream,
-)
+from providers.testing._server import FakeUpstream, open_fake_upstream, serve_fake_upstream
 
 T = TypeVar("T")
 
@@ -119,15 +114,9 @@ class Answer(msgspec.Struct):
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with open_fake_upstream(seed=7) as up:
-        yield up
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=5) as c:
-        yield c
+def upstream_seed() -> int:
+    """This module's upstream (the shared ``upstream`` fixture) is seeded with 7."""
+    return 7
 
 
 async def oa_post(

@@ -7,7 +7,6 @@ HTTP server on 127.0.0.1 — no mocks between the adapter and the socket.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -66,18 +65,6 @@ WEATHER = ToolSpec(
     description="Weather in a city",
     parameters={"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 )
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with open_fake_upstream() as up:
-        yield up
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as c:
-        yield c
 
 
 def adapter(

@@ -20,6 +20,9 @@ from ._decode import decode_anthropic_request as decode_anthropic_request
 from ._decode import decode_gemini_request as decode_gemini_request
 from ._decode import decode_ollama_request as decode_ollama_request
 from ._decode import decode_openai_request as decode_openai_request
+from ._formats import UPSTREAM_KINDS as UPSTREAM_KINDS
+from ._records import RecordedRequest as RecordedRequest
+from ._records import UpstreamStats as UpstreamStats
 from ._scenario import Fault as Fault
 from ._scenario import FaultKind as FaultKind
 from ._scenario import Fixed as Fixed
@@ -30,12 +33,9 @@ from ._scenario import MixtureComponent as MixtureComponent
 from ._scenario import Scenario as Scenario
 from ._scenario import Uniform as Uniform
 from ._scenario import load_scenarios as load_scenarios
-from ._upstream import UPSTREAM_KINDS as UPSTREAM_KINDS
-from ._upstream import FakeUpstream as FakeUpstream
-from ._upstream import RecordedRequest as RecordedRequest
-from ._upstream import UpstreamStats as UpstreamStats
-from ._upstream import open_fake_upstream as open_fake_upstream
-from ._upstream import serve_fake_upstream as serve_fake_upstream
+from ._server import FakeUpstream as FakeUpstream
+from ._server import open_fake_upstream as open_fake_upstream
+from ._server import serve_fake_upstream as serve_fake_upstream
 
 __all__ = [
     "CONFORMANCE_CHECKS",

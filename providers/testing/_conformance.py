@@ -79,7 +79,7 @@ from .._types import (
     ToolSpec,
 )
 from ._scenario import Fault, Scenario
-from ._upstream import FakeUpstream, open_fake_upstream
+from ._server import FakeUpstream, open_fake_upstream
 
 __all__ = ["CONFORMANCE_CHECKS", "ProviderFactory", "check_provider", "fake_base_url"]
 
@@ -138,7 +138,7 @@ class ProviderFactory(Protocol):
 
 
 # Where each wire format lives below the fake upstream's URL (the path table in
-# :mod:`._upstream`), for a stand-in upstream whose ``base_url`` does not know them.
+# :mod:`._formats`), for a stand-in upstream whose ``base_url`` does not know them.
 _FALLBACK_BASES: dict[str, str] = {
     "azure": "{url}/{scenario}",
     "gemini": "{url}/{scenario}/v1beta",

@@ -5,6 +5,12 @@ reverse, as a server would read them.  A test can then say exactly what the fake
 upstream received — ``decode_openai_request(body) == what the caller built`` — instead of
 poking at JSON paths.
 
+Each function reads the body through the fake upstream's own decoder for that format
+(``decode_chat``, ``decode_messages``, ``decode_generate`` in
+:mod:`providers.testing._formats`): the same msgspec Structs, the same checks.  So a
+body the fake upstream refuses is a ``ValueError`` here, with the vendor's message, and
+what these functions read is what the server planned its answer from.
+
 Where a format cannot carry something (Gemini and Ollama have no image ``detail``,
 Ollama no ``tool_choice`` and no image order among text), the decoders return what the
 server could know; the round-trip tests compare against the request as that format can
@@ -32,6 +38,7 @@ from .._types import (
     ToolSpec,
     parse_tool_arguments,
 )
+from ._formats import anthropic, gemini, ollama, openai
 
 __all__ = [
     "decode_anthropic_request",
@@ -80,165 +87,182 @@ def _image_from_url(url: str, detail: Any = None) -> ImagePart:
 def decode_openai_request(body: dict[str, Any]) -> ChatRequest:
     """Read an OpenAI Chat Completions body as a :class:`ChatRequest`.
 
-    Fields we do not model land in ``extra``.
+    The body is decoded and checked by the fake upstream's own OpenAI decoder
+    (:func:`~._formats.openai.decode_chat`).  Fields we do not model land in ``extra``.
+
+    Raises:
+        ValueError: a body OpenAI would refuse, in OpenAI's words (naming the field).
     """
+    req = openai.decode_chat(body)
     messages: list[Message] = []
-    for m in body.get("messages", []):
-        role = m["role"]
+    for m in req.messages:
+        role = m.role
         if role == "developer":
             role = "system"
         if role == "tool":
-            messages.append(Message.tool(m["tool_call_id"], _openai_text(m.get("content"))))
+            messages.append(Message.tool(m.tool_call_id or "", openai.content_text(m.content, "")))
             continue
         content: str | list[Part]
-        raw = m.get("content")
-        if isinstance(raw, list):
+        if isinstance(m.content, list):
             parts: list[Part] = []
-            for p in raw:
-                if p.get("type") == "text":
-                    parts.append(TextPart(text=p["text"]))
-                elif p.get("type") == "image_url":
-                    image = p["image_url"]
-                    parts.append(_image_from_url(image["url"], image.get("detail")))
+            for p in m.content:
+                if isinstance(p, openai.TextContent):
+                    parts.append(TextPart(text=p.text))
+                elif isinstance(p, openai.ImageContent):
+                    parts.append(_image_from_url(p.image_url.url, p.image_url.detail))
             content = parts
         else:
-            content = raw or ""
+            content = m.content or ""
         calls = []
-        for c in m.get("tool_calls") or []:
-            args, bad = parse_tool_arguments(c["function"].get("arguments") or "")
-            calls.append(
-                ToolCall(id=c["id"], name=c["function"]["name"], arguments=args, raw_arguments=bad)
-            )
-        messages.append(Message(role=role, content=content, tool_calls=calls, name=m.get("name")))
+        for c in m.tool_calls or []:
+            function = c.function or openai.CallFunction()
+            args, bad = parse_tool_arguments(function.arguments)
+            calls.append(ToolCall(id=c.id, name=function.name, arguments=args, raw_arguments=bad))
+        messages.append(Message(role=role, content=content, tool_calls=calls, name=m.name))  # type: ignore[arg-type]
 
     choice: ToolChoice | None = None
-    raw_choice = body.get("tool_choice")
-    if isinstance(raw_choice, dict):
-        choice = ForceTool(name=raw_choice["function"]["name"])
-    elif raw_choice is not None:
-        choice = raw_choice
+    if isinstance(req.tool_choice, openai.NamedToolChoice):
+        choice = ForceTool(name=req.tool_choice.function.name)
+    elif req.tool_choice is not None:
+        choice = req.tool_choice
 
     fmt: ResponseFormat | None = None
-    raw_fmt = body.get("response_format")
-    if raw_fmt is not None and raw_fmt.get("type") == "json_object":
+    raw_fmt = req.response_format
+    if raw_fmt is not None and raw_fmt.type == "json_object":
         fmt = ResponseFormat.json_object()
-    elif raw_fmt is not None and raw_fmt.get("type") == "json_schema":
-        js = raw_fmt["json_schema"]
+    elif raw_fmt is not None and raw_fmt.type == "json_schema":
+        js = raw_fmt.json_schema or openai.JsonSchemaBody()
         fmt = ResponseFormat(
             type="json_schema",
-            name=js.get("name", "response"),
-            schema=js.get("schema"),
-            strict=js.get("strict", True),
-            description=js.get("description"),
+            name=js.name if js.name is not None else "response",
+            schema=js.schema,
+            strict=js.strict if js.strict is not None else True,
+            description=js.description,
         )
 
-    stop = body.get("stop")
-    return ChatRequest(
-        model=body["model"],
-        messages=messages,
-        temperature=body.get("temperature"),
-        top_p=body.get("top_p"),
-        max_tokens=body.get("max_completion_tokens", body.get("max_tokens")),
-        stop=[stop] if isinstance(stop, str) else stop,
-        seed=body.get("seed"),
-        tools=[
+    tools: list[ToolSpec] = []
+    for t in req.tools or []:
+        function_def = t.function or openai.FunctionDef()
+        tools.append(
             ToolSpec(
-                name=t["function"]["name"],
-                description=t["function"].get("description", ""),
-                parameters=t["function"].get("parameters", {"type": "object", "properties": {}}),
-                strict=t["function"].get("strict"),
+                name=function_def.name,
+                description=function_def.description,
+                parameters=_schema_or_empty(function_def.parameters),
+                strict=function_def.strict,
             )
-            for t in body.get("tools") or []
-        ],
+        )
+    max_tokens = req.max_completion_tokens
+    if max_tokens is None and "max_completion_tokens" not in body:
+        max_tokens = req.max_tokens
+    return ChatRequest(
+        model=req.model,
+        messages=messages,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        max_tokens=max_tokens,
+        stop=[req.stop] if isinstance(req.stop, str) else req.stop,
+        seed=req.seed,
+        tools=tools,
         tool_choice=choice,
         response_format=fmt,
         extra={k: v for k, v in body.items() if k not in _OPENAI_KNOWN},
     )
 
 
-def _openai_text(content: Any) -> str:
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if p.get("type") == "text")
-    return content or ""
+def _empty_schema() -> dict[str, Any]:
+    return {"type": "object", "properties": {}}
+
+
+def _schema_or_empty(schema: dict[str, Any] | msgspec.UnsetType) -> dict[str, Any]:
+    """A tool's parameter schema; an absent one is an object without properties."""
+    if isinstance(schema, msgspec.UnsetType):
+        return _empty_schema()
+    return schema
 
 
 def decode_anthropic_request(body: dict[str, Any]) -> ChatRequest:
     """Read an Anthropic Messages body as a :class:`ChatRequest`.
 
-    The top-level ``system`` becomes one system message; ``tool_result`` blocks become
-    tool messages, in order.  Fields we do not model land in ``extra``.
+    The body is decoded and checked by the fake upstream's own Anthropic decoder
+    (:func:`~._formats.anthropic.decode_messages`).  The top-level ``system`` becomes one
+    system message; ``tool_result`` blocks become tool messages, in order.  Fields we do
+    not model land in ``extra``.
+
+    Raises:
+        ValueError: a body Anthropic would refuse, in Anthropic's words.
     """
+    req = anthropic.decode_messages(body)
     messages: list[Message] = []
-    system = body.get("system")
-    if isinstance(system, list):
-        system = "".join(b.get("text", "") for b in system)
+    system = anthropic.blocks_text(req.system, "") if req.system is not None else ""
     if system:
         messages.append(Message.system(system))
-    for m in body.get("messages", []):
-        raw = m["content"]
+    for m in req.messages:
+        raw = m.content
         if isinstance(raw, str):
-            messages.append(Message(role=m["role"], content=raw))
+            messages.append(Message(role=m.role, content=raw))  # type: ignore[arg-type]
             continue
         parts: list[Part] = []
         calls: list[ToolCall] = []
         for b in raw:
-            kind = b.get("type")
-            if kind == "text":
-                parts.append(TextPart(text=b["text"]))
-            elif kind == "image":
-                src = b["source"]
-                if src["type"] == "base64":
-                    parts.append(ImagePart(data=src["data"], media_type=src["media_type"]))
-                else:
-                    parts.append(ImagePart(url=src["url"]))
-            elif kind == "tool_use":
-                calls.append(ToolCall(id=b["id"], name=b["name"], arguments=b.get("input") or {}))
-            elif kind == "tool_result":
-                content = b.get("content", "")
-                if isinstance(content, list):
-                    content = "".join(x.get("text", "") for x in content)
-                messages.append(
-                    Message.tool(b["tool_use_id"], content, is_error=bool(b.get("is_error")))
-                )
-        if m["role"] == "assistant":
+            if isinstance(b, anthropic.TextBlock):
+                parts.append(TextPart(text=b.text))
+            elif isinstance(b, anthropic.ImageBlock):
+                parts.append(_anthropic_image(b.source))
+            elif isinstance(b, anthropic.ToolUseBlock):
+                calls.append(ToolCall(id=b.id, name=b.name, arguments=b.input))
+            elif isinstance(b, anthropic.ToolResultBlock):
+                content = anthropic.blocks_text(b.content, "")
+                messages.append(Message.tool(b.tool_use_id, content, is_error=bool(b.is_error)))
+        if m.role == "assistant":
             text = "".join(p.text for p in parts if isinstance(p, TextPart))
             messages.append(Message.assistant(text, tool_calls=calls))
         elif parts:
             messages.append(Message(role="user", content=parts))
 
     choice: ToolChoice | None = None
-    raw_choice = body.get("tool_choice")
-    if raw_choice is not None:
-        kind = raw_choice["type"]
-        choice = ForceTool(name=raw_choice["name"]) if kind == "tool" else _ANTHROPIC_CHOICE[kind]
+    if req.tool_choice is not None:
+        kind = req.tool_choice.type
+        if kind == "tool":
+            choice = ForceTool(name=req.tool_choice.name or "")
+        else:
+            choice = _ANTHROPIC_CHOICE[kind]
 
     fmt: ResponseFormat | None = None
-    output = body.get("output_config", {}).get("format")
+    output = req.output_config.format if req.output_config is not None else None
     if output is not None:
-        fmt = ResponseFormat.json_schema(output["schema"])
+        fmt = ResponseFormat.json_schema(output.schema)  # type: ignore[arg-type]
 
-    thinking = body.get("thinking")
     return ChatRequest(
-        model=body["model"],
+        model=req.model,
         messages=messages,
-        temperature=body.get("temperature"),
-        top_p=body.get("top_p"),
-        max_tokens=body.get("max_tokens"),
-        stop=body.get("stop_sequences"),
+        temperature=req.temperature,
+        top_p=req.top_p,
+        max_tokens=req.max_tokens,
+        stop=req.stop_sequences,
         tools=[
             ToolSpec(
-                name=t["name"],
-                description=t.get("description", ""),
-                parameters=t.get("input_schema", {"type": "object", "properties": {}}),
-                strict=t.get("strict"),
+                name=t.name,
+                description=t.description,
+                parameters=_schema_or_empty(t.input_schema),
+                strict=t.strict,
             )
-            for t in body.get("tools") or []
+            for t in req.tools or []
         ],
         tool_choice=choice,
         response_format=fmt,
-        thinking_budget=thinking.get("budget_tokens") if thinking else None,
+        thinking_budget=req.thinking.budget_tokens if req.thinking else None,
         extra={k: v for k, v in body.items() if k not in _ANTHROPIC_KNOWN},
     )
+
+
+def _anthropic_image(
+    source: anthropic.Base64Source | anthropic.URLSource | anthropic.FileSource,
+) -> ImagePart:
+    if isinstance(source, anthropic.Base64Source):
+        return ImagePart(data=source.data, media_type=source.media_type)
+    if isinstance(source, anthropic.URLSource):
+        return ImagePart(url=source.url)
+    raise ValueError("an image from the Files API has no ImagePart form")
 
 
 _ANTHROPIC_CHOICE: dict[str, ToolChoice] = {"auto": "auto", "any": "required", "none": "none"}
@@ -246,11 +270,12 @@ _ANTHROPIC_CHOICE: dict[str, ToolChoice] = {"auto": "auto", "any": "required", "
 
 # --------------------------------------------------------------------------- Gemini
 
+#: GenerationConfig attribute -> ChatRequest field.
 _GEMINI_GENERATION = {
     "temperature": "temperature",
-    "topP": "top_p",
-    "maxOutputTokens": "max_tokens",
-    "stopSequences": "stop",
+    "top_p": "top_p",
+    "max_output_tokens": "max_tokens",
+    "stop_sequences": "stop",
     "seed": "seed",
 }
 _GEMINI_KNOWN = {"contents", "systemInstruction", "tools", "toolConfig", "generationConfig"}
@@ -258,52 +283,53 @@ _GEMINI_CHOICE: dict[str, ToolChoice] = {"AUTO": "auto", "NONE": "none", "ANY": 
 
 
 def decode_gemini_request(body: dict[str, Any], *, model: str) -> ChatRequest:
-    """Read a Gemini ``generateContent`` body (camelCase) as a :class:`ChatRequest`.
+    """Read a Gemini ``generateContent`` body as a :class:`ChatRequest`.
 
+    The body is decoded and checked by the fake upstream's own Gemini decoder
+    (:func:`~._formats.gemini.decode_generate`; camelCase or snake_case names).
     ``model`` comes from the URL (``models/{model}:generateContent``), not the body.
     Each ``systemInstruction`` part becomes a system message; ``functionResponse`` parts
     become tool messages (their ``id`` the call id, ``response.output`` or
     ``response.error`` the content).  A user turn of one text part is a plain string.
     Fields we do not model land in ``extra``.
 
+    Raises:
+        ValueError: a body Gemini would refuse, in Gemini's words.
+
     Example::
 
         body = GeminiProvider(api_key="k").build_body(request)
         assert decode_gemini_request(body, model=request.model) == request
     """
+    req = gemini.decode_generate(body)
     messages: list[Message] = []
-    system = body.get("systemInstruction") or {}
-    for part in system.get("parts") or []:
-        messages.append(Message.system(part.get("text", "")))
-    for content in body.get("contents") or []:
+    if req.system_instruction is not None:
+        for part in req.system_instruction.parts or []:
+            messages.append(Message.system(part.text or ""))
+    for content in req.contents:
         parts: list[Part] = []
         calls: list[ToolCall] = []
-        for part in content.get("parts") or []:
-            if "text" in part and not part.get("thought"):
-                parts.append(TextPart(text=part["text"]))
-            elif "inlineData" in part:
-                inline = part["inlineData"]
-                parts.append(ImagePart(data=inline["data"], media_type=inline["mimeType"]))
-            elif "functionCall" in part:
-                call = part["functionCall"]
+        for part in content.parts or []:
+            if part.text is not None and not part.thought:
+                parts.append(TextPart(text=part.text))
+            elif part.inline_data is not None:
+                inline = part.inline_data
+                parts.append(ImagePart(data=inline.data, media_type=inline.mime_type))
+            elif part.function_call is not None:
+                call = part.function_call
+                args = call.args if isinstance(call.args, dict) else {}
                 calls.append(
-                    ToolCall(
-                        id=call.get("id") or f"call_{len(calls)}",
-                        name=call["name"],
-                        arguments=call.get("args") or {},
-                    )
+                    ToolCall(id=call.id or f"call_{len(calls)}", name=call.name, arguments=args)
                 )
-            elif "functionResponse" in part:
-                result = part["functionResponse"]
-                response = result.get("response") or {}
+            elif part.function_response is not None:
+                result = part.function_response
+                response = result.response if isinstance(result.response, dict) else {}
                 is_error = "error" in response and "output" not in response
                 text = response.get("error" if is_error else "output", "")
                 if not isinstance(text, str):
                     text = msgspec.json.encode(text).decode()
-                messages.append(
-                    Message.tool(result.get("id") or result["name"], text, is_error=is_error)
-                )
-        if content.get("role") == "model":
+                messages.append(Message.tool(result.id or result.name, text, is_error=is_error))
+        if content.role == "model":
             text = "".join(p.text for p in parts if isinstance(p, TextPart))
             messages.append(Message.assistant(text, tool_calls=calls))
         elif len(parts) == 1 and isinstance(parts[0], TextPart):
@@ -311,43 +337,43 @@ def decode_gemini_request(body: dict[str, Any], *, model: str) -> ChatRequest:
         elif parts:
             messages.append(Message(role="user", content=parts))
 
-    tools: list[ToolSpec] = []
-    for tool in body.get("tools") or []:
-        for decl in tool.get("functionDeclarations") or []:
-            parameters = decl.get("parametersJsonSchema", decl.get("parameters"))
-            tools.append(
-                ToolSpec(
-                    name=decl["name"],
-                    description=decl.get("description", ""),
-                    parameters=parameters or {"type": "object", "properties": {}},
-                )
-            )
+    tools = [
+        ToolSpec(
+            name=decl.name,
+            description=decl.description,
+            parameters=_gemini_parameters(decl),
+        )
+        for tool in req.tools or []
+        for decl in tool.function_declarations or []
+    ]
     choice: ToolChoice | None = None
-    calling = (body.get("toolConfig") or {}).get("functionCallingConfig")
+    calling = req.tool_config.function_calling_config if req.tool_config else None
     if calling is not None:
-        mode = calling.get("mode", "AUTO")
-        allowed = calling.get("allowedFunctionNames") or []
+        mode = calling.mode
+        allowed = calling.allowed_function_names or []
         if mode == "ANY" and len(allowed) == 1:
             choice = ForceTool(name=allowed[0])
         else:
             choice = _GEMINI_CHOICE.get(mode, "auto")
 
-    generation = dict(body.get("generationConfig") or {})
-    fields: dict[str, Any] = {
-        ours: generation[theirs]
-        for theirs, ours in _GEMINI_GENERATION.items()
-        if theirs in generation
-    }
-    if generation.get("responseMimeType") == "application/json":
-        schema = generation.get("responseJsonSchema", generation.get("responseSchema"))
+    generation = req.generation_config or gemini.GenerationConfig()
+    fields: dict[str, Any] = {}
+    for theirs, ours in _GEMINI_GENERATION.items():
+        value = getattr(generation, theirs)
+        if value is not None:
+            fields[ours] = value
+    if generation.response_mime_type == "application/json":
+        schema = generation.response_json_schema
+        if schema is None:
+            schema = generation.response_schema
         fields["response_format"] = (
             ResponseFormat.json_schema(schema)
             if schema is not None
             else ResponseFormat.json_object()
         )
-    thinking = generation.get("thinkingConfig") or {}
-    if "thinkingBudget" in thinking:
-        fields["thinking_budget"] = thinking["thinkingBudget"]
+    thinking = generation.thinking_config
+    if thinking is not None and thinking.thinking_budget is not None:
+        fields["thinking_budget"] = thinking.thinking_budget
     return ChatRequest(
         model=model,
         messages=messages,
@@ -356,6 +382,13 @@ def decode_gemini_request(body: dict[str, Any], *, model: str) -> ChatRequest:
         extra={k: v for k, v in body.items() if k not in _GEMINI_KNOWN},
         **fields,
     )
+
+
+def _gemini_parameters(decl: gemini.FunctionDeclaration) -> dict[str, Any]:
+    """The declaration's schema as sent (JSON schema first), or an empty object schema."""
+    if decl.parameters_json_schema is not None:
+        return decl.parameters_json_schema
+    return decl.parameters or _empty_schema()
 
 
 # --------------------------------------------------------------------------- Ollama
@@ -397,24 +430,29 @@ def sniff_image_type(data: str) -> str:
 def decode_ollama_request(body: dict[str, Any]) -> ChatRequest:
     """Read an Ollama ``/api/chat`` body as a :class:`ChatRequest`.
 
-    A message with ``images`` becomes its text part followed by the images (media
-    types sniffed with :func:`sniff_image_type`); ``think`` is only a switch, so no
-    thinking budget comes back.  Unknown top-level fields land in ``extra``; unknown
-    ``options`` (``num_ctx``...) are dropped.
+    The body is decoded and checked by the fake upstream's own Ollama decoder
+    (:func:`~._formats.ollama.decode_chat`).  A message with ``images`` becomes its text
+    part followed by the images (media types sniffed with :func:`sniff_image_type`);
+    ``think`` is only a switch, so no thinking budget comes back.  Unknown top-level
+    fields land in ``extra``; unknown ``options`` (``num_ctx``...) are dropped.
+
+    Raises:
+        ValueError: a body Ollama would refuse, in Ollama's words.
 
     Example::
 
         body = OllamaProvider().build_body(request, stream=False)
         assert decode_ollama_request(body).messages == request.messages
     """
+    req = ollama.decode_chat(body)
     messages: list[Message] = []
-    for m in body.get("messages") or []:
-        role = m["role"]
-        text = m.get("content") or ""
+    for m in req.messages or []:
+        role = m.role
+        text = m.content or ""
         if role == "tool":
-            messages.append(Message.tool(m.get("tool_call_id") or "", text))
+            messages.append(Message.tool(m.tool_call_id or "", text))
             continue
-        images = m.get("images") or []
+        images = m.images or []
         content: str | list[Part] = text
         if images:
             parts: list[Part] = [TextPart(text=text)] if text else []
@@ -422,33 +460,38 @@ def decode_ollama_request(body: dict[str, Any]) -> ChatRequest:
             content = parts
         calls = [
             ToolCall(
-                id=c.get("id") or f"call_{i}",
-                name=c["function"]["name"],
-                arguments=c["function"].get("arguments") or {},
+                id=c.id or f"call_{i}",
+                name=c.function.name if c.function is not None else "",
+                arguments=ollama.call_arguments(c),
             )
-            for i, c in enumerate(m.get("tool_calls") or [])
+            for i, c in enumerate(m.tool_calls or [])
         ]
-        messages.append(Message(role=role, content=content, tool_calls=calls))
-    options = body.get("options") or {}
-    fields: dict[str, Any] = {
-        ours: options[theirs] for theirs, ours in _OLLAMA_OPTIONS.items() if theirs in options
-    }
-    fmt = body.get("format")
-    if isinstance(fmt, dict):
-        fields["response_format"] = ResponseFormat.json_schema(fmt)
-    elif fmt == "json":
+        messages.append(Message(role=role, content=content, tool_calls=calls))  # type: ignore[arg-type]
+    fields: dict[str, Any] = {}
+    if req.options is not None:
+        for theirs, ours in _OLLAMA_OPTIONS.items():
+            value = getattr(req.options, theirs)
+            if value is not None:
+                fields[ours] = value
+    if isinstance(req.format, dict):
+        fields["response_format"] = ResponseFormat.json_schema(req.format)
+    elif req.format == "json":
         fields["response_format"] = ResponseFormat.json_object()
-    return ChatRequest(
-        model=body["model"],
-        messages=messages,
-        tools=[
+    tools: list[ToolSpec] = []
+    for t in req.tools or []:
+        function = t.function or ollama.FunctionDef()
+        parameters = function.parameters
+        tools.append(
             ToolSpec(
-                name=t["function"]["name"],
-                description=t["function"].get("description", ""),
-                parameters=t["function"].get("parameters", {"type": "object", "properties": {}}),
+                name=function.name,
+                description=function.description,
+                parameters=parameters if isinstance(parameters, dict) else _empty_schema(),
             )
-            for t in body.get("tools") or []
-        ],
+        )
+    return ChatRequest(
+        model=req.model,
+        messages=messages,
+        tools=tools,
         extra={k: v for k, v in body.items() if k not in _OLLAMA_KNOWN},
         **fields,
     )

@@ -1,6 +1,6 @@
 """A deliberately hostile loopback server: the faults a real network and a bad vendor inflict.
 
-The fake upstream (:mod:`._upstream`) speaks every vendor's format faithfully and
+The fake upstream (:mod:`._server`) speaks every vendor's format faithfully and
 scripts the faults vendors document.  This server speaks just enough of OpenAI's format
 (``POST /{fault}/v1/chat/completions``, ``POST /{fault}/v1/embeddings``, JSON and SSE)
 to carry the faults nobody documents: bodies that never end, bodies of 50 MiB, gzip

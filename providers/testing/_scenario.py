@@ -7,7 +7,7 @@ decodes from a TOML or JSON table with :func:`msgspec.convert` (unknown fields a
 errors), and everything here is pure: randomness comes in as a ``random.Random``, so a
 seed and a request order fix every decision.
 
-The wire formats live in :mod:`._upstream`; this module only decides *what* to say:
+The wire formats live in :mod:`._server`; this module only decides *what* to say:
 :func:`plan_reply` turns a vendor-neutral :class:`ChatView` of a request into a
 :class:`ReplyPlan` (text or a tool call, finish reason, token counts) that every
 vendor's formatter renders (:func:`filter_plan` cuts it where the safety filter strikes).
