@@ -363,8 +363,9 @@ class Race(Generic[T]):
 
     @property
     def has_remaining(self) -> bool:
-        """Whether targets are left that the race has not started or skipped."""
-        return bool(self._remaining)
+        """Whether the race may still start another attempt: targets are left that it
+        has not started or skipped, and ``max_attempts`` is not reached."""
+        return bool(self._remaining) and self._started < self._max_attempts
 
     # -- choosing the next target -------------------------------------------------------
 
@@ -675,6 +676,10 @@ class Race(Generic[T]):
         :meth:`retry_delay` gives a delay.  Raises the last error when it gives up."""
         retry = 1
         while True:
+            # A race decided while this try ran (a photo finish, or a try that ended in
+            # a shield) makes no retry: no retry budget spent, no retry announced.
+            if self._over:
+                raise exc
             delay = self.retry_delay(record, exc, retry)
             if delay is None:
                 raise exc
