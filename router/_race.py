@@ -513,7 +513,12 @@ class Race(Generic[T]):
             if self._failures:
                 # Each failure starts one fallback, even when several came at once.
                 self._failures -= 1
-                if not self._failures and self._failed is not None:
+                if self._failed is None:
+                    # One at a time, in the caller's task: the failed attempt returned
+                    # without a checkpoint, so a caller cancelled meanwhile hears of it
+                    # here, before a fallback starts (as a staggered race's loop would).
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                elif not self._failures:
                     self._failed = trio.Event()
                 return "fallback"
             # Only a staggered race gets here: one whose attempts run one at a time has

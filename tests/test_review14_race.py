@@ -8,6 +8,7 @@ eabb887 and passes after the fix.
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import pytest
@@ -144,3 +145,48 @@ async def test_a_try_that_fails_after_the_race_is_decided_is_not_retried(
         ("a", "failed", 0),
         ("b", "won", 0),
     ]
+
+
+class _CancelledAsItFails(Race[str]):
+    """a fails at 1 s, and the caller's scope is cancelled in that same instant (before
+    the race's next checkpoint); b would answer."""
+
+    def __init__(self, delay: float, scope: trio.CancelScope) -> None:
+        super().__init__(
+            [Candidate(provider="a", model="m"), Candidate(provider="b", model="m", index=1)],
+            max_attempts=2,
+            delay=delay,
+        )
+        self.scope = scope
+        self.called: list[str] = []
+
+    async def _try(self, record: AttemptRecord) -> str:
+        self.called.append(record.candidate.provider)
+        await trio.sleep(1.0)
+        if record.candidate.provider == "a":
+            self.scope.cancel()
+            raise ServerError("boom")
+        return "b"
+
+    def call(self, record: AttemptRecord) -> Any:
+        return self._try(record)
+
+
+@pytest.mark.parametrize("delay", [math.inf, 10.0], ids=["sequential", "hedged"])
+async def test_a_caller_cancelled_as_an_attempt_fails_starts_no_fallback(
+    autojump_clock: trio.testing.MockClock, delay: float
+) -> None:
+    """One driver, one behaviour: when the caller's scope is cancelled in the instant an
+    attempt fails, no fallback starts, whether the race runs in the caller's task
+    (delay = inf) or in a nursery. (The sequential race used to start b, call it and
+    trace a cancelled fallback.)"""
+    with trio.CancelScope() as scope:
+        race = _CancelledAsItFails(delay, scope)
+        await race.run()
+    assert scope.cancelled_caught
+    assert trio.current_time() == 1.0
+    assert race.called == ["a"]
+    assert [(r.candidate.provider, r.kind, r.outcome) for r in race.records] == [
+        ("a", "primary", "failed")
+    ]
+    assert race.fallbacks == 0
