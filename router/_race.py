@@ -35,7 +35,8 @@ addresses, and gRPC's hedging policy for the rules:
   before the deadline, or no target is left.
 - Whatever ends the race, a result that succeeded but is not handed to the caller (a
   photo finish, the caller cancelled while the losers close, an error after the win)
-  is discarded — its stream closed, its permit returned — shielded and bounded.
+  is discarded — its stream closed, its permit returned — shielded and bounded; an
+  error closing it is logged, never raised in place of the race's outcome.
 
 Every target the race touched is traced as an :class:`~providers.Attempt`, with its
 outcome: won, failed, cancelled (and why) or skipped (and why), and its kind: the slot
@@ -614,9 +615,20 @@ class Race(Generic[T]):
 
     async def _discard_result(self, result: T, record: AttemptRecord) -> None:
         """Release a result nobody will read: shielded, so a cancelled caller still
-        closes it; bounded, so a stuck close cannot hold the caller for ever."""
+        closes it; bounded, so a stuck close cannot hold the caller for ever; and quiet,
+        so an error closing it (the provider's, which its actor has counted) does not
+        replace what the caller gets: the answer, or its own cancellation."""
         with trio.CancelScope(shield=True), trio.move_on_after(DISCARD_BOUND):
-            await self.discard(result, record)
+            try:
+                await self.discard(result, record)
+            except Exception as exc:
+                logger.info(
+                    "request %s: closing the unused answer of %s failed (%s)",
+                    self.request_id,
+                    record.candidate.provider,
+                    type(exc).__name__,
+                    extra={"request_id": self.request_id, "provider": record.candidate.provider},
+                )
 
     async def _one(self, record: AttemptRecord, race_scope: trio.CancelScope | None) -> None:
         """One attempt, on every path: reserve, call, retry on the target, settle; then

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -190,3 +192,99 @@ async def test_a_caller_cancelled_as_an_attempt_fails_starts_no_fallback(
         ("a", "primary", "failed")
     ]
     assert race.fallbacks == 0
+
+
+class _FailsToClose(MockProvider):
+    """Its streams raise ServerError when closed after a normal exit."""
+
+    def stream(self, request: ChatRequest) -> Any:
+        inner = super().stream(request)
+
+        @asynccontextmanager
+        async def closing() -> AsyncIterator[Any]:
+            async with inner as events:
+                yield events
+            raise ServerError("closing failed", provider=self.name)
+
+        return closing()
+
+
+class _SlowToClose(MockProvider):
+    """Its streams take 1 s to close, shielded (a connection shut down politely)."""
+
+    def stream(self, request: ChatRequest) -> Any:
+        inner = super().stream(request)
+
+        @asynccontextmanager
+        async def closing() -> AsyncIterator[Any]:
+            try:
+                async with inner as events:
+                    yield events
+            finally:
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(1.0)
+
+        return closing()
+
+
+async def test_an_error_closing_an_unread_winner_does_not_replace_the_callers_cancel(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Racing streams: a commits at 0.5 s, b takes until 1.5 s to close, the caller's
+    0.7 s deadline fires meanwhile, and a's stream, discarded, fails to close: the
+    caller's scope catches its cancellation at 1.5 s, a's permit is back. (The close's
+    ServerError used to replace the Cancelled and escape the caller's move_on.)"""
+    mocks = {
+        "a": _FailsToClose(name="a", default=MockResponse(text="a a", latency=0.5)),
+        "b": _SlowToClose(name="b", default=MockResponse(text="b b", latency=5.0)),
+    }
+    pc = ProviderConfig(kind="mock", retry=RetryConfig(max_attempts=1))
+    config = RouterConfig(
+        providers={"a": pc, "b": pc},
+        routes={"r": RouteConfig(targets=["a:m", "b:m"], hedge=HedgeConfig(delay=0.0))},
+    )
+    async with open_router(config, providers=mocks) as router:
+        with trio.move_on_after(0.7) as scope:
+            async with router.stream(chat()):
+                pytest.fail("the caller was cancelled before the race handed it a stream")
+        assert scope.cancelled_caught
+        assert trio.current_time() == 1.5
+        stats = router.statistics()
+        assert (stats.cancelled, stats.providers["a"].in_flight) == (1, 0)
+
+
+class _PhotoFinish(Race[str]):
+    """Racing a and b (delay 0): both answer at 1 s; closing an unread answer fails."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            [Candidate(provider="a", model="m"), Candidate(provider="b", model="m", index=1)],
+            max_attempts=2,
+            delay=0.0,
+        )
+        self.discarded: list[str] = []
+
+    async def _try(self, record: AttemptRecord) -> str:
+        with trio.CancelScope(shield=True):  # both get to answer: a photo finish
+            await trio.sleep(1.0)
+        return record.candidate.provider
+
+    def call(self, record: AttemptRecord) -> Any:
+        return self._try(record)
+
+    async def discard(self, result: str, record: AttemptRecord) -> None:
+        self.discarded.append(result)
+        raise ServerError("closing failed")
+
+
+async def test_an_error_closing_a_photo_finish_second_does_not_reach_the_caller(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two attempts answer in the same instant; closing the second one's answer fails:
+    the caller still gets the first's answer, not an ExceptionGroup from the nursery."""
+    race = _PhotoFinish()
+    result, winner = await race.run()
+    assert trio.current_time() == 1.0
+    assert result == winner.candidate.provider
+    assert race.discarded == [{"a": "b", "b": "a"}[result]]
+    assert sorted(r.outcome or "" for r in race.records) == ["cancelled", "won"]
