@@ -9,9 +9,10 @@ beside others in the race's nursery (hedging, racing):
 2. **call** the target's actor (``complete``, ``stream`` or ``embed``, through the
    operation's ``call``);
 3. **retry** the same target after a retryable error, with backoff, while its retry
-   policy, its retry budget and the caller's deadline allow — unless another target is
-   left and the error says this one is busy (``RateLimited``, ``Overloaded``,
-   ``Timeout``): then the race moves on at once;
+   policy, its retry budget and the caller's deadline allow — unless another attempt
+   can start (a target is left, ``max_attempts`` not reached) and the error says this
+   one is busy (``RateLimited``, ``Overloaded``, ``Timeout``): then the race moves on
+   at once;
 4. **settle** the spend exactly once (a stream's when the caller's stream ends).
 
 The race's other questions are answered from the route and the actors: whether an error
@@ -167,9 +168,11 @@ class RequestRace(Race[T]):
         rng = targets.rng
         if self.overlapping:
             # Attempts that overlap draw in the order trio schedules them, which is
-            # not reproducible: each draws from its own generator, seeded by the
-            # router's request number and its attempt number (reproducible with a seed).
-            rng = random.Random(f"{targets.id_prefix}-{self._sequence}-{record.number}")
+            # not reproducible: each retry draws from its own generator, seeded by the
+            # router's request number, its attempt number and the retry's number
+            # (reproducible with a seed; without the retry's number every retry of an
+            # attempt would draw the same jitter fraction).
+            rng = random.Random(f"{targets.id_prefix}-{self._sequence}-{record.number}-{retry}")
         delay = retry_delay(exc, retry, actor.config.retry, rng)
         now = trio.current_time()
         if (

@@ -35,7 +35,8 @@ addresses, and gRPC's hedging policy for the rules:
   before the deadline, or no target is left.
 - Whatever ends the race, a result that succeeded but is not handed to the caller (a
   photo finish, the caller cancelled while the losers close, an error after the win)
-  is discarded — its stream closed, its permit returned — shielded and bounded.
+  is discarded — its stream closed, its permit returned — shielded and bounded; an
+  error closing it is logged, never raised in place of the race's outcome.
 
 Every target the race touched is traced as an :class:`~providers.Attempt`, with its
 outcome: won, failed, cancelled (and why) or skipped (and why), and its kind: the slot
@@ -363,8 +364,9 @@ class Race(Generic[T]):
 
     @property
     def has_remaining(self) -> bool:
-        """Whether targets are left that the race has not started or skipped."""
-        return bool(self._remaining)
+        """Whether the race may still start another attempt: targets are left that it
+        has not started or skipped, and ``max_attempts`` is not reached."""
+        return bool(self._remaining) and self._started < self._max_attempts
 
     # -- choosing the next target -------------------------------------------------------
 
@@ -512,7 +514,12 @@ class Race(Generic[T]):
             if self._failures:
                 # Each failure starts one fallback, even when several came at once.
                 self._failures -= 1
-                if not self._failures and self._failed is not None:
+                if self._failed is None:
+                    # One at a time, in the caller's task: the failed attempt returned
+                    # without a checkpoint, so a caller cancelled meanwhile hears of it
+                    # here, before a fallback starts (as a staggered race's loop would).
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                elif not self._failures:
                     self._failed = trio.Event()
                 return "fallback"
             # Only a staggered race gets here: one whose attempts run one at a time has
@@ -608,9 +615,20 @@ class Race(Generic[T]):
 
     async def _discard_result(self, result: T, record: AttemptRecord) -> None:
         """Release a result nobody will read: shielded, so a cancelled caller still
-        closes it; bounded, so a stuck close cannot hold the caller for ever."""
+        closes it; bounded, so a stuck close cannot hold the caller for ever; and quiet,
+        so an error closing it (the provider's, which its actor has counted) does not
+        replace what the caller gets: the answer, or its own cancellation."""
         with trio.CancelScope(shield=True), trio.move_on_after(DISCARD_BOUND):
-            await self.discard(result, record)
+            try:
+                await self.discard(result, record)
+            except Exception as exc:
+                logger.info(
+                    "request %s: closing the unused answer of %s failed (%s)",
+                    self.request_id,
+                    record.candidate.provider,
+                    type(exc).__name__,
+                    extra={"request_id": self.request_id, "provider": record.candidate.provider},
+                )
 
     async def _one(self, record: AttemptRecord, race_scope: trio.CancelScope | None) -> None:
         """One attempt, on every path: reserve, call, retry on the target, settle; then
@@ -675,6 +693,10 @@ class Race(Generic[T]):
         :meth:`retry_delay` gives a delay.  Raises the last error when it gives up."""
         retry = 1
         while True:
+            # A race decided while this try ran (a photo finish, or a try that ended in
+            # a shield) makes no retry: no retry budget spent, no retry announced.
+            if self._over:
+                raise exc
             delay = self.retry_delay(record, exc, retry)
             if delay is None:
                 raise exc
