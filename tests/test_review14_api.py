@@ -12,6 +12,7 @@ import importlib
 import inspect
 import os
 import signal
+import subprocess
 import sys
 import time
 import tomllib
@@ -77,8 +78,10 @@ def signature_types(function: object) -> list[type]:
             hints = typing.get_type_hints(function, localns=localns)
             break
         except NameError as exc:
-            assert exc.name is not None and exc.name not in localns, exc
-            localns[exc.name] = getattr(router, exc.name, object)
+            missing = exc.name
+        assert missing is not None
+        assert missing not in localns
+        localns[missing] = getattr(router, missing, object)
     return [cls for tp in hints.values() for cls in our_types(tp)]
 
 
@@ -139,3 +142,110 @@ def test_stream_context_is_public_and_typed_as_what_stream_returns() -> None:
     hints = typing.get_type_hints(router.Router.stream)
     assert hints["return"] is router.StreamContext
     assert "StreamContext" in router.__all__
+
+
+def test_load_scenario_refuses_a_file_that_is_not_utf8_with_a_config_error(tmp_path: Path) -> None:
+    """``router.testing.load_scenario`` raises its documented ``ConfigError`` for binary input.
+
+    It raised ``UnicodeDecodeError``, which its docstring does not mention and whose text
+    names neither the file nor the problem.
+    """
+    path = tmp_path / "scenario.toml"
+    path.write_bytes(b"\xff\xfe[providers.a]\n")
+    with pytest.raises(ConfigError, match=r"scenario\.toml.*not UTF-8"):
+        router.testing.load_scenario(path)
+
+
+def _interrupted_after_start(*_args: object, **_kwargs: object) -> int:
+    """A command body that gets Ctrl-C, then runs on for 5 s if Ctrl-C is ignored."""
+    os.kill(os.getpid(), signal.SIGINT)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    return 0
+
+
+async def _interrupted_demo(*_args: object, **_kwargs: object) -> None:
+    """The demo's body, interrupted the same way inside ``trio.run``."""
+    import trio
+
+    os.kill(os.getpid(), signal.SIGINT)
+    await trio.sleep(5.0)
+
+
+@pytest.mark.parametrize("command", [["simulate"], ["bench", "overhead"], ["demo"]])
+def test_ctrl_c_ends_every_command_even_when_the_parent_ignored_sigint(
+    monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """Ctrl-C is exit 130 for every command, also when started with SIGINT ignored.
+
+    A background job of a non-interactive shell starts with SIGINT ignored; ``chat``,
+    ``health``, ``upstream`` and ``chaos`` restored the default handler for their run, but
+    ``demo``, ``simulate`` and ``bench`` ran on, deaf to Ctrl-C.
+    """
+    from router._tools import _demo
+
+    monkeypatch.setattr(_cli, "_simulate", _interrupted_after_start)
+    monkeypatch.setattr(_cli, "_bench", _interrupted_after_start)
+    monkeypatch.setattr(_demo, "run_demo", _interrupted_demo)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        started = time.monotonic()
+        status = _cli.main(command)
+        assert time.monotonic() - started < 4.0, "Ctrl-C was ignored"
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert status == 130
+
+
+def _module_level_imports(path: Path) -> set[str]:
+    """Top-level package names a module imports when it loads (not under TYPE_CHECKING)."""
+    found: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            found.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.partition(".")[0])
+    return found
+
+
+def test_every_third_party_import_at_load_time_is_a_declared_dependency() -> None:
+    """Invariant: what ``router`` and ``providers`` import when they load, pip installs.
+
+    ``providers.testing`` imports ``h11`` (the fake upstream's HTTP/1.1 server) but the
+    distribution did not declare it: it worked only because httpx happens to pull it in.
+    """
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    declared = {
+        dep.split(">")[0].split("=")[0].split("<")[0].split("[")[0].strip().lower()
+        for dep in pyproject["project"]["dependencies"]
+    }
+    distributions = {"trio_util": "trio-util"}
+    # The modules of ours that importing every public module loads (the optional extras'
+    # modules, such as router._tracing, load only when their feature is used).
+    code = (
+        "import importlib, sys\n"
+        f"for name in {PUBLIC!r}:\n"
+        "    importlib.import_module(name)\n"
+        "for name, module in sorted(sys.modules.items()):\n"
+        "    if name.partition('.')[0] in ('router', 'providers'):\n"
+        "        print(module.__file__)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=ROOT,
+    )
+    loaded = [Path(line) for line in result.stdout.splitlines()]
+    assert any(path.parent.name == "testing" for path in loaded)
+    imported: dict[str, set[str]] = {}
+    for path in loaded:
+        for name in _module_level_imports(path):
+            if name in sys.stdlib_module_names or name in ("router", "providers", "__future__"):
+                continue
+            imported.setdefault(distributions.get(name, name), set()).add(path.name)
+    undeclared = {name: sorted(paths) for name, paths in imported.items() if name not in declared}
+    assert undeclared == {}
