@@ -57,6 +57,7 @@ from ._config import load_config as load_config
 from ._router import Router as Router
 from ._router import open_router as open_router
 from ._stream import RouterStream as RouterStream
+from ._stream import StreamContext as StreamContext
 from ._structured import Structured as Structured
 
 __all__ = [
@@ -72,6 +73,7 @@ __all__ = [
     "ResponseFormat",
     "Router",
     "RouterStream",
+    "StreamContext",
     "StreamEvent",
     "Structured",
     "TextDelta",

@@ -345,19 +345,17 @@ def _read_prompt(parser: argparse.ArgumentParser, prompt: str | None) -> str:
 def _chat(args: argparse.Namespace, prompt: str) -> int:
     from ._commands import run_chat
 
-    return _run_interruptibly(
-        lambda: trio.run(
-            lambda: run_chat(
-                args.model,
-                prompt,
-                config_path=args.config,
-                system=args.system,
-                max_tokens=args.max_tokens,
-                temperature=args.temperature,
-                as_json=args.json,
-                out=sys.stdout,
-                err=sys.stderr,
-            )
+    return trio.run(
+        lambda: run_chat(
+            args.model,
+            prompt,
+            config_path=args.config,
+            system=args.system,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            as_json=args.json,
+            out=sys.stdout,
+            err=sys.stderr,
         )
     )
 
@@ -365,12 +363,8 @@ def _chat(args: argparse.Namespace, prompt: str) -> int:
 def _health(args: argparse.Namespace) -> int:
     from ._commands import run_health
 
-    return _run_interruptibly(
-        lambda: trio.run(
-            lambda: run_health(
-                args.config, deadline=args.deadline, as_json=args.json, out=sys.stdout
-            )
-        )
+    return trio.run(
+        lambda: run_health(args.config, deadline=args.deadline, as_json=args.json, out=sys.stdout)
     )
 
 
@@ -382,6 +376,9 @@ def _models(args: argparse.Namespace) -> int:
 
 def _run_interruptibly(run: Callable[[], T]) -> T:
     """``run()`` with Ctrl-C raising KeyboardInterrupt, even if our parent ignored SIGINT.
+
+    :func:`main` runs every command through it, so "Ctrl-C stops it, exit 130" holds for
+    each.
 
     A background job of a non-interactive shell (and some supervisors) starts us with
     SIGINT ignored, and trio leaves an ignored SIGINT alone.
@@ -436,32 +433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Read before anything starts, so an empty prompt is a usage error like a bad flag.
     prompt = _read_prompt(parser, args.prompt) if args.command == "chat" else ""
     try:
-        if args.command == "demo":
-            from ._demo import check_plot_available, run_demo
-
-            if args.plot is not None:
-                try:
-                    check_plot_available()
-                except RuntimeError as exc:
-                    print(f"llm-router: error: {exc}", file=sys.stderr)
-                    return 1
-            trio.run(
-                functools.partial(run_demo, args.speed, requests=args.requests, plot=args.plot)
-            )
-        elif args.command == "upstream":
-            return _upstream(args)
-        elif args.command == "simulate":
-            return _simulate(args)
-        elif args.command == "bench":
-            return _bench(args)
-        elif args.command == "chat":
-            return _chat(args, prompt)
-        elif args.command == "health":
-            return _health(args)
-        elif args.command == "models":
-            return _models(args)
-        elif args.command == "chaos":
-            return _run_interruptibly(lambda: _chaos(args))
+        # Every command answers Ctrl-C with exit 130, even when our parent started us
+        # with SIGINT ignored.
+        return _run_interruptibly(lambda: _dispatch(args, prompt))
     except BaseException as exc:
         # trio's nurseries wrap what escapes them in exception groups: look inside, so
         # Ctrl-C and expected failures (a bad file, a port in use) stay one clear line.
@@ -482,6 +456,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"llm-router: error: {error_line(error, with_type=typed)}", file=sys.stderr)
             return 1
         raise
+
+
+def _dispatch(args: argparse.Namespace, prompt: str) -> int:
+    """Run the command ``args`` names; its exit status."""
+    if args.command == "demo":
+        from ._demo import check_plot_available, run_demo
+
+        if args.plot is not None:
+            try:
+                check_plot_available()
+            except RuntimeError as exc:
+                print(f"llm-router: error: {exc}", file=sys.stderr)
+                return 1
+        trio.run(functools.partial(run_demo, args.speed, requests=args.requests, plot=args.plot))
+    elif args.command == "upstream":
+        return _upstream(args)
+    elif args.command == "simulate":
+        return _simulate(args)
+    elif args.command == "bench":
+        return _bench(args)
+    elif args.command == "chat":
+        return _chat(args, prompt)
+    elif args.command == "health":
+        return _health(args)
+    elif args.command == "models":
+        return _models(args)
+    elif args.command == "chaos":
+        return _chaos(args)
     return 0
 
 
@@ -528,16 +530,7 @@ def _upstream(args: argparse.Namespace) -> int:
             print("  Ctrl-C to stop", flush=True)
             await trio.sleep_forever()
 
-    if threading.current_thread() is not threading.main_thread():
-        trio.run(serve)
-        return 0
-    # "Ctrl-C to stop" must hold even when a parent started us with SIGINT ignored
-    # (a background job of a non-interactive shell, some process supervisors).
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        trio.run(serve)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    trio.run(serve)
     return 0
 
 

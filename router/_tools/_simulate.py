@@ -183,6 +183,11 @@ def load_scenario(path: str | os.PathLike[str] | None = None) -> SimScenario:
                 text = f.read()
         except OSError as exc:
             raise ConfigError(f"cannot read the scenario {source!r}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"cannot read the scenario {source!r}: not UTF-8 text "
+                f"(byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+            ) from None
     try:
         raw = msgspec.toml.decode(text)
     except msgspec.DecodeError as exc:
