@@ -134,6 +134,15 @@ class Route:
         return any(cls.__name__ in self.fail_over for cls in type(exc).__mro__)
 
 
+def _text(exc: BaseException) -> str:
+    """``str(exc)``, at most 500 characters, or a placeholder if it cannot be had."""
+    try:
+        text = str(exc)
+    except Exception:
+        return "<the exception's str() raised>"
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
 class Routes:
     """The router's routes, and the single targets resolved on first use (bounded)."""
 
@@ -270,9 +279,13 @@ class Routes:
             plan = route.strategy(candidates, needs, health, now, self._rng)
         except Exception as exc:
             cause = exc
-            what = f"{type(exc).__name__}: {exc}"
+            what: str | None = f"{type(exc).__name__}: {_text(exc)}"
         else:
-            what = plan_problem(plan, candidates)  # type: ignore[assignment]
+            try:
+                what = plan_problem(plan, candidates)
+            except Exception as exc:  # a plan whose parts misbehave (an __eq__ that raises)
+                cause = exc
+                what = f"returned a malformed plan ({type(exc).__name__}: {_text(exc)})"
             if what is None:
                 if route.strategy_failing:
                     route.strategy_failing = False

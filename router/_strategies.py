@@ -186,6 +186,8 @@ def plan_problem(plan: object, candidates: Sequence[Candidate]) -> str | None:
         if not isinstance(c, Candidate):
             return f"planned a {type(c).__name__}, not a Candidate"
         i = c.index
+        if type(i) is not int:
+            return f"planned {c.target!r} with index {i!r}, not an int"
         original = candidates[i] if 0 <= i < count else None
         if original is None or original.provider != c.provider or original.model != c.model:
             if any(o.target == c.target for o in candidates):

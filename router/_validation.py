@@ -22,6 +22,9 @@ validated here, by a small converter that walks a value and its annotation toget
 
 * a constrained number or string (``Annotated[float, msgspec.Meta(gt=0)]``) is checked
   against its ``Meta`` bounds here too, and the message says the bound and the value.
+* a ``runtime_checkable`` Protocol (``RouteConfig.strategy`` may be a
+  :class:`~router.policy.Strategy` given in code) is checked with ``isinstance`` and
+  kept as it is; its struct's ``_problems`` checks the rest.
 
 Every message is built from what the converter holds — the path it walked, the type,
 the value — never by reading another library's error text.  A type the converter does

@@ -105,8 +105,13 @@ def broken(candidates, needs, health, now, rng):
     if mode == "changed":
         import msgspec
         return Plan(targets=tuple(msgspec.structs.replace(c, input_price=0.0) for c in candidates))
-    if mode == "exclude-all":
-        return Plan(targets=(), excluded=tuple(Exclusion(c.target, "closed for lunch") for c in candidates))
+    if mode == "bad-index":
+        return Plan(targets=(candidates[0].__class__(provider="a", model="m", index="0"), *candidates[1:]))
+    if mode == "unprintable":
+        class Odd(Exception):
+            def __str__(self):
+                raise RuntimeError("no words")
+        raise Odd()
     return everything
 
 
@@ -360,6 +365,8 @@ BOUNDARY = [
     ("no-reason", "failed: excluded 'a:m' without a reason"),
     ("list", "failed: returned a Plan whose targets and excluded are not tuples"),
     ("changed", "failed: planned a changed copy of 'a:m' (a copy may change only panic)"),
+    ("bad-index", "failed: planned 'a:m' with index '0', not an int"),
+    ("unprintable", "failed: Odd: <the exception's str() raised>"),
 ]
 
 
