@@ -39,7 +39,9 @@ import providers
 from providers import ConfigError, LLMError, Scrubber
 
 from ._health import BreakerConfig
+from ._policy import Strategy
 from ._retry import RetryConfig
+from ._strategies import problem
 from ._validation import Problem, Where, expand_env, key_path, suggest, validate, where_path
 
 #: One step of a config path (``.name`` or ``['a:b']``); router._providers uses it too.
@@ -255,8 +257,6 @@ _KIND_FIELDS = (
 )
 
 
-Strategy: TypeAlias = Literal["fallback", "weighted", "least-latency", "least-cost", "least-busy"]
-
 #: The errors a route fails over on by default: the retryable ones (``"retryable"``),
 #: a busy target (``Overloaded``, also when our own admission refused it for good), and
 #: those specific to one target, which another target may well not have.
@@ -369,7 +369,12 @@ class HedgeConfig(_Config, frozen=True):
 class RouteConfig(_Config, frozen=True):
     """A model alias: its targets (``provider:model``), how to choose, whether to hedge.
 
-    ``weights`` (one per target) are for ``strategy = "weighted"``.  ``fail_over_on``
+    ``strategy`` is a built-in strategy's name (``"fallback"``, ``"weighted"``,
+    ``"least-latency"``, ``"least-cost"``, ``"least-busy"``), the import path of one of
+    yours (``"mypkg.policies:cheapest_healthy"``), or, in code, the
+    :class:`~router.policy.Strategy` itself; it is resolved when the config is
+    validated (docs/routing.md).  ``weights`` (one per target) are for ``strategy =
+    "weighted"``.  ``fail_over_on``
     lists the error classes (by name, subclasses included) that send a request on to
     the next target; ``"retryable"`` stands for every retryable error.  Any other error
     is returned to the caller at once.
@@ -381,7 +386,7 @@ class RouteConfig(_Config, frozen=True):
     """
 
     targets: list[str]
-    strategy: Strategy = "fallback"
+    strategy: str | Strategy = "fallback"
     weights: list[float] | None = None
     hedge: HedgeConfig | None = None
     fail_over_on: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_FAIL_OVER))
@@ -397,6 +402,9 @@ class RouteConfig(_Config, frozen=True):
             yield ("targets",), "a route needs at least one target ('provider:model'), got []"
         if self.panic_threshold is not None and not _unit(self.panic_threshold):
             yield ("panic_threshold",), f"must be in [0, 1], got {self.panic_threshold}"
+        strategy_problem = problem(self.strategy)
+        if strategy_problem is not None:
+            yield ("strategy",), strategy_problem
         for i, t in enumerate(self.targets):
             provider, sep, model = t.partition(":")
             if not sep or not provider or not model:

@@ -1,8 +1,15 @@
 """Routing policy: which targets may serve a request, and in what order.  Pure.
 
-A policy is a function of what it is given and nothing else::
+A policy is a function of what it is given and nothing else: a :class:`Strategy`::
 
-    plan = plan_route(candidates, strategy, needs, health, now, rng)
+    plan = strategy(candidates, needs, health, now, rng)
+
+The five built-in ones are :class:`BuiltinStrategy` objects (``plan_route(candidates,
+"least-cost", needs, health, now, rng)`` is a shorthand for calling one); a strategy of
+your own is any callable with the same five parameters, named in a route by import path
+(docs/routing.md).  :func:`unfit`, :func:`over_budget`, :func:`health_of` and
+:func:`estimated_cost` are the built-ins' building blocks, public so a strategy of your
+own can keep the same rules.
 
 No I/O, no clock reads (``now`` is an argument), no global randomness (``rng`` is a
 :class:`random.Random` the caller seeds).  That is what lets hypothesis drive it and the
@@ -35,7 +42,7 @@ both open, or a lone target whose breaker is open, it is.  With ``panic_threshol
 routable, unmarked, and their breakers refuse them at once (``Overloaded``, not
 retryable, saying until when).
 
-Then the strategy orders each health group (healthy first, then degraded, then
+Then the built-in strategy orders each health group (healthy first, then degraded, then
 unhealthy):
 
 =================  ===============================================================
@@ -60,31 +67,46 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping, Sequence
-from typing import Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, get_args, runtime_checkable
 
 import msgspec
 
 from providers import Capabilities, ChatRequest, NoRoute, Usage
 from providers._tokens import count_input_tokens
 
-from ._config import HedgeConfig, Strategy
+if TYPE_CHECKING:  # _config imports this module (RouteConfig.strategy is a Strategy)
+    from ._config import HedgeConfig
 
 __all__ = [
+    "BUILTIN_STRATEGIES",
     "DEFAULT_PANIC_THRESHOLD",
+    "BuiltinStrategy",
     "Candidate",
     "Exclusion",
+    "HealthStatus",
     "HedgeBudget",
     "Needs",
     "Plan",
+    "Strategy",
+    "StrategyName",
     "TargetHealth",
     "cost_of",
     "estimated_cost",
+    "health_of",
     "hedge_delay",
+    "over_budget",
     "plan_route",
     "unfit",
 ]
 
 HealthStatus: TypeAlias = Literal["healthy", "degraded", "unhealthy"]
+
+#: The built-in strategies' names (``RouteConfig.strategy``).
+StrategyName: TypeAlias = Literal[
+    "fallback", "weighted", "least-latency", "least-cost", "least-busy"
+]
+#: The same, as a tuple, in the order the docs list them.
+BUILTIN_STRATEGIES: tuple[StrategyName, ...] = get_args(StrategyName)
 
 
 class Candidate(msgspec.Struct, frozen=True, kw_only=True):
@@ -237,7 +259,7 @@ def _incapable(c: Candidate, needs: Needs) -> str | None:
 
 def _order(
     group: list[Candidate],
-    strategy: Strategy,
+    strategy: StrategyName,
     needs: Needs,
     health: Mapping[str, TargetHealth],
     rng: random.Random,
@@ -270,9 +292,23 @@ def _cost_key(c: Candidate, needs: Needs) -> float:
     return math.inf if cost is None else cost
 
 
+# ------------------------------------------------------------------- building blocks
+
+
 def unfit(c: Candidate, needs: Needs) -> str | None:
     """Why ``c`` cannot take a request with ``needs`` (a capability, its context
-    window), or ``None``: the filter :func:`plan_route` applies before health and cost."""
+    window), or ``None``: the first filter of every built-in strategy.
+
+    A strategy of your own should exclude a candidate for which this is not ``None``
+    (with this reason): the attempt would fail anyway (``UnsupportedFeature``,
+    ``ContextLengthExceeded``).
+
+    Example::
+
+        >>> unfit(Candidate(provider="a", model="m", context_window=100),
+        ...       Needs(input_tokens=90, output_tokens=20))
+        'needs ~110 tokens (90 in + 20 out), its context window is 100'
+    """
     reason = _incapable(c, needs)
     if reason is None and c.context_window is not None:
         size = needs.input_tokens + needs.output_tokens
@@ -284,13 +320,185 @@ def unfit(c: Candidate, needs: Needs) -> str | None:
     return reason
 
 
+def health_of(health: Mapping[str, TargetHealth], c: Candidate) -> TargetHealth:
+    """``c``'s provider's health (a provider missing from ``health`` is healthy).
+
+    Example::
+
+        >>> health_of({}, Candidate(provider="a", model="m")).status
+        'healthy'
+    """
+    return health.get(c.provider, _HEALTHY)
+
+
+def over_budget(c: Candidate, needs: Needs, health: Mapping[str, TargetHealth]) -> str | None:
+    """Why this request on ``c`` would cross its provider's spend cap, or ``None``: the
+    second filter of every built-in strategy (``TargetHealth.budget_left``).
+
+    Example::
+
+        >>> c = Candidate(provider="a", model="m", input_price=1.0, output_price=1.0)
+        >>> over_budget(c, Needs(input_tokens=10**6), {"a": TargetHealth(budget_left=0.5)})
+        '~$1.0000 would cross its provider's spend cap ($0.5000 left)'
+    """
+    left = health.get(c.provider, _HEALTHY).budget_left
+    cost = None if left is None else estimated_cost(c, needs)
+    if cost is not None and left is not None and cost > left:
+        return f"~${cost:.4f} would cross its provider's spend cap (${left:.4f} left)"
+    return None
+
+
 #: Envoy's default: panic when fewer than half of the targets are routable.
 DEFAULT_PANIC_THRESHOLD = 0.5
 
 
+# ------------------------------------------------------------------------ strategies
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """How a route plans one request: the protocol every strategy meets, built-in or yours.
+
+    A strategy is called once per request with the route's candidates (in the route's
+    order), what the request needs, each provider's health by provider name (a provider
+    missing from it is healthy), trio's ``now`` and the router's seeded
+    :class:`random.Random`, and returns the :class:`Plan`: the targets to try, in order,
+    and an :class:`Exclusion` (target, reason) for **every** candidate it does not plan.
+    A plain function with these five parameters is a strategy; so is an object whose
+    ``__call__`` takes them.
+
+    It must be pure: no I/O, no clock (use ``now``), no global randomness (use ``rng``),
+    so the same arguments give the same plan and hypothesis and the simulator can drive
+    it.  It should respect :func:`unfit` and :func:`over_budget`, and keep ``unhealthy``
+    targets (:func:`health_of`) out unless it means to try them (mark those
+    ``Candidate.panic`` so their open breakers let the attempt through).
+
+    The router checks a plan from a strategy of yours at the boundary (docs/routing.md):
+    raising, returning something that is not a ``Plan``, planning a target that is not a
+    candidate or planning one twice, or leaving a candidate neither planned nor excluded,
+    fails the request with :class:`~providers.NoRoute` naming the strategy.
+
+    Example::
+
+        def cheapest_healthy(candidates, needs, health, now, rng):
+            excluded, usable = [], []
+            for c in candidates:
+                why = unfit(c, needs) or over_budget(c, needs, health)
+                if why is None and health_of(health, c).status == "unhealthy":
+                    why = health_of(health, c).reason or "unhealthy"
+                if why is None:
+                    usable.append(c)
+                else:
+                    excluded.append(Exclusion(c.target, why))
+            usable.sort(key=lambda c: estimated_cost(c, needs) or 0.0)
+            return Plan(targets=tuple(usable), excluded=tuple(excluded))
+    """
+
+    def __call__(
+        self,
+        candidates: Sequence[Candidate],
+        needs: Needs,
+        health: Mapping[str, TargetHealth],
+        now: float,
+        rng: random.Random,
+    ) -> Plan:
+        """The plan for one request over ``candidates``."""
+        ...
+
+
+class BuiltinStrategy:
+    """One of the five built-in strategies, as a :class:`Strategy`.
+
+    ``name`` is the ordering (``"fallback"``, ``"weighted"``, ``"least-latency"``,
+    ``"least-cost"``, ``"least-busy"``; see the module docstring) and
+    ``panic_threshold`` the route's panic threshold.  Calling it filters (:func:`unfit`,
+    :func:`over_budget`, health), orders each health group by ``name`` and applies
+    panic routing.  A strategy of your own may call one and adjust its plan.
+
+    Example::
+
+        >>> least_cost = BuiltinStrategy("least-cost")
+        >>> plan = least_cost([Candidate(provider="a", model="m")], Needs(), {}, 0.0,
+        ...                   random.Random(1))
+        >>> [c.target for c in plan.targets]
+        ['a:m']
+    """
+
+    __slots__ = ("name", "panic_threshold")
+
+    def __init__(
+        self, name: StrategyName, panic_threshold: float = DEFAULT_PANIC_THRESHOLD
+    ) -> None:
+        if name not in BUILTIN_STRATEGIES:
+            raise ValueError(
+                f"unknown strategy {name!r}; the built-in ones: {', '.join(BUILTIN_STRATEGIES)}"
+            )
+        self.name: StrategyName = name
+        self.panic_threshold = panic_threshold
+
+    def __repr__(self) -> str:
+        return f"BuiltinStrategy({self.name!r}, panic_threshold={self.panic_threshold:g})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BuiltinStrategy):
+            return NotImplemented
+        return (self.name, self.panic_threshold) == (other.name, other.panic_threshold)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.panic_threshold))
+
+    def __call__(
+        self,
+        candidates: Sequence[Candidate],
+        needs: Needs,
+        health: Mapping[str, TargetHealth],
+        now: float,
+        rng: random.Random,
+    ) -> Plan:
+        """Filter and order ``candidates`` for one request (see the module docstring)."""
+        del now  # no built-in strategy depends on time; the signature keeps one pure if so
+        strategy = self.name
+        excluded: list[Exclusion] = []
+        capable: list[Candidate] = []
+        for c in candidates:
+            reason = unfit(c, needs)
+            if reason is None and health.get(c.provider, _HEALTHY).budget_left is not None:
+                reason = over_budget(c, needs, health)
+            if reason is None:
+                capable.append(c)
+            else:
+                excluded.append(Exclusion(c.target, reason))
+
+        groups: dict[HealthStatus, list[Candidate]] = {
+            "healthy": [],
+            "degraded": [],
+            "unhealthy": [],
+        }
+        for c in capable:
+            groups[health.get(c.provider, _HEALTHY).status].append(c)
+        ordered = _order(groups["healthy"], strategy, needs, health, rng)
+        ordered += _order(groups["degraded"], strategy, needs, health, rng)
+        unhealthy = groups["unhealthy"]
+        if not unhealthy:
+            return Plan(targets=tuple(ordered), excluded=tuple(excluded))
+        if len(ordered) < self.panic_threshold * len(capable):
+            # Panic: too few routable targets to carry the route; try the rest, last.
+            last = _order(unhealthy, strategy, needs, health, rng)
+            ordered += [msgspec.structs.replace(c, panic=True) for c in last]
+            return Plan(targets=tuple(ordered), excluded=tuple(excluded), panic=True)
+        if ordered:
+            for c in unhealthy:
+                why = health.get(c.provider, _HEALTHY).reason or "unhealthy"
+                excluded.append(Exclusion(c.target, why))
+        else:
+            # No panic (threshold 0) and nothing routable: each breaker refuses at once.
+            ordered = _order(unhealthy, strategy, needs, health, rng)
+        return Plan(targets=tuple(ordered), excluded=tuple(excluded))
+
+
 def plan_route(
     candidates: Sequence[Candidate],
-    strategy: Strategy,
+    strategy: StrategyName,
     needs: Needs,
     health: Mapping[str, TargetHealth],
     now: float,
@@ -298,11 +506,12 @@ def plan_route(
     *,
     panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
 ) -> Plan:
-    """Filter and order a route's candidates for one request (see the module docstring).
+    """The plan of built-in ``strategy`` for one request: a shorthand for
+    ``BuiltinStrategy(strategy, panic_threshold)(candidates, needs, health, now, rng)``.
 
     Args:
         candidates: the route's targets, in the route's order.
-        strategy: how to order the usable ones.
+        strategy: the name of a built-in strategy.
         needs: what the request needs.
         health: each provider's health by provider name (missing means healthy).
         now: trio time; part of the contract so that time-dependent policies stay pure.
@@ -310,48 +519,16 @@ def plan_route(
         panic_threshold: below this share of routable capable targets, plan the
             unhealthy ones too (panic); 0 never panics.
 
+    Raises:
+        ValueError: ``strategy`` is not a built-in strategy's name.
+
     Example::
 
         plan = plan_route(candidates, "least-latency", needs, health, now, random.Random(1))
         plan.raise_if_empty("fast")
         for target in plan.targets: ...
     """
-    del now  # no strategy here depends on time yet; the signature keeps it pure if one does
-    excluded: list[Exclusion] = []
-    capable: list[Candidate] = []
-    for c in candidates:
-        reason = unfit(c, needs)
-        if reason is None:
-            left = health.get(c.provider, _HEALTHY).budget_left
-            cost = None if left is None else estimated_cost(c, needs)
-            if cost is not None and left is not None and cost > left:
-                reason = f"~${cost:.4f} would cross its provider's spend cap (${left:.4f} left)"
-        if reason is None:
-            capable.append(c)
-        else:
-            excluded.append(Exclusion(c.target, reason))
-
-    groups: dict[HealthStatus, list[Candidate]] = {"healthy": [], "degraded": [], "unhealthy": []}
-    for c in capable:
-        groups[health.get(c.provider, _HEALTHY).status].append(c)
-    ordered = _order(groups["healthy"], strategy, needs, health, rng)
-    ordered += _order(groups["degraded"], strategy, needs, health, rng)
-    unhealthy = groups["unhealthy"]
-    if not unhealthy:
-        return Plan(targets=tuple(ordered), excluded=tuple(excluded))
-    if len(ordered) < panic_threshold * len(capable):
-        # Panic: too few routable targets to carry the route; try the rest, last.
-        last = _order(unhealthy, strategy, needs, health, rng)
-        ordered += [msgspec.structs.replace(c, panic=True) for c in last]
-        return Plan(targets=tuple(ordered), excluded=tuple(excluded), panic=True)
-    if ordered:
-        for c in unhealthy:
-            why = health.get(c.provider, _HEALTHY).reason or "unhealthy"
-            excluded.append(Exclusion(c.target, why))
-    else:
-        # No panic (threshold 0) and nothing routable: each breaker refuses at once.
-        ordered = _order(unhealthy, strategy, needs, health, rng)
-    return Plan(targets=tuple(ordered), excluded=tuple(excluded))
+    return BuiltinStrategy(strategy, panic_threshold)(candidates, needs, health, now, rng)
 
 
 # --------------------------------------------------------------------------- hedging

@@ -11,6 +11,7 @@ panic routing.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 from collections.abc import Mapping, Sequence
@@ -21,20 +22,23 @@ from providers import LLMError, NoRoute
 
 from ._actor import ProviderActor
 from ._budget import Budget
-from ._config import DEFAULT_FAIL_OVER, HedgeConfig, ModelConfig, RouterConfig, Strategy, model_info
+from ._config import DEFAULT_FAIL_OVER, HedgeConfig, ModelConfig, RouterConfig, model_info
 from ._policy import (
     DEFAULT_PANIC_THRESHOLD,
+    BuiltinStrategy,
     Candidate,
     Exclusion,
     HedgeBudget,
     Needs,
     Plan,
-    plan_route,
+    Strategy,
+    TargetHealth,
     unfit,
 )
 from ._race import HedgeCounters
 from ._spend import Spend, make_budget
 from ._statistics import Counters
+from ._strategies import plan_problem, resolve, strategy_name
 
 __all__ = ["MAX_RESOLVED", "Route", "Routes"]
 
@@ -66,6 +70,7 @@ class Route:
         "hedge",
         "hedge_budget",
         "hedge_counters",
+        "lone",
         "lone_panic_plan",
         "lone_plan",
         "name",
@@ -73,6 +78,9 @@ class Route:
         "panicking",
         "spend_budget",
         "strategy",
+        "strategy_failing",
+        "strategy_name",
+        "user_strategy",
     )
 
     def __init__(
@@ -80,7 +88,7 @@ class Route:
         name: str,
         candidates: tuple[Candidate, ...],
         *,
-        strategy: Strategy = "fallback",
+        strategy: str | Strategy = "fallback",
         hedge: HedgeConfig | None = None,
         fail_over_on: Sequence[str] = DEFAULT_FAIL_OVER,
         spend_budget: Budget | None = None,
@@ -88,7 +96,15 @@ class Route:
     ) -> None:
         self.name = name
         self.candidates = candidates
-        self.strategy: Strategy = strategy
+        #: The strategy, resolved (a built-in one carries the route's panic threshold).
+        self.strategy: Strategy = resolve(strategy, panic_threshold)
+        #: A strategy of the user's: its plans are checked at the boundary.
+        self.user_strategy = not isinstance(self.strategy, BuiltinStrategy)
+        self.strategy_name = strategy_name(strategy)
+        #: Whether the strategy failed on the last request planned (to log once).
+        self.strategy_failing = False
+        #: One target and a built-in strategy: ``Routes.plan_for``'s fast path applies.
+        self.lone = len(candidates) == 1 and not self.user_strategy
         self.hedge = hedge
         self.fail_over_retryable = "retryable" in fail_over_on
         self.fail_over = frozenset(fail_over_on) - {"retryable"}
@@ -116,6 +132,15 @@ class Route:
         if self.fail_over_retryable and exc.retryable:
             return True
         return any(cls.__name__ in self.fail_over for cls in type(exc).__mro__)
+
+
+def _text(exc: BaseException) -> str:
+    """``str(exc)``, at most 500 characters, or a placeholder if it cannot be had."""
+    try:
+        text = str(exc)
+    except Exception:
+        return "<the exception's str() raised>"
+    return text if len(text) <= 500 else text[:497] + "..."
 
 
 class Routes:
@@ -229,7 +254,7 @@ class Routes:
         )
 
     def plan(self, route: Route, needs: Needs, now: float) -> Plan:
-        """plan_route over the route's candidates, their health and spend headroom."""
+        """The route's strategy over its candidates, their health and spend headroom."""
         actors = self._actors
         health = {c.provider: actors[c.provider].policy_health(now) for c in route.candidates}
         for name, budget in self._spend.provider_budgets.items():
@@ -237,21 +262,62 @@ class Routes:
                 health[name] = msgspec.structs.replace(
                     health[name], budget_left=budget.headroom(now)
                 )
-        return plan_route(
-            route.candidates,
-            route.strategy,
-            needs,
-            health,
-            now,
-            self._rng,
-            panic_threshold=route.panic_threshold,
-        )
+        if route.user_strategy:
+            return self.checked_plan(route, needs, health, now)
+        return route.strategy(route.candidates, needs, health, now, self._rng)
+
+    def checked_plan(
+        self, route: Route, needs: Needs, health: Mapping[str, TargetHealth], now: float
+    ) -> Plan:
+        """The plan of a strategy of the user's, checked at the boundary: one that raises,
+        or returns something that is not a valid plan of the route's candidates, fails
+        the request with a non-retryable NoRoute naming the strategy (its exception as
+        the ``__cause__``), counted in ``strategy_errors`` and logged once per episode."""
+        candidates = route.candidates
+        cause: Exception | None = None
+        try:
+            plan = route.strategy(candidates, needs, health, now, self._rng)
+        except Exception as exc:
+            cause = exc
+            what: str | None = f"{type(exc).__name__}: {_text(exc)}"
+        else:
+            try:
+                what = plan_problem(plan, candidates)
+            except Exception as exc:  # a plan whose parts misbehave (an __eq__ that raises)
+                cause = exc
+                what = f"returned a malformed plan ({type(exc).__name__}: {_text(exc)})"
+            if what is None:
+                if route.strategy_failing:
+                    route.strategy_failing = False
+                    logger.info(
+                        "route %s: strategy %r planned again",
+                        route.name,
+                        route.strategy_name,
+                        extra={"route": route.name, "strategy": route.strategy_name},
+                    )
+                return plan
+            if inspect.iscoroutine(plan):
+                plan.close()  # never awaited: say so once, in the error, not in a warning
+        self._counts.strategy_errors += 1
+        if not route.strategy_failing:
+            route.strategy_failing = True
+            logger.warning(
+                "route %s: strategy %r failed: %s (the route's requests fail with NoRoute "
+                "until it plans again; counted in strategy_errors)",
+                route.name,
+                route.strategy_name,
+                what,
+                extra={"route": route.name, "strategy": route.strategy_name},
+            )
+        raise NoRoute(
+            f"strategy {route.strategy_name!r} for route {route.name!r} failed: {what}"
+        ) from cause
 
     def plan_for(self, route: Route, needs: Needs, now: float) -> Plan:
         """The request's plan: :meth:`plan`, or, for a lone target without a provider
         cap, the same plan made without reading health while its breaker is closed."""
         candidates = route.candidates
-        if len(candidates) != 1 or candidates[0].provider in self._spend.provider_budgets:
+        if not route.lone or candidates[0].provider in self._spend.provider_budgets:
             return self.plan(route, needs, now)
         # A lone target: the plan is plan_route's (the target, or its exclusion; in
         # panic when it is unhealthy and the threshold is above 0), reading health

@@ -32,6 +32,7 @@ class Counters:
         "panic_routed",
         "requests",
         "retries",
+        "strategy_errors",
         "succeeded",
         "wasted_tokens",
     )
@@ -47,6 +48,7 @@ class Counters:
         self.retries = 0
         self.panic_routed = 0
         self.wasted_tokens = 0
+        self.strategy_errors = 0
 
 
 class HedgeStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -94,6 +96,9 @@ class RouterStatistics(msgspec.Struct, frozen=True, kw_only=True):
     wasted_tokens: int
     #: Requests planned in panic: the route's unhealthy targets were tried too.
     panic_routed: int = 0
+    #: Plans a route's strategy of your own failed to make (it raised or returned an
+    #: invalid plan; the request failed with NoRoute naming it; docs/routing.md).
+    strategy_errors: int = 0
     #: Dollars spent (priced models only): answers, and prompts of lost attempts.
     spend: float
     #: The same by ``provider:model``.
@@ -137,6 +142,7 @@ def snapshot(
         retries=counts.retries,
         wasted_tokens=counts.wasted_tokens,
         panic_routed=counts.panic_routed,
+        strategy_errors=counts.strategy_errors,
         spend=sum(spend.spent.values()),
         spend_by_target=dict(spend.spent),
         budgets=[b.statistics(now) for b in spend.all_budgets(routes.budgets())],

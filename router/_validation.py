@@ -22,6 +22,9 @@ validated here, by a small converter that walks a value and its annotation toget
 
 * a constrained number or string (``Annotated[float, msgspec.Meta(gt=0)]``) is checked
   against its ``Meta`` bounds here too, and the message says the bound and the value.
+* a ``runtime_checkable`` Protocol (``RouteConfig.strategy`` may be a
+  :class:`~router.policy.Strategy` given in code) is checked with ``isinstance`` and
+  kept as it is; its struct's ``_problems`` checks the rest.
 
 Every message is built from what the converter holds — the path it walked, the type,
 the value — never by reading another library's error text.  A type the converter does
@@ -149,7 +152,13 @@ def _shape(value: object, type_: object) -> bool:
         return origin is dict or _struct_type(type_)
     if isinstance(value, msgspec.Struct):
         return isinstance(type_, type) and isinstance(value, type_)
-    return False
+    return _protocol(type_) and isinstance(value, type_)  # type: ignore[arg-type]
+
+
+def _protocol(type_: object) -> bool:
+    """A ``runtime_checkable`` Protocol (a value given in code is checked by isinstance:
+    ``RouteConfig.strategy`` may be the strategy itself)."""
+    return getattr(type_, "_is_protocol", False) and getattr(type_, "_is_runtime_protocol", False)
 
 
 @functools.cache
@@ -198,6 +207,7 @@ def _known(type_: object) -> bool:
         type_ in (bool, int, float, str, _NONE, Any, object)
         or origin in (list, dict, Literal)
         or _struct_type(type_)
+        or _protocol(type_)
     )
 
 
@@ -258,6 +268,10 @@ class _Validator:
             return self.tagged(value, [type_], path)
         if _struct_type(type_):
             return self.struct(value, type_, path)
+        if _protocol(type_):
+            if not isinstance(value, type_):
+                raise self.expected(value, type_, path)
+            return value
         raise TypeError(f"router._validation cannot check values of type {type_!r}")
 
     def union(self, value: object, type_: Any, path: str) -> Any:

@@ -18,7 +18,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from providers import Capabilities, NoRoute, Usage
-from router._config import HedgeConfig, Strategy
+from router._config import HedgeConfig
 from router._policy import (
     Candidate,
     HedgeBudget,
@@ -30,6 +30,7 @@ from router._policy import (
     hedge_delay,
     plan_route,
 )
+from router._policy import StrategyName as Strategy
 
 STRATEGIES: list[Strategy] = ["fallback", "weighted", "least-latency", "least-cost", "least-busy"]
 RANK = {"healthy": 0, "degraded": 1, "unhealthy": 2}

@@ -20,6 +20,7 @@ The ``chat``, ``health`` and ``models`` commands live in :mod:`router._tools._co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import signal
@@ -430,6 +431,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llm-router`` console script."""
     parser = _parser()
     args = parser.parse_args(argv)
+    # A route's strategy may be an import path ("mypolicies:cheapest"): resolve it from
+    # the working directory, as `python -m router` does (the console script's sys.path
+    # starts at its own directory instead).
+    with contextlib.suppress(OSError):  # a working directory since removed: nothing to add
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
     # Read before anything starts, so an empty prompt is a usage error like a bad flag.
     prompt = _read_prompt(parser, args.prompt) if args.command == "chat" else ""
     try:
