@@ -805,6 +805,9 @@ class ActorCall(Permit):
         # A call made in a cancelled scope takes no permit: nothing is charged or sent
         # (a hedge started as the race is decided, a fallback as the caller is
         # cancelled).  Not a schedule point otherwise.
+        if self.settled or self._mailbox is not None:
+            # A second entry would take a second grant that no exit releases.
+            raise RuntimeError("an actor call is entered once: make a new one for each call")
         await trio.lowlevel.checkpoint_if_cancelled()
         actor = self._actor
         trace = self._trace
@@ -917,6 +920,13 @@ class ActorCall(Permit):
             return remaining
         if not scope.cancelled_caught:
             return exc
+        if exc is not None:
+            # The limit's own Cancelled, swallowed.  The Timeout raised in its place gets
+            # it as __context__ (Python chains what is being handled): without its
+            # traceback, so that a Timeout kept (an attempt's record, a fallback's
+            # error) keeps none of the cut call's frames alive.
+            exc.__traceback__ = None
+            exc.__context__ = None
         limit = self._actor._first_token_timeout
         assert limit is not None
         return self._actor._timed_out(self._what, limit)
@@ -946,7 +956,10 @@ class ActorCall(Permit):
             finally:
                 del error, ended
         if ended is not exc:
-            try:  # the limit's Timeout in place of its own Cancelled (display: Timeout only)
+            # The limit's Timeout in place of its own Cancelled (display: Timeout only);
+            # no local left to hold the Cancelled's traceback from this frame.
+            del exc, tb
+            try:
                 raise ended from None
             finally:
                 del ended
@@ -1014,7 +1027,9 @@ class ActorStream(ActorCall):
     async def __anext__(self) -> StreamEvent:
         events = self._events
         if events is None:
-            raise RuntimeError("the stream is not open: use `async with actor.stream(...)`")
+            raise RuntimeError(
+                "the stream is not open: read it inside `async with actor.stream(...)`"
+            )
         try:
             if self._limited:
                 event = await self._next_limited(events)
@@ -1077,6 +1092,7 @@ class ActorStream(ActorCall):
         # closing, other than ``exc`` itself, is the provider's.
         opening = self._opening
         self._opening = None
+        self._events = None  # read after the block: "not open", not the adapter's error
         suppress = False
         if opening is not None:
             try:
