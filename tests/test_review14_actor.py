@@ -1,10 +1,12 @@
-"""Review of issue 14's actor call path: misuse of a call, and what a Timeout keeps.
+"""Review of issue 14's actor call path (misuse of a call, what a Timeout keeps) and
+config validation (integers beyond 64 bits, StrEnum choices).
 
 Every test fails on main at eabb887 and passes after the fix it names.
 """
 
 from __future__ import annotations
 
+import enum
 import gc
 import weakref
 from collections.abc import AsyncIterator, Iterator
@@ -14,10 +16,13 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from providers import ChatRequest, Message, Timeout
+from providers import ChatRequest, ConfigError, Message, Timeout
 from router import open_router
 from router._actor import ActorCall
+from router._config import decode_config, validate_config
 from router.config import ProviderConfig, RetryConfig, RouterConfig
 from router.testing import MockProvider
 
@@ -171,3 +176,83 @@ async def test_a_stream_read_after_its_block_is_a_runtime_error_not_the_provider
             await stream.__anext__()
         stats = actor.statistics()
         assert (stats.succeeded, stats.failed, stats.cancelled, stats.in_flight) == (0, 0, 1, 0)
+
+
+# --------------------------------------------------------------------------- config
+
+
+_INT64_MAX = 2**63 - 1
+
+
+@given(rpm=st.integers(min_value=-(2**600), max_value=2**600))
+@settings(max_examples=200, deadline=None)
+def test_an_int_field_takes_64_bit_integers_and_names_any_other(rpm: int) -> None:
+    """Invariant: for any integer ``rpm`` in TOML, decoding either succeeds (a positive
+    64-bit one) or raises ConfigError at ``$.providers.a.rpm`` — never another exception
+    (main: an rpm beyond 64 bits decoded, and open_router died in an OverflowError
+    inside the mailbox)."""
+    text = f'[providers.a]\nkind = "mock"\nrpm = {rpm}\n'
+    if 1 <= rpm <= _INT64_MAX:
+        assert decode_config(text).providers["a"].rpm == rpm
+        return
+    with pytest.raises(ConfigError) as info:
+        decode_config(text)
+    assert info.value.path == "$.providers.a.rpm"
+    assert len(str(info.value)) < 200  # a huge value is shown shortened
+
+
+@pytest.mark.parametrize(
+    ("toml", "path"),
+    [
+        ('[providers.a]\nkind = "mock"\ntpm = 1' + "0" * 30, "$.providers.a.tpm"),
+        (
+            '[providers.a]\nkind = "mock"\nrpm = 5\nrpm_burst = 1' + "0" * 30,
+            "$.providers.a.rpm_burst",
+        ),
+        (
+            "default_max_tokens = 1" + "0" * 30 + '\n[providers.a]\nkind = "mock"',
+            "$.default_max_tokens",
+        ),
+    ],
+)
+def test_a_limit_too_big_for_the_router_is_a_config_error_not_an_overflow(
+    toml: str, path: str
+) -> None:
+    """Each of these decoded on main and then failed at open (OverflowError from the
+    mailbox) or on every request (a ServerError wrapping OverflowError)."""
+    with pytest.raises(ConfigError, match="64-bit") as info:
+        decode_config(toml)
+    assert info.value.path == path
+
+
+async def test_the_largest_64_bit_limits_open_and_serve(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The boundary: rpm and tpm at 2**63 - 1 are accepted and a request goes through."""
+    config = decode_config(
+        f'[providers.a]\nkind = "mock"\nrpm = {_INT64_MAX}\ntpm = {_INT64_MAX}\n'
+    )
+    async with open_router(config, providers={"a": MockProvider(name="a")}) as router:
+        response = await router.complete(chat())
+    assert response.text
+
+
+def test_a_float_too_large_is_shown_shortened() -> None:
+    """An int too large for a float field is a ConfigError naming the field, with the
+    value shortened (main: all 401 digits in the message)."""
+    with pytest.raises(ConfigError, match=r"is too large for a float") as info:
+        decode_config('[providers.a]\nkind = "mock"\nfirst_token_timeout = 1' + "0" * 400)
+    assert info.value.path == "$.providers.a.first_token_timeout"
+    assert len(str(info.value)) < 200
+
+
+def test_a_str_enum_member_is_its_choice() -> None:
+    """A StrEnum member built in code is the plain choice it equals, as msgspec takes it
+    (main: "'mock' is not one of: ..., mock — did you mean 'mock'?")."""
+
+    class Kind(enum.StrEnum):
+        MOCK = "mock"
+
+    config = validate_config(RouterConfig(providers={"a": ProviderConfig(kind=Kind.MOCK)}))
+    assert type(config.providers["a"].kind) is str
+    assert config.providers["a"].kind == "mock"
