@@ -727,6 +727,23 @@ _FINISHED = _Finished()
 _NO_HEADERS: dict[str, str] = {}
 
 
+def _no_negative(usage: Usage) -> Usage:
+    """``usage`` with every negative count read as 0.
+
+    No provider uses fewer than no tokens; a server that says it did (a bug, or a
+    hostile one) would otherwise be a credit: a negative cost settled against the
+    budgets (spend past the limit on every other target), TPM refunded past the cost.
+    """
+    return msgspec.structs.replace(
+        usage,
+        input_tokens=max(0, usage.input_tokens),
+        output_tokens=max(0, usage.output_tokens),
+        cached_input_tokens=max(0, usage.cached_input_tokens),
+        cache_write_tokens=max(0, usage.cache_write_tokens),
+        reasoning_tokens=max(0, usage.reasoning_tokens),
+    )
+
+
 class ActorCall(Permit):
     """One call through a provider actor: ``async with call:`` around the adapter call.
 
@@ -845,6 +862,8 @@ class ActorCall(Permit):
         Health latency is the whole answer's, or a stream's time to first content.
         """
         self.settled = True
+        if usage.input_tokens < 0 or usage.output_tokens < 0 or usage.cached_input_tokens < 0:
+            usage = _no_negative(usage)
         actor = self._actor
         now = actor._now()
         actor._input_tokens += usage.input_tokens

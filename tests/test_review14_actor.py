@@ -19,12 +19,18 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from providers import ChatRequest, ConfigError, Message, Timeout
+from providers import ChatRequest, ConfigError, Message, Timeout, Usage
 from router import open_router
 from router._actor import ActorCall
 from router._config import decode_config, validate_config
-from router.config import ProviderConfig, RetryConfig, RouterConfig
-from router.testing import MockProvider
+from router.config import (
+    BudgetConfig,
+    ModelConfig,
+    ProviderConfig,
+    RetryConfig,
+    RouterConfig,
+)
+from router.testing import MockProvider, MockResponse
 
 
 def chat(model: str = "a:m") -> ChatRequest:
@@ -256,3 +262,35 @@ def test_a_str_enum_member_is_its_choice() -> None:
     config = validate_config(RouterConfig(providers={"a": ProviderConfig(kind=Kind.MOCK)}))
     assert type(config.providers["a"].kind) is str
     assert config.providers["a"].kind == "mock"
+
+
+# --------------------------------------------------------------------------- usage
+
+
+async def test_a_negative_usage_is_no_credit(autojump_clock: trio.testing.MockClock) -> None:
+    """A server reporting negative token counts (a bug, or hostile) is read as having
+    used none: no negative cost settled against the budget (main: spent -2000 dollars,
+    room to spend that much more on every other target), no negative token statistics,
+    no TPM refunded past the request's cost."""
+    lying = MockProvider(
+        name="a",
+        default=MockResponse(text="ok", usage=Usage(input_tokens=-(10**9), output_tokens=-(10**9))),
+    )
+    config = RouterConfig(
+        providers={"a": ProviderConfig(kind="mock", tpm=10_000)},
+        models={"a:m": ModelConfig(input_price=1.0, output_price=1.0)},
+        budget=BudgetConfig(limit=1.0),
+    )
+    async with open_router(config, providers={"a": lying}) as router:
+        actor = router._actors["a"]
+        response = await router.complete(chat())
+        assert response.usage.input_tokens == -(10**9)  # the answer is the server's
+        (budget,) = router.statistics().budgets
+        stats = actor.statistics()
+        tokens = actor.mailbox.statistics().tpm_tokens
+    assert budget.spent == 0.0
+    assert (stats.input_tokens, stats.output_tokens) == (0, 0)
+    # As with no usage reported: the output budget refunded, the prompt still charged
+    # (main: refunded to the full bucket, as if the request had given tokens back).
+    assert tokens is not None
+    assert 9_900.0 < tokens < 10_000.0
