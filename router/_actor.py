@@ -861,14 +861,17 @@ class ActorCall(Permit):
 
         Health latency is the whole answer's, or a stream's time to first content.
         """
-        self.settled = True
+        # The usage is read before the call counts as settled: an answer whose usage is
+        # not one (a user's adapter) raises here, and the call fails, typed and
+        # accounted, instead of being left half-recorded with its permit held.
         if usage.input_tokens < 0 or usage.output_tokens < 0 or usage.cached_input_tokens < 0:
             usage = _no_negative(usage)
+        total = usage.input_tokens + usage.output_tokens
+        self.settled = True
         actor = self._actor
         now = actor._now()
         actor._input_tokens += usage.input_tokens
         actor._output_tokens += usage.output_tokens
-        total = usage.input_tokens + usage.output_tokens
         self.release(total or None)
         if self._learns:
             actor.calibration.observe(self._model, self.prompt, usage.input_tokens)

@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from providers import ChatRequest, ConfigError, Message, Timeout, Usage
+from providers import ChatRequest, ConfigError, Message, ServerError, Timeout, Usage
 from router import open_router
 from router._actor import ActorCall
 from router._config import decode_config, validate_config
@@ -294,3 +295,29 @@ async def test_a_negative_usage_is_no_credit(autojump_clock: trio.testing.MockCl
     # (main: refunded to the full bucket, as if the request had given tokens back).
     assert tokens is not None
     assert 9_900.0 < tokens < 10_000.0
+
+
+class _NoUsage(MockProvider):
+    """A user's adapter with a bug: answers whose ``usage`` is ``None``."""
+
+    async def complete(self, request: ChatRequest) -> Any:
+        response = await MockProvider.complete(self, request)
+        return msgspec.structs.replace(response, usage=None)
+
+
+async def test_an_answer_without_usage_fails_the_call_and_returns_its_permit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An adapter answering with ``usage=None`` is a failed call (ServerError, the
+    AttributeError as its cause) with its permit returned (main: the call was marked
+    settled before its usage was read, so it got no outcome and kept its concurrency
+    slot for ever)."""
+    config = RouterConfig(providers={"a": ProviderConfig(kind="mock", max_concurrency=1)})
+    async with open_router(config, providers={"a": _NoUsage(name="a")}) as router:
+        actor = router._actors["a"]
+        with pytest.raises(ServerError, match="AttributeError") as info:
+            await actor.complete(chat())
+        assert isinstance(info.value.__cause__, AttributeError)
+        stats = actor.statistics()
+    assert (stats.succeeded, stats.failed, stats.cancelled) == (0, 1, 0)
+    assert (stats.admitted, stats.in_flight) == (1, 0)
