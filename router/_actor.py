@@ -727,6 +727,23 @@ _FINISHED = _Finished()
 _NO_HEADERS: dict[str, str] = {}
 
 
+def _no_negative(usage: Usage) -> Usage:
+    """``usage`` with every negative count read as 0.
+
+    No provider uses fewer than no tokens; a server that says it did (a bug, or a
+    hostile one) would otherwise be a credit: a negative cost settled against the
+    budgets (spend past the limit on every other target), TPM refunded past the cost.
+    """
+    return msgspec.structs.replace(
+        usage,
+        input_tokens=max(0, usage.input_tokens),
+        output_tokens=max(0, usage.output_tokens),
+        cached_input_tokens=max(0, usage.cached_input_tokens),
+        cache_write_tokens=max(0, usage.cache_write_tokens),
+        reasoning_tokens=max(0, usage.reasoning_tokens),
+    )
+
+
 class ActorCall(Permit):
     """One call through a provider actor: ``async with call:`` around the adapter call.
 
@@ -805,6 +822,9 @@ class ActorCall(Permit):
         # A call made in a cancelled scope takes no permit: nothing is charged or sent
         # (a hedge started as the race is decided, a fallback as the caller is
         # cancelled).  Not a schedule point otherwise.
+        if self.settled or self._mailbox is not None:
+            # A second entry would take a second grant that no exit releases.
+            raise RuntimeError("an actor call is entered once: make a new one for each call")
         await trio.lowlevel.checkpoint_if_cancelled()
         actor = self._actor
         trace = self._trace
@@ -841,12 +861,17 @@ class ActorCall(Permit):
 
         Health latency is the whole answer's, or a stream's time to first content.
         """
+        # The usage is read before the call counts as settled: an answer whose usage is
+        # not one (a user's adapter) raises here, and the call fails, typed and
+        # accounted, instead of being left half-recorded with its permit held.
+        if usage.input_tokens < 0 or usage.output_tokens < 0 or usage.cached_input_tokens < 0:
+            usage = _no_negative(usage)
+        total = usage.input_tokens + usage.output_tokens
         self.settled = True
         actor = self._actor
         now = actor._now()
         actor._input_tokens += usage.input_tokens
         actor._output_tokens += usage.output_tokens
-        total = usage.input_tokens + usage.output_tokens
         self.release(total or None)
         if self._learns:
             actor.calibration.observe(self._model, self.prompt, usage.input_tokens)
@@ -917,6 +942,13 @@ class ActorCall(Permit):
             return remaining
         if not scope.cancelled_caught:
             return exc
+        if exc is not None:
+            # The limit's own Cancelled, swallowed.  The Timeout raised in its place gets
+            # it as __context__ (Python chains what is being handled): without its
+            # traceback, so that a Timeout kept (an attempt's record, a fallback's
+            # error) keeps none of the cut call's frames alive.
+            exc.__traceback__ = None
+            exc.__context__ = None
         limit = self._actor._first_token_timeout
         assert limit is not None
         return self._actor._timed_out(self._what, limit)
@@ -946,7 +978,10 @@ class ActorCall(Permit):
             finally:
                 del error, ended
         if ended is not exc:
-            try:  # the limit's Timeout in place of its own Cancelled (display: Timeout only)
+            # The limit's Timeout in place of its own Cancelled (display: Timeout only);
+            # no local left to hold the Cancelled's traceback from this frame.
+            del exc, tb
+            try:
                 raise ended from None
             finally:
                 del ended
@@ -1014,7 +1049,9 @@ class ActorStream(ActorCall):
     async def __anext__(self) -> StreamEvent:
         events = self._events
         if events is None:
-            raise RuntimeError("the stream is not open: use `async with actor.stream(...)`")
+            raise RuntimeError(
+                "the stream is not open: read it inside `async with actor.stream(...)`"
+            )
         try:
             if self._limited:
                 event = await self._next_limited(events)
@@ -1077,6 +1114,7 @@ class ActorStream(ActorCall):
         # closing, other than ``exc`` itself, is the provider's.
         opening = self._opening
         self._opening = None
+        self._events = None  # read after the block: "not open", not the adapter's error
         suppress = False
         if opening is not None:
             try:

@@ -57,6 +57,8 @@ Problem: TypeAlias = tuple[Where, str]
 _T = TypeVar("_T")
 _NONE = type(None)
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+#: The integers a config holds: TOML's (64-bit signed).
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 
 
 def key_path(name: str) -> str:
@@ -241,6 +243,14 @@ class _Validator:
         if type_ is int:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise self.expected(value, type_, path)
+            if not _INT_MIN <= value <= _INT_MAX:
+                # TOML's integers are 64-bit (Python's tomllib reads any size), and the
+                # limits become floats in the rate arithmetic: a bigger one would be an
+                # OverflowError deep in the router, not a config error here.
+                raise self.error(
+                    path,
+                    f"must be a 64-bit integer ({_INT_MIN} to {_INT_MAX}), got {_shown(value)}",
+                )
             return value
         if type_ is float:
             if not isinstance(value, int | float) or isinstance(value, bool):
@@ -248,7 +258,7 @@ class _Validator:
             try:
                 return float(value)
             except OverflowError:
-                raise self.error(path, f"{value} is too large for a float") from None
+                raise self.error(path, f"{_shown(value)} is too large for a float") from None
         if origin is list:
             if not isinstance(value, list | tuple):
                 raise self.expected(value, type_, path)
@@ -333,8 +343,13 @@ class _Validator:
     def literal(
         self, value: object, choices: typing.Sequence[object], others: list[Any], path: str
     ) -> Any:
-        if any(value == c and type(value) is type(c) for c in choices):
-            return value
+        for c in choices:
+            # A str subclass (a StrEnum member built in code) is its plain choice, as
+            # msgspec takes it; an int or a bool is only itself (True is not 1).
+            if value == c and (
+                type(value) is type(c) or (isinstance(c, str) and isinstance(value, str))
+            ):
+                return c
         listed = ", ".join(str(c) for c in choices)
         alternatives = "".join(f", or {describe(o)}" for o in others)
         if not isinstance(value, str):
