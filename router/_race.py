@@ -686,7 +686,10 @@ class Race(Generic[T]):
         self.winner = record
         self._result = result
         self._finished(record)
-        self._end(race_scope, f"{record.candidate.target} won the race")
+        if race_scope is None:
+            self._over = True  # alone in the caller's task: nothing to cancel or wake
+        else:
+            self._end(race_scope, f"{record.candidate.target} won the race")
 
     async def _retrying(self, record: AttemptRecord, exc: LLMError) -> T:
         """The attempt's first try failed with ``exc``: try its target again while
