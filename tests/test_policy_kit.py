@@ -280,3 +280,17 @@ def test_importing_router_testing_does_not_import_hypothesis() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "False"
+
+
+def test_the_docs_show_the_policy_file_the_examples_import() -> None:
+    """docs/policy-testing.md's first python block is examples/mypolicies.py, verbatim:
+    the file the page's other examples (and its TOML) name is the one it shows."""
+    import sys as _sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    _sys.path.insert(0, str(root / "tests"))
+    from test_docs import parse_markdown
+
+    blocks, _ = parse_markdown(root / "docs" / "policy-testing.md")
+    assert blocks[0].code == (root / "examples" / "mypolicies.py").read_text(encoding="utf-8")
