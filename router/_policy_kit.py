@@ -47,13 +47,19 @@ _PROVIDERS = ("p0", "p1", "p2", "p3")
 _STATUSES: tuple[HealthStatus, ...] = ("healthy", "degraded", "unhealthy")
 _WINDOWS = (4_096, 8_192, 32_768, 128_000, 200_000, 1_000_000)
 _MODELS = ("m0", "m1", "m2")
-#: How unhealthy targets show in a health snapshot (router.stats / the router's policy view).
-_UNHEALTHY_REASONS = (
-    "circuit open until t=12.000",
-    "circuit half-open: every probe slot taken",
-    "actor crashed",
-    None,
-)
+# The reasons a provider actor gives the policy (ProviderActor.policy_health): an open
+# breaker, a half-open one (healthy while it has probe slots, unhealthy once every slot
+# is taken), a crashed actor, an error rate or a slow p95; None: a snapshot of yours.
+_REASONS: dict[HealthStatus, tuple[str | None, ...]] = {
+    "healthy": (None, "circuit half-open: probing"),
+    "degraded": ("error rate 40%", "p95 latency 2.500s", None),
+    "unhealthy": (
+        "circuit open until t=12.000",
+        "circuit half-open: every probe slot is taken",
+        "actor crashed: RuntimeError('boom')",
+        None,
+    ),
+}
 
 
 class PolicyInputs(NamedTuple):
@@ -231,20 +237,17 @@ def policy_needs() -> SearchStrategy[Needs]:
 
 
 def policy_health(providers: Sequence[str] = _PROVIDERS) -> SearchStrategy[dict[str, TargetHealth]]:
-    """Health snapshots for some of ``providers`` (one left out is healthy): healthy,
-    degraded or unhealthy (an open breaker, a half-open one with every probe slot
-    taken, a crashed actor), a latency estimate or none yet, a load, dollars left
-    under a spend cap or no cap."""
+    """Health snapshots for some of ``providers`` (one left out is healthy), as provider
+    actors report them: healthy (perhaps a half-open breaker with probe slots left),
+    degraded (an error rate, a slow p95) or unhealthy (an open breaker, a half-open one
+    with every probe slot taken, a crashed actor); a latency estimate or none yet, a
+    load, dollars left under a spend cap or no cap."""
     from hypothesis import strategies as st
 
     @st.composite
     def one(draw: st.DrawFn) -> TargetHealth:
         status: HealthStatus = draw(st.sampled_from(_STATUSES))
-        reason = None
-        if status == "unhealthy":
-            reason = draw(st.sampled_from(_UNHEALTHY_REASONS))
-        elif status == "degraded":
-            reason = draw(st.sampled_from(("error rate 40%", None)))
+        reason = draw(st.sampled_from(_REASONS[status]))
         return TargetHealth(
             status=status,
             reason=reason,

@@ -188,9 +188,13 @@ def test_the_tempting_cheapest_first_is_refuted_for_crossing_the_cap() -> None:
 CASES = {
     "no candidates": lambda x: not x.candidates,
     "an open breaker": lambda x: any("open until" in (h.reason or "") for h in x.health.values()),
-    "a half-open breaker": lambda x: any(
-        "half-open" in (h.reason or "") for h in x.health.values()
+    "a half-open breaker with probe slots": lambda x: any(
+        h.status == "healthy" and "half-open" in (h.reason or "") for h in x.health.values()
     ),
+    "a half-open breaker, every slot taken": lambda x: any(
+        h.status == "unhealthy" and "half-open" in (h.reason or "") for h in x.health.values()
+    ),
+    "a crashed actor": lambda x: any("crashed" in (h.reason or "") for h in x.health.values()),
     "a degraded provider": lambda x: any(h.status == "degraded" for h in x.health.values()),
     "unknown latency": lambda x: any(h.latency is None for h in x.health.values()),
     "a capable target over its cap": lambda x: any(
@@ -213,12 +217,11 @@ CASES = {
 
 
 def test_policy_inputs_reach_every_case_the_properties_are_about() -> None:
-    """In the 200 examples ``check_policy`` draws by default, the bundle strategy
-    generates each situation a policy must handle (else a property about it would pass
-    vacuously)."""
+    """In a few hundred examples the bundle strategy generates each situation a policy
+    must handle (else a property about it would pass vacuously)."""
     seen: set[str] = set()
 
-    @settings(max_examples=200, database=None, derandomize=True)
+    @settings(max_examples=400, database=None, derandomize=True)
     @given(policy_inputs())
     def run(inputs: PolicyInputs) -> None:
         seen.update(what for what, holds in CASES.items() if holds(inputs))
@@ -231,13 +234,16 @@ def test_policy_inputs_reach_every_case_the_properties_are_about() -> None:
 @given(policy_inputs())
 def test_policy_inputs_are_consistent(inputs: PolicyInputs) -> None:
     """Invariant: candidates are distinct targets indexed by position; the health
-    snapshot names only the candidates' providers; an unhealthy provider is so from an
-    open, half-open or crashed breaker, or unexplained; the same seed gives the same
-    plan."""
+    snapshot names only the candidates' providers; an unhealthy provider's reason is
+    an open breaker, a half-open one with every slot taken, a crashed actor, or none;
+    ``plan`` calls a strategy with a ``random.Random`` of the seed."""
     targets = [c.target for c in inputs.candidates]
     assert len(set(targets)) == len(targets)
     assert [c.index for c in inputs.candidates] == list(range(len(targets)))
     assert set(inputs.health) <= {c.provider for c in inputs.candidates}
+    for h in inputs.health.values():
+        if h.status == "unhealthy" and h.reason is not None:
+            assert h.reason.startswith(("circuit open until", "circuit half-open", "actor crashed"))
     assert inputs.plan(BuiltinStrategy("weighted")) == inputs.plan(BuiltinStrategy("weighted"))
     assert inputs.plan(BuiltinStrategy("least-cost")) == plan_route(
         list(inputs.candidates),
@@ -285,12 +291,10 @@ def test_importing_router_testing_does_not_import_hypothesis() -> None:
 def test_the_docs_show_the_policy_file_the_examples_import() -> None:
     """docs/policy-testing.md's first python block is examples/mypolicies.py, verbatim:
     the file the page's other examples (and its TOML) name is the one it shows."""
-    import sys as _sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
-    _sys.path.insert(0, str(root / "tests"))
-    from test_docs import parse_markdown
+    from tests.test_docs import parse_markdown
 
+    root = Path(__file__).resolve().parent.parent
     blocks, _ = parse_markdown(root / "docs" / "policy-testing.md")
     assert blocks[0].code == (root / "examples" / "mypolicies.py").read_text(encoding="utf-8")
