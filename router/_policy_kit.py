@@ -75,10 +75,21 @@ class PolicyInputs(NamedTuple):
     now: float
     seed: int
 
-    def plan(self, strategy: Strategy) -> Plan:
-        """``strategy(candidates, needs, health, now, random.Random(seed))``, on copies."""
+    def plan(
+        self,
+        strategy: Strategy,
+        candidates: list[Candidate] | None = None,
+        health: dict[str, TargetHealth] | None = None,
+    ) -> Plan:
+        """``strategy(candidates, needs, health, now, random.Random(seed))``, given
+        copies of the candidates and the health (or ``candidates`` and ``health``,
+        equal copies of yours, to see what the strategy did to them)."""
         return strategy(
-            list(self.candidates), self.needs, dict(self.health), self.now, random.Random(self.seed)
+            list(self.candidates) if candidates is None else candidates,
+            self.needs,
+            dict(self.health) if health is None else health,
+            self.now,
+            random.Random(self.seed),
         )
 
     def describe(self) -> str:
@@ -318,6 +329,8 @@ def check_policy(
     :func:`policy_inputs`), the strategy:
 
     - is total: it returns, raising nothing;
+    - leaves its inputs alone: the candidate list and the health mapping it is given
+      are unchanged after the call (they are the router's own);
     - returns a valid plan (:func:`~router.policy.plan_problem`): only given
       candidates, none twice, every candidate planned or excluded with a non-empty
       reason;
@@ -366,6 +379,15 @@ def check_policy(
             plan, seconds = timed(example)
         except Exception as exc:
             raise fail("total", f"raised {type(exc).__name__}: {exc}", example) from exc
+        candidates, health = list(example.candidates), dict(example.health)
+        example.plan(strategy, candidates, health)
+        if candidates != list(example.candidates) or health != example.health:
+            raise fail(
+                "leaves its inputs alone",
+                "it changed the candidates or the health it was given (the router's own)",
+                example,
+                plan,
+            )
         problem = plan_problem(plan, example.candidates)
         if problem is not None:
             raise fail("a valid plan", problem, example, plan)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -107,6 +108,15 @@ def raises_on_empty_health(
     return Plan(targets=tuple(usable), excluded=tuple(excluded))
 
 
+def sorts_in_place(
+    candidates: Sequence[Candidate], needs: Needs, health: Health, now: float, rng: random.Random
+) -> Plan:
+    """Broken: sorts the route's own candidate list in place (and plans correctly)."""
+    candidates.sort(key=lambda c: c.target, reverse=True)  # type: ignore[attr-defined]
+    usable, excluded = _keep_fit(candidates, needs, health)
+    return Plan(targets=tuple(usable), excluded=tuple(excluded))
+
+
 def slow(
     candidates: Sequence[Candidate], needs: Needs, health: Health, now: float, rng: random.Random
 ) -> Plan:
@@ -166,6 +176,12 @@ def test_a_strategy_that_raises_on_empty_health_fails_as_not_total() -> None:
     assert "health (a provider not listed is healthy):\n  (empty)" in message
 
 
+def test_a_strategy_that_changes_its_inputs_fails() -> None:
+    """Sorting the candidate list it was given in place fails "leaves its inputs alone"."""
+    message = _failure(sorts_in_place)
+    assert "check_policy(sorts_in_place): leaves its inputs alone: " in message
+
+
 def test_a_slow_strategy_fails_over_its_time_budget() -> None:
     """A 20 ms strategy fails "fast" against a 5 ms budget (best of three timings)."""
     with pytest.raises(AssertionError) as info:
@@ -176,10 +192,16 @@ def test_a_slow_strategy_fails_over_its_time_budget() -> None:
 
 def test_the_tempting_cheapest_first_is_refuted_for_crossing_the_cap() -> None:
     """The docs' worked example: "cheapest first" plans a target whose estimated cost
-    crosses its provider's spend cap; the shrunk example shows the cap and the cost."""
+    crosses its provider's spend cap; the shrunk example shows the cap and the cost,
+    exactly as the page shows it."""
     message = _failure(cheapest_first)
     assert "never over its provider's budget: planned " in message
     assert "budget_left=$0" in message
+    # docs/policy-testing.md pastes this run's output (derandomized: the same each run).
+    page = (Path(__file__).resolve().parent.parent / "docs" / "policy-testing.md").read_text()
+    worked = page[page.index("## 5. A worked example") :]
+    pasted = worked[worked.index("```text\n") + 8 : worked.index("\n```\n\nRead it")]
+    assert message == pasted, "re-paste the output into docs/policy-testing.md section 5"
 
 
 # ------------------------------------------------------------- the input strategies
@@ -291,8 +313,6 @@ def test_importing_router_testing_does_not_import_hypothesis() -> None:
 def test_the_docs_show_the_policy_file_the_examples_import() -> None:
     """docs/policy-testing.md's first python block is examples/mypolicies.py, verbatim:
     the file the page's other examples (and its TOML) name is the one it shows."""
-    from pathlib import Path
-
     from tests.test_docs import parse_markdown
 
     root = Path(__file__).resolve().parent.parent
