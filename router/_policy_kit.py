@@ -271,7 +271,11 @@ def policy_health(providers: Sequence[str] = _PROVIDERS) -> SearchStrategy[dict[
 
     @st.composite
     def snapshot(draw: st.DrawFn) -> dict[str, TargetHealth]:
-        return {name: draw(one()) for name in names if draw(st.booleans())}
+        snapshot: dict[str, TargetHealth] = {}
+        for name in names:  # a loop, not a comprehension: hypothesis sees draw() used
+            if draw(st.booleans()):
+                snapshot[name] = draw(one())
+        return snapshot
 
     strategy: SearchStrategy[dict[str, TargetHealth]] = snapshot()
     return strategy
