@@ -7,6 +7,8 @@
                            scripted latency and faults
 :func:`check_provider`     the conformance suite every adapter passes (yours too)
 :func:`simulate`           route policies against a scenario, in virtual time
+:func:`check_policy`       the property suite every routing strategy passes (yours too),
+                           over the hypothesis strategies ``policy_inputs`` and friends
 =========================  ================================================================
 
 See :mod:`providers.testing` and docs/testing.md for the details.
@@ -28,6 +30,14 @@ from providers.testing import check_provider as check_provider
 from providers.testing import load_scenarios as load_scenarios
 from providers.testing import open_fake_upstream as open_fake_upstream
 
+# The policy-testing kit (docs/policy-testing.md); imports hypothesis only when used.
+from ._policy_kit import PolicyCheck as PolicyCheck
+from ._policy_kit import PolicyInputs as PolicyInputs
+from ._policy_kit import check_policy as check_policy
+from ._policy_kit import policy_candidates as policy_candidates
+from ._policy_kit import policy_health as policy_health
+from ._policy_kit import policy_inputs as policy_inputs
+from ._policy_kit import policy_needs as policy_needs
 from ._tools._simulate import PolicyResult as PolicyResult
 from ._tools._simulate import SimProvider as SimProvider
 from ._tools._simulate import SimScenario as SimScenario
@@ -57,4 +67,12 @@ __all__ = [
     "load_scenarios",
     "open_fake_upstream",
     "simulate",
+    # the policy-testing kit
+    "PolicyCheck",
+    "PolicyInputs",
+    "check_policy",
+    "policy_candidates",
+    "policy_health",
+    "policy_inputs",
+    "policy_needs",
 ]

@@ -66,7 +66,8 @@ def signature_types(function: object) -> list[type]:
     """The project classes in ``function``'s parameter and return annotations.
 
     A name imported only under ``TYPE_CHECKING`` resolves to the public object of that
-    name when there is one, else to ``object`` (an optional extra's type, not ours).
+    name when there is one, else to ``object`` (an optional extra's type, not ours,
+    perhaps subscripted).
     """
     localns: dict[str, object] = {}
     while True:
@@ -77,8 +78,16 @@ def signature_types(function: object) -> list[type]:
             missing = exc.name
         assert missing is not None
         assert missing not in localns
-        localns[missing] = getattr(router, missing, object)
+        localns[missing] = getattr(router, missing, _Foreign)
     return [cls for tp in hints.values() for cls in our_types(tp)]
+
+
+class _Foreign:
+    """An optional extra's type, imported only under ``TYPE_CHECKING`` (hypothesis's
+    ``SearchStrategy[...]`` in the policy kit): not ours, and subscriptable."""
+
+    def __class_getitem__(cls, item: object) -> type:
+        return object
 
 
 def methods_of(cls: type) -> list[tuple[str, object]]:
