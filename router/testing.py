@@ -7,6 +7,8 @@
                            scripted latency and faults
 :func:`check_provider`     the conformance suite every adapter passes (yours too)
 :func:`simulate`           route policies against a scenario, in virtual time
+:class:`RouterMachine`     a hypothesis state machine over a router on virtual time: your
+                           policy's invariants, checked after every step
 =========================  ================================================================
 
 See :mod:`providers.testing` and docs/testing.md for the details.
@@ -28,6 +30,10 @@ from providers.testing import check_provider as check_provider
 from providers.testing import load_scenarios as load_scenarios
 from providers.testing import open_fake_upstream as open_fake_upstream
 
+# The stateful harness (docs/policy-testing.md).
+from ._harness import RequestResult as RequestResult
+from ._harness import RouterMachine as RouterMachine
+from ._harness import harness_config as harness_config
 from ._tools._simulate import PolicyResult as PolicyResult
 from ._tools._simulate import SimProvider as SimProvider
 from ._tools._simulate import SimScenario as SimScenario
@@ -57,4 +63,8 @@ __all__ = [
     "load_scenarios",
     "open_fake_upstream",
     "simulate",
+    # The stateful harness.
+    "RequestResult",
+    "RouterMachine",
+    "harness_config",
 ]
