@@ -279,10 +279,35 @@ def run_user_file(pytester: pytest.Pytester, source: str, *args: str) -> pytest.
     return pytester.runpytest_subprocess("-p", "router._plugin", "-p", "no:cacheprovider", *args)
 
 
-def test_the_entry_point_is_declared() -> None:
-    """pyproject.toml registers router._plugin as a pytest11 entry point."""
+def pytest11() -> dict[str, str]:
+    """The ``pytest11`` entry points pyproject.toml declares."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["entry-points"]["pytest11"] == {"trio-llm-router": "router._plugin"}
+    return dict(project["entry-points"]["pytest11"])
+
+
+def test_the_entry_point_is_declared() -> None:
+    """pyproject.toml registers router._plugin as a pytest11 entry point, under its module
+    name (so ``-p router._plugin`` beside the installed entry point is a no-op)."""
+    assert pytest11() == {"router._plugin": "router._plugin"}
+
+
+@pytest.mark.parametrize("also_p", [False, True])
+def test_the_plugin_loads_through_the_declared_entry_point(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, also_p: bool
+) -> None:
+    """Installed as pyproject.toml declares it (a dist-info holding its pytest11 entry
+    points, on the path), the plugin loads with no ``-p``; with ``-p router._plugin``
+    as well it is not registered twice."""
+    site = pytester.mkdir("site")
+    info = site / "trio_llm_router_probe-0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: trio-llm-router-probe\n")
+    lines = "".join(f"{name} = {target}\n" for name, target in pytest11().items())
+    (info / "entry_points.txt").write_text(f"[pytest11]\n{lines}")
+    monkeypatch.setenv("PYTHONPATH", f"{site}:{ROOT}")
+    pytester.makepyfile(test_user=THREE_LINES)
+    extra = ["-p", "router._plugin"] if also_p else []
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", *extra).assert_outcomes(passed=1)
 
 
 def test_a_three_line_user_file_runs(pytester: pytest.Pytester) -> None:
