@@ -252,7 +252,11 @@ class RouterMachine(RuleBasedStateMachine):
         self._clock.autojump_threshold = 0
         try:
             assert self._router is not None
-            return await fn(self._router)
+            with trio.move_on_after(self.step_timeout):
+                return await fn(self._router)
+            raise AssertionError(
+                f"a step was still running after {self.step_timeout:g} s of virtual time: a hang"
+            )
         finally:
             self._clock.autojump_threshold = math.inf
 
@@ -298,7 +302,9 @@ class RouterMachine(RuleBasedStateMachine):
 
     def run(self, fn: Callable[[Router], Awaitable[T]]) -> T:
         """Run ``await fn(router)`` in the router's trio thread, on virtual time (which
-        moves only while it runs); return its result or raise its exception."""
+        moves only while it runs); return its result or raise its exception.  A step
+        still running after :attr:`step_timeout` virtual seconds is cancelled and
+        fails with ``AssertionError``."""
         if self._token is None or not self._thread.is_alive():
             raise RuntimeError(f"the machine's router is not running: {self._failure!r}")
         return trio.from_thread.run(self._step, fn, trio_token=self._token)
@@ -350,12 +356,10 @@ class RouterMachine(RuleBasedStateMachine):
                 )
 
         async def step(router: Router) -> None:
-            with trio.move_on_after(self.step_timeout) as scope:
-                async with trio.open_nursery() as nursery:
-                    for _ in range(count):
-                        nursery.start_soon(one, router)
-            if scope.cancelled_caught:
-                problems.append(f"requests still running after {self.step_timeout:g} s: a hang")
+            # A hang fails the step in run(), after step_timeout.
+            async with trio.open_nursery() as nursery:
+                for _ in range(count):
+                    nursery.start_soon(one, router)
 
         self.run(step)
         assert not problems, "; ".join(problems)
