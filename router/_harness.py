@@ -49,7 +49,7 @@ from ._events import AttemptStarted, RequestStarted, RouterEvent
 from ._policy import Candidate, Needs, Plan, Strategy, TargetHealth
 from ._retry import RetryConfig
 from ._router import Router, open_router
-from ._strategies import resolve
+from ._strategies import resolve, strategy_name
 from .errors import RateLimited, ServerError
 from .stats import RouterStatistics
 
@@ -109,28 +109,24 @@ class RequestResult(msgspec.Struct, frozen=True, kw_only=True):
     error: LLMError | None = None
 
 
-class _Recording:
+def _recording(inner: Strategy, machine: RouterMachine) -> Strategy:
     """The route's strategy, recording each plan with the breakers' states it was made
-    against (the harness's own wrapper: the plan is the inner strategy's, unchanged)."""
+    against (the plan is the inner strategy's, unchanged; errors name the inner one)."""
 
-    def __init__(self, inner: Strategy, machine: RouterMachine) -> None:
-        self.inner = inner
-        self.machine = machine
-
-    def __repr__(self) -> str:
-        return repr(self.inner)
-
-    def __call__(
-        self,
+    def record(
         candidates: Sequence[Candidate],
         needs: Needs,
         health: Mapping[str, TargetHealth],
         now: float,
         rng: Any,
     ) -> Plan:
-        plan = self.inner(candidates, needs, health, now, rng)
-        self.machine._planned(plan, now)
+        plan = inner(candidates, needs, health, now, rng)
+        machine._planned(plan, now)
         return plan
+
+    module, colon, qualname = strategy_name(inner).partition(":")
+    record.__module__, record.__qualname__ = (module, qualname) if colon else ("?", module)
+    return record
 
 
 class RouterMachine(RuleBasedStateMachine):
@@ -147,6 +143,7 @@ class RouterMachine(RuleBasedStateMachine):
     * no first attempt went to a provider whose breaker was open when the request was
       planned, unless the plan was in panic (or marked that target ``panic``);
     * no spend cap's spend exceeds its limit;
+    * the strategy never failed (raised, or returned an invalid plan);
     * the statistics add up: ``requests == succeeded + failed + cancelled``, and
       ``succeeded`` is the number of answers the machine received.
 
@@ -195,7 +192,7 @@ class RouterMachine(RuleBasedStateMachine):
         routes = {}
         for name, rc in config.routes.items():
             threshold = config.panic_threshold if rc.panic_threshold is None else rc.panic_threshold
-            wrapped = _Recording(resolve(rc.strategy, threshold), self)
+            wrapped = _recording(resolve(rc.strategy, threshold), self)
             routes[name] = msgspec.structs.replace(rc, strategy=wrapped)
         self.config = msgspec.structs.replace(config, routes=routes)
         #: The scripted providers, by name.
@@ -401,6 +398,17 @@ class RouterMachine(RuleBasedStateMachine):
         """No spend cap's spend (in its current window) exceeds its limit."""
         for budget in self.statistics().budgets:
             assert budget.spent <= budget.limit * (1 + 1e-9), budget
+
+    @invariant()
+    def strategy_never_failed(self) -> None:
+        """The strategy never raised or returned an invalid plan (``strategy_errors``)."""
+        failed = self.statistics().strategy_errors
+        assert failed == 0, f"the strategy failed {failed} time(s): {self._strategy_errors()}"
+
+    def _strategy_errors(self) -> list[str]:
+        return [
+            str(r.error) for r in self.results if r.error is not None and "strategy" in str(r.error)
+        ][:3]
 
     @invariant()
     def statistics_add_up(self) -> None:

@@ -103,6 +103,31 @@ def test_built_in_strategies_keep_every_invariant(strategy: str) -> None:
     run_state_machine_as_test(machine, settings=FAST)
 
 
+def picky(candidates: Any, needs: Any, health: Any, now: float, rng: Any) -> Plan:
+    """A strategy that is not total: it raises once any provider is unhealthy."""
+    if any(h.status == "unhealthy" for h in health.values()):
+        raise RuntimeError("did not expect an unhealthy provider")
+    return Plan(targets=tuple(candidates))
+
+
+def test_a_strategy_that_raises_breaks_an_invariant_naming_it() -> None:
+    """A strategy error is a typed NoRoute for the request (naming the user's strategy,
+    not the harness's wrapper) and breaks the strategy invariant."""
+    machine = type("Picky", (RouterMachine,), {"strategy": picky})()
+    try:
+        machine.strategy_never_failed()
+        trip_alpha(machine)
+        machine.send(1)
+        error = machine.results[-1].error
+        assert error is not None
+        assert type(error).__name__ == "NoRoute"
+        assert f"strategy '{__name__}:picky'" in str(error)
+        with pytest.raises(AssertionError, match="the strategy failed"):
+            machine.strategy_never_failed()
+    finally:
+        machine.teardown()
+
+
 def test_a_hang_is_a_failed_step_on_virtual_time() -> None:
     """A request that never ends fails its step after ``step_timeout`` virtual seconds,
     at once in real time."""
