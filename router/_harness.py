@@ -188,6 +188,11 @@ class RouterMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         config = self.make_config()
+        if self.route not in config.routes and ":" not in self.route:
+            raise ValueError(
+                f"{type(self).__name__}.route is {self.route!r}, which make_config() does "
+                f"not configure; its routes: {sorted(config.routes)}"
+            )
         # Each route's strategy, resolved and wrapped to record its plans.
         routes = {}
         for name, rc in config.routes.items():

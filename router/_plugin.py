@@ -102,7 +102,7 @@ def _trio_llm_router_config(request: pytest.FixtureRequest) -> RouterConfig:
     config = options.get("config")
     if config is None:
         return harness_config(
-            list(options.get("providers") or ("primary", "backup")),
+            list(options.get("providers", ("primary", "backup"))),
             strategy=options.get("strategy", "fallback"),
             budget=options.get("budget"),
         )

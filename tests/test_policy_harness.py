@@ -296,6 +296,15 @@ def test_a_step_error_reaches_the_rule_and_a_bad_config_the_constructor() -> Non
     with pytest.raises(ValueError, match="no-such-strategy"):
         Unknown()
 
+    class Misnamed(RouterMachine):
+        route = "fast"
+
+        def make_config(self) -> RouterConfig:
+            return harness_config(["a", "b"])  # route "policy", not "fast"
+
+    with pytest.raises(ValueError, match=r"route is 'fast'.*routes: \['policy'\]"):
+        Misnamed()
+
 
 # -- the pytest plugin
 
