@@ -35,78 +35,25 @@ import trio.testing
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from providers import ChatRequest, ChatResponse, LLMError, Message
+from providers import ChatRequest, LLMError, Message
 from providers.testing import MockProvider, MockResponse
 
-from ._config import (
-    BudgetConfig,
-    ModelConfig,
-    ProviderConfig,
-    RouteConfig,
-    RouterConfig,
-)
+from ._config import RouterConfig
 from ._events import AttemptStarted, RequestStarted, RouterEvent
 from ._policy import Candidate, Needs, Plan, Strategy, TargetHealth
-from ._retry import RetryConfig
 from ._router import Router, open_router
+from ._scripted import RequestResult, harness_config
 from ._strategies import resolve, strategy_name
 from .errors import RateLimited, ServerError
 from .stats import RouterStatistics
 
-__all__ = ["BEHAVIOURS", "Behaviour", "RequestResult", "RouterMachine", "harness_config"]
+__all__ = ["BEHAVIOURS", "Behaviour", "RouterMachine"]
 
 T = TypeVar("T")
 
 #: How a scripted provider behaves until the next flip.
 Behaviour = Literal["ok", "slow", "fail", "rate_limited"]
 BEHAVIOURS: tuple[Behaviour, ...] = ("ok", "slow", "fail", "rate_limited")
-
-
-def harness_config(
-    providers: Sequence[str],
-    *,
-    route: str = "policy",
-    strategy: str | Strategy = "fallback",
-    budget: float | None = None,
-    max_tokens: int = 100,
-) -> RouterConfig:
-    """The configuration :class:`RouterMachine` (and the pytest plugin) use by default.
-
-    One ``kind = "mock"`` provider per name, serving model ``"m"`` priced at ``n + 1``
-    dollars per million input tokens and ``2 (n + 1)`` per million output tokens (``n``
-    the provider's index, so ``least-cost`` has an order), no retries on a provider (each
-    attempt is one call), and route ``route`` over them all, in order, planned by
-    ``strategy``, with a spend cap of ``budget`` dollars per day if given.
-    """
-    if not providers:
-        raise ValueError("harness_config needs at least one provider name")
-    return RouterConfig(
-        providers={
-            name: ProviderConfig(kind="mock", retry=RetryConfig(max_attempts=1))
-            for name in providers
-        },
-        models={
-            f"{name}:m": ModelConfig(input_price=float(i + 1), output_price=float(2 * (i + 1)))
-            for i, name in enumerate(providers)
-        },
-        routes={
-            route: RouteConfig(
-                targets=[f"{name}:m" for name in providers],
-                strategy=strategy,
-                budget=None if budget is None else BudgetConfig(limit=budget),
-            )
-        },
-        default_max_tokens=max_tokens,
-    )
-
-
-class RequestResult(msgspec.Struct, frozen=True, kw_only=True):
-    """How one request the machine sent ended: an answer or a typed error, and when."""
-
-    sent: float
-    ended: float
-    response: ChatResponse | None = None
-    error: LLMError | None = None
 
 
 def _recording(inner: Strategy, machine: RouterMachine) -> Strategy:

@@ -85,7 +85,7 @@ def scripted_provider() -> Callable[..., MockProvider]:
 def _trio_llm_router_config(request: pytest.FixtureRequest) -> RouterConfig:
     """The ``mock_router`` marker's configuration, checked before the test runs."""
     from ._config import RouterConfig
-    from ._harness import harness_config
+    from ._scripted import harness_config
 
     marker = request.node.get_closest_marker("mock_router")
     if marker is None:

@@ -14,6 +14,8 @@
 See :mod:`providers.testing` and docs/testing.md for the details.
 """
 
+import typing as _typing
+
 from providers.testing import FakeUpstream as FakeUpstream
 from providers.testing import Fault as Fault
 from providers.testing import Fixed as Fixed
@@ -30,10 +32,13 @@ from providers.testing import check_provider as check_provider
 from providers.testing import load_scenarios as load_scenarios
 from providers.testing import open_fake_upstream as open_fake_upstream
 
-# The stateful harness (docs/policy-testing.md).
-from ._harness import RequestResult as RequestResult
-from ._harness import RouterMachine as RouterMachine
-from ._harness import harness_config as harness_config
+# The stateful harness (docs/policy-testing.md).  RouterMachine needs hypothesis (the
+# `test` extra): imported on first use, so `import router.testing` does not need it.
+from ._scripted import RequestResult as RequestResult
+from ._scripted import harness_config as harness_config
+
+if _typing.TYPE_CHECKING:
+    from ._harness import RouterMachine as RouterMachine
 from ._tools._simulate import PolicyResult as PolicyResult
 from ._tools._simulate import SimProvider as SimProvider
 from ._tools._simulate import SimScenario as SimScenario
@@ -68,3 +73,17 @@ __all__ = [
     "RouterMachine",
     "harness_config",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``RouterMachine``, imported on first use (it needs hypothesis)."""
+    if name == "RouterMachine":
+        from ._harness import RouterMachine
+
+        globals()[name] = RouterMachine
+        return RouterMachine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "RouterMachine"})
