@@ -9,10 +9,14 @@
 :func:`simulate`           route policies against a scenario, in virtual time
 :func:`check_policy`       the property suite every routing strategy passes (yours too),
                            over the hypothesis strategies ``policy_inputs`` and friends
+:class:`RouterMachine`     a hypothesis state machine over a router on virtual time: your
+                           policy's invariants, checked after every step
 =========================  ================================================================
 
 See :mod:`providers.testing` and docs/testing.md for the details.
 """
+
+import typing as _typing
 
 from providers.testing import FakeUpstream as FakeUpstream
 from providers.testing import Fault as Fault
@@ -38,6 +42,14 @@ from ._policy_kit import policy_candidates as policy_candidates
 from ._policy_kit import policy_health as policy_health
 from ._policy_kit import policy_inputs as policy_inputs
 from ._policy_kit import policy_needs as policy_needs
+
+# The stateful harness (docs/policy-testing.md).  RouterMachine needs hypothesis (the
+# `test` extra): imported on first use, so `import router.testing` does not need it.
+from ._scripted import RequestResult as RequestResult
+from ._scripted import harness_config as harness_config
+
+if _typing.TYPE_CHECKING:
+    from ._harness import RouterMachine as RouterMachine
 from ._tools._simulate import PolicyResult as PolicyResult
 from ._tools._simulate import SimProvider as SimProvider
 from ._tools._simulate import SimScenario as SimScenario
@@ -75,4 +87,22 @@ __all__ = [
     "policy_health",
     "policy_inputs",
     "policy_needs",
+    # The stateful harness.
+    "RequestResult",
+    "RouterMachine",
+    "harness_config",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``RouterMachine``, imported on first use (it needs hypothesis)."""
+    if name == "RouterMachine":
+        from ._harness import RouterMachine
+
+        globals()[name] = RouterMachine
+        return RouterMachine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "RouterMachine"})

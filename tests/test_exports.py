@@ -121,9 +121,13 @@ def definition(module_name: str, name: str) -> tuple[str, ast.Module, int]:
 
 
 def explicit_reexports(module_name: str) -> set[str]:
-    """Names bound by ``from X import Y as Y`` (the explicit re-export form) in a module."""
+    """Names bound by ``from X import Y as Y`` (the explicit re-export form) in a module,
+    at top level or in a top-level ``if`` (``if TYPE_CHECKING:`` beside a module
+    ``__getattr__`` that imports the name on first use, as router.testing's
+    ``RouterMachine``, which needs hypothesis)."""
     names: set[str] = set()
-    for node in module_ast(module_name).body:
+    body = module_ast(module_name).body
+    for node in [*body, *(n for top in body if isinstance(top, ast.If) for n in top.body)]:
         if isinstance(node, ast.ImportFrom):
             names.update(a.name for a in node.names if a.asname == a.name)
     return names
