@@ -17,12 +17,19 @@ yours, and :func:`plan_problem` is the check the router makes of your plans
 
 Example::
 
-    from router.policy import Exclusion, Plan, estimated_cost, unfit
+    import math
+    from router.policy import Exclusion, Plan, estimated_cost, over_budget, unfit
 
     def cheapest(candidates, needs, health, now, rng):
-        fit = [c for c in candidates if unfit(c, needs) is None]
-        out = [Exclusion(c.target, unfit(c, needs) or "") for c in candidates if c not in fit]
-        fit.sort(key=lambda c: estimated_cost(c, needs) or 0.0)
+        fit, out = [], []
+        for c in candidates:
+            why = unfit(c, needs) or over_budget(c, needs, health)
+            if why is None:
+                fit.append(c)
+            else:
+                out.append(Exclusion(c.target, why))
+        cost = lambda c: estimated_cost(c, needs)
+        fit.sort(key=lambda c: math.inf if cost(c) is None else cost(c))  # unknown: last
         return Plan(targets=tuple(fit), excluded=tuple(out))
 """
 

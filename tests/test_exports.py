@@ -57,8 +57,13 @@ PACKAGES = public_modules()
 
 
 def public_names(module: types.ModuleType) -> list[str]:
-    """Every attribute of ``module`` without a leading underscore."""
-    return sorted(name for name in dir(module) if not name.startswith("_"))
+    """Every attribute of ``module`` without a leading underscore.
+
+    Names that are not identifiers are left out: pytest's assertion rewriting adds
+    ``@py_builtins`` and ``@pytest_ar`` to every module of a distribution that registers
+    a ``pytest11`` plugin, as ours does (``router._plugin``), when pytest imports it.
+    """
+    return sorted(name for name in dir(module) if not name.startswith("_") and name.isidentifier())
 
 
 def is_public_submodule(package: types.ModuleType, value: object) -> bool:
