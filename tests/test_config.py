@@ -317,6 +317,8 @@ def accepted(type_: Any) -> set[str]:
         return {"array"}
     if origin is dict or (isinstance(type_, type) and issubclass(type_, msgspec.Struct)):
         return {"table"}
+    if getattr(type_, "_is_protocol", False):
+        return set()  # a callable (a route's Strategy): given in code, never in TOML
     return {
         bool: {"bool"},
         int: {"int"},
