@@ -50,6 +50,7 @@ _key = key_path
 __all__ = [
     "DEFAULT_FAIL_OVER",
     "AuditConfig",
+    "GatewayConfig",
     "BudgetConfig",
     "HedgeConfig",
     "MockConfig",
@@ -576,6 +577,61 @@ class TracingConfig(_Config, frozen=True):
     enabled: bool = False
 
 
+class GatewayConfig(_Config, frozen=True):
+    """``llm-router serve``: the gateway's address, limits and shutdown (docs/gateway.md).
+
+    ====================  =============  ===============================================
+    ``host``              "127.0.0.1"    address to bind (``--host`` overrides it); a
+                                         non-loopback address needs gateway keys
+    ``port``              4000           port to bind (``--port`` overrides it; 0: any)
+    ``grace``             10.0           seconds in-flight requests and streams get to
+                                         finish after SIGTERM/SIGINT; then cancelled
+    ``max_body_bytes``    16 MiB         a larger request body is refused with a 413
+    ``max_timeout``       None           the longest ``x-request-timeout`` accepted
+                                         (seconds); ``None``: any
+    ``default_timeout``   None           the deadline of a request without
+                                         ``x-request-timeout``; ``None``: none
+    ====================  =============  ===============================================
+
+    Example::
+
+        GatewayConfig(port=8000, grace=30.0)
+        # TOML: [gateway]  port = 8000  grace = 30.0
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 4000
+    grace: float = 10.0
+    max_body_bytes: int = 16 * 2**20
+    max_timeout: float | None = None
+    default_timeout: float | None = None
+    # The gateway keys (a ``keys`` sub-table: hashed bearer keys, their routes, limits
+    # and spend caps) belong here; until they exist, no keys means loopback only.
+
+    def _problems(self) -> Iterator[Problem]:
+        if not self.host:
+            yield ("host",), "must name an address to bind, got ''"
+        if not 0 <= self.port <= 65535:
+            yield ("port",), f"must be a port number 0-65535, got {self.port}"
+        if not _finite(self.grace):
+            yield ("grace",), f"must be a finite number of seconds >= 0, got {self.grace}"
+        if self.max_body_bytes < 1:
+            yield ("max_body_bytes",), f"must be >= 1, got {self.max_body_bytes}"
+        for name in ("max_timeout", "default_timeout"):
+            value = getattr(self, name)
+            if value is not None and not _finite(value, strict=True):
+                yield (name,), f"must be a positive finite number of seconds, got {value}"
+        if (
+            self.max_timeout is not None
+            and self.default_timeout is not None
+            and self.default_timeout > self.max_timeout
+        ):
+            yield (
+                ("default_timeout",),
+                f"must not exceed max_timeout ({self.max_timeout}), got {self.default_timeout}",
+            )
+
+
 class RouterConfig(_Config, frozen=True):
     """The whole router: providers by name, routes by alias, supervision.
 
@@ -595,6 +651,8 @@ class RouterConfig(_Config, frozen=True):
     audit: AuditConfig | None = None
     #: OpenTelemetry spans per request and attempt.
     tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
+    #: ``llm-router serve``: the gateway's address, limits and shutdown.
+    gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
     #: Panic routing for routes that do not set theirs, and for direct ``provider:model``
     #: calls: 0.5 as in Envoy; 0 turns it off (docs/routing.md).
     panic_threshold: float = 0.5

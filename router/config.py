@@ -19,6 +19,7 @@ whose key is in the environment.  docs/configuration.md describes every field.
 :class:`SupervisorConfig`   actor restarts after a crash
 :class:`AuditConfig`        the audit log
 :class:`TracingConfig`      OpenTelemetry spans
+:class:`GatewayConfig`      ``llm-router serve``: address, body limit, deadlines, shutdown
 ==========================  ============================================================
 
 Example::
@@ -33,6 +34,7 @@ Example::
 
 from ._config import AuditConfig as AuditConfig
 from ._config import BudgetConfig as BudgetConfig
+from ._config import GatewayConfig as GatewayConfig
 from ._config import HedgeConfig as HedgeConfig
 from ._config import MockConfig as MockConfig
 from ._config import ModelConfig as ModelConfig
@@ -52,6 +54,7 @@ __all__ = [
     "BudgetConfig",
     "config_from_env",
     "decode_config",
+    "GatewayConfig",
     "HedgeConfig",
     "MockConfig",
     "ModelConfig",

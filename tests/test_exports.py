@@ -187,6 +187,7 @@ def test_the_public_modules_are_the_documented_families() -> None:
         "router.config",
         "router.errors",
         "router.events",
+        "router.gateway",
         "router.models",
         "router.policy",
         "router.stats",

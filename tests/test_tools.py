@@ -34,6 +34,8 @@ ALLOWED_INTERNALS = {
     "router._providers": {"build_provider"},
     "router._validation": {"Problem", "validate"},
     "providers._errors": {"scrub"},
+    # the gateway reads an OpenAI tool call's argument string as the adapters do
+    "providers._types": {"parse_tool_arguments"},
     "providers.testing._hostile": {"HOSTILE_FAULTS", "HostileServer", "open_hostile_server"},
 }
 
@@ -69,10 +71,11 @@ def imports_of(path: Path, package: str) -> list[tuple[str, str]]:
 
 
 def test_importing_router_imports_no_tool() -> None:
-    """``import router`` (the core) loads none of the tools' modules, not even the package."""
+    """``import router`` (the core) loads none of the tools' modules, not even the package,
+    nor the gateway's public module (``router.gateway`` is imported only when asked for)."""
     code = (
         "import sys, router\n"
-        "print(sorted(m for m in sys.modules if m.startswith('router._tools')))\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('router._tools', 'router.gateway'))))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
@@ -83,10 +86,11 @@ def test_importing_router_imports_no_tool() -> None:
 
 def test_no_core_module_imports_a_tool() -> None:
     """No module of the core names the tools package in any import, even inside a function;
-    only ``router.testing`` (the simulator) and ``python -m router`` reach into it."""
+    only ``router.testing`` (the simulator), ``router.gateway`` (the gateway's public face,
+    never imported by ``import router``) and ``python -m router`` reach into it."""
     offenders = []
     for path in sorted(ROUTER.glob("*.py")):
-        if path.name in ("testing.py", "__main__.py"):
+        if path.name in ("testing.py", "gateway.py", "__main__.py"):
             continue
         for module, _ in imports_of(path, "router"):
             if module.startswith("router._tools"):

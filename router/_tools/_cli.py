@@ -170,7 +170,42 @@ def _parser() -> argparse.ArgumentParser:
         "--json", type=Path, default=None, metavar="FILE", help="also write the figures as JSON"
     )
     _add_chaos_command(sub)
+    _add_serve_command(sub)
     return parser
+
+
+def _add_serve_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``serve``: the OpenAI- and Anthropic-compatible gateway (``_serve``, ``_gateway``)."""
+    serve = sub.add_parser(
+        "serve",
+        help="an OpenAI- and Anthropic-compatible HTTP gateway over the router",
+        description="Serve the router over HTTP: OpenAI's /v1/chat/completions, "
+        "/v1/embeddings and /v1/models, Anthropic's /v1/messages, /healthz, /readyz and "
+        "/metrics, on hypercorn's trio worker. Without --config it serves the built-in "
+        "fake providers (no keys, no network). SIGTERM or Ctrl-C drains in-flight "
+        "requests for [gateway] grace seconds; a second one stops at once. "
+        "See docs/gateway.md.",
+    )
+    serve.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="router config (TOML) with an optional [gateway] table; "
+        "default: the built-in fake providers",
+    )
+    serve.add_argument(
+        "--host",
+        default=None,
+        help="address to bind (default: [gateway] host, 127.0.0.1); loopback only "
+        "until gateway keys are configured",
+    )
+    serve.add_argument(
+        "--port",
+        type=_port,
+        default=None,
+        help="port to bind (default: [gateway] port, 4000; 0 = any free port)",
+    )
 
 
 def _add_chaos_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -459,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._commands import error_line
 
             # The router commands name the error's type; the older ones keep their format.
-            typed = args.command in ("chat", "health", "models")
+            typed = args.command in ("chat", "health", "models", "serve")
             print(f"llm-router: error: {error_line(error, with_type=typed)}", file=sys.stderr)
             return 1
         raise
@@ -491,7 +526,19 @@ def _dispatch(args: argparse.Namespace, prompt: str) -> int:
         return _models(args)
     elif args.command == "chaos":
         return _chaos(args)
+    elif args.command == "serve":
+        return _serve(args)
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ._serve import run_serve
+
+    return trio.run(
+        lambda: run_serve(
+            args.config, host=args.host, port=args.port, out=sys.stdout, err=sys.stderr
+        )
+    )
 
 
 def _sole_error(exc: BaseException) -> BaseException:
