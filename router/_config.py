@@ -51,6 +51,7 @@ __all__ = [
     "DEFAULT_FAIL_OVER",
     "AuditConfig",
     "GatewayConfig",
+    "GatewayKeyConfig",
     "BudgetConfig",
     "HedgeConfig",
     "MockConfig",
@@ -577,6 +578,92 @@ class TracingConfig(_Config, frozen=True):
     enabled: bool = False
 
 
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class GatewayKeyConfig(_Config, frozen=True):
+    """One gateway key (``[gateway.keys.NAME]``): who may call, what, how much (docs/gateway.md).
+
+    ===============  =======  =========================================================
+    ``key_env``      None     the environment variable holding the key's value (read
+                              when the gateway starts; only its sha256 is kept)
+    ``key_sha256``   None     or the key given only as its sha256 (64 lower-case hex
+                              digits: ``llm-router key hash``); exactly one of the two
+    ``routes``       None     route names and ``provider:model`` patterns (``*``, ``?``,
+                              ``[..]`` as in fnmatch) the key may use; ``None``: all
+    ``rpm``          None     requests per minute (a token bucket; ``None``: no limit)
+    ``tpm``          None     tokens per minute (estimated input + ``max_tokens``,
+                              corrected by the usage reported)
+    ``rpm_burst``    = rpm    the buckets' capacity
+    ``tpm_burst``    = tpm
+    ``spend_cap``    None     US dollars the key may spend per ``spend_period``, in this
+                              gateway process (several workers: each has its own)
+    ``spend_period`` None     ``"hour"``, ``"day"``, ``"week"``, ``"month"`` or seconds;
+                              ``None``: the cap holds for the process's lifetime
+    ===============  =======  =========================================================
+
+    Example::
+
+        GatewayKeyConfig(key_env="TEAM_A_KEY", routes=["fast", "openai:*"], rpm=60)
+        # TOML: [gateway.keys.team-a]  key_env = "TEAM_A_KEY"  routes = ["fast"]  rpm = 60
+    """
+
+    key_env: str | None = None
+    key_sha256: str | None = None
+    routes: list[str] | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    rpm_burst: int | None = None
+    tpm_burst: int | None = None
+    spend_cap: float | None = None
+    spend_period: Literal["hour", "day", "week", "month"] | float | None = None
+
+    def _problems(self) -> Iterator[Problem]:
+        if (self.key_env is None) == (self.key_sha256 is None):
+            yield (
+                ("key_env",),
+                "give the key's value through key_env (an environment variable's name) "
+                "or its hash as key_sha256, exactly one of the two",
+            )
+        if self.key_env is not None and not _ENV_NAME.fullmatch(self.key_env):
+            # Not echoed: a key pasted here instead of a variable's name is a secret.
+            yield (
+                ("key_env",),
+                "must name the environment variable that holds the key "
+                "(letters, digits, '_'; e.g. TEAM_A_KEY), not the key itself",
+            )
+        if self.key_sha256 is not None and not _SHA256_HEX.fullmatch(self.key_sha256):
+            yield (
+                ("key_sha256",),
+                "must be the key's sha256 as 64 lower-case hex digits "
+                "(llm-router key hash prints it), not the key itself",
+            )
+        for i, pattern in enumerate(self.routes or ()):
+            if not pattern:
+                yield ("routes", i), "must name a route or a 'provider:model' pattern, got ''"
+        for field in ("rpm", "tpm", "rpm_burst", "tpm_burst"):
+            value = getattr(self, field)
+            if value is not None and value < 1:
+                yield (field,), f"must be >= 1 (or left out: no limit), got {value}"
+        for burst, limit in (("rpm_burst", "rpm"), ("tpm_burst", "tpm")):
+            if getattr(self, burst) is not None and getattr(self, limit) is None:
+                yield (burst,), f"needs {limit}: a burst is the capacity of the {limit} bucket"
+        if self.spend_cap is not None and not _finite(self.spend_cap, strict=True):
+            yield (
+                ("spend_cap",),
+                f"must be a positive number of US dollars, got {self.spend_cap}",
+            )
+        period = self.spend_period
+        if period is not None:
+            if self.spend_cap is None:
+                yield ("spend_period",), "needs spend_cap: it is the period of the spend cap"
+            if not isinstance(period, str) and not _finite(period, strict=True):
+                yield (
+                    ("spend_period",),
+                    f"must be hour, day, week, month or positive seconds, got {period}",
+                )
+
+
 class GatewayConfig(_Config, frozen=True):
     """``llm-router serve``: the gateway's address, limits and shutdown (docs/gateway.md).
 
@@ -605,8 +692,8 @@ class GatewayConfig(_Config, frozen=True):
     max_body_bytes: int = 16 * 2**20
     max_timeout: float | None = None
     default_timeout: float | None = None
-    # The gateway keys (a ``keys`` sub-table: hashed bearer keys, their routes, limits
-    # and spend caps) belong here; until they exist, no keys means loopback only.
+    #: Gateway keys by name (``[gateway.keys.NAME]``): without any, loopback only.
+    keys: dict[str, GatewayKeyConfig] = msgspec.field(default_factory=dict)
 
     def _problems(self) -> Iterator[Problem]:
         if not self.host:
@@ -668,6 +755,35 @@ class RouterConfig(_Config, frozen=True):
             if not name or ":" in name:
                 yield ("providers", name), "a provider's name must be non-empty, with no ':'"
         yield from _reference_problems(self)
+        yield from _gateway_key_problems(self)
+
+
+def _gateway_key_problems(config: RouterConfig) -> Iterator[Problem]:
+    """Gateway keys: names usable in a path, ``routes`` entries that name something."""
+    hashes: dict[str, str] = {}
+    for name, key in config.gateway.keys.items():
+        where = ("gateway", "keys", name)
+        if not name or not name.isprintable():
+            yield where, "a gateway key's name must be non-empty and printable"
+        if key.key_sha256 is not None:
+            other = hashes.setdefault(key.key_sha256, name)
+            if other != name:
+                yield (*where, "key_sha256"), f"is the same key as gateway key {other!r}'s"
+        for i, pattern in enumerate(key.routes or ()):
+            # A plain name (no ':', no glob) can only be a route's: one that is not
+            # configured is a typo, which would silently lock the key out of it.
+            if (
+                pattern
+                and ":" not in pattern
+                and not any(ch in pattern for ch in "*?[")
+                and pattern not in config.routes
+            ):
+                yield (
+                    (*where, "routes", i),
+                    f"{pattern!r} names no configured route (routes: "
+                    f"{', '.join(sorted(config.routes)) or 'none'}"
+                    f"{suggest(pattern, config.routes)}); a target is 'provider:model'",
+                )
 
 
 def _reference_problems(config: RouterConfig) -> Iterator[Problem]:
@@ -705,6 +821,8 @@ def _protected(where: Where) -> str | None:
     the provider is built, so it never becomes part of the config (its repr, an error).
     Expanding a key into the config itself would undo that.
     """
+    if where[:2] == ("gateway", "keys") and where[3:] == ("key_env",):
+        return 'key_env names the variable itself (key_env = "TEAM_A_KEY")'
     if where[:1] != ("providers",) or len(where) < 3:
         return None
     if where[2:] == ("api_key_env",):

@@ -20,6 +20,7 @@ whose key is in the environment.  docs/configuration.md describes every field.
 :class:`AuditConfig`        the audit log
 :class:`TracingConfig`      OpenTelemetry spans
 :class:`GatewayConfig`      ``llm-router serve``: address, body limit, deadlines, shutdown
+:class:`GatewayKeyConfig`   one gateway key: its routes, rate limits and spend cap
 ==========================  ============================================================
 
 Example::
@@ -35,6 +36,7 @@ Example::
 from ._config import AuditConfig as AuditConfig
 from ._config import BudgetConfig as BudgetConfig
 from ._config import GatewayConfig as GatewayConfig
+from ._config import GatewayKeyConfig as GatewayKeyConfig
 from ._config import HedgeConfig as HedgeConfig
 from ._config import MockConfig as MockConfig
 from ._config import ModelConfig as ModelConfig
@@ -55,6 +57,7 @@ __all__ = [
     "config_from_env",
     "decode_config",
     "GatewayConfig",
+    "GatewayKeyConfig",
     "HedgeConfig",
     "MockConfig",
     "ModelConfig",

@@ -37,6 +37,10 @@ ALLOWED_INTERNALS = {
     # the gateway reads an OpenAI tool call's argument string as the adapters do
     "providers._types": {"parse_tool_arguments"},
     "providers.testing._hostile": {"HOSTILE_FAULTS", "HostileServer", "open_hostile_server"},
+    # gateway keys: a key's rpm/tpm and spend cap are the router's own token bucket and
+    # spend-cap arithmetic (pure, time passed in), not a second copy of them
+    "router._limiter": {"TokenBucket"},
+    "router._budget": {"Budget", "period_seconds"},
 }
 
 

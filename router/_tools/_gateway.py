@@ -33,6 +33,7 @@ streams) ``-cost``.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import secrets
@@ -47,6 +48,7 @@ from providers import (
     AllProvidersFailed,
     AuthenticationError,
     BudgetExceeded,
+    ChatRequest,
     ChatResponse,
     ConnectionFailed,
     ContentFiltered,
@@ -75,6 +77,7 @@ from router.config import RouterConfig
 from . import _gateway_anthropic as anthropic
 from . import _gateway_openai as openai
 from ._commands import model_rows
+from ._gateway_keys import GatewayKeys, KeyState
 from ._gateway_wire import BadRequest
 
 if TYPE_CHECKING:
@@ -332,15 +335,34 @@ class Gateway:
         #: Requests being answered now (streams included), for the shutdown message.
         self.in_flight = 0
         self._openai_models, self._anthropic_models = _model_lists(config)
+        # Gateway keys (docs/gateway.md, "Keys"): None without any, and then nothing
+        # below costs a request anything.
+        self.keys: GatewayKeys | None = None
+        self._callers: dict[str, Caller] = {}
+        self._key_models: dict[str | None, tuple[bytes, bytes]] = {}
+        if config.gateway.keys:
+            keys = self.keys = GatewayKeys(config)
+            for name, state in keys.by_name.items():
+                self._callers[name] = Caller(key=name)
+                self._key_models[name] = _model_lists(
+                    config, functools.partial(keys.allows_listed, state)
+                )
 
     # -- the seams ---------------------------------------------------------------------
 
     def authenticate(self, inbound: Inbound) -> Caller:
         """Who sent ``inbound``; raise :class:`BadRequest` (status 401/403) to refuse.
 
-        Without gateway keys only loopback clients (and in-process callers, with no
-        ``client``) are served: anyone else gets a 403.
+        With gateway keys, every endpoint but ``/healthz`` and ``/readyz`` needs one
+        (``Authorization: Bearer <key>`` or ``x-api-key``), from any address: a missing
+        or unknown key is a 401.  Without gateway keys only loopback clients (and
+        in-process callers, with no ``client``) are served: anyone else gets a 403.
         """
+        keys = self.keys
+        if keys is not None:
+            if inbound.path in _OPEN_PATHS:
+                return ANONYMOUS
+            return self._callers[keys.identify(inbound.headers).name]
         if inbound.client is not None and not is_loopback(inbound.client):
             raise BadRequest(
                 "this gateway has no keys configured, so it serves loopback clients only",
@@ -415,7 +437,7 @@ class Gateway:
             )
         except BadRequest as exc:
             return self.error_reply(
-                dialect, _failure(exc.status), exc.message, request_id, exc.param
+                dialect, _failure(exc.status, exc.code), exc.message, request_id, exc.param
             )
         except LLMError as exc:
             return self.llm_error_reply(dialect, exc, request_id)
@@ -470,6 +492,90 @@ class Gateway:
             headers.append((b"x-llm-router-cost", f"{response.cost:.10f}".encode()))
         return Reply(200, headers, body)
 
+    # -- the router calls, through the caller's key's limits ----------------------------
+
+    def _complete(self, caller: Caller, request: ChatRequest) -> Awaitable[ChatResponse]:
+        """``router.complete``; with keys, admitted and settled by the caller's key."""
+        keys = self.keys
+        if keys is None:
+            return self.router.complete(request)
+        return self._keyed_complete(keys, keys.by_name[_key_name(caller)], request)
+
+    async def _keyed_complete(
+        self, keys: GatewayKeys, state: KeyState, request: ChatRequest
+    ) -> ChatResponse:
+        request = _with_key(request, state.name)
+        ticket = keys.admit(state, self.router, request.model, request=request)
+        try:
+            response = await self.router.complete(request)
+        except LLMError as exc:
+            ticket.settle(exc.attempts, None)
+            raise
+        except BaseException:
+            ticket.settle(None, None)  # cancelled (deadline, disconnect): no trace
+            raise
+        ticket.settle(response.attempts, response.usage)
+        return response
+
+    async def _open_stream(
+        self, caller: Caller, request: ChatRequest, stack: AsyncExitStack
+    ) -> RouterStream:
+        """``router.stream`` entered on ``stack``; with keys, admitted by the caller's
+        key and settled when ``stack`` closes, after the stream has."""
+        keys = self.keys
+        if keys is None:
+            return await stack.enter_async_context(self.router.stream(request))
+        state = keys.by_name[_key_name(caller)]
+        request = _with_key(request, state.name)
+        ticket = keys.admit(state, self.router, request.model, request=request, streaming=True)
+        opened: list[RouterStream] = []
+
+        def settle() -> None:  # runs after the stream closed (the stack is LIFO)
+            if opened:
+                events = opened[0]
+                done = events.response
+                ticket.settle(events.attempts, None if done is None else done.usage)
+            else:
+                ticket.settle(None, None)
+
+        stack.callback(settle)
+        try:
+            events = await stack.enter_async_context(self.router.stream(request))
+        except LLMError as exc:
+            ticket.settle(exc.attempts, None)
+            raise
+        opened.append(events)
+        return events
+
+    def _embed(
+        self, caller: Caller, model: str, inputs: list[str], dimensions: int | None
+    ) -> Awaitable[EmbeddingResponse]:
+        """``router.embed``; with keys, admitted and settled by the caller's key."""
+        keys = self.keys
+        if keys is None:
+            return self.router.embed(model, inputs, dimensions=dimensions)
+        return self._keyed_embed(keys, keys.by_name[_key_name(caller)], model, inputs, dimensions)
+
+    async def _keyed_embed(
+        self,
+        keys: GatewayKeys,
+        state: KeyState,
+        model: str,
+        inputs: list[str],
+        dimensions: int | None,
+    ) -> EmbeddingResponse:
+        ticket = keys.admit(state, self.router, model, inputs=inputs)
+        try:
+            response = await self.router.embed(model, inputs, dimensions=dimensions)
+        except LLMError as exc:
+            ticket.settle(exc.attempts, None)
+            raise
+        except BaseException:
+            ticket.settle(None, None)
+            raise
+        ticket.settle(response.attempts, response.usage)
+        return response
+
     # -- the endpoints -----------------------------------------------------------------
 
     async def chat_completions(
@@ -484,10 +590,10 @@ class Gateway:
         call = openai.decode_chat(inbound.body, request_id=request_id)
         completion_id = f"chatcmpl-{request_id}"
         if not call.stream:
-            response = await self.router.complete(call.request)
+            response = await self._complete(caller, call.request)
             body = openai.encode_completion(response, completion_id)
             return self._answered("openai", request_id, response, body)
-        events = await stack.enter_async_context(self.router.stream(call.request))
+        events = await self._open_stream(caller, call.request, stack)
         model = _stream_model(events)
         encoder = openai.ChunkEncoder(completion_id, model, include_usage=call.include_usage)
         chunks = _Chunks(events, encoder, self, "openai", deadline, encoder.start())
@@ -512,10 +618,10 @@ class Gateway:
         call = anthropic.decode_messages(inbound.body, request_id=request_id)
         message_id = f"msg_{request_id}"
         if not call.stream:
-            response = await self.router.complete(call.request)
+            response = await self._complete(caller, call.request)
             body = anthropic.encode_message(response, message_id)
             return self._answered("anthropic", request_id, response, body)
-        events = await stack.enter_async_context(self.router.stream(call.request))
+        events = await self._open_stream(caller, call.request, stack)
         model = _stream_model(events)
         encoder = anthropic.EventEncoder(message_id, model)
         chunks = _Chunks(events, encoder, self, "anthropic", deadline, encoder.start())
@@ -538,7 +644,7 @@ class Gateway:
     ) -> Reply:
         """``POST /v1/embeddings``: OpenAI's embeddings (float vectors)."""
         call = openai.decode_embeddings(inbound.body)
-        response = await self.router.embed(call.model, call.inputs, dimensions=call.dimensions)
+        response = await self._embed(caller, call.model, call.inputs, call.dimensions)
         return self._answered("openai", request_id, response, openai.encode_embeddings(response))
 
     async def models(
@@ -556,7 +662,11 @@ class Gateway:
         """
         await trio.lowlevel.checkpoint()
         anthropic_shape = "anthropic-version" in inbound.headers
-        body = self._anthropic_models if anthropic_shape else self._openai_models
+        lists = self._key_models.get(caller.key)
+        if lists is None:
+            body = self._anthropic_models if anthropic_shape else self._openai_models
+        else:  # only what the key may use
+            body = lists[1] if anthropic_shape else lists[0]
         return Reply(200, [*_JSON, (b"x-llm-router-request-id", request_id.encode())], body)
 
     async def healthz(
@@ -610,6 +720,23 @@ class Gateway:
         return Reply(200, [(b"content-type", CONTENT_TYPE_LATEST.encode())], body)
 
 
+#: What a gateway with keys serves without one: liveness and readiness probes.
+_OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+def _key_name(caller: Caller) -> str:
+    """The key of a caller of a gateway with keys (only /healthz, /readyz have none)."""
+    if caller.key is None:  # pragma: no cover - authenticate lets none through
+        raise BadRequest("this endpoint needs a gateway key", status=401)
+    return caller.key
+
+
+def _with_key(request: ChatRequest, name: str) -> ChatRequest:
+    """``request`` with the key's name in its metadata (``gateway_key``): the audit
+    record and the events carry it; a value the client sent under that name is replaced."""
+    return msgspec.structs.replace(request, metadata={**request.metadata, "gateway_key": name})
+
+
 _DEADLINE_PASSED = "the request's deadline (x-request-timeout) passed before it was answered"
 
 _ROUTES: dict[str, tuple[str, Endpoint]] = {
@@ -643,10 +770,15 @@ def _stream_model(events: RouterStream) -> str:
     return f"{events.provider}:"
 
 
-def _model_lists(config: RouterConfig) -> tuple[bytes, bytes]:
-    """The ``/v1/models`` bodies, OpenAI's and Anthropic's, built once."""
+def _model_lists(
+    config: RouterConfig, allowed: Callable[[str], bool] | None = None
+) -> tuple[bytes, bytes]:
+    """The ``/v1/models`` bodies, OpenAI's and Anthropic's, built once (with
+    ``allowed``: only the ids it allows, for one gateway key)."""
     ids = [(alias, "llm-router") for alias in config.routes]
     ids += [(row.target, row.target.partition(":")[0]) for row in model_rows(config)]
+    if allowed is not None:
+        ids = [(i, owner) for i, owner in ids if allowed(i)]
     openai_body = msgspec.json.encode(
         {
             "object": "list",

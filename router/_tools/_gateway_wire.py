@@ -12,13 +12,17 @@ T = TypeVar("T")
 
 
 class BadRequest(Exception):
-    """A request the vendor would refuse with a 400 (or ``status``); ``param`` names the field."""
+    """A request the vendor would refuse with a 400 (or ``status``); ``param`` names the
+    field, ``code`` is OpenAI's error code (``invalid_api_key``...), if any."""
 
-    def __init__(self, message: str, *, param: str | None = None, status: int = 400) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, status: int = 400, code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.status = status
+        self.code = code
 
 
 def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:

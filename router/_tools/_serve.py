@@ -41,17 +41,20 @@ __all__ = ["check_bind", "demo_config", "run_serve", "serve_gateway"]
 def check_bind(host: str, config: RouterConfig) -> None:
     """Refuse to serve a non-loopback address without gateway keys.
 
+    With keys (``[gateway.keys.*]``) any address may be served: every request but
+    ``/healthz`` and ``/readyz`` then needs a key.
+
     Raises:
         ConfigError: ``host`` is not a loopback address and no gateway keys are
             configured: anyone who can reach it could spend the providers' credits.
     """
-    if is_loopback(host):
+    if is_loopback(host) or config.gateway.keys:
         return
     raise ConfigError(
         f"refusing to listen on {host!r}: the gateway has no keys configured, so anyone who "
-        "can reach that address could spend your providers' credits. Bind a loopback "
-        "address (127.0.0.1, ::1, localhost), or put an authenticating proxy in front "
-        "(docs/gateway.md)",
+        "can reach that address could spend your providers' credits. Configure gateway "
+        "keys ([gateway.keys.NAME], docs/gateway.md), bind a loopback address "
+        "(127.0.0.1, ::1, localhost), or put an authenticating proxy in front",
         path="$.gateway.host",
     )
 

@@ -1,0 +1,469 @@
+"""Gateway keys: who is calling, which models they may use, and how much.
+
+``[gateway.keys.NAME]`` (:class:`~router.config.GatewayKeyConfig`) defines a key by
+name.  Its value comes from the environment (``key_env``) or is given only as its
+sha256 (``key_sha256``); either way the gateway keeps nothing but the 32-byte digest.
+
+Identifying a caller (:meth:`GatewayKeys.identify`)
+    The key comes as ``Authorization: Bearer <key>`` (OpenAI's SDK) or ``x-api-key:
+    <key>`` (Anthropic's SDK).  Its sha256 is compared with *every* configured digest
+    by ``hmac.compare_digest``, with no early exit, so the time taken says nothing
+    about which key, or how much of one, matched.  Comparing digests rather than the
+    values also makes the comparison's length fixed.  A missing or unknown key is a
+    401; the presented value is never repeated (in the reply, a log line or an error).
+
+Admitting a request (:meth:`GatewayKeys.admit`), in this order, each refusal undoing
+what the earlier steps took:
+
+1. **routes**: the model string must be one the key may use (403).  A route name is
+   matched against the key's ``routes`` as it is; anything else against its
+   ``provider:model`` target (a bare model id is resolved as the router resolves it).
+   Patterns are fnmatch's (``openai:*``).  The verdict is cached per key and model.
+2. **rpm**: a token bucket of capacity ``rpm_burst`` (default ``rpm``) refilling at
+   ``rpm / 60`` per second, one token per request (429 with ``retry-after``: the
+   seconds until a token is there, rounded up).
+3. **tpm**: a bucket counted in tokens: the request's estimated input plus its output
+   budget (``max_tokens``, or the router's ``default_max_tokens``), taken at admission
+   and corrected to the usage reported when the answer comes (no usage: the output
+   part is refunded).  A request larger than the bucket can never pass: a 400.
+4. **spend cap**: a :class:`~router._budget.Budget` (the router's own cap arithmetic):
+   the request *reserves* an upper bound of what it may cost before it is routed, and
+   *settles* with what the router charged once it ends.  Because admission holds
+   ``spent + reserved + estimate <= cap`` and no await separates the check from the
+   reservation, concurrent requests of one key never cross its cap together while
+   each costs no more than it reserved.  The reservation is what the router's own
+   accounting can charge when every planned target is tried once::
+
+       reserve = max_t full(t) + (n - 1) · max_t prompt(t)
+
+   over the ``n`` targets of the request's plan (``full``: the estimated input and the
+   output budget, priced; ``prompt``: the input alone, which is what the router charges
+   an attempt that lost a race or failed).  A request whose cost is unknown when it
+   ends (cancelled before its answer, with no trace) is charged its reservation.
+   Unpriced models cost nothing here, as under the router's own caps.
+
+All of it is O(1) per request once built (a handful of keys: the digest loop is over
+them), and none of it exists when no key is configured.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import msgspec
+import trio
+
+from providers import Attempt, BudgetExceeded, ChatRequest, ConfigError, Message, RateLimited, Usage
+from router.config import GatewayKeyConfig, RouterConfig
+from router.policy import Needs, estimated_cost
+
+from .._budget import Budget, period_seconds
+from .._limiter import TokenBucket
+from ._gateway_wire import BadRequest
+
+if TYPE_CHECKING:
+    from router import Router
+
+__all__ = ["KeyState", "GatewayKeys", "Ticket", "key_digest"]
+
+logger = logging.getLogger("trio_llm_router")
+
+#: Keys shorter than this are refused at start: a short key can be guessed.
+MIN_KEY_LENGTH = 16
+
+#: Cached (key, model) verdicts per key before the cache starts again.
+_MAX_VERDICTS = 1024
+
+
+def key_digest(value: str) -> bytes:
+    """The sha256 of a key's value (UTF-8): all the gateway keeps of it."""
+    return hashlib.sha256(value.encode("utf-8")).digest()
+
+
+class KeyState:
+    """One configured key: its digest, its patterns and its limits' state.
+
+    The key's *value* is not here (nor anywhere in the process): only its digest.
+    """
+
+    __slots__ = (
+        "budget",
+        "config",
+        "digest",
+        "name",
+        "patterns",
+        "refused",
+        "requests",
+        "rpm",
+        "spent",
+        "tpm",
+        "verdicts",
+    )
+
+    def __init__(self, name: str, config: GatewayKeyConfig, digest: bytes, now: float) -> None:
+        self.name = name
+        self.config = config
+        self.digest = digest
+        self.patterns = None if config.routes is None else tuple(config.routes)
+        self.rpm = _bucket(config.rpm, config.rpm_burst, now)
+        self.tpm = _bucket(config.tpm, config.tpm_burst, now)
+        self.budget: Budget | None = None
+        if config.spend_cap is not None:
+            period = (
+                math.inf if config.spend_period is None else period_seconds(config.spend_period)
+            )
+            self.budget = Budget(
+                f"gateway key {name!r}", limit=config.spend_cap, period=period, start=now
+            )
+        self.verdicts: dict[str, bool] = {}
+        #: Requests admitted, refused (any limit), and dollars settled: for statistics.
+        self.requests = 0
+        self.refused = 0
+        self.spent = 0.0
+
+    def __repr__(self) -> str:
+        return f"<gateway key {self.name!r}>"
+
+
+def _bucket(limit: int | None, burst: int | None, now: float) -> TokenBucket | None:
+    if limit is None:
+        return None
+    return TokenBucket(rate=limit / 60.0, capacity=float(burst or limit), now=now)
+
+
+class KeyStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """A frozen view of one gateway key (never its value)."""
+
+    name: str
+    requests: int
+    refused: int
+    spent: float
+    reserved: float
+    rpm_tokens: float | None
+    tpm_tokens: float | None
+
+
+class GatewayKeys:
+    """The configured keys: identify a caller, admit its requests, settle them.
+
+    Built when the gateway starts (inside trio): each ``key_env`` is read then, hashed,
+    and forgotten.
+
+    Raises:
+        ConfigError: a ``key_env`` variable is not set (or is empty, or shorter than
+            16 characters), or two keys have the same value; the path names the key's
+            field and the message the variable, never a value.
+    """
+
+    def __init__(self, config: RouterConfig, environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        now = trio.current_time()
+        self.config = config
+        self.states: tuple[KeyState, ...] = ()
+        self.by_name: dict[str, KeyState] = {}
+        seen: dict[bytes, str] = {}
+        for name, key in config.gateway.keys.items():
+            path = f"$.gateway.keys.{name}"
+            if key.key_env is not None:
+                value = env.get(key.key_env, "")
+                if not value:
+                    raise ConfigError(
+                        f"gateway key {name!r}: the environment variable {key.key_env} "
+                        "is not set (or is empty)",
+                        path=f"{path}.key_env",
+                    )
+                if len(value) < MIN_KEY_LENGTH:
+                    raise ConfigError(
+                        f"gateway key {name!r}: the value of {key.key_env} is shorter than "
+                        f"{MIN_KEY_LENGTH} characters, which can be guessed; use a long "
+                        "random one (llm-router key new)",
+                        path=f"{path}.key_env",
+                    )
+                digest = key_digest(value)
+            else:
+                assert key.key_sha256 is not None  # the config's validation says so
+                digest = bytes.fromhex(key.key_sha256)
+            other = seen.setdefault(digest, name)
+            if other != name:
+                raise ConfigError(
+                    f"gateway keys {other!r} and {name!r} have the same value: a caller "
+                    "must be one key or the other",
+                    path=f"{path}.key_env" if key.key_env else f"{path}.key_sha256",
+                )
+            state = KeyState(name, key, digest, now)
+            self.by_name[name] = state
+        self.states = tuple(self.by_name.values())
+
+    # -- who -------------------------------------------------------------------------
+
+    def identify(self, headers: Mapping[str, str]) -> KeyState:
+        """The key the request carries; :class:`BadRequest` 401 when none or unknown."""
+        presented = None
+        auth = headers.get("authorization")
+        if auth is not None:
+            scheme, _, value = auth.strip().partition(" ")
+            if scheme.lower() == "bearer" and value.strip():
+                presented = value.strip()
+        if presented is None:
+            presented = headers.get("x-api-key", "").strip() or None
+        if presented is None:
+            raise BadRequest(
+                "You didn't provide an API key. Send your gateway key as "
+                "'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
+                status=401,
+                code="missing_api_key",
+            )
+        digest = key_digest(presented)
+        found: KeyState | None = None
+        for state in self.states:  # every one, no early exit: constant time in the keys
+            if hmac.compare_digest(digest, state.digest):
+                found = state
+        if found is None:
+            raise BadRequest(
+                "Incorrect API key provided: it is not one of this gateway's keys.",
+                status=401,
+                code="invalid_api_key",
+            )
+        return found
+
+    # -- what ------------------------------------------------------------------------
+
+    def allows_listed(self, state: KeyState, model: str) -> bool:
+        """Whether ``state`` may use ``model``, a route name or a ``provider:model``."""
+        patterns = state.patterns
+        if patterns is None:
+            return True
+        return any(fnmatch.fnmatchcase(model, p) for p in patterns)
+
+    def check_model(self, state: KeyState, router: Router, model: str) -> None:
+        """Refuse with a 403 when ``state`` may not use ``model`` (cached per model)."""
+        if state.patterns is None:
+            return
+        verdict = state.verdicts.get(model)
+        if verdict is None:
+            if model in self.config.routes or ":" in model:
+                target = model
+            else:  # a bare model id: the target the router resolves it to
+                plan = router.plan(model)
+                found = [c.target for c in plan.targets] + [e.target for e in plan.excluded]
+                target = found[0] if found else model
+            verdict = self.allows_listed(state, target)
+            if len(state.verdicts) >= _MAX_VERDICTS:
+                state.verdicts.clear()
+            state.verdicts[model] = verdict
+        if not verdict:
+            state.refused += 1
+            raise BadRequest(
+                f"gateway key {state.name!r} may not use model {model[:200]!r}; it may use: "
+                f"{', '.join(state.patterns) or 'nothing'}",
+                status=403,
+                code="model_not_allowed",
+                param="model",
+            )
+
+    # -- how much ----------------------------------------------------------------------
+
+    def admit(
+        self,
+        state: KeyState,
+        router: Router,
+        model: str,
+        *,
+        request: ChatRequest | None = None,
+        inputs: Sequence[str] | None = None,
+        streaming: bool = False,
+    ) -> Ticket:
+        """Check ``model`` and take the key's limits for one request, or refuse.
+
+        Raises:
+            BadRequest: 403, the key may not use ``model``; 400, the request is larger
+                than the key's tpm bucket (it could never pass).
+            RateLimited: the key's rpm or tpm bucket is short (``retry_after`` set).
+            BudgetExceeded: the key's spend cap has no room for the request.
+        """
+        self.check_model(state, router, model)
+        config = state.config
+        needs: Needs | None = None
+        if state.tpm is not None or state.budget is not None:
+            needs = _needs(router, self.config, model, request, inputs, streaming)
+        now = trio.current_time()
+        rpm = state.rpm
+        if rpm is not None and not rpm.try_take(1.0, now):
+            state.refused += 1
+            wait = rpm.wait_time(1.0, now)
+            self._refused(state, "rpm")
+            raise RateLimited(
+                f"gateway key {state.name!r} is over its rate limit of {config.rpm} requests "
+                f"per minute; retry after {wait:.1f}s",
+                retry_after=wait,
+            )
+        tokens = 0.0
+        tpm = state.tpm
+        if tpm is not None:
+            assert needs is not None
+            tokens = float(needs.input_tokens + needs.output_tokens)
+            if tokens > tpm.capacity:
+                self._undo(state, now, rpm=True)
+                raise BadRequest(
+                    f"this request needs ~{tokens:.0f} tokens (input estimate + max_tokens), "
+                    f"more than gateway key {state.name!r} may use at once under its tpm "
+                    f"limit ({tpm.capacity:.0f}); lower max_tokens or shorten the prompt",
+                    param="max_tokens",
+                )
+            if not tpm.try_take(tokens, now):
+                wait = tpm.wait_time(tokens, now)
+                self._undo(state, now, rpm=True)
+                self._refused(state, "tpm")
+                raise RateLimited(
+                    f"gateway key {state.name!r} is over its rate limit of {config.tpm} tokens "
+                    f"per minute (this request needs ~{tokens:.0f}); retry after {wait:.1f}s",
+                    retry_after=wait,
+                )
+        reserved = 0.0
+        budget = state.budget
+        if budget is not None:
+            assert needs is not None
+            reserved = _reservation(router, model, request, needs)
+            if not budget.try_reserve(reserved, now):
+                self._undo(state, now, rpm=True, tokens=tokens)
+                self._refused(state, "spend cap")
+                raise BudgetExceeded(
+                    _over_cap(state, budget, reserved, now), retry_after=_reset(budget, now)
+                )
+        state.requests += 1
+        return Ticket(state, needs, tokens, reserved)
+
+    @staticmethod
+    def _undo(state: KeyState, now: float, *, rpm: bool, tokens: float = 0.0) -> None:
+        """Give back what a refused request took of the earlier limits."""
+        state.refused += 1
+        if rpm and state.rpm is not None:
+            state.rpm.give(1.0, now)
+        if tokens and state.tpm is not None:
+            state.tpm.give(tokens, now)
+
+    @staticmethod
+    def _refused(state: KeyState, limit: str) -> None:
+        logger.info(
+            "gateway key %s: request refused by its %s limit",
+            state.name,
+            limit,
+            extra={"gateway_key": state.name, "limit": limit},
+        )
+
+    def statistics(self) -> dict[str, KeyStatistics]:
+        """A frozen snapshot of every key: requests, refusals, spend (never a value)."""
+        now = trio.current_time()
+        return {
+            s.name: KeyStatistics(
+                name=s.name,
+                requests=s.requests,
+                refused=s.refused,
+                spent=s.spent,
+                reserved=0.0 if s.budget is None else s.budget.statistics(now).reserved,
+                rpm_tokens=None if s.rpm is None else s.rpm.tokens(now),
+                tpm_tokens=None if s.tpm is None else s.tpm.tokens(now),
+            )
+            for s in self.states
+        }
+
+
+class Ticket:
+    """One admitted request's hold on its key's limits, settled exactly once."""
+
+    __slots__ = ("_needs", "_reserved", "_settled", "_state", "_tokens")
+
+    def __init__(
+        self, state: KeyState, needs: Needs | None, tokens: float, reserved: float
+    ) -> None:
+        self._state = state
+        self._needs = needs
+        self._tokens = tokens
+        self._reserved = reserved
+        self._settled = False
+
+    def settle(self, attempts: Sequence[Attempt] | None, usage: Usage | None) -> None:
+        """Replace the holds with what the request used: the usage reported (tpm) and
+        what the router charged its attempts (spend).  ``attempts`` ``None``: unknown
+        (charged the reservation, and the tokens stay taken)."""
+        if self._settled:
+            return
+        self._settled = True
+        state = self._state
+        now = trio.current_time()
+        tpm = state.tpm
+        if tpm is not None and self._needs is not None:
+            if usage is not None and (usage.input_tokens or usage.output_tokens):
+                actual = float(usage.input_tokens + usage.output_tokens)
+            elif attempts is None:
+                actual = self._tokens
+            else:  # no usage: the prompt was most likely read; the output refunded
+                actual = float(self._needs.input_tokens)
+            if actual > self._tokens:
+                tpm.take(actual - self._tokens, now)
+            else:
+                tpm.give(self._tokens - actual, now)
+        budget = state.budget
+        if budget is not None:
+            if attempts is None:
+                cost = self._reserved
+            else:
+                cost = math.fsum(a.cost for a in attempts if a.cost is not None)
+            budget.settle(self._reserved, cost, now)
+            state.spent += cost
+
+
+def _needs(
+    router: Router,
+    config: RouterConfig,
+    model: str,
+    request: ChatRequest | None,
+    inputs: Sequence[str] | None,
+    streaming: bool,
+) -> Needs:
+    if request is not None:
+        return Needs.of(request, streaming=streaming, default_max_tokens=config.default_max_tokens)
+    # Embeddings: the texts counted as one prompt (a slight overestimate: message
+    # overheads), no output.
+    texts = ChatRequest(model=model, messages=[Message.user(t) for t in inputs or ()])
+    counted = Needs.of(texts, streaming=False, default_max_tokens=1)
+    return Needs(embeddings=True, input_tokens=counted.input_tokens, output_tokens=0)
+
+
+def _reservation(router: Router, model: str, request: ChatRequest | None, needs: Needs) -> float:
+    """An upper bound of what the router charges the request: see the module doc."""
+    plan = router.plan(request if request is not None else model, needs)
+    prompt_only = msgspec.structs.replace(needs, output_tokens=0)
+    full = 0.0
+    prompt = 0.0
+    for c in plan.targets:
+        full = max(full, estimated_cost(c, needs) or 0.0)
+        prompt = max(prompt, estimated_cost(c, prompt_only) or 0.0)
+    return full + max(0, len(plan.targets) - 1) * prompt
+
+
+def _reset(budget: Budget, now: float) -> float | None:
+    resets_at = budget.statistics(now).resets_at
+    return None if math.isinf(resets_at) else max(0.0, resets_at - now)
+
+
+def _over_cap(state: KeyState, budget: Budget, reserved: float, now: float) -> str:
+    stats = budget.statistics(now)
+    period = state.config.spend_period
+    per = "for this gateway process's lifetime" if period is None else f"per {period}"
+    if isinstance(period, float):
+        per = f"per {period:g}s"
+    wait = _reset(budget, now)
+    when = "" if wait is None else f"; it resets in {wait:.0f}s"
+    return (
+        f"gateway key {state.name!r} has reached its spend cap of ${stats.limit:g} {per}: "
+        f"${stats.spent:.4f} spent, ${stats.reserved:.4f} reserved by requests in flight, "
+        f"and this request may cost up to ${reserved:.4f}{when}"
+    )
