@@ -657,3 +657,83 @@ async def test_official_sdks_get_their_typed_errors() -> None:
         await a_good.messages.create(model="fast", max_tokens=50, messages=messages)
         with pytest.raises(anthropic.RateLimitError):
             await a_good.messages.create(model="fast", max_tokens=50, messages=messages)
+
+
+async def test_bare_model_ids_are_checked_as_the_target_they_resolve_to() -> None:
+    """Over loopback, gateway to fake upstream: a key allowed ``oa:gpt-4o-mini`` may send
+    the bare ``gpt-4o-mini`` (the router resolves it to that target), but neither bare
+    ``gpt-4o`` nor ``oa:gpt-4o``: a bare id is no way around the key's routes."""
+    from providers import OpenAIProvider, Secret
+    from providers.testing import Scenario, open_fake_upstream
+
+    config = RouterConfig(
+        providers={"oa": ProviderConfig(kind="openai")},
+        gateway=GatewayConfig(
+            keys={"team-a": GatewayKeyConfig(key_env="TEAM_A_KEY", routes=["oa:gpt-4o-mini"])}
+        ),
+    )
+    async with (
+        open_fake_upstream({"oa": Scenario()}) as upstream,
+        httpx.AsyncClient() as upstream_client,
+    ):
+        provider = OpenAIProvider(
+            name="oa",
+            api_key=Secret("sk-upstream-0123456789abcdef"),
+            base_url=upstream.base_url("oa", "openai"),
+            client=upstream_client,
+        )
+        async with (
+            open_router(config, providers={"oa": provider}) as router,
+            trio.open_nursery() as nursery,
+        ):
+            url = await nursery.start(
+                functools.partial(serve_gateway, GatewayApp(router, config), port=0)
+            )
+            async with httpx.AsyncClient(base_url=url, headers=bearer(KEY_A)) as client:
+                statuses = {}
+                for model in ("gpt-4o-mini", "gpt-4o", "oa:gpt-4o", "oa:gpt-4o-mini"):
+                    response = await client.post("/v1/chat/completions", content=chat_body(model))
+                    statuses[model] = response.status_code
+            nursery.cancel_scope.cancel()
+    assert statuses == {"gpt-4o-mini": 200, "gpt-4o": 403, "oa:gpt-4o": 403, "oa:gpt-4o-mini": 200}
+    assert len(upstream.requests) == 2  # the refused ones never left the gateway
+
+
+async def test_a_request_cut_by_its_deadline_is_charged_its_reservation(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A request cancelled before its answer (x-request-timeout) leaves no trace to settle
+    from: the key is charged its whole reservation (never less than it may have cost), and
+    nothing stays reserved."""
+    config = keyed_config(GatewayKeyConfig(key_env="TEAM_A_KEY", spend_cap=1.0))
+    async with open_gateway(config, default=answer(latency=5.0)) as gw:
+        assert gw.keys is not None
+        headers = {**bearer(KEY_A), "x-request-timeout": "1"}
+        got = await send(gw, "/v1/chat/completions", chat_body(max_tokens=1000), headers)
+        assert got.status == 504
+        stats = gw.keys.statistics()["team-a"]
+        needs = 1000 * 2.0 / 1e6  # the output budget alone, at $2 per million
+        assert stats.spent > needs
+        assert stats.spent < needs + 100 * 1.0 / 1e6  # + a prompt of "hi", well under 100
+        assert stats.reserved == 0.0
+
+
+def test_key_new_and_key_hash_commands() -> None:
+    """``llm-router key new`` prints a fresh key and its sha256; ``key hash`` reads a
+    key from standard input and prints the sha256 that ``key_sha256`` takes."""
+    from tests import _cli_runner
+
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    made = _cli_runner.run(["key", "new"], env=env)
+    assert made.returncode == 0, made.stderr
+    lines = dict(line.split(":", 1) for line in made.stdout.splitlines())
+    value, digest = lines["key"].strip(), lines["key_sha256"].strip()
+    assert value.startswith("sk-gw-")
+    assert len(value) >= 40
+    assert digest == hashlib.sha256(value.encode()).hexdigest()
+    hashed = _cli_runner.run(["key", "hash"], env=env, stdin=value + "\n")
+    assert (hashed.returncode, hashed.stdout) == (0, digest + "\n")
+    assert value not in hashed.stdout + hashed.stderr
+    empty = _cli_runner.run(["key", "hash"], env=env, stdin="\n")
+    assert empty.returncode == 1
+    assert "no key on standard input" in empty.stderr

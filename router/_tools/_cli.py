@@ -171,7 +171,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_chaos_command(sub)
     _add_serve_command(sub)
+    _add_key_command(sub)
     return parser
+
+
+def _add_key_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``key hash`` / ``key new``: gateway keys (``_gateway_keys``)."""
+    key = sub.add_parser(
+        "key",
+        help="make a gateway key, or hash one for [gateway.keys.NAME] key_sha256",
+        description="Gateway keys (docs/gateway.md, 'Keys'). 'key new' prints a fresh "
+        "random key and its sha256; 'key hash' reads a key from standard input (never "
+        "from the command line, where other users and the shell history see it) and "
+        "prints its sha256, for key_sha256 in the config.",
+    )
+    actions = key.add_subparsers(dest="key_command", metavar="{new,hash}", required=True)
+    actions.add_parser("new", help="print a new random key and its sha256")
+    actions.add_parser("hash", help="print the sha256 of the key read from standard input")
 
 
 def _add_serve_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -528,6 +544,29 @@ def _dispatch(args: argparse.Namespace, prompt: str) -> int:
         return _chaos(args)
     elif args.command == "serve":
         return _serve(args)
+    elif args.command == "key":
+        return _key(args)
+    return 0
+
+
+def _key(args: argparse.Namespace) -> int:
+    from ._gateway_keys import key_sha256, new_key
+
+    if args.key_command == "new":
+        value = new_key()
+        print(f"key:        {value}")
+        print(f"key_sha256: {key_sha256(value)}")
+        return 0
+    if sys.stdin.isatty():
+        import getpass
+
+        value = getpass.getpass("gateway key (not echoed): ")
+    else:
+        value = sys.stdin.readline().rstrip("\r\n")
+    if not value.strip():
+        print("llm-router: error: no key on standard input", file=sys.stderr)
+        return 1
+    print(key_sha256(value.strip()))
     return 0
 
 

@@ -54,6 +54,7 @@ import hmac
 import logging
 import math
 import os
+import secrets
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -71,7 +72,15 @@ from ._gateway_wire import BadRequest
 if TYPE_CHECKING:
     from router import Router
 
-__all__ = ["KeyState", "GatewayKeys", "Ticket", "key_digest"]
+__all__ = [
+    "GatewayKeys",
+    "KeyState",
+    "KeyStatistics",
+    "Ticket",
+    "key_digest",
+    "key_sha256",
+    "new_key",
+]
 
 logger = logging.getLogger("trio_llm_router")
 
@@ -85,6 +94,22 @@ _MAX_VERDICTS = 1024
 def key_digest(value: str) -> bytes:
     """The sha256 of a key's value (UTF-8): all the gateway keeps of it."""
     return hashlib.sha256(value.encode("utf-8")).digest()
+
+
+def key_sha256(value: str) -> str:
+    """What ``key_sha256`` takes for the key ``value``: its sha256, lower-case hex.
+
+    Example::
+
+        >>> key_sha256("sk-gw-example-0123456789")[:16]
+        'cdfba9cbf84ac6f2'
+    """
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def new_key() -> str:
+    """A new random gateway key: ``sk-gw-`` and 256 bits from :mod:`secrets`."""
+    return "sk-gw-" + secrets.token_urlsafe(32)
 
 
 class KeyState:
@@ -172,7 +197,7 @@ class GatewayKeys:
         for name, key in config.gateway.keys.items():
             path = f"$.gateway.keys.{name}"
             if key.key_env is not None:
-                value = env.get(key.key_env, "")
+                value = env.get(key.key_env, "").strip()  # as a presented key is
                 if not value:
                     raise ConfigError(
                         f"gateway key {name!r}: the environment variable {key.key_env} "
