@@ -539,7 +539,12 @@ class Gateway:
         """``POST /v1/embeddings``: OpenAI's embeddings (float vectors)."""
         call = openai.decode_embeddings(inbound.body)
         response = await self.router.embed(call.model, call.inputs, dimensions=call.dimensions)
-        return self._answered("openai", request_id, response, openai.encode_embeddings(response))
+        return self._answered(
+            "openai",
+            request_id,
+            response,
+            openai.encode_embeddings(response, as_base64=call.base64),
+        )
 
     async def models(
         self,
