@@ -535,7 +535,7 @@ async def test_shutdown_drains_a_stream_in_flight_then_refuses_new_connections()
                     parts.append(part)
             assert b"".join(parts).endswith(b"data: [DONE]\n\n")
         with trio.fail_after(5):
-            while True:  # noqa: ASYNC110 - a new connection is refused once drained
+            while True:
                 try:
                     async with httpx.AsyncClient() as fresh:
                         await fresh.get(f"{gw.url}/healthz")
@@ -553,11 +553,14 @@ async def test_shutdown_cancels_what_outlives_the_grace_period() -> None:
         async with httpx.AsyncClient() as client:
             t0 = math.inf
             with pytest.raises(httpx.RemoteProtocolError):
-                async with client.stream(
-                    "POST",
-                    f"{gw.url}/v1/chat/completions",
-                    json={"model": "slow:gpt-4o-mini", "stream": True, "messages": user(long)},
-                ) as response, aclosing(response.aiter_bytes()) as body:
+                async with (
+                    client.stream(
+                        "POST",
+                        f"{gw.url}/v1/chat/completions",
+                        json={"model": "slow:gpt-4o-mini", "stream": True, "messages": user(long)},
+                    ) as response,
+                    aclosing(response.aiter_bytes()) as body,
+                ):
                     async for _ in body:
                         if not shutdown.is_set():
                             shutdown.set()
