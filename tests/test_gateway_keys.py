@@ -17,10 +17,10 @@ import msgspec
 import pytest
 import trio
 import trio.testing
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from providers import Usage
+from providers import ChatRequest, Message, Usage
 from router import open_router
 from router._tools import _gateway_keys
 from router._tools._gateway import Gateway, GatewayApp, Inbound
@@ -38,6 +38,7 @@ from router.config import (
 )
 from router.errors import ConfigError
 from router.events import RequestFinished
+from router.policy import Needs
 from router.testing import MockProvider, MockResponse
 
 #: Distinctive key values: a test scans every output for them.
@@ -445,55 +446,104 @@ async def test_spend_cap_refusal_is_429_insufficient_quota_with_the_cap() -> Non
         assert stats.reserved == pytest.approx(0.0, abs=1e-12)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
-    cap=st.floats(0.0002, 0.01),
-    n=st.integers(1, 60),
+    fits=st.floats(0.5, 6.0),
+    n=st.integers(1, 40),
     max_tokens=st.integers(10, 400),
-    output=st.integers(0, 400),
+    output_share=st.sampled_from([0.0, 0.5, 1.0]),
+    prompt_words=st.integers(1, 800),
     latency=st.floats(0.0, 3.0),
     hedged=st.booleans(),
     stream_every=st.integers(0, 4),
 )
+# The corner the reservation is for: a hedged race whose loser is charged a large
+# prompt besides the winner's full answer (a reservation of one answer crosses here).
+@example(
+    fits=3.0,
+    n=6,
+    max_tokens=10,
+    output_share=1.0,
+    prompt_words=800,
+    latency=1.0,
+    hedged=True,
+    stream_every=0,
+)
+@example(
+    fits=3.0,
+    n=6,
+    max_tokens=10,
+    output_share=1.0,
+    prompt_words=800,
+    latency=1.0,
+    hedged=True,
+    stream_every=2,
+)
 def test_concurrent_requests_of_a_key_never_cross_its_cap(
-    cap: float,
+    fits: float,
     n: int,
     max_tokens: int,
-    output: int,
+    output_share: float,
+    prompt_words: int,
     latency: float,
     hedged: bool,
     stream_every: int,
 ) -> None:
     """Invariant: N concurrent requests of one key (plain and streamed; on a hedged
-    two-target route too, where the loser's prompt is charged) never together spend more
-    than its cap; every refusal is a 429 insufficient_quota, and nothing stays reserved."""
-    output = min(output, max_tokens)  # the provider honours max_tokens
+    two-target route too, where the loser's prompt is charged besides the winner's
+    answer) never together spend more than its cap, even when every answer costs all it
+    may (the full prompt, ``max_tokens`` out); every refusal is a 429 insufficient_quota,
+    nothing stays reserved, and the key's books match the router's."""
+    prompt = " ".join(["word"] * prompt_words)
+    output = int(max_tokens * output_share)  # the provider honours max_tokens
     route = RouteConfig(targets=["a:m", "b:m"], hedge=HedgeConfig(max_attempts=2, delay=0.0))
     routes = {"fast": route} if hedged else None
     statuses: list[int] = []
 
+    def reply(request: ChatRequest) -> MockResponse:
+        # The prompt as the router counted it: the answer costs exactly its estimate
+        # when it uses all of max_tokens.
+        counted = Needs.of(request, streaming=False, default_max_tokens=1).input_tokens
+        usage = Usage(input_tokens=counted, output_tokens=output)
+        return MockResponse(text="ok", latency=latency, usage=usage)
+
+    def body(stream: bool) -> bytes:
+        return json.dumps(
+            {
+                "model": "fast",
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": max_tokens,
+                "stream": stream,
+            }
+        ).encode()
+
     async def main() -> None:
+        probe = ChatRequest(model="fast", messages=[Message.user(prompt)], max_tokens=max_tokens)
+        full = Needs.of(probe, streaming=False, default_max_tokens=1024)
+        one = (full.input_tokens * 1.0 + max_tokens * 2.0) / 1e6  # PRICES
+        cap = fits * one
         config = keyed_config(GatewayKeyConfig(key_env="TEAM_A_KEY", spend_cap=cap), routes=routes)
-        async with open_gateway(config, default=answer(output, latency)) as gw:
+        mocks = {m: MockProvider(name=m, default=reply, record=False) for m in ("a", "b")}
+        async with open_router(config, providers=mocks) as router:
+            gw = Gateway(router, config)
             assert gw.keys is not None
 
-            async def one(i: int) -> None:
+            async def one_request(i: int) -> None:
                 stream = stream_every > 0 and i % stream_every == 0
-                body = chat_body(max_tokens=max_tokens, stream=stream)
-                got = await send(gw, "/v1/chat/completions", body, bearer(KEY_A))
+                got = await send(gw, "/v1/chat/completions", body(stream), bearer(KEY_A))
                 statuses.append(got.status)
                 if got.status == 429:
                     assert got.body["error"]["code"] == "insufficient_quota"
 
             async with trio.open_nursery() as nursery:
                 for i in range(n):
-                    nursery.start_soon(one, i)
+                    nursery.start_soon(one_request, i)
             stats = gw.keys.statistics()["team-a"]
-            assert stats.spent <= cap + 1e-12
+            assert stats.spent <= cap * (1 + 1e-9)
             assert stats.reserved == pytest.approx(0.0, abs=1e-12)
             assert stats.requests == statuses.count(200)
             # what the router charged, by its own books, is what the key settled
-            assert math.isclose(gw.router.statistics().spend, stats.spent, abs_tol=1e-12)
+            assert math.isclose(router.statistics().spend, stats.spent, abs_tol=1e-12)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert set(statuses) <= {200, 429}
@@ -737,3 +787,29 @@ def test_key_new_and_key_hash_commands() -> None:
     empty = _cli_runner.run(["key", "hash"], env=env, stdin="\n")
     assert empty.returncode == 1
     assert "no key on standard input" in empty.stderr
+
+
+async def test_a_refused_request_takes_nothing_from_the_other_limits(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A request refused by one limit gives back what the earlier ones took: a 403, a
+    spend-cap 429 or a request too large for tpm leaves the rpm and tpm buckets full."""
+    config = keyed_config(
+        GatewayKeyConfig(key_env="TEAM_A_KEY", routes=["fast"], rpm=1, tpm=2000, spend_cap=0.000001)
+    )
+    async with open_gateway(config) as gw:
+        assert gw.keys is not None
+        for _ in range(3):
+            got = await send(gw, "/v1/chat/completions", chat_body("b:m"), bearer(KEY_A))
+            assert got.status == 403
+            got = await send(gw, "/v1/chat/completions", chat_body(), bearer(KEY_A))
+            assert (got.status, got.body["error"]["code"]) == (429, "insufficient_quota")
+        got = await send(gw, "/v1/chat/completions", chat_body(max_tokens=5000), bearer(KEY_A))
+        assert got.status == 400  # larger than the tpm bucket
+        stats = gw.keys.statistics()["team-a"]
+        assert (stats.rpm_tokens, stats.tpm_tokens, stats.requests, stats.refused) == (
+            1.0,
+            2000.0,
+            0,
+            7,
+        )

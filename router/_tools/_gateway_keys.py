@@ -93,7 +93,9 @@ _MAX_VERDICTS = 1024
 
 def key_digest(value: str) -> bytes:
     """The sha256 of a key's value (UTF-8): all the gateway keeps of it."""
-    return hashlib.sha256(value.encode("utf-8")).digest()
+    # surrogatepass: a str from an in-process caller may hold lone surrogates; they
+    # hash (and then match nothing) instead of raising from here.
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
 
 
 def key_sha256(value: str) -> str:
