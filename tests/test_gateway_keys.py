@@ -813,3 +813,67 @@ async def test_a_refused_request_takes_nothing_from_the_other_limits(
             0,
             7,
         )
+
+
+def test_serve_with_keys_binds_every_address_and_never_shows_a_key(tmp_path: Path) -> None:
+    """``llm-router serve --host 0.0.0.0`` starts when keys are configured (it refuses
+    without them); a keyed request is answered, a wrong key is a 401, and after SIGTERM
+    neither the process's output nor the audit log holds the key's value, while the
+    audit record names the key."""
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "router.toml").write_text(
+        '[providers.a]\nkind = "mock"\n[routes.fast]\ntargets = ["a:m"]\n'
+        '[audit]\npath = "audit.jsonl"\n'
+        '[gateway.keys.team-a]\nkey_env = "TEAM_A_KEY"\nroutes = ["fast"]\n'
+    )
+    root = Path(__file__).resolve().parents[1]
+    any_address = ("--host", "0.0.0.0", "--port", "0")
+    env = {**os.environ, "TEAM_A_KEY": KEY_A, "NO_PROXY": "*", "no_proxy": "*"}
+    env["PYTHONPATH"] = str(root)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "router", "serve", "--config", "router.toml", *any_address],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        prefix = "llm-router gateway listening on "
+        deadline = time.monotonic() + 60.0
+        url = None
+        first = ""
+        while url is None and time.monotonic() < deadline:
+            if select.select([proc.stdout], [], [], 0.1)[0]:
+                first = proc.stdout.readline()
+                if first.startswith(prefix):
+                    url = first.removeprefix(prefix).strip()
+                elif not first:
+                    break
+        assert url is not None, proc.stderr.read() if proc.stderr else ""
+        assert url.startswith("http://0.0.0.0:")
+        local = url.replace("0.0.0.0", "127.0.0.1")
+        with httpx.Client(base_url=local, trust_env=False) as client:
+            ok = client.post("/v1/chat/completions", content=chat_body(), headers=bearer(KEY_A))
+            assert ok.status_code == 200
+            wrong = client.post(
+                "/v1/chat/completions", content=chat_body(), headers=bearer(KEY_A[:-1])
+            )
+            assert wrong.status_code == 401
+            assert KEY_A[:-1] not in wrong.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    audit = (tmp_path / "audit.jsonl").read_text()
+    assert json.loads(audit.splitlines()[0])["metadata"]["gateway_key"] == "team-a"
+    for text in (first, out, err, audit):
+        assert KEY_A[:-1] not in text
