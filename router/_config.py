@@ -678,6 +678,8 @@ class GatewayConfig(_Config, frozen=True):
                                          (seconds); ``None``: any
     ``default_timeout``   None           the deadline of a request without
                                          ``x-request-timeout``; ``None``: none
+    ``keys``              {}             gateway keys by name
+                                         (:class:`GatewayKeyConfig`); none: loopback only
     ====================  =============  ===============================================
 
     Example::

@@ -159,6 +159,9 @@ def test_sync_openai_sdk_against_the_served_gateway(gateway: str) -> None:
                 )
             assert caught.value.status_code == status
             assert UPSTREAM_KEY not in caught.value.response.text
+    metrics = httpx.get(f"{gateway}/metrics", timeout=30)
+    assert metrics.status_code == 200
+    assert 'trio_llm_router_requests_total{model="fast",operation="chat"' in metrics.text
 
 
 def test_sync_anthropic_sdk_against_the_served_gateway(gateway: str) -> None:
@@ -247,3 +250,21 @@ def test_serving_a_non_loopback_address_without_keys_is_refused(tmp_path: Path) 
     assert result.stderr.startswith("llm-router: error: ConfigError: $.gateway.host: refusing")
     assert "no keys configured" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_python_example_of_docs_gateway_md_runs() -> None:
+    """docs/gateway.md's in-process example (marked not-runnable for test_docs, which
+    runs every block at once) runs in its own interpreter and prints what it says."""
+    from tests.test_docs import child_env, parse_markdown
+
+    blocks, _ = parse_markdown(ROOT / "docs" / "gateway.md")
+    (block,) = [b for b in blocks if "serve_gateway" in b.code]
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", block.code],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hi from the router local:mock-model\n"
