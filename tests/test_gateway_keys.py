@@ -877,3 +877,26 @@ def test_serve_with_keys_binds_every_address_and_never_shows_a_key(tmp_path: Pat
     assert json.loads(audit.splitlines()[0])["metadata"]["gateway_key"] == "team-a"
     for text in (first, out, err, audit):
         assert KEY_A[:-1] not in text
+
+
+async def test_a_periodic_cap_says_when_it_resets_and_resets_then(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """``spend_period = 60``: over the cap, the 429's retry-after is the whole seconds
+    left in the period and the message says so; at the period's end the key spends again."""
+    config = keyed_config(
+        GatewayKeyConfig(key_env="TEAM_A_KEY", spend_cap=0.0021, spend_period=60.0)
+    )
+    async with open_gateway(config) as gw:
+        t0 = trio.current_time()
+        assert (
+            await send(gw, "/v1/chat/completions", chat_body(max_tokens=1000), bearer(KEY_A))
+        ).status == 200
+        await trio.sleep_until(t0 + 20.0)
+        got = await send(gw, "/v1/chat/completions", chat_body(max_tokens=1000), bearer(KEY_A))
+        assert (got.status, got.headers["retry-after"]) == (429, "40")
+        assert "spend cap of $0.0021 per 60s" in got.body["error"]["message"]
+        assert "it resets in 40s" in got.body["error"]["message"]
+        await trio.sleep_until(t0 + 60.0)
+        got = await send(gw, "/v1/chat/completions", chat_body(max_tokens=1000), bearer(KEY_A))
+        assert got.status == 200
