@@ -900,3 +900,25 @@ async def test_a_periodic_cap_says_when_it_resets_and_resets_then(
         await trio.sleep_until(t0 + 60.0)
         got = await send(gw, "/v1/chat/completions", chat_body(max_tokens=1000), bearer(KEY_A))
         assert got.status == 200
+
+
+async def test_a_capped_key_sends_the_output_budget_it_was_charged_for() -> None:
+    """A request without ``max_tokens`` from a key with a spend cap (or tpm) goes upstream
+    with ``max_tokens = default_max_tokens`` (the budget it reserved for: OpenAI's API
+    would otherwise answer at any length); a client's own max_tokens, and an uncapped
+    key's request, go as they are."""
+    config = keyed_config(
+        GatewayKeyConfig(key_env="TEAM_A_KEY", spend_cap=1.0),
+        b=GatewayKeyConfig(key_env="TEAM_B_KEY"),
+    )
+    mock = MockProvider(name="a", default=answer(latency=0.0))
+    no_budget = json.dumps({"model": "fast", "messages": [{"role": "user", "content": "hi"}]})
+    async with open_router(config, providers={"a": mock, "b": MockProvider(name="b")}) as router:
+        gw = Gateway(router, config)
+        for key, body in [(KEY_A, no_budget.encode()), (KEY_A, chat_body(max_tokens=7))]:
+            assert (await send(gw, "/v1/chat/completions", body, bearer(key))).status == 200
+        assert (
+            await send(gw, "/v1/chat/completions", no_budget.encode(), bearer(KEY_B))
+        ).status == 200
+    assert [r.max_tokens for r in mock.requests] == [config.default_max_tokens, 7, None]
+    assert [r.metadata["gateway_key"] for r in mock.requests] == ["team-a", "team-a", "team-b"]

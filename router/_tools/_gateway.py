@@ -502,7 +502,7 @@ class Gateway:
     async def _keyed_complete(
         self, keys: GatewayKeys, state: KeyState, request: ChatRequest
     ) -> ChatResponse:
-        request = _with_key(request, state.name)
+        request = keys.prepare(state, request)
         ticket = keys.admit(state, self.router, request.model, request=request)
         try:
             response = await self.router.complete(request)
@@ -524,7 +524,7 @@ class Gateway:
         if keys is None:
             return await stack.enter_async_context(self.router.stream(request))
         state = keys.by_name[_key_name(caller)]
-        request = _with_key(request, state.name)
+        request = keys.prepare(state, request)
         ticket = keys.admit(state, self.router, request.model, request=request, streaming=True)
         opened: list[RouterStream] = []
 
@@ -732,12 +732,6 @@ def _key_name(caller: Caller) -> str:
     if caller.key is None:  # pragma: no cover - authenticate lets none through
         raise BadRequest("this endpoint needs a gateway key", status=401)
     return caller.key
-
-
-def _with_key(request: ChatRequest, name: str) -> ChatRequest:
-    """``request`` with the key's name in its metadata (``gateway_key``): the audit
-    record and the events carry it; a value the client sent under that name is replaced."""
-    return msgspec.structs.replace(request, metadata={**request.metadata, "gateway_key": name})
 
 
 _DEADLINE_PASSED = "the request's deadline (x-request-timeout) passed before it was answered"

@@ -40,7 +40,9 @@ what the earlier steps took:
    output budget, priced; ``prompt``: the input alone, which is what the router charges
    an attempt that lost a race or failed).  A request whose cost is unknown when it
    ends (cancelled before its answer, with no trace) is charged its reservation.
-   Unpriced models cost nothing here, as under the router's own caps.
+   Unpriced models cost nothing here, as under the router's own caps.  A request
+   without ``max_tokens`` of a key with a tpm or a cap is sent with the router's
+   ``default_max_tokens`` (:meth:`GatewayKeys.prepare`), the output it was charged for.
 
 All of it is O(1) per request once built (a handful of keys: the digest loop is over
 them), and none of it exists when no key is configured.
@@ -296,6 +298,23 @@ class GatewayKeys:
             )
 
     # -- how much ----------------------------------------------------------------------
+
+    def prepare(self, state: KeyState, request: ChatRequest) -> ChatRequest:
+        """``request`` as the key sends it: its name in the metadata (``gateway_key``,
+        replacing one the client sent), which the audit record and the events carry;
+        and, when the key has a ``tpm`` or a spend cap, an output budget.
+
+        Without ``max_tokens`` an upstream may answer at any length (OpenAI's API sets
+        no default), while the key was charged for ``default_max_tokens``: so such a
+        request is sent with ``max_tokens = default_max_tokens``, what it was charged
+        for, and the reservation is a real bound.
+        """
+        metadata = {**request.metadata, "gateway_key": state.name}
+        if request.max_tokens is None and (state.tpm is not None or state.budget is not None):
+            return msgspec.structs.replace(
+                request, metadata=metadata, max_tokens=self.config.default_max_tokens
+            )
+        return msgspec.structs.replace(request, metadata=metadata)
 
     def admit(
         self,
