@@ -329,7 +329,8 @@ class Gateway:
         self._scrub = Scrubber(secrets_)
         self._prefix = secrets.token_hex(4)
         self._sequence = 0
-        #: Requests being answered now (streams included), for the shutdown message.
+        #: Requests the ASGI app is answering now (streams included), for the shutdown
+        #: message.
         self.in_flight = 0
         self._openai_models, self._anthropic_models = _model_lists(config)
 
@@ -402,7 +403,6 @@ class Gateway:
             )
             reply.headers.append((b"allow", method.encode()))
             return reply
-        self.in_flight += 1
         try:
             caller = self.authenticate(inbound)
             deadline = self._deadline(inbound)
@@ -419,8 +419,6 @@ class Gateway:
             )
         except LLMError as exc:
             return self.llm_error_reply(dialect, exc, request_id)
-        finally:
-            self.in_flight -= 1
 
     # -- replies -----------------------------------------------------------------------
 
@@ -552,7 +550,12 @@ class Gateway:
         """``POST /v1/embeddings``: OpenAI's embeddings (float vectors)."""
         call = openai.decode_embeddings(inbound.body)
         response = await self.router.embed(call.model, call.inputs, dimensions=call.dimensions)
-        return self._answered("openai", request_id, response, openai.encode_embeddings(response))
+        return self._answered(
+            "openai",
+            request_id,
+            response,
+            openai.encode_embeddings(response, as_base64=call.base64),
+        )
 
     async def models(
         self,
@@ -832,14 +835,18 @@ class GatewayApp:
             b"".join(parts),
             client[0] if client else None,
         )
-        async with trio.open_nursery() as nursery:
-            # The client going away cancels the request at once: the router call, its
-            # upstream exchange, the stream being written.
-            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
-            async with AsyncExitStack() as stack:
-                reply = await gateway.handle(inbound, stack)
-                await _send_reply(send, reply)
-            nursery.cancel_scope.cancel()
+        gateway.in_flight += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                # The client going away cancels the request at once: the router call, its
+                # upstream exchange, the stream being written.
+                nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+                async with AsyncExitStack() as stack:
+                    reply = await gateway.handle(inbound, stack)
+                    await _send_reply(send, reply)
+                nursery.cancel_scope.cancel()
+        finally:
+            gateway.in_flight -= 1
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:

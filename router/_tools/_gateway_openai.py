@@ -24,6 +24,8 @@ Message objects are lenient (an SDK's own response message, sent back, carries
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -51,6 +53,7 @@ from providers import (
     Usage,
     UsageEvent,
 )
+
 # The one internal, and why: an assistant message sent back carries its tool calls'
 # argument strings, read defensively exactly as the adapters read them.
 from providers._types import parse_tool_arguments
@@ -229,7 +232,7 @@ class _EmbeddingBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     model: str
     input: str | list[str]
     dimensions: int | None = None
-    encoding_format: Literal["float"] = "float"
+    encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
 
 
@@ -251,6 +254,7 @@ class EmbeddingCall(msgspec.Struct, frozen=True):
     model: str
     inputs: list[str]
     dimensions: int | None
+    base64: bool = False
 
 
 def decode_chat(body: bytes, *, request_id: str) -> ChatCall:
@@ -440,7 +444,8 @@ def _response_format(f: _ResponseFormat | None) -> ResponseFormat | None:
 
 
 def decode_embeddings(body: bytes) -> EmbeddingCall:
-    """Read an embeddings body (text inputs only; ``encoding_format`` ``"float"``).
+    """Read an embeddings body (text inputs only; ``encoding_format`` ``"float"`` or
+    ``"base64"``, which the official SDKs ask for by default).
 
     Raises:
         BadRequest: what OpenAI would answer with a 400, naming the parameter.
@@ -449,7 +454,12 @@ def decode_embeddings(body: bytes) -> EmbeddingCall:
     inputs = [b.input] if isinstance(b.input, str) else b.input
     if not inputs:
         raise BadRequest("input must not be empty", param="input")
-    return EmbeddingCall(model=b.model, inputs=inputs, dimensions=b.dimensions)
+    return EmbeddingCall(
+        model=b.model,
+        inputs=inputs,
+        dimensions=b.dimensions,
+        base64=b.encoding_format == "base64",
+    )
 
 
 # --------------------------------------------------------------------------- outbound
@@ -633,12 +643,21 @@ class ChunkEncoder:
         return b"".join(out)
 
 
-def encode_embeddings(response: EmbeddingResponse) -> bytes:
-    """``response`` as OpenAI's embeddings list."""
+def _base64_vector(vector: list[float]) -> str:
+    """A vector as OpenAI's base64: little-endian float32s."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
+def encode_embeddings(response: EmbeddingResponse, *, as_base64: bool = False) -> bytes:
+    """``response`` as OpenAI's embeddings list (vectors as base64 float32 if asked)."""
     body = {
         "object": "list",
         "data": [
-            {"object": "embedding", "index": i, "embedding": vector}
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": _base64_vector(vector) if as_base64 else vector,
+            }
             for i, vector in enumerate(response.vectors)
         ],
         "model": served_model(response),
