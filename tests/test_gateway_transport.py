@@ -325,6 +325,31 @@ async def test_x_request_timeout_is_a_504_at_the_deadline_and_hangs_up_upstream(
         assert await hung_up(ip.upstream, "hang") - t0 == pytest.approx(1.5, abs=1e-9)
 
 
+async def test_x_request_timeout_ends_a_stream_with_an_error_event_at_the_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A stream under ``x-request-timeout: 0.35``: content until then, then OpenAI's
+    in-stream error (a 504's type and code) and no ``[DONE]``, at exactly 0.35 s; the
+    upstream saw its client hang up then."""
+    async with in_process() as ip, ip.http() as http:
+        long = " ".join(["word"] * 100)
+        t0 = trio.current_time()
+        async with http.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={"model": "slow:gpt-4o-mini", "stream": True, "messages": user(long)},
+            headers={"x-request-timeout": "0.35"},
+        ) as response:
+            assert response.status_code == 200
+            events = [line async for line in response.aiter_lines() if line]
+        assert trio.current_time() - t0 == pytest.approx(0.35, abs=1e-9)
+        assert "data: [DONE]" not in events
+        error = msgspec.json.decode(events[-1].removeprefix("data: "))["error"]
+        assert (error["type"], error["code"]) == ("timeout_error", "deadline_exceeded")
+        assert len(events) == 6  # the role chunk, the deltas at 0 .. 0.3 s, the error
+        assert await hung_up(ip.upstream, "slow") - t0 == pytest.approx(0.35, abs=1e-9)
+
+
 # --------------------------------------------------------------------------- cancellation
 
 
