@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import gc
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -39,6 +42,7 @@ pytestmark = pytest.mark.filterwarnings(
     r"ignore:Async generator '(openai|anthropic|httpx2?)\._[a-z_]+\.:ResourceWarning"
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 KEY = Secret("sk-transport-test-key-5e1f0c9a7b")
 NO_RETRY = RetryConfig(max_attempts=1)
 BASE = "http://router.invalid"
@@ -541,3 +545,37 @@ async def test_the_transport_answers_exactly_as_the_asgi_app(path: str, body: by
             one = await direct.post(path, content=body)
             two = await via.post(path, content=body)
         assert _normalised(one) == _normalised(two)
+
+
+# --------------------------------------------------------------------------- the docs
+
+
+def test_the_transport_example_of_docs_gateway_md_runs() -> None:
+    """docs/gateway.md's GatewayTransport example (marked not-runnable for test_docs,
+    which runs every block at once) runs in its own interpreter and prints what its
+    comments say: the OpenAI SDK's completion and stream, the Anthropic SDK's message."""
+    from tests.test_docs import child_env, parse_markdown
+
+    blocks, _ = parse_markdown(ROOT / "docs" / "gateway.md")
+    (block,) = [b for b in blocks if "GatewayTransport(" in b.code]
+    # Every warning an error, but the SDKs' own unclosed SSE generators (see above).
+    quiet = (
+        "import warnings\n"
+        "warnings.filterwarnings('ignore', "
+        'r"Async generator \'(openai|anthropic|httpx2?)\\._[a-z_]+\\.", ResourceWarning)\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", quiet + block.code],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "hi from the router local:mock-model",
+        "['', 'hi', ' from', ' the', ' router', '']",
+        "hi from the router",
+    ]
+    assert result.stderr == ""
