@@ -247,3 +247,21 @@ def test_serving_a_non_loopback_address_without_keys_is_refused(tmp_path: Path) 
     assert result.stderr.startswith("llm-router: error: ConfigError: $.gateway.host: refusing")
     assert "no keys configured" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_python_example_of_docs_gateway_md_runs() -> None:
+    """docs/gateway.md's in-process example (marked not-runnable for test_docs, which
+    runs every block at once) runs in its own interpreter and prints what it says."""
+    from tests.test_docs import child_env, parse_markdown
+
+    blocks, _ = parse_markdown(ROOT / "docs" / "gateway.md")
+    (block,) = [b for b in blocks if "serve_gateway" in b.code]
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", block.code],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hi from the router local:mock-model\n"
