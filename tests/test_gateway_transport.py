@@ -29,9 +29,23 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from providers import AnthropicProvider, OpenAIProvider, Provider, Secret
+from providers import (
+    AnthropicProvider,
+    ChatRequest,
+    Message,
+    OpenAIProvider,
+    Provider,
+    Secret,
+)
 from router import Router, open_router
-from router.config import GatewayConfig, ProviderConfig, RetryConfig, RouteConfig, RouterConfig
+from router.config import (
+    GatewayConfig,
+    MockConfig,
+    ProviderConfig,
+    RetryConfig,
+    RouteConfig,
+    RouterConfig,
+)
 from router.gateway import GatewayApp, GatewayTransport
 from router.testing import FakeUpstream, Fault, Fixed, Scenario, open_fake_upstream
 
@@ -579,3 +593,25 @@ def test_the_transport_example_of_docs_gateway_md_runs() -> None:
         "hi from the router",
     ]
     assert result.stderr == ""
+
+
+async def test_after_the_router_closes_the_transport_answers_503_and_owns_nothing() -> None:
+    """The transport does not own the router: closing its client leaves the router
+    serving, and once the router is closed a request is a 503 in the vendor's shape,
+    not an exception from deep inside."""
+    config = RouterConfig(
+        providers={"local": ProviderConfig(kind="mock", mock=MockConfig(reply="hi"))},
+        routes={"fast": RouteConfig(targets=["local:mock-model"])},
+    )
+    body = {"model": "fast", "messages": user("x")}
+    async with open_router(config) as router:
+        transport = GatewayTransport(router, config)
+        async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+            assert (await http.post("/v1/chat/completions", json=body)).status_code == 200
+        assert (
+            await router.complete(ChatRequest(model="fast", messages=[Message.user("x")]))
+        ).text == "hi"
+    async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+        closed = await http.post("/v1/chat/completions", json=body)
+    assert closed.status_code == 503
+    assert closed.json()["error"]["type"] == "service_unavailable_error"
