@@ -159,6 +159,9 @@ def test_sync_openai_sdk_against_the_served_gateway(gateway: str) -> None:
                 )
             assert caught.value.status_code == status
             assert UPSTREAM_KEY not in caught.value.response.text
+    metrics = httpx.get(f"{gateway}/metrics", timeout=30)
+    assert metrics.status_code == 200
+    assert 'trio_llm_router_requests_total{model="fast",operation="chat"' in metrics.text
 
 
 def test_sync_anthropic_sdk_against_the_served_gateway(gateway: str) -> None:

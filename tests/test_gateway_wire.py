@@ -553,3 +553,33 @@ async def test_a_failure_after_the_first_byte_is_an_in_stream_error(autojump_clo
             raw = b"".join([p async for p in reply.chunks])
         assert raw.split(b"\n\n")[-2].startswith(b"event: error\n")
         assert b"message_stop" not in raw
+
+
+async def test_without_keys_only_loopback_and_in_process_callers_are_served() -> None:
+    """authenticate(): a non-loopback peer gets a 403 in the endpoint's shape; loopback
+    peers (IPv4, IPv6, localhost) and in-process callers (no peer) are served."""
+    config = RouterConfig(providers={"m": ProviderConfig(kind="mock")})
+    async with open_router(config, providers={"m": MockProvider()}) as r:
+        gateway = Gateway(r, config)
+        for client, status in [
+            ("203.0.113.5", 403),
+            ("10.0.0.1", 403),
+            ("127.0.0.1", 200),
+            ("::1", 200),
+            ("localhost", 200),
+            (None, 200),
+        ]:
+            async with AsyncExitStack() as stack:
+                reply = await gateway.handle(
+                    Inbound("POST", "/v1/messages", {}, ANTHROPIC_HI, client), stack
+                )
+            assert reply.status == status, client
+            if status == 403:
+                error = msgspec.json.decode(reply.body)
+                assert error["error"]["type"] == "permission_error"
+                assert "loopback" in error["error"]["message"]
+
+
+ANTHROPIC_HI = msgspec.json.encode(
+    {"model": "m:x", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}]}
+)

@@ -383,28 +383,26 @@ class Gateway:
         Never raises for a request's failure: every one is a reply in the endpoint's
         vendor error shape.  A stream's chunks must be read before ``stack`` closes.
         """
-        route = _ROUTES.get(inbound.path)
         dialect: Dialect = "anthropic" if inbound.path.startswith("/v1/messages") else "openai"
         request_id = self._request_id()
-        if route is None:
-            return self.error_reply(
-                dialect,
-                _failure(404),
-                f"no endpoint {inbound.method} {inbound.path[:100]}",
-                request_id,
-            )
-        method, endpoint = route
-        if inbound.method != method:
-            reply = self.error_reply(
-                dialect,
-                _failure(405),
-                f"{inbound.path} takes {method}, not {inbound.method[:10]}",
-                request_id,
-            )
-            reply.headers.append((b"allow", method.encode()))
-            return reply
         try:
+            # Who it is comes first: a caller refused learns nothing, not even the paths.
             caller = self.authenticate(inbound)
+            route = _ROUTES.get(inbound.path)
+            if route is None:
+                raise BadRequest(
+                    f"no endpoint {inbound.method[:10]} {inbound.path[:100]}", status=404
+                )
+            method, endpoint = route
+            if inbound.method != method:
+                reply = self.error_reply(
+                    dialect,
+                    _failure(405),
+                    f"{inbound.path} takes {method}, not {inbound.method[:10]}",
+                    request_id,
+                )
+                reply.headers.append((b"allow", method.encode()))
+                return reply
             deadline = self._deadline(inbound)
             if deadline is None:
                 return await endpoint(self, inbound, caller, stack, request_id, None)
