@@ -159,6 +159,7 @@ async def hung_up(upstream: FakeUpstream, scenario: str) -> float:
     with trio.fail_after(3):
         await record.finished.wait()
     assert record.outcome == "client_disconnected"
+    assert upstream.stats(scenario).client_disconnected == 1  # the disconnect counter
     return trio.current_time()
 
 
