@@ -370,6 +370,9 @@ async def test_anthropic_sdk_messages_plain_streamed_and_tools() -> None:
         assert block.name == "get_weather"
         assert "city" in block.input
         assert called.stop_reason == "tool_use"
+        ids = [m.id async for m in sdk.models.list()]  # Anthropic's shape: anthropic-version
+        assert ids[0] == "fast"
+        assert "an:claude-3-5-haiku-latest" in ids
         with pytest.raises(anthropic.NotFoundError) as caught:
             await sdk.messages.create(model="nope", max_tokens=10, messages=user("hi"))  # type: ignore[arg-type]
         assert caught.value.body["type"] == "error"  # type: ignore[index]

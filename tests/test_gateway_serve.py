@@ -236,6 +236,36 @@ def test_sigterm_drains_a_stream_in_flight_then_exits_0(tmp_path: Path) -> None:
         stop(server)
 
 
+def test_a_second_signal_stops_at_once(tmp_path: Path) -> None:
+    """SIGTERM, then SIGINT, mid-stream: the stream is cut (no [DONE]) and the process
+    exits 0 without waiting out the grace period."""
+    server = start("serve", "--port", "0", cwd=tmp_path)
+    try:
+        url = url_from(server, "llm-router gateway listening on ")
+        long = " ".join(["word"] * 3000)  # 30 s of stream
+        body = {"model": "fast", "stream": True, "messages": [{"role": "user", "content": long}]}
+        received = b""
+        t0 = time.monotonic()
+        with (
+            pytest.raises(httpx.RemoteProtocolError),
+            httpx.Client(timeout=30) as client,
+            client.stream("POST", f"{url}/v1/chat/completions", json=body) as response,
+        ):
+            for part in response.iter_bytes():
+                if not received:
+                    server.send_signal(signal.SIGTERM)
+                    time.sleep(0.5)
+                    server.send_signal(signal.SIGINT)
+                received += part
+        assert b"[DONE]" not in received
+        _, err = server.communicate(timeout=30)
+        assert time.monotonic() - t0 < 10  # not the 10 s grace, nor the 30 s stream
+        assert server.returncode == 0, err
+        assert "SIGINT again: stopping now" in err
+    finally:
+        stop(server)
+
+
 def test_serving_a_non_loopback_address_without_keys_is_refused(tmp_path: Path) -> None:
     """``serve --host 0.0.0.0`` with no gateway keys: exit 1 and one line saying why."""
     result = subprocess.run(

@@ -583,3 +583,24 @@ async def test_without_keys_only_loopback_and_in_process_callers_are_served() ->
 ANTHROPIC_HI = msgspec.json.encode(
     {"model": "m:x", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}]}
 )
+
+
+@pytest.mark.parametrize(
+    ("toml", "path"),
+    [
+        ("grace = -1", "$.gateway.grace"),
+        ("port = 70000", "$.gateway.port"),
+        ("max_timeout = 5\ndefault_timeout = 10", "$.gateway.default_timeout"),
+        ("hots = '127.0.0.1'", "$.gateway"),
+    ],
+)
+def test_gateway_config_mistakes_name_their_path(toml: str, path: str) -> None:
+    """[gateway] is validated like the rest: a bad value or an unknown field is a
+    ConfigError naming where it is."""
+    from router.config import decode_config
+    from router.errors import ConfigError
+
+    text = f'[providers.m]\nkind = "mock"\n[gateway]\n{toml}\n'
+    with pytest.raises(ConfigError) as caught:
+        decode_config(text)
+    assert (caught.value.path or "").startswith(path)
