@@ -9,6 +9,8 @@ it loads the gateway's translation code, and :func:`serve_gateway` imports hyper
 :class:`GatewayApp`        the ASGI application over one open router
 :func:`serve_gateway`      serve it on hypercorn's trio worker until a shutdown trigger,
                            then drain in-flight requests for a grace period
+:class:`GatewayTransport`  the same endpoints in process, as an ``httpx`` (and ``httpx2``)
+                           transport: the OpenAI and Anthropic SDKs without a server
 =========================  ================================================================
 
 Example::
@@ -22,6 +24,7 @@ Example::
 """
 
 from ._tools._gateway import GatewayApp as GatewayApp
+from ._tools._gateway_transport import GatewayTransport as GatewayTransport
 from ._tools._serve import serve_gateway as serve_gateway
 
-__all__ = ["GatewayApp", "serve_gateway"]
+__all__ = ["GatewayApp", "GatewayTransport", "serve_gateway"]

@@ -19,6 +19,10 @@ hedging       the stall scenario over real sockets (fake upstream in a separate 
 scale         1,000 concurrent streaming requests through one router over loopback: all
               complete; peak RSS and RSS per in-flight stream (client process only)
 coldstart     ``python -c "import router"``: wall time and peak RSS
+gateway       ``llm-router serve`` (a child process) in front of the fake upstream (another)
+              against that upstream directly, at concurrency 1, 16 and 64 in alternating
+              rounds; then 1,000 concurrent streams through it, and its RSS
+              (``_bench_gateway``)
 ============  ==============================================================================
 """
 
@@ -482,7 +486,7 @@ def bench_coldstart(runs: int = 15) -> ColdStartResult:
 
 # --------------------------------------------------------------------------- running
 
-BENCHMARKS = ("overhead", "loopback", "hedging", "scale", "coldstart")
+BENCHMARKS = ("overhead", "loopback", "hedging", "scale", "coldstart", "gateway")
 
 
 def _machine() -> str:
@@ -550,6 +554,10 @@ def _report(name: str, r: Any) -> str:
             ]
         )
         return "\n".join(lines)
+    if name == "gateway":
+        from ._bench_gateway import report_gateway
+
+        return report_gateway(r)
     if name == "scale":
         return (
             f"scale ({r.streams} concurrent streams)\n"
@@ -586,6 +594,13 @@ def run_benchmarks(names: tuple[str, ...] = BENCHMARKS, *, quick: bool = False) 
             r = trio.run(bench_hedging, int(2_000 * scale))
         elif name == "scale":
             r = trio.run(bench_scale, int(1_000 * scale))
+        elif name == "gateway":
+            from ._bench_gateway import bench_gateway
+
+            if quick:  # a smoke test: tiny counts, every part of the report
+                r = trio.run(bench_gateway, 60, (1, 16, 64), 2, 50)
+            else:
+                r = trio.run(bench_gateway)
         else:
             r = bench_coldstart(5 if quick else 15)
         print("\n" + _report(name, r), flush=True)

@@ -442,6 +442,19 @@ class Gateway:
 
     # -- replies -----------------------------------------------------------------------
 
+    def body_too_large(self, path: str, size: int) -> Reply | None:
+        """The 413 for a request body of ``size`` bytes to ``path``, or ``None`` if it fits."""
+        limit = self.settings.max_body_bytes
+        if size <= limit:
+            return None
+        dialect: Dialect = "anthropic" if path == "/v1/messages" else "openai"
+        return self.error_reply(
+            dialect,
+            _failure(413),
+            f"the request body exceeds the gateway's limit of {limit} bytes",
+            self._request_id(),
+        )
+
     def error_reply(
         self,
         dialect: Dialect,
@@ -931,13 +944,8 @@ class GatewayApp:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                dialect: Dialect = "anthropic" if scope["path"] == "/v1/messages" else "openai"
-                reply = gateway.error_reply(
-                    dialect,
-                    _failure(413),
-                    f"the request body exceeds the gateway's limit of {limit} bytes",
-                    gateway._request_id(),
-                )
+                reply = gateway.body_too_large(scope["path"], size)
+                assert reply is not None
                 await _send_reply(send, reply)
                 return
             parts.append(chunk)
