@@ -1,0 +1,115 @@
+"""Review of issue 15's policy-testing kit: check_policy calls a strategy as the router
+does, catches state kept between calls, and reports a failure that does not recur as
+non-determinism in a readable AssertionError (not hypothesis's Flaky group)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+
+import pytest
+import trio
+import trio.testing
+
+from providers import NoRoute
+from router import open_router
+from router.policy import BuiltinStrategy, Candidate, Needs, Plan, TargetHealth
+from router.testing import MockProvider, MockResponse, check_policy, harness_config
+
+Health = Mapping[str, TargetHealth]
+_least_cost = BuiltinStrategy("least-cost")
+
+
+def copies_its_candidates(
+    candidates: Sequence[Candidate], needs: Needs, health: Health, now: float, rng: random.Random
+) -> Plan:
+    """Correct over a list; the router passes a tuple, which has no ``copy()``."""
+    pool = candidates.copy()  # type: ignore[attr-defined]
+    return _least_cost(pool, needs, health, now, rng)
+
+
+def test_check_policy_passes_the_candidates_as_the_router_does() -> None:
+    """A strategy that needs a list (``candidates.copy()``) fails every request in the
+    router; check_policy fails it too ("total"), saying the candidates are a tuple."""
+    with pytest.raises(AssertionError) as info:
+        check_policy(copies_its_candidates, max_examples=20)
+    message = str(info.value)
+    assert message.startswith("check_policy(copies_its_candidates): total: raised AttributeError")
+    assert "the candidates are a tuple, as the router passes them" in message
+
+    async def main() -> None:
+        config = harness_config(["a", "b"], strategy=copies_its_candidates)
+        mocks = {n: MockProvider(name=n, default=MockResponse(text="ok")) for n in config.providers}
+        async with open_router(config, providers=mocks) as router:
+            with pytest.raises(NoRoute, match="has no attribute 'copy'"):
+                router.plan("policy")
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+class RoundRobin:
+    """Tempting and impure: swaps the first two targets on every other call."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(
+        self,
+        candidates: Sequence[Candidate],
+        needs: Needs,
+        health: Health,
+        now: float,
+        rng: random.Random,
+    ) -> Plan:
+        self.calls += 1
+        plan = _least_cost(candidates, needs, health, now, rng)
+        targets = list(plan.targets)
+        if self.calls % 2 == 0:
+            targets[:2] = targets[1::-1]
+        return Plan(targets=tuple(targets), excluded=plan.excluded, panic=plan.panic)
+
+
+def test_state_kept_between_calls_fails_as_nondeterministic() -> None:
+    """A round-robin counter with period two (one plan, then the other) fails
+    "deterministic" with both plans: the determinism check compares two calls in a row."""
+    with pytest.raises(AssertionError) as info:
+        check_policy(RoundRobin(), max_examples=100)
+    message = str(info.value)
+    assert (
+        "): deterministic: a second call with the same inputs and seed gave another plan" in message
+    )
+    assert "second plan: targets [" in message
+
+
+class FailsOnce:
+    """Raises on its first call with a candidate, never again."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def __call__(
+        self,
+        candidates: Sequence[Candidate],
+        needs: Needs,
+        health: Health,
+        now: float,
+        rng: random.Random,
+    ) -> Plan:
+        if candidates and not self.failed:
+            self.failed = True
+            raise ValueError("only this once")
+        return _least_cost(candidates, needs, health, now, rng)
+
+
+def test_a_failure_that_does_not_recur_is_a_readable_nondeterminism_failure() -> None:
+    """A strategy that fails once and then passes on the same inputs is an
+    AssertionError saying "deterministic", quoting the first failure (not hypothesis's
+    FlakyFailure exception group)."""
+    with pytest.raises(AssertionError) as info:
+        check_policy(FailsOnce(), max_examples=50)
+    message = str(info.value)
+    assert message.startswith("check_policy(FailsOnce): deterministic: a failure did not recur")
+    assert (
+        "the first failure:\ncheck_policy(FailsOnce): total: raised ValueError: only this once"
+        in message
+    )
