@@ -1,17 +1,24 @@
 """Review of issue 15's import-path strategies: a module that exits when imported is a
-ConfigError at the route's path; Ctrl-C while importing one still ends the program."""
+ConfigError at the route's path; Ctrl-C while importing one, or inside one, still ends
+the program."""
 
 from __future__ import annotations
 
 import importlib
+import random
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
 from providers import ConfigError
+from router import ChatRequest, Message, open_router
 from router.config import decode_config
+from router.policy import Candidate, Needs, Plan, TargetHealth
+from router.testing import MockProvider, MockResponse, harness_config
+
+Health = Mapping[str, TargetHealth]
 
 
 @pytest.fixture
@@ -53,3 +60,21 @@ def test_ctrl_c_while_importing_a_strategy_is_not_swallowed(modules: None) -> No
     """KeyboardInterrupt raised by a strategy module's import reaches the caller."""
     with pytest.raises(KeyboardInterrupt):
         decode_config(config_text("interrupted_policies:strategy"), source="router.toml")
+
+
+def interrupted(
+    candidates: Sequence[Candidate], needs: Needs, health: Health, now: float, rng: random.Random
+) -> Plan:
+    """Ctrl-C arrives while the strategy runs."""
+    raise KeyboardInterrupt
+
+
+async def test_ctrl_c_inside_a_strategy_reaches_the_caller_uncounted() -> None:
+    """KeyboardInterrupt raised inside a strategy of the user's is not turned into
+    NoRoute nor counted as a strategy error: it reaches the caller of complete()."""
+    config = harness_config(["a", "b"], strategy=interrupted)
+    mocks = {n: MockProvider(name=n, default=MockResponse(text="ok")) for n in config.providers}
+    async with open_router(config, providers=mocks) as router:
+        with pytest.raises(KeyboardInterrupt):
+            await router.complete(ChatRequest(model="policy", messages=[Message.user("hi")]))
+        assert router.statistics().strategy_errors == 0
