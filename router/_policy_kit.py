@@ -292,7 +292,8 @@ def policy_inputs(
     """A consistent ``(candidates, needs, health, now, seed)``: the health snapshot
     covers (some of) the candidates' providers; ``now`` is trio time, ``seed`` the
     seed of the strategy's ``random.Random``.  ``candidates`` and ``needs`` replace the
-    default strategies for those parts."""
+    default strategies for those parts (the candidates drawn are numbered by position,
+    ``index`` 0, 1, ..., as the router numbers a route's)."""
     from hypothesis import strategies as st
 
     candidate_lists = policy_candidates() if candidates is None else candidates
@@ -300,7 +301,12 @@ def policy_inputs(
 
     @st.composite
     def draw(draw: st.DrawFn) -> PolicyInputs:
-        cands = draw(candidate_lists)
+        # Numbered by position, as the router numbers a route's candidates (a strategy
+        # of yours may draw them with the default index 0).
+        cands = [
+            c if c.index == i else msgspec.structs.replace(c, index=i)
+            for i, c in enumerate(draw(candidate_lists))
+        ]
         health = draw(policy_health(sorted({c.provider for c in cands})))
         return PolicyInputs(
             candidates=tuple(cands),
@@ -409,6 +415,13 @@ def check_policy(
     )
     @given(drawn)
     def run(example: PolicyInputs) -> None:
+        for i, c in enumerate(example.candidates):
+            if c.index != i:
+                raise ValueError(
+                    f"check_policy(inputs=...) drew candidate [{i}] {c.target} with index "
+                    f"{c.index}: the router numbers a route's candidates 0, 1, ... by "
+                    "position (policy_inputs does too)"
+                )
         try:
             plan, seconds = timed(example)
         except Exception as exc:

@@ -10,11 +10,19 @@ from collections.abc import Mapping, Sequence
 import pytest
 import trio
 import trio.testing
+from hypothesis import strategies as st
 
 from providers import NoRoute
 from router import open_router
 from router.policy import BuiltinStrategy, Candidate, Needs, Plan, TargetHealth
-from router.testing import MockProvider, MockResponse, check_policy, harness_config
+from router.testing import (
+    MockProvider,
+    MockResponse,
+    PolicyInputs,
+    check_policy,
+    harness_config,
+    policy_inputs,
+)
 
 Health = Mapping[str, TargetHealth]
 _least_cost = BuiltinStrategy("least-cost")
@@ -113,3 +121,33 @@ def test_a_failure_that_does_not_recur_is_a_readable_nondeterminism_failure() ->
         "the first failure:\ncheck_policy(FailsOnce): total: raised ValueError: only this once"
         in message
     )
+
+
+def test_candidates_drawn_for_policy_inputs_are_numbered_as_the_router_numbers_them() -> None:
+    """A user's candidate strategy that leaves ``index`` at its default 0 does not get a
+    correct built-in strategy refuted ("planned 'b:m' with index 0, which is not that
+    candidate's"): policy_inputs numbers the candidates by position, as the router does."""
+    naive = st.lists(
+        st.builds(Candidate, provider=st.sampled_from(["a", "b", "c"]), model=st.just("m")),
+        unique_by=lambda c: c.target,
+    )
+    report = check_policy(
+        BuiltinStrategy("fallback"), inputs=policy_inputs(candidates=naive), max_examples=30
+    )
+    assert report.examples >= 30
+
+
+def test_inputs_numbered_unlike_the_router_are_a_clear_error_not_the_strategys_failure() -> None:
+    """``inputs=`` that draws PolicyInputs whose candidates are not numbered by position
+    is a ValueError about the inputs, not a failed property of the strategy."""
+    twice_zero = st.just(
+        PolicyInputs(
+            candidates=(Candidate(provider="a", model="m"), Candidate(provider="b", model="m")),
+            needs=Needs(),
+            health={},
+            now=0.0,
+            seed=0,
+        )
+    )
+    with pytest.raises(ValueError, match=r"drew candidate \[1\] b:m with index 0"):
+        check_policy(BuiltinStrategy("fallback"), inputs=twice_zero, max_examples=5)
