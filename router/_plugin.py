@@ -131,6 +131,12 @@ def _trio_llm_router_config(request: pytest.FixtureRequest) -> RouterConfig:
             strategy=options.get("strategy", "fallback"),
             budget=options.get("budget"),
         )
+    others = sorted(set(options) - {"config"})
+    if others:
+        raise TypeError(
+            f"@pytest.mark.mock_router(config=...) replaces providers, strategy and "
+            f"budget: give them in the RouterConfig, not also as {others}"
+        )
     if not isinstance(config, RouterConfig):
         raise TypeError(
             f"@pytest.mark.mock_router(config=...) takes a RouterConfig, "

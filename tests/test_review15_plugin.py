@@ -96,3 +96,22 @@ async def test_given(mock_router, autojump_clock, n):
     assert trio.current_time() - start == n
 """
     run_user_file(pytester, source).assert_outcomes(passed=1)
+
+
+def test_the_marker_refuses_config_beside_the_arguments_it_replaces(
+    pytester: pytest.Pytester,
+) -> None:
+    """``config=`` with ``providers=`` beside it is a setup error naming the argument
+    the config would silently override."""
+    source = """
+import pytest
+from router.testing import harness_config
+
+@pytest.mark.mock_router(config=harness_config(["x"]), providers=["y"])
+async def test_x(mock_router):
+    pass
+"""
+    result = run_user_file(pytester, source)
+    result.assert_outcomes(errors=1)
+    assert "replaces providers, strategy and budget" in str(result.stdout)
+    assert "not also as ['providers']" in str(result.stdout)
