@@ -17,6 +17,7 @@ import msgspec
 from providers import Capabilities
 
 from ._policy import (
+    DEFAULT_PANIC_THRESHOLD,
     Candidate,
     HealthStatus,
     Needs,
@@ -28,7 +29,7 @@ from ._policy import (
     over_budget,
     unfit,
 )
-from ._strategies import plan_problem
+from ._strategies import plan_problem, resolve
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -351,7 +352,7 @@ def _first_failure(exc: BaseException) -> str | None:
 
 
 def check_policy(
-    strategy: Strategy,
+    strategy: str | Strategy,
     *,
     max_examples: int = 200,
     time_budget: float = 0.05,
@@ -383,11 +384,27 @@ def check_policy(
     ``derandomize`` (the default) the same strategy always meets the same examples.
     Returns what it measured (:class:`PolicyCheck`).  Call it from a plain (not trio)
     test; hypothesis must be installed.
+
+    ``strategy`` is what a route's ``strategy`` takes: a function (or an object with
+    ``__call__``), a built-in strategy's name or an import path (``"mypkg.mod:func"``).
+
+    Raises:
+        AssertionError: a property failed; the message says which, with the inputs.
+        ValueError: ``strategy`` names no strategy, or has the wrong shape (as a
+            route's ConfigError says: not callable, a class, async, not taking five
+            arguments).
     """
     from hypothesis import HealthCheck, Phase, given, seed, settings
     from hypothesis.errors import Flaky
 
-    label = _name(strategy)
+    # Resolved as a route resolves it: a built-in name or an import path names one,
+    # and one of the wrong shape (not callable, async, not taking five arguments) is
+    # refused here, as in a config, rather than failing every example.
+    label = strategy if isinstance(strategy, str) else _name(strategy)
+    try:
+        strategy = resolve(strategy, DEFAULT_PANIC_THRESHOLD)
+    except ValueError as exc:
+        raise ValueError(f"check_policy: {exc}") from None
     drawn = policy_inputs() if inputs is None else inputs
     times: list[float] = []
 

@@ -151,3 +151,30 @@ def test_inputs_numbered_unlike_the_router_are_a_clear_error_not_the_strategys_f
     )
     with pytest.raises(ValueError, match=r"drew candidate \[1\] b:m with index 0"):
         check_policy(BuiltinStrategy("fallback"), inputs=twice_zero, max_examples=5)
+
+
+async def async_strategy(
+    candidates: Sequence[Candidate], needs: Needs, health: Health, now: float, rng: random.Random
+) -> Plan:
+    """Wrong shape: a strategy is a plain function."""
+    return Plan(targets=tuple(candidates))
+
+
+def test_check_policy_takes_what_a_route_takes_and_refuses_the_wrong_shape() -> None:
+    """check_policy takes a built-in name and an import path as a route does (not
+    "'str' object is not callable" in every example), and refuses an async function or
+    an unresolvable path at once with the route's reason, not a property failure."""
+    assert check_policy("least-cost", max_examples=10).strategy == "least-cost"
+    report = check_policy("tests.test_review15_kit:copies_its_candidates_fixed", max_examples=10)
+    assert report.strategy == "tests.test_review15_kit:copies_its_candidates_fixed"
+    with pytest.raises(ValueError, match="is async; a strategy is a plain function"):
+        check_policy(async_strategy)
+    with pytest.raises(ValueError, match="no module named 'nosuchmodule_xyz'"):
+        check_policy("nosuchmodule_xyz:f")
+
+
+def copies_its_candidates_fixed(
+    candidates: Sequence[Candidate], needs: Needs, health: Health, now: float, rng: random.Random
+) -> Plan:
+    """The fix of copies_its_candidates: ``list(candidates)`` takes any sequence."""
+    return _least_cost(list(candidates), needs, health, now, rng)
