@@ -38,7 +38,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from providers import ChatRequest, LLMError, Message
 from providers.testing import MockProvider, MockResponse
 
-from ._config import RouterConfig
+from ._config import RouterConfig, validate_config
 from ._events import AttemptStarted, RequestStarted, RouterEvent
 from ._policy import Candidate, Needs, Plan, Strategy, TargetHealth
 from ._router import Router, open_router
@@ -120,7 +120,9 @@ class RouterMachine(RuleBasedStateMachine):
         """The router's configuration; override to configure anything else.
 
         Every configured provider is given a scripted MockProvider; :attr:`route` must
-        be one of its routes (or a ``provider:model`` target).  The default is
+        be one of its routes (or a ``provider:model`` target).  The constructor
+        validates it as ``open_router`` does: a mistake (a strategy that cannot be
+        resolved...) is a ``ConfigError`` naming the field's path.  The default is
         :func:`harness_config` of the class attributes.
         """
         # Read from the class as written: a plain function assigned to ``strategy``
@@ -134,7 +136,9 @@ class RouterMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        config = self.make_config()
+        # Validated before the strategies are resolved and wrapped, so that a bad one is
+        # the ConfigError at its path (``$.routes.policy.strategy``) open_router gives.
+        config = validate_config(self.make_config())
         if self.route not in config.routes and ":" not in self.route:
             raise ValueError(
                 f"{type(self).__name__}.route is {self.route!r}, which make_config() does "

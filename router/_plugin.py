@@ -10,8 +10,10 @@ Nothing happens to a test suite unless a test asks for one of these fixtures:
     ``@pytest.mark.mock_router(providers=[...], strategy=..., budget=..., config=...)``
     (``config``, a full :class:`~router.config.RouterConfig`, replaces the others).
     ``mock_router.provider(name)`` is that provider's MockProvider, to re-script.  A
-    test that asks for it runs as a trio test (pytest-trio) on that clock, or on the
-    clock fixture it asks for itself (``autojump_clock``, ``mock_clock``).
+    test that asks for it (an ``async def``) runs as a trio test (pytest-trio) on that
+    clock, or on the clock fixture it asks for itself (``autojump_clock``,
+    ``mock_clock``; a hypothesis ``@given`` test must ask for one).  A sync test, or a
+    project without pytest-trio, gets a setup error saying so.
 ``scripted_provider``
     A factory: ``scripted_provider(*script, name="mock", latency=1.0)`` is a
     MockProvider that answers ``script`` in order, then ``"ok"`` after ``latency``.
@@ -22,6 +24,7 @@ fixture is used.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -48,8 +51,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", _MARKER)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run every test that asks for ``mock_router`` as a trio test on a ``MockClock``."""
+def _has_pytest_trio(config: pytest.Config) -> bool:
+    """Whether pytest-trio is loaded (its entry point's name, or its module's)."""
+    manager = config.pluginmanager
+    return manager.hasplugin("trio") or manager.hasplugin("pytest_trio.plugin")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run every test that asks for ``mock_router`` as a trio test on a ``MockClock``
+    (without pytest-trio, the fixture's setup says it is needed)."""
+    if not _has_pytest_trio(config):
+        return  # no `trio` marker to add (it would be an unknown mark)
     for item in items:
         if "mock_router" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.trio(run=_run_on_virtual_time))
@@ -87,6 +99,19 @@ def _trio_llm_router_config(request: pytest.FixtureRequest) -> RouterConfig:
     from ._config import RouterConfig
     from ._scripted import harness_config
 
+    if not _has_pytest_trio(request.config):
+        raise RuntimeError(
+            "the mock_router fixture runs the test with pytest-trio, which is not loaded: "
+            "install it (pip install pytest-trio, or this package's `test` extra)"
+        )
+    function = getattr(request.node, "function", None)
+    # A hypothesis test: the async function is the one hypothesis wraps.
+    function = getattr(getattr(function, "hypothesis", None), "inner_test", function)
+    if function is not None and not inspect.iscoroutinefunction(function):
+        raise TypeError(
+            f"{request.node.name} asks for mock_router, a trio fixture: declare it "
+            "`async def` (it runs on trio, on virtual time)"
+        )
     marker = request.node.get_closest_marker("mock_router")
     if marker is None:
         return harness_config(["primary", "backup"])
@@ -102,9 +127,15 @@ def _trio_llm_router_config(request: pytest.FixtureRequest) -> RouterConfig:
     config = options.get("config")
     if config is None:
         return harness_config(
-            list(options.get("providers", ("primary", "backup"))),
+            options.get("providers", ("primary", "backup")),
             strategy=options.get("strategy", "fallback"),
             budget=options.get("budget"),
+        )
+    others = sorted(set(options) - {"config"})
+    if others:
+        raise TypeError(
+            f"@pytest.mark.mock_router(config=...) replaces providers, strategy and "
+            f"budget: give them in the RouterConfig, not also as {others}"
         )
     if not isinstance(config, RouterConfig):
         raise TypeError(
@@ -127,7 +158,9 @@ async def mock_router(_trio_llm_router_config: RouterConfig) -> AsyncIterator[Ro
     if not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
         raise RuntimeError(
             "mock_router runs on virtual time: this test's trio.run has no MockClock "
-            "(a trio marker with its own run= replaced the plugin's)"
+            "(a trio marker with its own run= replaced the plugin's, or the test is a "
+            "hypothesis @given test, which pytest-trio runs with plain trio.run: ask "
+            "for the autojump_clock fixture too)"
         )
     config = _trio_llm_router_config
     mocks = {

@@ -17,6 +17,7 @@ import msgspec
 from providers import Capabilities
 
 from ._policy import (
+    DEFAULT_PANIC_THRESHOLD,
     Candidate,
     HealthStatus,
     Needs,
@@ -28,7 +29,7 @@ from ._policy import (
     over_budget,
     unfit,
 )
-from ._strategies import plan_problem
+from ._strategies import plan_problem, resolve
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -43,6 +44,8 @@ __all__ = [
     "policy_needs",
 ]
 
+#: check_policy's seed when derandomized.
+_SEED = 0
 _PROVIDERS = ("p0", "p1", "p2", "p3")
 _STATUSES: tuple[HealthStatus, ...] = ("healthy", "degraded", "unhealthy")
 _WINDOWS = (4_096, 8_192, 32_768, 128_000, 200_000, 1_000_000)
@@ -78,14 +81,15 @@ class PolicyInputs(NamedTuple):
     def plan(
         self,
         strategy: Strategy,
-        candidates: list[Candidate] | None = None,
+        candidates: Sequence[Candidate] | None = None,
         health: dict[str, TargetHealth] | None = None,
     ) -> Plan:
-        """``strategy(candidates, needs, health, now, random.Random(seed))``, given
-        copies of the candidates and the health (or ``candidates`` and ``health``,
-        equal copies of yours, to see what the strategy did to them)."""
+        """``strategy(candidates, needs, health, now, random.Random(seed))`` as the
+        router calls it: the candidates as a tuple (the route's own) and a copy of the
+        health (or ``candidates`` and ``health`` of yours, equal to these, to see what
+        the strategy did to them)."""
         return strategy(
-            list(self.candidates) if candidates is None else candidates,
+            self.candidates if candidates is None else candidates,
             self.needs,
             dict(self.health) if health is None else health,
             self.now,
@@ -289,7 +293,8 @@ def policy_inputs(
     """A consistent ``(candidates, needs, health, now, seed)``: the health snapshot
     covers (some of) the candidates' providers; ``now`` is trio time, ``seed`` the
     seed of the strategy's ``random.Random``.  ``candidates`` and ``needs`` replace the
-    default strategies for those parts."""
+    default strategies for those parts (the candidates drawn are numbered by position,
+    ``index`` 0, 1, ..., as the router numbers a route's)."""
     from hypothesis import strategies as st
 
     candidate_lists = policy_candidates() if candidates is None else candidates
@@ -297,7 +302,12 @@ def policy_inputs(
 
     @st.composite
     def draw(draw: st.DrawFn) -> PolicyInputs:
-        cands = draw(candidate_lists)
+        # Numbered by position, as the router numbers a route's candidates (a strategy
+        # of yours may draw them with the default index 0).
+        cands = [
+            c if c.index == i else msgspec.structs.replace(c, index=i)
+            for i, c in enumerate(draw(candidate_lists))
+        ]
         health = draw(policy_health(sorted({c.provider for c in cands})))
         return PolicyInputs(
             candidates=tuple(cands),
@@ -316,11 +326,33 @@ def policy_inputs(
 
 def _name(strategy: object) -> str:
     name = getattr(strategy, "__qualname__", None) or getattr(strategy, "__name__", None)
-    return str(name) if name else repr(strategy)
+    if name:
+        return str(name)
+    if type(strategy).__repr__ is object.__repr__:  # an instance: its class, no address
+        return type(strategy).__qualname__
+    return repr(strategy)
+
+
+def _first_failure(exc: BaseException) -> str | None:
+    """The message of the first check_policy failure inside ``exc`` (hypothesis's
+    ``Flaky``: a group of them in newer versions, the cause in older ones)."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, AssertionError) and str(e).startswith("check_policy("):
+            return str(e)
+        if isinstance(e, BaseExceptionGroup):
+            todo.extend(e.exceptions)
+        todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+    return None
 
 
 def check_policy(
-    strategy: Strategy,
+    strategy: str | Strategy,
     *,
     max_examples: int = 200,
     time_budget: float = 0.05,
@@ -330,18 +362,20 @@ def check_policy(
     """Run the property suite every strategy must pass; raise ``AssertionError`` on a failure.
 
     For each of ``max_examples`` inputs drawn from ``inputs`` (default
-    :func:`policy_inputs`), the strategy:
+    :func:`policy_inputs`), called as the router calls it (the candidates a tuple, the
+    health a dict), the strategy:
 
     - is total: it returns, raising nothing;
-    - leaves its inputs alone: the candidate list and the health mapping it is given
-      are unchanged after the call (they are the router's own);
+    - leaves its inputs alone: the health mapping it is given is unchanged after the
+      call (the router's own);
     - returns a valid plan (:func:`~router.policy.plan_problem`): only given
       candidates, none twice, every candidate planned or excluded with a non-empty
       reason;
     - never plans a target :func:`~router.policy.unfit` for the request or
       :func:`~router.policy.over_budget` on its provider;
-    - is deterministic: called again on equal inputs with a ``random.Random`` of the
-      same seed, it returns an equal plan;
+    - is deterministic: called again at once on equal inputs with a ``random.Random``
+      of the same seed, it returns an equal plan (and a failure recurs when hypothesis
+      replays its inputs; one that does not is reported as non-determinism);
     - is fast: a call takes at most ``time_budget`` seconds (a call over it is timed
       twice more and the fastest of the three counts).
 
@@ -350,10 +384,27 @@ def check_policy(
     ``derandomize`` (the default) the same strategy always meets the same examples.
     Returns what it measured (:class:`PolicyCheck`).  Call it from a plain (not trio)
     test; hypothesis must be installed.
-    """
-    from hypothesis import HealthCheck, Phase, given, settings
 
-    label = _name(strategy)
+    ``strategy`` is what a route's ``strategy`` takes: a function (or an object with
+    ``__call__``), a built-in strategy's name or an import path (``"mypkg.mod:func"``).
+
+    Raises:
+        AssertionError: a property failed; the message says which, with the inputs.
+        ValueError: ``strategy`` names no strategy, or has the wrong shape (as a
+            route's ConfigError says: not callable, a class, async, not taking five
+            arguments).
+    """
+    from hypothesis import HealthCheck, Phase, given, seed, settings
+    from hypothesis.errors import Flaky
+
+    # Resolved as a route resolves it: a built-in name or an import path names one,
+    # and one of the wrong shape (not callable, async, not taking five arguments) is
+    # refused here, as in a config, rather than failing every example.
+    label = strategy if isinstance(strategy, str) else _name(strategy)
+    try:
+        strategy = resolve(strategy, DEFAULT_PANIC_THRESHOLD)
+    except ValueError as exc:
+        raise ValueError(f"check_policy: {exc}") from None
     drawn = policy_inputs() if inputs is None else inputs
     times: list[float] = []
 
@@ -363,9 +414,11 @@ def check_policy(
             text.append(_describe_plan(plan))
         return AssertionError("\n".join(text))
 
-    def timed(example: PolicyInputs) -> tuple[Plan, float]:
+    def timed(
+        example: PolicyInputs, health: dict[str, TargetHealth] | None = None
+    ) -> tuple[Plan, float]:
         began = time.perf_counter()
-        plan = example.plan(strategy)
+        plan = example.plan(strategy, health=health)
         return plan, time.perf_counter() - began
 
     @settings(
@@ -379,16 +432,34 @@ def check_policy(
     )
     @given(drawn)
     def run(example: PolicyInputs) -> None:
+        for i, c in enumerate(example.candidates):
+            if c.index != i:
+                raise ValueError(
+                    f"check_policy(inputs=...) drew candidate [{i}] {c.target} with index "
+                    f"{c.index}: the router numbers a route's candidates 0, 1, ... by "
+                    "position (policy_inputs does too)"
+                )
         try:
             plan, seconds = timed(example)
         except Exception as exc:
-            raise fail("total", f"raised {type(exc).__name__}: {exc}", example) from exc
-        candidates, health = list(example.candidates), dict(example.health)
-        example.plan(strategy, candidates, health)
-        if candidates != list(example.candidates) or health != example.health:
+            hint = ""
+            if isinstance(exc, (AttributeError, TypeError)):
+                hint = " (the candidates are a tuple, as the router passes them)"
+            raise fail("total", f"raised {type(exc).__name__}: {exc}{hint}", example) from exc
+        # The second call, on a health copy kept to compare, is the determinism check's
+        # too: the call right after the first, so that state kept between calls (a
+        # round-robin counter) shows even when it cycles every other call.
+        health = dict(example.health)
+        try:
+            again, _ = timed(example, health)
+        except Exception as exc:
+            raise fail(
+                "deterministic", f"the second call raised {type(exc).__name__}: {exc}", example
+            ) from exc
+        if health != example.health:
             raise fail(
                 "leaves its inputs alone",
-                "it changed the candidates or the health it was given (the router's own)",
+                "it changed the health mapping it was given (the router's own)",
                 example,
                 plan,
             )
@@ -406,12 +477,6 @@ def check_policy(
                 left = health_of(example.health, c).budget_left
                 why = f"planned {c.target}, estimated at ${cost:g}; its provider has ${left:g} left"
                 raise fail("never over its provider's budget", why, example, plan)
-        try:
-            again, _ = timed(example)
-        except Exception as exc:
-            raise fail(
-                "deterministic", f"the second call raised {type(exc).__name__}: {exc}", example
-            ) from exc
         if again != plan:
             raise fail(
                 "deterministic",
@@ -432,7 +497,22 @@ def check_policy(
                 )
         times.append(seconds)
 
-    run()
+    if derandomize:
+        # A fixed seed, not hypothesis's default for derandomize (a digest of run's
+        # source): the examples stay the same when this function's code changes.
+        run = seed(_SEED)(run)
+    try:
+        run()
+    except Flaky as exc:
+        # A failure that did not recur when hypothesis ran the same inputs again: the
+        # strategy answers differently to equal calls.  Say so, with the first failure.
+        first = _first_failure(exc)
+        raise AssertionError(
+            f"check_policy({label}): deterministic: a failure did not recur when the same "
+            "inputs were tried again, so the strategy gives different answers to equal "
+            "calls (state kept between calls, a clock, global randomness, id() or hash "
+            "order?); the first failure:\n" + (first or repr(exc))
+        ) from exc
     return PolicyCheck(
         strategy=label,
         examples=len(times),

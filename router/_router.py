@@ -248,7 +248,9 @@ class Router:
         context windows and least-cost see the real request.  A model string plans for
         ``needs`` (``Needs()``, an empty request, if omitted).
 
-        Pure with respect to the router (it draws from the router's rng, nothing else).
+        Pure with respect to the router: it draws from a copy of the router's rng, so
+        it changes nothing, and the next request, at the same time and health, gets
+        this plan (a ``weighted`` or ``least-latency`` route's too).
 
         Example::
 
@@ -264,7 +266,9 @@ class Router:
         else:
             model = request
         routes = self._routes
-        return routes.plan(routes.route(model), needs or Needs(), trio.current_time())
+        return routes.plan(
+            routes.route(model), needs or Needs(), trio.current_time(), routes.rng_copy()
+        )
 
     # -- the public API --------------------------------------------------------------
 

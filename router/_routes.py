@@ -253,8 +253,17 @@ class Routes:
             f"{sorted(self._actors)}, or a route: {sorted(self.routes)}"
         )
 
-    def plan(self, route: Route, needs: Needs, now: float) -> Plan:
-        """The route's strategy over its candidates, their health and spend headroom."""
+    def rng_copy(self) -> random.Random:
+        """A copy of the router's rng: plans drawn from it do not move the router's."""
+        rng = random.Random()
+        rng.setstate(self._rng.getstate())
+        return rng
+
+    def plan(
+        self, route: Route, needs: Needs, now: float, rng: random.Random | None = None
+    ) -> Plan:
+        """The route's strategy over its candidates, their health and spend headroom,
+        drawing from ``rng`` (the router's when ``None``)."""
         actors = self._actors
         health = {c.provider: actors[c.provider].policy_health(now) for c in route.candidates}
         for name, budget in self._spend.provider_budgets.items():
@@ -262,12 +271,19 @@ class Routes:
                 health[name] = msgspec.structs.replace(
                     health[name], budget_left=budget.headroom(now)
                 )
+        if rng is None:
+            rng = self._rng
         if route.user_strategy:
-            return self.checked_plan(route, needs, health, now)
-        return route.strategy(route.candidates, needs, health, now, self._rng)
+            return self.checked_plan(route, needs, health, now, rng)
+        return route.strategy(route.candidates, needs, health, now, rng)
 
     def checked_plan(
-        self, route: Route, needs: Needs, health: Mapping[str, TargetHealth], now: float
+        self,
+        route: Route,
+        needs: Needs,
+        health: Mapping[str, TargetHealth],
+        now: float,
+        rng: random.Random,
     ) -> Plan:
         """The plan of a strategy of the user's, checked at the boundary: one that raises,
         or returns something that is not a valid plan of the route's candidates, fails
@@ -276,7 +292,7 @@ class Routes:
         candidates = route.candidates
         cause: Exception | None = None
         try:
-            plan = route.strategy(candidates, needs, health, now, self._rng)
+            plan = route.strategy(candidates, needs, health, now, rng)
         except Exception as exc:
             cause = exc
             what: str | None = f"{type(exc).__name__}: {_text(exc)}"

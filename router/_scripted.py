@@ -31,9 +31,24 @@ def harness_config(
     the provider's index, so ``least-cost`` has an order), no retries on a provider (each
     attempt is one call), and route ``route`` over them all, in order, planned by
     ``strategy``, with a spend cap of ``budget`` dollars per day if given.
+
+    Raises:
+        TypeError: ``providers`` is a str, or holds something that is not a non-empty str.
+        ValueError: ``providers`` is empty or names a provider twice.
     """
+    if isinstance(providers, str):  # list("ab") would be two providers, "a" and "b"
+        raise TypeError(
+            f"harness_config takes a sequence of provider names, not the str {providers!r} "
+            f"(write [{providers!r}])"
+        )
     if not providers:
         raise ValueError("harness_config needs at least one provider name")
+    for name in providers:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a provider name is a non-empty str, not {name!r}")
+    twice = sorted({name for name in providers if list(providers).count(name) > 1})
+    if twice:
+        raise ValueError(f"harness_config: provider names given twice: {twice}")
     return RouterConfig(
         providers={
             name: ProviderConfig(kind="mock", retry=RetryConfig(max_attempts=1))

@@ -116,7 +116,10 @@ def _imported(path: str) -> object:
         raise _Unresolvable(
             f"cannot import {path!r}: importing {module_name!r} raised ModuleNotFoundError: {exc}"
         ) from None
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
+        # SystemExit too: a script that parses its arguments or exits when imported is
+        # a config mistake to report, not a reason for load_config to end the program.
+        # KeyboardInterrupt (and trio's Cancelled) pass through.
         raise _Unresolvable(
             f"cannot import {path!r}: importing {module_name!r} raised {type(exc).__name__}: {exc}"
         ) from None

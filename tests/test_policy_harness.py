@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import invariant, run_state_machine_as_test
 
 from router.config import HedgeConfig, RouterConfig
-from router.errors import LLMError
+from router.errors import ConfigError, LLMError
 from router.policy import Plan
 from router.testing import RouterMachine, harness_config
 
@@ -293,7 +293,7 @@ def test_a_step_error_reaches_the_rule_and_a_bad_config_the_constructor() -> Non
     class Unknown(RouterMachine):
         strategy = "no-such-strategy"
 
-    with pytest.raises(ValueError, match="no-such-strategy"):
+    with pytest.raises(ConfigError, match=r"^\$\.routes\.policy\.strategy: 'no-such-strategy'"):
         Unknown()
 
     class Misnamed(RouterMachine):

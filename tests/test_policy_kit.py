@@ -77,8 +77,11 @@ def _keep_fit(
 def plans_everything(
     candidates: Sequence[Candidate], needs: Needs, health: Health, now: float, rng: random.Random
 ) -> Plan:
-    """Broken: plans every candidate, the incapable ones too."""
-    return Plan(targets=tuple(candidates))
+    """Broken: plans every candidate within its provider's budget, the incapable ones
+    too."""
+    planned = [c for c in candidates if over_budget(c, needs, health) is None]
+    out = [Exclusion(c.target, "over budget") for c in candidates if c not in planned]
+    return Plan(targets=tuple(planned), excluded=tuple(out))
 
 
 def forgets_the_last(
@@ -108,12 +111,12 @@ def raises_on_empty_health(
     return Plan(targets=tuple(usable), excluded=tuple(excluded))
 
 
-def sorts_in_place(
+def forgets_health_it_read(
     candidates: Sequence[Candidate], needs: Needs, health: Health, now: float, rng: random.Random
 ) -> Plan:
-    """Broken: sorts the route's own candidate list in place (and plans correctly)."""
-    candidates.sort(key=lambda c: c.target, reverse=True)  # type: ignore[attr-defined]
+    """Broken: plans correctly, then empties the router's own health mapping."""
     usable, excluded = _keep_fit(candidates, needs, health)
+    health.clear()  # type: ignore[attr-defined]
     return Plan(targets=tuple(usable), excluded=tuple(excluded))
 
 
@@ -177,9 +180,10 @@ def test_a_strategy_that_raises_on_empty_health_fails_as_not_total() -> None:
 
 
 def test_a_strategy_that_changes_its_inputs_fails() -> None:
-    """Sorting the candidate list it was given in place fails "leaves its inputs alone"."""
-    message = _failure(sorts_in_place)
-    assert "check_policy(sorts_in_place): leaves its inputs alone: " in message
+    """Clearing the health mapping it was given fails "leaves its inputs alone" (the
+    candidates are a tuple, as the router passes them: they cannot be changed)."""
+    message = _failure(forgets_health_it_read)
+    assert "check_policy(forgets_health_it_read): leaves its inputs alone: " in message
 
 
 def test_a_slow_strategy_fails_over_its_time_budget() -> None:

@@ -143,7 +143,9 @@ class PolicyResult(msgspec.Struct, frozen=True, kw_only=True):
     ``hedges``, ``fallbacks`` and ``retries`` are the router's own counts of the extra
     attempts it started, by kind (``router.statistics()``); when every one of them
     reached its provider, ``attempts = requests + hedges + fallbacks + retries``.
-    ``panic_routed`` counts requests planned in panic (docs/routing.md).
+    ``panic_routed`` counts requests planned in panic (docs/routing.md), and
+    ``strategy_errors`` requests failed by the route's strategy (a strategy of yours
+    that raised or returned an invalid plan: ``router.statistics().strategy_errors``).
     """
 
     policy: str
@@ -165,6 +167,7 @@ class PolicyResult(msgspec.Struct, frozen=True, kw_only=True):
     cost: float
     wasted_cost: float
     virtual_seconds: float
+    strategy_errors: int = 0
 
 
 def load_scenario(path: str | os.PathLike[str] | None = None) -> SimScenario:
@@ -323,6 +326,7 @@ async def _run_policy(
         cost=cost,
         wasted_cost=stats.wasted_tokens * waste_price / 1e6,
         virtual_seconds=elapsed,
+        strategy_errors=stats.strategy_errors,
     )
 
 
@@ -408,7 +412,7 @@ def format_results(scenario: SimScenario, results: Sequence[PolicyResult]) -> st
         rows.append(
             [
                 r.policy,
-                *(f"{x:.3f}s" for x in (r.p50, r.p95, r.p99, r.p999)),
+                *("-" if math.isnan(x) else f"{x:.3f}s" for x in (r.p50, r.p95, r.p99, r.p999)),
                 *(f"{x:.2%}" for x in (r.success_rate, r.extra_attempts)),
                 *(f"{x / n:.2%}" for x in (r.hedges, r.fallbacks, r.retries)),
                 str(r.wasted_tokens),
@@ -430,4 +434,9 @@ def format_results(scenario: SimScenario, results: Sequence[PolicyResult]) -> st
         lines.append(line)
         if r.panic_routed:
             lines.append(f"{under}{r.panic_routed} requests routed in panic")
+        if r.strategy_errors:
+            lines.append(
+                f"{under}{r.strategy_errors} requests failed by the strategy (it raised or "
+                "returned an invalid plan)"
+            )
     return "\n".join(lines)
