@@ -396,6 +396,7 @@ class ProviderActor:
             suspended=self._suspension(now),
             in_flight=stats.in_flight,
             queued=stats.queued,
+            limits=stats.limits,
         )
 
     def _publish(self) -> HealthSnapshot:

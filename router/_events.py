@@ -30,6 +30,8 @@ health_changed     a provider's health verdict changed (healthy, degraded, unhea
 actor_crashed      a provider actor's loop raised; it restarts, or is given up on
 actor_restarted    a crashed provider actor's loop runs again
 queue_wait         a request waited for admission at least ``queue_wait_threshold``
+shared_limits      the limits shared on Redis switched: to local (Redis slow or down)
+                   or back to shared ([shared] only)
 =================  ====================================================================
 
 Two ways to receive them:
@@ -79,6 +81,7 @@ __all__ = [
     "RequestStarted",
     "RetryScheduled",
     "RouterEvent",
+    "SharedLimitsChanged",
     "Subscription",
     "SubscriptionStatistics",
 ]
@@ -282,6 +285,21 @@ class QueueWait(_Event, frozen=True, tag="queue_wait"):
     queued: int
 
 
+class SharedLimitsChanged(_Event, frozen=True, tag="shared_limits"):
+    """The limits shared on Redis (``[shared]``) switched.
+
+    ``state`` is ``"local"`` when Redis timed out or failed (``reason`` says how; never
+    the URL or its password): each process now enforces its fair share of every limit,
+    the limit divided by ``processes``, the live processes it last saw through
+    heartbeats.  ``"shared"`` when Redis answers again (``reason`` is ``None``).
+    docs/scaling.md says what is lost or counted twice at a switch.
+    """
+
+    state: str
+    reason: str | None
+    processes: int
+
+
 #: Every event the router emits (a tagged union on the ``"type"`` field).
 RouterEvent: TypeAlias = (
     RequestStarted
@@ -297,6 +315,7 @@ RouterEvent: TypeAlias = (
     | ActorCrashed
     | ActorRestarted
     | QueueWait
+    | SharedLimitsChanged
 )
 
 #: A synchronous event listener: called with each event; must be cheap and not block.

@@ -922,6 +922,9 @@ class HealthSnapshot(_Struct, frozen=True):
         breaker: the circuit breaker's snapshot.
         in_flight: calls running now.
         queued: calls waiting in the mailbox.
+        limits: with ``[shared]``: ``"shared"`` while Redis decides the limits,
+            ``"local"`` while the process falls back to its fair share of them
+            (docs/scaling.md); ``None`` without ``[shared]``.
 
     Example::
 
@@ -939,6 +942,7 @@ class HealthSnapshot(_Struct, frozen=True):
     breaker: BreakerSnapshot
     in_flight: int = 0
     queued: int = 0
+    limits: str | None = None
 
 
 def _open_reason(breaker: BreakerSnapshot) -> str:
@@ -969,6 +973,7 @@ def classify(
     suspended: str | None = None,
     in_flight: int = 0,
     queued: int = 0,
+    limits: str | None = None,
 ) -> HealthSnapshot:
     """Turn one provider's numbers into a verdict, with the reasons spelled out.
 
@@ -999,6 +1004,7 @@ def classify(
             ``max_retry_after``, with the time it ends), or ``None``.
         in_flight: calls running now, copied into the snapshot.
         queued: calls waiting, copied into the snapshot.
+        limits: where the limits are decided (``[shared]`` only), copied.
 
     Example::
 
@@ -1043,4 +1049,5 @@ def classify(
         breaker=breaker,
         in_flight=in_flight,
         queued=queued,
+        limits=limits,
     )

@@ -9,7 +9,8 @@ import importlib.util
 import os
 import random
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import trio
@@ -23,10 +24,20 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
     from prometheus_client import CollectorRegistry
 
+    from ._actor import ProviderActor
     from ._metrics import PrometheusMetrics
+    from ._shared._client import SharedClient
+    from ._shared._limits import ProviderGate
     from ._statistics import RouterStatistics
 
-__all__ = ["id_prefix", "known_secrets", "metrics", "tracer", "warm_tokenizers"]
+__all__ = [
+    "id_prefix",
+    "known_secrets",
+    "metrics",
+    "shared_limits",
+    "tracer",
+    "warm_tokenizers",
+]
 
 #: Kinds whose models an offline tokenizer may count exactly (OpenAI's encodings).
 _OPENAI_FAMILY = frozenset({"openai", "azure", "openrouter", "openai-compatible"})
@@ -117,3 +128,45 @@ def metrics(
             f"({type(exc).__name__}: {exc})"
         ) from None
     return PrometheusMetrics(registry, statistics, trio.lowlevel.current_trio_token())
+
+
+@asynccontextmanager
+async def shared_limits(
+    config: RouterConfig,
+    actors: Mapping[str, ProviderActor],
+    on_event: Listener,
+    rng: random.Random,
+) -> AsyncIterator[tuple[SharedClient, list[ProviderGate]] | None]:
+    """The shared limits' client and one gate per provider, when ``[shared]`` is set
+    (``None`` otherwise: coredis is not imported).  Each gate is attached to its
+    provider's mailbox; the caller starts ``client.run`` and each ``gate.run``."""
+    shared = config.shared
+    if shared is None:
+        yield None
+        return
+    url = shared.url()
+    try:
+        from ._shared._client import SharedClient
+        from ._shared._limits import ProviderGate
+    except ImportError as exc:
+        raise ConfigError(
+            "[shared] needs coredis: pip install 'trio-llm-router[shared]' "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    client = SharedClient(shared, url, on_event=on_event, rng=random.Random(rng.random()))
+    async with client:
+        gates: list[ProviderGate] = []
+        for name, actor in actors.items():
+            rpm, tpm, rpm_burst, tpm_burst, max_concurrency = actor.mailbox.limits
+            gate = ProviderGate(
+                client,
+                name,
+                rpm=rpm,
+                tpm=tpm,
+                rpm_burst=rpm_burst,
+                tpm_burst=tpm_burst,
+                max_concurrency=max_concurrency,
+            )
+            actor.mailbox.attach(gate)
+            gates.append(gate)
+        yield client, gates

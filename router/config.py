@@ -19,6 +19,7 @@ whose key is in the environment.  docs/configuration.md describes every field.
 :class:`SupervisorConfig`   actor restarts after a crash
 :class:`AuditConfig`        the audit log
 :class:`TracingConfig`      OpenTelemetry spans
+:class:`SharedConfig`       limits shared by several processes, on Redis
 ==========================  ============================================================
 
 Example::
@@ -39,6 +40,7 @@ from ._config import ModelConfig as ModelConfig
 from ._config import ProviderConfig as ProviderConfig
 from ._config import RouteConfig as RouteConfig
 from ._config import RouterConfig as RouterConfig
+from ._config import SharedConfig as SharedConfig
 from ._config import SupervisorConfig as SupervisorConfig
 from ._config import TracingConfig as TracingConfig
 from ._config import decode_config as decode_config
@@ -59,6 +61,7 @@ __all__ = [
     "RetryConfig",
     "RouteConfig",
     "RouterConfig",
+    "SharedConfig",
     "SupervisorConfig",
     "TracingConfig",
 ]

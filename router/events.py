@@ -20,6 +20,7 @@ docs/observability.md describes each field.
 :class:`ActorCrashed`       a provider actor crashed
 :class:`ActorRestarted`     the supervisor restarted it
 :class:`QueueWait`          a request waited in a provider's mailbox
+:class:`SharedLimitsChanged` limits shared on Redis switched to local, or back
 ==========================  ============================================================
 
 Example::
@@ -48,6 +49,7 @@ from ._events import RequestOutcome as RequestOutcome
 from ._events import RequestStarted as RequestStarted
 from ._events import RetryScheduled as RetryScheduled
 from ._events import RouterEvent as RouterEvent
+from ._events import SharedLimitsChanged as SharedLimitsChanged
 from ._events import Subscription as Subscription
 
 __all__ = [
@@ -67,5 +69,6 @@ __all__ = [
     "RequestStarted",
     "RetryScheduled",
     "RouterEvent",
+    "SharedLimitsChanged",
     "Subscription",
 ]
