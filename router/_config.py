@@ -605,6 +605,9 @@ class SharedConfig(_Config, frozen=True):
     ``heartbeat``       1.0 s         how often a process says it is alive (and renews
                                       its leases); one silent for 3 heartbeats is gone
     ``max_backoff``     5.0 s         the longest wait between reconnection attempts
+    ``breaker_sync``    0.5 s         how often a process reads the others' circuit
+                                      breaker decisions: a breaker opened in one process
+                                      is open in all within ``breaker_sync + 3·timeout``
     ==================  ============  ====================================================
 
     Example::
@@ -620,6 +623,7 @@ class SharedConfig(_Config, frozen=True):
     lease_time: float = 30.0
     heartbeat: float = 1.0
     max_backoff: float = 5.0
+    breaker_sync: float = 0.5
 
     def __repr__(self) -> str:
         text = super().__repr__()
@@ -646,7 +650,7 @@ class SharedConfig(_Config, frozen=True):
             )
         if not self.prefix or any(c in self.prefix for c in "{} "):
             yield ("prefix",), f"must be non-empty, without braces or spaces, got {self.prefix!r}"
-        for name in ("timeout", "lease_time", "heartbeat", "max_backoff"):
+        for name in ("timeout", "lease_time", "heartbeat", "max_backoff", "breaker_sync"):
             value = getattr(self, name)
             if not _finite(value, strict=True):
                 yield (name,), f"must be positive seconds, got {value}"

@@ -32,6 +32,8 @@ actor_restarted    a crashed provider actor's loop runs again
 queue_wait         a request waited for admission at least ``queue_wait_threshold``
 shared_limits      the limits shared on Redis switched: to local (Redis slow or down)
                    or back to shared ([shared] only)
+breaker_shared     this process applied another process's breaker decision: open
+                   (for the time left) or closed by the cluster's probes ([shared] only)
 =================  ====================================================================
 
 Two ways to receive them:
@@ -82,6 +84,7 @@ __all__ = [
     "RetryScheduled",
     "RouterEvent",
     "SharedLimitsChanged",
+    "BreakerShared",
     "Subscription",
     "SubscriptionStatistics",
 ]
@@ -300,6 +303,22 @@ class SharedLimitsChanged(_Event, frozen=True, tag="shared_limits"):
     processes: int
 
 
+class BreakerShared(_Event, frozen=True, tag="breaker_shared"):
+    """``provider``'s breaker took a decision made by another process (``[shared]``).
+
+    ``state`` is ``"open"`` when process ``origin`` opened its breaker: this one is
+    open too, until ``open_until`` (trio time here; the time left on Redis's clock when
+    it was read).  ``"closed"`` when the probes of the processes together succeeded
+    (``origin`` sent the last one): this breaker closed, from open or half-open.  A
+    :class:`BreakerChanged` for the same move comes just before it.
+    """
+
+    provider: str
+    state: str
+    open_until: float | None
+    origin: str
+
+
 #: Every event the router emits (a tagged union on the ``"type"`` field).
 RouterEvent: TypeAlias = (
     RequestStarted
@@ -316,6 +335,7 @@ RouterEvent: TypeAlias = (
     | ActorRestarted
     | QueueWait
     | SharedLimitsChanged
+    | BreakerShared
 )
 
 #: A synchronous event listener: called with each event; must be cheap and not block.

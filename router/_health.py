@@ -925,6 +925,9 @@ class HealthSnapshot(_Struct, frozen=True):
         limits: with ``[shared]``: ``"shared"`` while Redis decides the limits,
             ``"local"`` while the process falls back to its fair share of them
             (docs/scaling.md); ``None`` without ``[shared]``.
+        breaker_origin: with ``[shared]``: the id of the process whose decision set the
+            breaker's state (it opened, or its probe closed the breaker) when that was
+            another process; ``None`` when the state is this process's own.
 
     Example::
 
@@ -943,16 +946,17 @@ class HealthSnapshot(_Struct, frozen=True):
     in_flight: int = 0
     queued: int = 0
     limits: str | None = None
+    breaker_origin: str | None = None
 
 
-def _open_reason(breaker: BreakerSnapshot) -> str:
+def _open_reason(breaker: BreakerSnapshot, origin: str | None = None) -> str:
     until = breaker.open_until
     head = (
         "circuit open until reset"
         if until is None or until == math.inf
         else f"circuit open until t={until:.3f}"
     )
-    details = []
+    details = [] if origin is None else [f"opened by process {origin}"]
     if breaker.consecutive_trips:
         details.append(f"trip {breaker.consecutive_trips}")
     if breaker.calls:
@@ -974,6 +978,7 @@ def classify(
     in_flight: int = 0,
     queued: int = 0,
     limits: str | None = None,
+    breaker_origin: str | None = None,
 ) -> HealthSnapshot:
     """Turn one provider's numbers into a verdict, with the reasons spelled out.
 
@@ -1005,6 +1010,8 @@ def classify(
         in_flight: calls running now, copied into the snapshot.
         queued: calls waiting, copied into the snapshot.
         limits: where the limits are decided (``[shared]`` only), copied.
+        breaker_origin: the other process whose decision set the breaker's state
+            (``[shared]`` only), named in an open breaker's reason and copied.
 
     Example::
 
@@ -1022,7 +1029,7 @@ def classify(
     if suspended is not None:
         reasons.append(suspended)
     if breaker.state == "open":
-        reasons.append(_open_reason(breaker))
+        reasons.append(_open_reason(breaker, breaker_origin))
     if reasons:
         status = "unhealthy"
     else:
@@ -1050,4 +1057,5 @@ def classify(
         in_flight=in_flight,
         queued=queued,
         limits=limits,
+        breaker_origin=breaker_origin,
     )

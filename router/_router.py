@@ -160,11 +160,11 @@ async def open_router(
                 trio.open_nursery() as nursery,
             ):
                 if shared is not None:
-                    client, gates = shared
+                    client, runners = shared
                     router._shared = client
                     await nursery.start(client.run)
-                    for gate in gates:
-                        await nursery.start(gate.run)
+                    for run in runners:
+                        await nursery.start(run)
                 for actor in router._actors.values():
                     await nursery.start(supervise, actor, config.supervisor, router._hub)
                     await nursery.start(actor.watch_breaker)

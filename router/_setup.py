@@ -9,7 +9,7 @@ import importlib.util
 import os
 import random
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -27,8 +27,10 @@ if TYPE_CHECKING:
     from ._actor import ProviderActor
     from ._metrics import PrometheusMetrics
     from ._shared._client import SharedClient
-    from ._shared._limits import ProviderGate
     from ._statistics import RouterStatistics
+
+#: A task to start with ``nursery.start``.
+Runner = Callable[..., Awaitable[None]]
 
 __all__ = [
     "id_prefix",
@@ -136,16 +138,18 @@ async def shared_limits(
     actors: Mapping[str, ProviderActor],
     on_event: Listener,
     rng: random.Random,
-) -> AsyncIterator[tuple[SharedClient, list[ProviderGate]] | None]:
-    """The shared limits' client and one gate per provider, when ``[shared]`` is set
-    (``None`` otherwise: coredis is not imported).  Each gate is attached to its
-    provider's mailbox; the caller starts ``client.run`` and each ``gate.run``."""
+) -> AsyncIterator[tuple[SharedClient, list[Runner]] | None]:
+    """The shared limits' client and the tasks to start, when ``[shared]`` is set
+    (``None`` otherwise: coredis is not imported).  Each provider gets a gate attached
+    to its mailbox and a shared breaker in place of its own; the caller starts
+    ``client.run`` and then each task (the gates' and the breakers' ``run``)."""
     shared = config.shared
     if shared is None:
         yield None
         return
     url = shared.url()
     try:
+        from ._shared._breaker import SharedBreaker
         from ._shared._client import SharedClient
         from ._shared._limits import ProviderGate
     except ImportError as exc:
@@ -169,4 +173,7 @@ async def shared_limits(
             )
             actor.mailbox.attach(gate)
             gates.append(gate)
-        yield client, gates
+        runners: list[Runner] = [gate.run for gate in gates]
+        for actor in actors.values():
+            runners.append(SharedBreaker.install(client, actor, on_event).run)
+        yield client, runners
