@@ -156,7 +156,9 @@ async def open_router(
                 await audit.open()
             prometheus = metrics(metrics_registry, router.statistics)
             async with (
-                shared_limits(config, router._actors, router._hub.emit, rng) as shared,
+                shared_limits(
+                    config, router._actors, router._hub.emit, rng, router._routes
+                ) as shared,
                 trio.open_nursery() as nursery,
             ):
                 if shared is not None:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from ._actor import ProviderActor
     from ._metrics import PrometheusMetrics
+    from ._routes import Routes
     from ._shared._client import SharedClient
     from ._statistics import RouterStatistics
 
@@ -138,11 +139,13 @@ async def shared_limits(
     actors: Mapping[str, ProviderActor],
     on_event: Listener,
     rng: random.Random,
+    routes: Routes | None = None,
 ) -> AsyncIterator[tuple[SharedClient, list[Runner]] | None]:
     """The shared limits' client and the tasks to start, when ``[shared]`` is set
     (``None`` otherwise: coredis is not imported).  Each provider gets a gate attached
-    to its mailbox and a shared breaker in place of its own; the caller starts
-    ``client.run`` and then each task (the gates' and the breakers' ``run``)."""
+    to its mailbox and a shared breaker in place of its own, and the spend caps of
+    ``routes`` (the router's, the routes', the providers') move to Redis; the caller
+    starts ``client.run`` and then each task (gates, breakers, budgets)."""
     shared = config.shared
     if shared is None:
         yield None
@@ -150,6 +153,7 @@ async def shared_limits(
     url = shared.url()
     try:
         from ._shared._breaker import SharedBreaker
+        from ._shared._budgets import share_budgets
         from ._shared._client import SharedClient
         from ._shared._limits import ProviderGate
     except ImportError as exc:
@@ -176,4 +180,7 @@ async def shared_limits(
         runners: list[Runner] = [gate.run for gate in gates]
         for actor in actors.values():
             runners.append(SharedBreaker.install(client, actor, on_event).run)
+        budgets = None if routes is None else share_budgets(client, routes)
+        if budgets is not None:
+            runners.append(budgets.run)
         yield client, runners
