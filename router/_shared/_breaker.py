@@ -243,7 +243,8 @@ class SharedBreaker(CircuitBreaker):
                 self._open_us = 0
                 self._done.clear()
                 continue
-            await self.sync()
+            with trio.CancelScope(shield=True):  # bounded by the client; news not lost
+                await self.sync()
 
     async def sync(self) -> None:
         """One round trip: the queued news out, the record in (and applied)."""
