@@ -13,7 +13,7 @@ import trio
 
 from providers.testing import Fault, Scenario, open_fake_upstream
 from router import ChatRequest, Message, Router, open_router
-from router.config import ProviderConfig, RetryConfig, RouterConfig, SharedConfig
+from router.config import MockConfig, ProviderConfig, RetryConfig, RouterConfig, SharedConfig
 from router.events import SharedLimitsChanged
 from tests._redis import RedisServer
 
@@ -159,3 +159,59 @@ async def test_a_429_in_one_process_pauses_the_provider_for_all(
             assert len(up.requests) == 2
             gap = up.requests[1].received_at - refused_at
             assert retry_after - 0.1 <= gap <= retry_after + 1.0, gap
+
+
+async def test_redis_password_never_leaks_when_redis_is_unreachable(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A URL with a password, Redis unreachable: the router starts on local limits, says
+    why (event, statistics, log), and the password is in none of it."""
+    password = "s3cret-Redis-pw-9f1e"
+    port = redis_server.port
+    redis_server.kill()
+    config = SharedConfig(
+        redis_url=f"redis://:{password}@127.0.0.1:{port}/0", prefix="pw", max_backoff=0.1
+    )
+    seen: list[SharedLimitsChanged] = []
+    provider = ProviderConfig(kind="mock", rpm=600)
+    async with open_router(RouterConfig(providers={"m": provider}, shared=config)) as router:
+        router.add_listener(
+            lambda e: seen.append(e) if isinstance(e, SharedLimitsChanged) else None
+        )
+        await router.complete(chat())
+        await trio.sleep(0.3)  # a few reconnection attempts
+        stats = router.statistics()
+        assert stats.shared is not None
+        assert stats.shared.state == "local"
+        assert stats.shared.reason is not None
+        assert "Redis" in stats.shared.reason
+        texts = [repr(stats), repr(router.health()), repr(router), caplog.text, repr(config)]
+        texts += [repr(router._shared)]
+    assert all(password not in t for t in texts)
+    assert any("local" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_long_call_keeps_its_lease_past_lease_time(redis_server: RedisServer) -> None:
+    """A call running longer than lease_time keeps its concurrency slot (renewed every
+    heartbeat): another process's request waits for the call to end, not for the
+    lease time."""
+    provider = ProviderConfig(kind="mock", max_concurrency=1, mock=MockConfig(latency=1.5))
+    config = shared(redis_server, "renew", lease_time=0.6, heartbeat=0.1)
+    async with routers(2, provider, config) as (a, b):
+        start = trio.current_time()
+        ended: list[float] = []
+
+        async def long_call() -> None:
+            await a.complete(chat())
+            ended.append(trio.current_time())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(long_call)
+            await trio.sleep(0.1)  # the long call holds the slot
+            await b.complete(chat())
+            second = trio.current_time()
+        # b went only once a's call ended (1.5 s), not when the lease would have
+        # expired without renewal (0.6 s); then b's own call took 1.5 s.
+        assert ended
+        assert second - start >= 1.5 + 1.5 - 0.05, second - start
+        assert ended[0] - start < 1.5 + 0.5
