@@ -215,3 +215,32 @@ async def test_a_long_call_keeps_its_lease_past_lease_time(redis_server: RedisSe
         assert ended
         assert second - start >= 1.5 + 1.5 - 0.05, second - start
         assert ended[0] - start < 1.5 + 0.5
+
+
+async def test_a_window_with_nothing_left_pauses_every_process(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Process A's answer says (x-ratelimit-remaining-requests: 0, reset in ~60 s) that
+    the account has nothing left: process B, which never saw that header, holds its
+    request for the reset instead of sending it."""
+    monkeypatch.setenv("SHARED_TEST_KEY", "sk-shared-test")
+    scenario = Scenario(ratelimit_headers=True, ratelimit_requests=1)
+    async with open_fake_upstream({"up": scenario}) as up:
+        provider = ProviderConfig(
+            kind="openai-compatible",
+            base_url=up.base_url("up", "openai"),
+            api_key_env="SHARED_TEST_KEY",
+            presets=False,
+        )
+        async with routers(2, provider, shared(redis_server, "window")) as (a, b):
+            await a.complete(chat(model="m:fake-model"))
+            await trio.sleep(0.1)  # A tells Redis in the background
+            with trio.move_on_after(1.0) as scope:
+                await b.complete(chat(model="m:fake-model"))
+            assert scope.cancelled_caught
+            assert len(up.requests) == 1
+            paused = b.statistics().providers["m"]
+            assert paused.in_flight == 0
+            until = b._actors["m"].mailbox.paused_until
+            assert until is not None
+            assert until - trio.current_time() > 50.0
