@@ -216,10 +216,13 @@ class SharedClient:
         return self._scrub(f"Redis failed: {type(exc).__name__}: {exc}")
 
     def _fail(self, reason: str) -> None:
+        """An operation failed: count it; switch to local limits if they were shared."""
         self._failures += 1
         if self.shared:
             self._switch(False, reason)
             self._lost.set()
+        else:
+            self.reason = reason
 
     def _switch(self, shared: bool, reason: str | None) -> None:
         self.shared = shared
@@ -261,10 +264,7 @@ class SharedClient:
                     keys=[self.key("processes")], args=[self.process_id, ttl]
                 )
             except (coredis.exceptions.RedisError, OSError) as exc:
-                self._failures += 1
-                self.reason = self._describe(exc) if not self.shared else self.reason
-                if self.shared:
-                    self._fail(self._describe(exc))
+                self._fail(self._describe(exc))
                 return False
             processes = max(1, int(live))
             if processes != self.processes:
@@ -283,6 +283,8 @@ class SharedClient:
         """
         if await self._beat():
             self._switch(True, None)
+        else:
+            self._switch(False, self.reason)  # said once: the router starts on local limits
         task_status.started()
         attempt = 0
         while True:

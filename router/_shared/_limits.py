@@ -121,15 +121,13 @@ class ProviderGate:
         self.client.add_listener(self)
 
     def switched(self, shared: bool, processes: int) -> None:
-        """Limits are now shared, or local at 1/``processes`` of each."""
-        if not shared:
-            # Nothing queued for Redis survives: the leases expire by themselves, and
-            # the reconciliation of tokens is lost (docs/scaling.md).
-            self._freed.clear()
-            self.leases.clear()
-            self._tpm_delta = 0.0
-            self._rpm_refund = 0
-            self._pause_ms = 0
+        """Limits are now shared, or local at 1/``processes`` of each.
+
+        What was queued for Redis stays queued (it goes with the next admission once
+        Redis answers), and the leases held stay held and renewed: a short outage
+        loses nothing.  What ends *during* the outage is not queued (see
+        :meth:`release`).
+        """
         if self._mailbox is not None:
             self._mailbox.share(shared, processes)
 
@@ -189,11 +187,16 @@ class ProviderGate:
 
     def release(self, lease: str, tokens: float) -> None:
         """A call ended: free ``lease`` (``""``: none) and charge ``tokens`` more TPM
-        (negative: refund).  Queued; never waits."""
+        (negative: refund).  Queued; never waits.
+
+        While limits are local nothing is queued: the lease expires by itself after
+        ``lease_time``, and the tokens are not reconciled (docs/scaling.md).
+        """
+        if lease:
+            self.leases.discard(lease)
         if not self.client.shared:
             return
         if lease:
-            self.leases.discard(lease)
             self._freed.append(lease)
         self._tpm_delta += tokens
         self._pending.set()
@@ -201,9 +204,8 @@ class ProviderGate:
     def undo(self, lease: str, cost: float) -> None:
         """A grant that was never used (its caller was cancelled in the same instant):
         refund the request and its tokens, free its lease."""
-        if not self.client.shared:
-            return
-        self._rpm_refund += 1
+        if self.client.shared:
+            self._rpm_refund += 1
         self.release(lease, -cost)
 
     def pause(self, seconds: float) -> None:

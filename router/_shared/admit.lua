@@ -12,7 +12,7 @@
 -- admitted (lease ids: prefix .. i); hold says what stopped the next one:
 -- 0 nothing, 1 pause, 2 concurrency, 3 rpm, 4 tpm, 5 never (a cost over the tpm capacity).
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = (tonumber(t[1]) - 1700000000) * 1000000 + tonumber(t[2])
 local rpm_i, rpm_cap = tonumber(ARGV[1]), tonumber(ARGV[2])
 local tpm_i, tpm_cap = tonumber(ARGV[3]), tonumber(ARGV[4])
 local maxc, lease_us, lease_prefix = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
@@ -27,7 +27,7 @@ local function load(key)
 end
 local function store(key, tat)
   if tat > now then
-    redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+    redis.call('SET', key, string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
   else
     redis.call('DEL', key)
   end
@@ -38,10 +38,10 @@ if rpm_i > 0 then rtat = load(KEYS[1]) end
 if tpm_i > 0 then ttat = load(KEYS[2]) end
 -- Releases: the tokens reconciled, the requests refunded, the leases freed.
 if rpm_i > 0 and rpm_refund > 0 then
-  rtat = math.max(now, math.ceil(math.max(rtat, now) - rpm_refund * rpm_i))
+  rtat = math.max(now, math.max(rtat, now) - rpm_refund * rpm_i)
 end
 if tpm_i > 0 and tpm_delta ~= 0 then
-  ttat = math.max(now, math.ceil(math.max(ttat, now) + tpm_delta * tpm_i))
+  ttat = math.max(now, math.max(ttat, now) + tpm_delta * tpm_i)
 end
 for i = 1, r do
   redis.call('ZREM', KEYS[3], ARGV[10 + i])
