@@ -157,13 +157,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_router_commands(sub)
     bench = sub.add_parser(
-        "bench", help="measure the router: overhead, loopback HTTP, hedging, scale, cold start"
+        "bench",
+        help="measure the router: overhead, loopback HTTP, hedging, scale, cold start, "
+        "shared limits on Redis",
     )
     bench.add_argument(
         "names",
         nargs="*",
         metavar="NAME",
-        help="benchmarks to run: overhead, loopback, hedging, scale, coldstart (default: all)",
+        help="benchmarks to run: overhead, loopback, hedging, scale, coldstart, shared "
+        "(default: all)",
     )
     bench.add_argument("--quick", action="store_true", help="a tenth of the work: a smoke test")
     bench.add_argument(
