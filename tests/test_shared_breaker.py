@@ -245,3 +245,40 @@ async def test_a_breaker_opened_in_another_os_process(
                     ChatRequest(model="p:fake-model", messages=[Message.user("x")])
                 )
             assert up.stats("up").requests == before
+
+
+async def test_a_failed_probe_reopens_every_breaker(redis_server: RedisServer) -> None:
+    """After the open period, A's probe fails: A's breaker reopens (its next backoff
+    step, twice as long) and B, which sent nothing, is open again within the bound."""
+    a_mock = MockProvider(
+        responses=[ServerError("boom"), ServerError("boom"), ServerError("still down")],
+        name="p",
+    )
+    b_mock = MockProvider(name="p")
+    ea: list[tuple[float, RouterEvent]] = []
+    eb: list[tuple[float, RouterEvent]] = []
+    async with (
+        _router(redis_server.url, "reopen", a_mock, ea, open_duration=0.3) as a,
+        _router(redis_server.url, "reopen", b_mock, eb, open_duration=0.3) as b,
+    ):
+        for _ in range(2):
+            with pytest.raises(ServerError):
+                await a.complete(_ask())  # type: ignore[attr-defined]
+        await _wait_for(eb, BreakerShared, state="open")
+        await _wait_for(ea, BreakerChanged, new="half_open")
+        with pytest.raises(ServerError, match="still down"):
+            await a.complete(_ask())  # type: ignore[attr-defined]
+        reopened = max(at for at, e in ea if isinstance(e, BreakerChanged) and e.new == "open")
+        with trio.fail_after(5):
+            while True:
+                shared = [(at, e) for at, e in eb if isinstance(e, BreakerShared)]
+                if len(shared) >= 2 or (shared and shared[-1][0] > reopened):
+                    break
+                await trio.sleep(0.005)
+        seen, event = shared[-1]
+        assert event.state == "open"
+        assert seen - reopened <= BOUND + JITTER, seen - reopened
+        assert a.health()["p"].breaker.consecutive_trips == 2  # type: ignore[attr-defined]
+        with pytest.raises(Overloaded, match="circuit breaker open"):
+            await b.complete(_ask())  # type: ignore[attr-defined]
+        assert b_mock.calls == []

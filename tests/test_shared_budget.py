@@ -228,3 +228,36 @@ async def test_three_os_processes_never_cross_a_shared_cap(redis_server: RedisSe
     spent, reserved = await _redis_budget(redis_server.url, "budget-os")
     assert spent == pytest.approx(total, abs=1e-12)
     assert reserved == pytest.approx(0.0, abs=1e-12)
+
+
+async def test_a_dead_process_reservation_is_dropped_after_its_ttl(
+    redis_server: RedisServer,
+) -> None:
+    """budget.lua: a process that reserved and then went silent holds the cap only
+    until its ttl (three heartbeats in the router) has passed; a live process's
+    reservation then fits, and the dead one's is gone from Redis."""
+    from router._shared._client import load_script
+
+    script_text = load_script("budget")
+    client: coredis.Redis[bytes] = coredis.Redis.from_url(redis_server.url)
+    key = "dead:{budgets}:router"
+    ttl_us = 300_000
+    day_us = 86_400 * 1_000_000
+
+    def reserve(pid: str, dollars: float) -> list[object]:
+        # one cap (limit $1, a day), no changes, one reservation of `dollars`
+        return [pid, ttl_us, "1", day_us, 0, 0, 0, 1, 1, 1, repr(dollars)]
+
+    async with client:
+        script = client.register_script(script_text)
+        first = await script(keys=[key], args=reserve("dead", 0.8))
+        assert int(first[0]) == 0  # reserved
+        refused = await script(keys=[key], args=reserve("live", 0.5))
+        assert int(refused[0]) == 1  # refused by key 1: 0.8 + 0.5 > 1
+        await trio.sleep(ttl_us / 1e6 + 0.1)
+        later = await script(keys=[key], args=reserve("live", 0.5))
+        assert int(later[0]) == 0
+        assert float(later[2]) == pytest.approx(0.5)  # only the live one's reservation
+        fields = await client.hgetall(key)
+    assert b"r:dead" not in fields
+    assert b"h:dead" not in fields

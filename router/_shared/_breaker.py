@@ -16,8 +16,9 @@ outcomes, the trip count, the backoff): evidence stays local, decisions are shar
 - **Half-open probes are limited cluster-wide.**  A call the local breaker admits as a
   probe must also take a token (``probe.lua``: a sorted set of tokens with expiry, at
   most ``half_open_probes`` minus the probes that already succeeded, none while the
-  record is open); without one it is refused as if every local slot were taken.  Each
-  probe's outcome goes back with the next publication: ``half_open_probes`` successes,
+  record holds another process's open that has not ended); without one it is refused
+  as if every local slot were taken.  Each probe's outcome goes back with the next
+  publication: ``half_open_probes`` successes,
   counted in Redis across the processes, close the record — and so every breaker.  A
   failed probe reopens the local breaker, which publishes the open.
 
@@ -70,8 +71,8 @@ class SharedBreaker(CircuitBreaker):
         "_keys",
         "_on_applied",
         "_on_event",
+        "_open_end",
         "_open_trips",
-        "_open_us",
         "_probe",
         "_provider",
         "_seen",
@@ -107,8 +108,9 @@ class SharedBreaker(CircuitBreaker):
         self._applying = False
         #: The highest record ``seq`` applied (or seen as this process's own).
         self._seen = 0
-        # News not yet published: an open (us; 0 none) with its trips, probe outcomes.
-        self._open_us = 0
+        # News not yet published: an open (its end, trio time; -inf: none) with its
+        # trips, probe outcomes.
+        self._open_end = -math.inf
         self._open_trips = 0
         self._done: list[tuple[str, str]] = []
         #: Probe tokens this process holds (renewed with each read).
@@ -183,11 +185,11 @@ class SharedBreaker(CircuitBreaker):
         if not self._applying:
             self.origin = None
             if new == "open":
-                duration = min(self._open_until - at, _LONGEST_OPEN)
-                if duration > 0:
-                    self._open_us = max(self._open_us, math.ceil(duration * 1e6))
-                    self._open_trips = self._trips
-                    self._wake.set()
+                # Published as the time left when it is sent (the local end is the
+                # authority; Redis's copy ends at most a round trip later).
+                self._open_end = max(self._open_end, min(self._open_until, at + _LONGEST_OPEN))
+                self._open_trips = self._trips
+                self._wake.set()
         if new != "half_open":
             self._untokened = 0
         super()._notify(old, new, at)
@@ -205,7 +207,9 @@ class SharedBreaker(CircuitBreaker):
         token = f"{self._client.process_id}:{self._taken}"
         try:
             reply = await self._client.call(
-                self._probe, self._keys, [token, self._config.half_open_probes, self._token_us]
+                self._probe,
+                self._keys,
+                [token, self._config.half_open_probes, self._token_us, self._client.process_id],
             )
         except SharedUnavailable:
             return
@@ -240,7 +244,7 @@ class SharedBreaker(CircuitBreaker):
             self._wake = trio.Event()
             if not self._client.shared:
                 # Not sent later: a decision made while Redis fails stays local.
-                self._open_us = 0
+                self._open_end = -math.inf
                 self._done.clear()
                 continue
             with trio.CancelScope(shield=True):  # bounded by the client; news not lost
@@ -248,9 +252,11 @@ class SharedBreaker(CircuitBreaker):
 
     async def sync(self) -> None:
         """One round trip: the queued news out, the record in (and applied)."""
-        open_us, trips, done = self._open_us, self._open_trips, self._done
-        self._open_us = 0
+        open_end, trips, done = self._open_end, self._open_trips, self._done
+        self._open_end = -math.inf
         self._done = []
+        left = open_end - trio.current_time()
+        open_us = math.ceil(left * 1e6) if left > 0 else 0
         args: list[Any] = [
             self._client.process_id,
             open_us,
@@ -272,7 +278,7 @@ class SharedBreaker(CircuitBreaker):
         """Apply another process's decision that is newer than any applied here."""
         seq, is_open, remaining_us, origin_raw, _trips = record
         seq = int(seq)
-        if seq <= self._seen or self._open_us or self._done:
+        if seq <= self._seen or self._open_end > -math.inf or self._done:
             # Nothing new; or this process has news on its way that is newer still
             # (the next read brings the record after it).
             return

@@ -1,11 +1,13 @@
 -- Take a half-open probe token for one provider, cluster-wide (breaker_record.lua is
 -- prepended).  At most `probes` tokens plus the probes that already succeeded, and none
--- while the record says open.  Expired tokens (a crashed process's) are dropped first.
--- ARGV 1 token   2 probes (half_open_probes)   3 token time (us)
+-- while the record says open -- unless the open is the asking process's own: its
+-- breaker timed it, and Redis's copy ends a round trip later.  Expired tokens (a
+-- crashed process's) are dropped first.
+-- ARGV 1 token   2 probes (half_open_probes)   3 token time (us)   4 process id
 -- Returns {granted (0|1), then the record}.
-local r = redis.call('HMGET', KEYS[1], 'state', 'until', 'ok')
+local r = redis.call('HMGET', KEYS[1], 'state', 'until', 'ok', 'origin')
 local granted = 0
-if not (r[1] == 'open' and tonumber(r[2]) > now) then
+if not (r[1] == 'open' and tonumber(r[2]) > now and r[4] ~= ARGV[4]) then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
   local ok = 0
   if r[1] == 'open' then ok = tonumber(r[3] or '0') end
