@@ -17,12 +17,6 @@ from router.config import MockConfig, ProviderConfig, RetryConfig, RouterConfig,
 from router.events import SharedLimitsChanged
 from tests._redis import RedisServer
 
-# coredis (6.9) leaves a failed connection's anyio memory streams unclosed; their
-# ResourceWarning at garbage collection is coredis's, not ours.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Unclosed <MemoryObject(Send|Receive)Stream:ResourceWarning"
-)
-
 
 def chat(text: str = "hi", model: str = "m:echo") -> ChatRequest:
     return ChatRequest(model=model, messages=[Message.user(text)])
