@@ -38,7 +38,7 @@ def _config(s: dict[str, Any]) -> RouterConfig:
         shared=SharedConfig(
             redis_url=s["redis_url"],
             prefix=s["prefix"],
-            timeout=s.get("timeout", 0.25),
+            timeout=s.get("timeout", 1.0),
             lease_time=s.get("lease_time", 30.0),
             heartbeat=s.get("heartbeat", 1.0),
         ),

@@ -13,7 +13,7 @@ from providers import Overloaded
 from router import ChatRequest, Message, open_router
 from router._config import SharedConfig
 from router._shared._client import FIRST_BACKOFF, SharedClient, reconnect_delay
-from router.config import ProviderConfig, RouterConfig
+from router.config import ProviderConfig, RetryConfig, RouterConfig
 from tests._redis import RedisServer
 
 
@@ -23,20 +23,22 @@ def chat() -> ChatRequest:
 
 async def test_nowait_takes_the_shared_burst_then_sheds(redis_server: RedisServer) -> None:
     """With shared limits, ``nowait`` requests are admitted while the shared RPM burst
-    lasts (one Redis question each, no queue), then refused with a retryable Overloaded
-    naming the shared limit (as a local refusal, the router retries it within its retry
-    budget first) — in whichever process asks."""
-    provider = ProviderConfig(kind="mock", rpm=60, rpm_burst=3)
+    lasts (one Redis question each, no queue), then refused at once with a retryable Overloaded
+    naming the shared limit — in whichever process asks."""
+    # One request a minute after a burst of 3: nothing refills during the test.
+    provider = ProviderConfig(kind="mock", rpm=1, rpm_burst=3, retry=RetryConfig(max_attempts=1))
     config = RouterConfig(
         providers={"m": provider},
-        shared=SharedConfig(redis_url=redis_server.url, prefix="nowait"),
+        shared=SharedConfig(redis_url=redis_server.url, prefix="nowait", timeout=1.0),
     )
     async with open_router(config) as a, open_router(config) as b:
         await a.complete(chat(), nowait=True)
         await b.complete(chat(), nowait=True)
         await a.complete(chat(), nowait=True)
+        start = trio.current_time()
         with pytest.raises(Overloaded) as info:
             await b.complete(chat(), nowait=True)
+        assert trio.current_time() - start < 1.0  # one Redis question, no wait
         assert "shared rpm limit" in str(info.value)
         assert info.value.retryable
         assert b.statistics().providers["m"].queued == 0

@@ -153,7 +153,11 @@ async def test_kill_9_frees_leases_after_lease_time(
                 )
             },
             shared=SharedConfig(
-                redis_url=redis_server.url, prefix="kill9", lease_time=lease_time, heartbeat=0.2
+                redis_url=redis_server.url,
+                prefix="kill9",
+                lease_time=lease_time,
+                heartbeat=0.2,
+                timeout=1.0,
             ),
         )
         async with open_router(config) as router:
