@@ -79,3 +79,23 @@ async def test_reconnection_attempts_follow_the_backoff(
             await trio.sleep_until(at + 1e-6)
             assert client.statistics().failures == n + 2, n
         nursery.cancel_scope.cancel()
+
+
+async def test_shared_tpm_is_reconciled_with_reported_usage(redis_server: RedisServer) -> None:
+    """TPM is charged the estimate (prompt + max_tokens) and corrected to the reported
+    usage when the answer comes: after process A's small answer, process B's request of
+    the same estimate goes at once, where the estimate alone would hold it ~9 s."""
+    provider = ProviderConfig(kind="mock", tpm=6000, tpm_burst=1000)
+    config = RouterConfig(
+        providers={"m": provider},
+        shared=SharedConfig(redis_url=redis_server.url, prefix="tpm", timeout=1.0),
+    )
+    request = ChatRequest(model="m:echo", messages=[Message.user("hi")], max_tokens=900)
+    async with open_router(config) as a, open_router(config) as b:
+        answer = await a.complete(request)
+        assert answer.usage.input_tokens + answer.usage.output_tokens < 50
+        await trio.sleep(0.2)  # A's release reaches Redis in the background
+        start = trio.current_time()
+        with trio.fail_after(3):
+            await b.complete(request)
+        assert trio.current_time() - start < 1.0
