@@ -846,7 +846,10 @@ class ActorCall(Permit):
         mailbox = actor.mailbox
         try:
             if self._nowait:
-                mailbox.admit_nowait(self, now=now)
+                if mailbox.shared:
+                    await mailbox.admit_nowait_shared(self, now=now)
+                else:
+                    mailbox.admit_nowait(self, now=now)
             elif mailbox.try_admit(self, now=now) is None:
                 await mailbox.admit(self, on_wait=self._waited)
         except BaseException:

@@ -380,6 +380,39 @@ class Mailbox:
             raise self._refuse("the provider cannot take a request right now")
         return permit
 
+    async def admit_nowait_shared(self, permit: P, *, now: float) -> P:
+        """:meth:`admit_nowait` while shared limits decide: one question to Redis, no
+        queue.  Refuses at once when others are queued (they go first) or Redis says
+        the request cannot go now; on local limits (Redis unavailable) it is
+        :meth:`admit_nowait`."""
+        gate = self._gate
+        assert gate is not None
+        cost = permit.cost
+        self._check(cost, now)
+        if self._queue or (self._paused_until is not None and now < self._paused_until):
+            raise self._refuse("the provider cannot take a request right now")
+        decision = await gate.admit([cost])
+        if decision is None:
+            return self.admit_nowait(permit)
+        if not decision.granted:
+            raise self._refuse(
+                f"the provider cannot take a request right now (the shared {decision.hold} "
+                f"limit, for {decision.retry_after:.3g}s)",
+                retryable=decision.hold != "never",
+            )
+        return self._grant_shared(
+            permit, trio.current_time(), decision.leases[0] if decision.leases else ""
+        )
+
+    def _grant_shared(self, permit: P, now: float, lease: str) -> P:
+        """Redis granted ``permit`` (with ``lease``, ``""`` for none): it is in flight."""
+        self._in_flight += 1
+        self._admitted += 1
+        permit.granted_at = now
+        permit._mailbox = self
+        permit._lease = lease
+        return permit
+
     def try_admit(self, permit: P, *, now: float | None = None) -> P | None:
         """Grant ``permit`` now if that needs no wait, else ``None`` (nothing queued,
         nothing refused).
@@ -682,12 +715,7 @@ class Mailbox:
                 continue
             queue.popleft()
             self._queued_cost -= waiter.permit.cost
-            permit = waiter.permit
-            self._in_flight += 1
-            self._admitted += 1
-            permit.granted_at = now
-            permit._mailbox = self
-            permit._lease = lease
+            self._grant_shared(waiter.permit, now, lease)
             waiter.granted = True
             waiter.event.set()
         if not queue or decision.granted == len(heads):

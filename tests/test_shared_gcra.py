@@ -126,7 +126,7 @@ def test_gcra_model_is_a_token_bucket() -> None:
 async def test_admit_script_rpm_burst_then_retry_after(redis_server: RedisServer) -> None:
     """admit.lua grants a full RPM burst in one batch, then holds the next request on
     "rpm" with retry_after = one emission interval (60/rpm s), on Redis's clock."""
-    config = SharedConfig(redis_url=redis_server.url, prefix="t1")
+    config = SharedConfig(redis_url=redis_server.url, prefix="t1", timeout=1.0)
     async with SharedClient(config, redis_server.url) as client, trio.open_nursery() as nursery:
         await nursery.start(client.run)
         gate = ProviderGate(
@@ -143,7 +143,7 @@ async def test_admit_script_rpm_burst_then_retry_after(redis_server: RedisServer
 async def test_admit_script_tpm_reconciled_and_never(redis_server: RedisServer) -> None:
     """TPM: a request over the capacity is "never"; one that fits is charged its
     estimate, and a release with a smaller actual usage refunds the difference."""
-    config = SharedConfig(redis_url=redis_server.url, prefix="t2")
+    config = SharedConfig(redis_url=redis_server.url, prefix="t2", timeout=1.0)
     async with SharedClient(config, redis_server.url) as client, trio.open_nursery() as nursery:
         await nursery.start(client.run)
         gate = ProviderGate(
@@ -167,7 +167,7 @@ async def test_admit_script_tpm_reconciled_and_never(redis_server: RedisServer) 
 async def test_admit_script_leases_cap_concurrency(redis_server: RedisServer) -> None:
     """Concurrency: at most max_concurrency leases are held across gates (processes);
     a released lease lets the next request in."""
-    config = SharedConfig(redis_url=redis_server.url, prefix="t3")
+    config = SharedConfig(redis_url=redis_server.url, prefix="t3", timeout=1.0)
     async with (
         SharedClient(config, redis_server.url) as a,
         SharedClient(config, redis_server.url) as b,

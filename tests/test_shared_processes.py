@@ -30,19 +30,61 @@ def _env() -> dict[str, str]:
     return env
 
 
-async def _worker(settings: dict[str, Any]) -> dict[str, Any]:
-    """Run one worker process to its end; its JSON summary."""
-    result = await trio.run_process(
-        [sys.executable, "-m", "tests._shared_worker", json.dumps(settings)],
-        capture_stdout=True,
-        capture_stderr=True,
-        env=_env(),
-        cwd=ROOT,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr.decode(errors="replace")[-3000:]
-    summary: dict[str, Any] = json.loads(result.stdout.decode().strip().splitlines()[-1])
-    return summary
+async def _workers(settings: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """Run ``n`` worker processes, start their callers together (each prints ``ready``
+    once its router is open; all are told to go at once), return their summaries."""
+    argv = [sys.executable, "-m", "tests._shared_worker", json.dumps({**settings, "barrier": True})]
+    procs = [
+        await trio.lowlevel.open_process(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=_env(),
+            cwd=ROOT,
+        )
+        for _ in range(n)
+    ]
+    outputs: list[bytearray] = [bytearray() for _ in procs]
+    errors: list[bytearray] = [bytearray() for _ in procs]
+    ready = [trio.Event() for _ in procs]
+
+    async def read(i: int) -> None:
+        proc = procs[i]
+        assert proc.stdout is not None
+        async for chunk in proc.stdout:
+            outputs[i] += chunk
+            if b"ready\n" in outputs[i]:
+                ready[i].set()
+        ready[i].set()  # ended without "ready": the summary check below says why
+
+    async def drain(i: int) -> None:
+        assert procs[i].stderr is not None
+        async for chunk in procs[i].stderr:
+            errors[i] += chunk
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(read, i)
+                nursery.start_soon(drain, i)
+            for event in ready:
+                await event.wait()
+            for proc in procs:
+                assert proc.stdin is not None
+                await proc.stdin.send_all(b"go\n")
+            for proc in procs:
+                await proc.wait()
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    summaries = []
+    for proc, out, err in zip(procs, outputs, errors, strict=True):
+        assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
+        summaries.append(json.loads(out.decode().strip().splitlines()[-1]))
+    return summaries
 
 
 def _max_in_window(times: list[float], window: float) -> int:
@@ -57,19 +99,23 @@ def _max_in_window(times: list[float], window: float) -> int:
 
 
 async def test_four_processes_share_one_rpm_limit(redis_server: RedisServer) -> None:
-    """4 OS processes x 100 concurrent callers on one provider (rpm 6000 = 100/s, burst
-    10): every caller ends with an answer or a typed error, and the fake upstream never
-    sees more than the shared limit allows, where four local limits would allow 4x.
+    """4 OS processes x 100 concurrent callers, started together, on one provider (rpm
+    1500 = 25/s, burst 5): every caller ends with an answer or a typed error, and the
+    fake upstream never sees more than the shared limit allows, where four local limits
+    would allow 4x.
 
     The tolerance, derived: GCRA admits at most W/I + b requests in any window of W
-    seconds (I = 60/rpm = 10 ms, b = 10; plus 1 us of slack).  A request reaches the
+    seconds (I = 60/rpm = 40 ms, b = 5; plus 1 us of slack).  A request reaches the
     upstream some time after its admission; if that delay varies by at most J, the
     arrivals in a window W come from admissions in a window W + J, so at most
-    (W + J)/I + b arrive.  J is the scheduling jitter of 6 busy processes on 2 cores:
-    we allow 0.2 s (20 requests).  So a 1 s window sees at most 100 + 10 + 20 = 130
-    arrivals; four unshared processes would send up to 4 x (100 + 10) = 440.
+    (W + J)/I + b arrive.  J is the scheduling jitter of 6 busy processes on 2 shared
+    cores: we allow 0.5 s.  So a 2 s window sees at most 2.5 x 25 + 5 = 67.5 arrivals,
+    where four unshared processes would send up to 4 x (2 x 25 + 5) = 220 (the same
+    test with local limits fails).  The rate is low so that the machine, loaded, can
+    still send well over it: the limit, not the machine, must be what holds.  Each
+    process stays on shared limits throughout (one switch: the first, to shared).
     """
-    rpm, burst, callers, processes = 6000, 10, 100, 4
+    rpm, burst, callers, processes = 1500, 5, 100, 4
     interval = 60.0 / rpm
     async with open_fake_upstream({"up": Scenario(latency=Fixed(0.005))}) as up:
         settings = {
@@ -80,23 +126,17 @@ async def test_four_processes_share_one_rpm_limit(redis_server: RedisServer) -> 
             "rpm": rpm,
             "burst": burst,
         }
-        summaries: list[dict[str, Any]] = []
-
-        async def run() -> None:
-            summaries.append(await _worker(settings))
-
-        with trio.fail_after(60):
-            async with trio.open_nursery() as nursery:
-                for _ in range(processes):
-                    nursery.start_soon(run)
+        with trio.fail_after(90):
+            summaries = await _workers(settings, processes)
         arrivals = [r.received_at for r in up.requests]
     for s in summaries:
+        assert s["switches"] == 1, "a process fell back to local limits"
         assert s["foreign"] == []
         assert s["ok"] + sum(s["errors"].values()) == callers
     assert sum(s["ok"] for s in summaries) == callers * processes
     assert len(arrivals) == callers * processes
-    jitter = 0.2
-    for window in (0.5, 1.0, 2.0):
+    jitter = 0.5
+    for window in (1.0, 2.0, 4.0):
         bound = (window + jitter) / interval + burst
         assert _max_in_window(arrivals, window) <= bound, window
     # The whole run cannot be faster than the limit: (n - burst) intervals at least.
@@ -153,7 +193,11 @@ async def test_kill_9_frees_leases_after_lease_time(
                 )
             },
             shared=SharedConfig(
-                redis_url=redis_server.url, prefix="kill9", lease_time=lease_time, heartbeat=0.2
+                redis_url=redis_server.url,
+                prefix="kill9",
+                lease_time=lease_time,
+                heartbeat=0.2,
+                timeout=1.0,
             ),
         )
         async with open_router(config) as router:
