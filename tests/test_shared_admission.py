@@ -99,3 +99,22 @@ async def test_shared_tpm_is_reconciled_with_reported_usage(redis_server: RedisS
         with trio.fail_after(3):
             await b.complete(request)
         assert trio.current_time() - start < 1.0
+
+
+async def test_a_wait_past_the_deadline_is_refused_at_once(redis_server: RedisServer) -> None:
+    """Shared RPM empty for the next 60 s, a caller with 2 s left: its request is refused
+    at once with a non-retryable Overloaded saying why, not left to time out."""
+    provider = ProviderConfig(kind="mock", rpm=1, rpm_burst=1, retry=RetryConfig(max_attempts=1))
+    config = RouterConfig(
+        providers={"m": provider},
+        shared=SharedConfig(redis_url=redis_server.url, prefix="deadline", timeout=1.0),
+    )
+    async with open_router(config) as a, open_router(config) as b:
+        await a.complete(chat())
+        start = trio.current_time()
+        with trio.move_on_after(2.0), pytest.raises(Overloaded) as info:
+            await b.complete(chat())
+        assert trio.current_time() - start < 1.0
+        assert not info.value.retryable
+        assert "shared rpm limit" in str(info.value)
+        assert "deadline" in str(info.value)

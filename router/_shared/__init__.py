@@ -10,6 +10,7 @@ without it the router never imports this package's Redis modules.
 ``_limits.py``     :class:`ProviderGate`: one provider's RPM/TPM (GCRA), concurrency
                    leases and pauses, asked by the provider's mailbox
 ``_stats.py``      :class:`SharedStatistics` (importable without coredis)
+``_gcra.py``       the GCRA step in Python: the model ``gcra.lua`` is tested against
 ``gcra.lua``       the GCRA step, prepended to the scripts that need it
 ``admit.lua``      releases, then a FIFO batch of admissions: one round trip
 ``renew.lua``      lease renewal;  ``heartbeat.lua`` live processes;  ``pause.lua``
