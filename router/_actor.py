@@ -24,7 +24,7 @@ import math
 from collections.abc import Awaitable, Generator
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Self, cast
+from typing import TYPE_CHECKING, Self, cast
 
 import msgspec
 import trio
@@ -63,6 +63,9 @@ from ._providers import effective_limits, preset_limits
 from ._race import AttemptRecord
 from ._ratelimits import has_rate_limit_headers, parse_rate_limit_headers
 from ._retry import RetryBudget
+
+if TYPE_CHECKING:
+    from ._shared._breaker import SharedBreaker
 
 __all__ = ["ActorStatistics", "ProviderActor"]
 
@@ -189,6 +192,9 @@ class ProviderActor:
         self._queue_wait_threshold = config.queue_wait_threshold
         self._next_queue_log = -math.inf
         self.breaker = CircuitBreaker(config.breaker, on_transition=self._breaker_moved)
+        #: ``[shared]``: the breaker again, shared (router._shared._breaker), whose
+        #: half-open probes need a cluster-wide token; ``None`` otherwise.
+        self._probe_gate: SharedBreaker | None = None
         #: Latency of whole answers (``complete``, ``embed``).
         self.latency = LatencyStats()
         #: Time to first content event of streams.
@@ -396,6 +402,8 @@ class ProviderActor:
             suspended=self._suspension(now),
             in_flight=stats.in_flight,
             queued=stats.queued,
+            limits=stats.limits,
+            breaker_origin=None if self._probe_gate is None else self._probe_gate.origin,
         )
 
     def _publish(self) -> HealthSnapshot:
@@ -832,10 +840,16 @@ class ActorCall(Permit):
         # A panic attempt (the plan put the target in by panic routing) goes through an
         # open breaker.
         actor._check_available(now, trace is not None and trace.candidate.panic)
+        probes = actor._probe_gate
+        if probes is not None and probes._untokened:
+            await probes.take_probe()  # [shared], half-open: the cluster's probe token
         mailbox = actor.mailbox
         try:
             if self._nowait:
-                mailbox.admit_nowait(self, now=now)
+                if mailbox.shared:
+                    await mailbox.admit_nowait_shared(self, now=now)
+                else:
+                    mailbox.admit_nowait(self, now=now)
             elif mailbox.try_admit(self, now=now) is None:
                 await mailbox.admit(self, on_wait=self._waited)
         except BaseException:

@@ -144,15 +144,17 @@ class RequestRace(Race[T]):
 
     # -- one attempt
 
-    def reserve(self, record: AttemptRecord) -> None:
+    def reserve(self, record: AttemptRecord) -> Awaitable[None] | None:
         candidate = record.candidate
         targets = self._targets
-        record.charge = targets.spend.reserve(
+        record.charge = charge = targets.spend.reserve(
             self._route, candidate, self._needs, self.request_id, self._events
         )
         start = record.start
         assert start is not None
         targets.actors[candidate.provider].retry_budget.record_request(start)
+        confirm = charge.confirm
+        return None if confirm is None else confirm()
 
     def call(self, record: AttemptRecord) -> Awaitable[T]:
         candidate = record.candidate

@@ -65,6 +65,7 @@ __all__ = [
     "ProviderKind",
     "RouteConfig",
     "RouterConfig",
+    "SharedConfig",
     "SupervisorConfig",
     "TracingConfig",
 ]
@@ -721,6 +722,112 @@ class GatewayConfig(_Config, frozen=True):
             )
 
 
+_URL_PASSWORD = re.compile(r"(?<=://)[^@/]*@")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its credentials (``user:password@``) shown as ``***@``."""
+    return _URL_PASSWORD.sub("***@", url)
+
+
+class SharedConfig(_Config, frozen=True):
+    """Limits shared by every process of a deployment, on Redis (docs/scaling.md).
+
+    ==================  ============  ====================================================
+    ``redis_url``       None          ``redis://[user:password@]host:port/db``; its
+                                      password is a secret, never shown (repr, errors,
+                                      logs, events).  ``${REDIS_URL}`` takes it from the
+                                      environment
+    ``redis_url_env``   None          or: the name of the environment variable holding
+                                      the URL, read when the router opens
+    ``prefix``          "llm-router"  namespace of every key, so deployments can share
+                                      one Redis
+    ``timeout``         0.05 s        the longest any request waits on one Redis
+                                      operation; past it the process falls back to local
+                                      limits at its fair share
+    ``lease_time``      30.0 s        a concurrency slot's lease: renewed while its call
+                                      runs, freed by a crashed process after this long
+    ``heartbeat``       1.0 s         how often a process says it is alive (and renews
+                                      its leases); one silent for 3 heartbeats is gone
+    ``max_backoff``     5.0 s         the longest wait between reconnection attempts
+    ``breaker_sync``    0.5 s         how often a process reads the others' circuit
+                                      breaker decisions: a breaker opened in one process
+                                      is open in all within ``breaker_sync + 3·timeout``
+    ==================  ============  ====================================================
+
+    Example::
+
+        SharedConfig(redis_url_env="REDIS_URL", prefix="gateway", timeout=0.05)
+        # TOML: [shared]  redis_url_env = "REDIS_URL"  prefix = "gateway"
+    """
+
+    redis_url: str | None = None
+    redis_url_env: str | None = None
+    prefix: str = "llm-router"
+    timeout: float = 0.05
+    lease_time: float = 30.0
+    heartbeat: float = 1.0
+    max_backoff: float = 5.0
+    breaker_sync: float = 0.5
+
+    def __repr__(self) -> str:
+        text = super().__repr__()
+        url = self.redis_url
+        return text if url is None else text.replace(repr(url), repr(redact_url(url)))
+
+    def _problems(self) -> Iterator[Problem]:
+        if (self.redis_url is None) == (self.redis_url_env is None):
+            yield (
+                ("redis_url",),
+                "set exactly one of redis_url (redis://host:port/db) and redis_url_env "
+                "(the environment variable holding it)",
+            )
+        if self.redis_url is not None and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            # Not echoed: the URL may hold a password.
+            yield ("redis_url",), "must start with redis://, rediss:// or unix://"
+        if self.redis_url_env is not None and not _ENV_NAME.fullmatch(self.redis_url_env):
+            yield (
+                ("redis_url_env",),
+                "must name the environment variable that holds the URL "
+                "(letters, digits, '_'; e.g. REDIS_URL), not the URL itself",
+            )
+        if not self.prefix or any(c in self.prefix for c in "{} "):
+            yield ("prefix",), f"must be non-empty, without braces or spaces, got {self.prefix!r}"
+        for name in ("timeout", "lease_time", "heartbeat", "max_backoff", "breaker_sync"):
+            value = getattr(self, name)
+            if not _finite(value, strict=True):
+                yield (name,), f"must be positive seconds, got {value}"
+        if (
+            _finite(self.lease_time)
+            and _finite(self.heartbeat)
+            and self.heartbeat * 3 > self.lease_time
+        ):
+            yield (
+                ("heartbeat",),
+                f"must be at most a third of lease_time ({self.lease_time:g}s): leases "
+                f"are renewed each heartbeat, got {self.heartbeat:g}s",
+            )
+
+    def url(self, environ: Mapping[str, str] | None = None) -> str:
+        """The Redis URL: ``redis_url``, or the value of ``redis_url_env``.
+
+        Raises:
+            ConfigError: the variable is unset or empty (``path`` names the field).
+        """
+        if self.redis_url is not None:
+            return self.redis_url
+        name = self.redis_url_env or ""
+        value = (os.environ if environ is None else environ).get(name, "")
+        if not value:
+            raise ConfigError(
+                f"the environment variable {name} (shared.redis_url_env) is unset or empty",
+                path="$.shared.redis_url_env",
+            )
+        return value
+
+
 class RouterConfig(_Config, frozen=True):
     """The whole router: providers by name, routes by alias, supervision.
 
@@ -745,6 +852,8 @@ class RouterConfig(_Config, frozen=True):
     #: Panic routing for routes that do not set theirs, and for direct ``provider:model``
     #: calls: 0.5 as in Envoy; 0 turns it off (docs/routing.md).
     panic_threshold: float = 0.5
+    #: Limits shared by several processes, on Redis (``None``: every limit is local).
+    shared: SharedConfig | None = None
 
     def _problems(self) -> Iterator[Problem]:
         if not self.providers:

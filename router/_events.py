@@ -30,6 +30,10 @@ health_changed     a provider's health verdict changed (healthy, degraded, unhea
 actor_crashed      a provider actor's loop raised; it restarts, or is given up on
 actor_restarted    a crashed provider actor's loop runs again
 queue_wait         a request waited for admission at least ``queue_wait_threshold``
+shared_limits      the limits shared on Redis switched: to local (Redis slow or down)
+                   or back to shared ([shared] only)
+breaker_shared     this process applied another process's breaker decision: open
+                   (for the time left) or closed by the cluster's probes ([shared] only)
 =================  ====================================================================
 
 Two ways to receive them:
@@ -79,6 +83,8 @@ __all__ = [
     "RequestStarted",
     "RetryScheduled",
     "RouterEvent",
+    "SharedLimitsChanged",
+    "BreakerShared",
     "Subscription",
     "SubscriptionStatistics",
 ]
@@ -282,6 +288,37 @@ class QueueWait(_Event, frozen=True, tag="queue_wait"):
     queued: int
 
 
+class SharedLimitsChanged(_Event, frozen=True, tag="shared_limits"):
+    """The limits shared on Redis (``[shared]``) switched.
+
+    ``state`` is ``"local"`` when Redis timed out or failed (``reason`` says how; never
+    the URL or its password): each process now enforces its fair share of every limit,
+    the limit divided by ``processes``, the live processes it last saw through
+    heartbeats.  ``"shared"`` when Redis answers again (``reason`` is ``None``).
+    docs/scaling.md says what is lost or counted twice at a switch.
+    """
+
+    state: str
+    reason: str | None
+    processes: int
+
+
+class BreakerShared(_Event, frozen=True, tag="breaker_shared"):
+    """``provider``'s breaker took a decision made by another process (``[shared]``).
+
+    ``state`` is ``"open"`` when process ``origin`` opened its breaker: this one is
+    open too, until ``open_until`` (trio time here; the time left on Redis's clock when
+    it was read).  ``"closed"`` when the probes of the processes together succeeded
+    (``origin`` sent the last one): this breaker closed, from open or half-open.  A
+    :class:`BreakerChanged` for the same move comes just before it.
+    """
+
+    provider: str
+    state: str
+    open_until: float | None
+    origin: str
+
+
 #: Every event the router emits (a tagged union on the ``"type"`` field).
 RouterEvent: TypeAlias = (
     RequestStarted
@@ -297,6 +334,8 @@ RouterEvent: TypeAlias = (
     | ActorCrashed
     | ActorRestarted
     | QueueWait
+    | SharedLimitsChanged
+    | BreakerShared
 )
 
 #: A synchronous event listener: called with each event; must be cheap and not block.

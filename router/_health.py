@@ -922,6 +922,12 @@ class HealthSnapshot(_Struct, frozen=True):
         breaker: the circuit breaker's snapshot.
         in_flight: calls running now.
         queued: calls waiting in the mailbox.
+        limits: with ``[shared]``: ``"shared"`` while Redis decides the limits,
+            ``"local"`` while the process falls back to its fair share of them
+            (docs/scaling.md); ``None`` without ``[shared]``.
+        breaker_origin: with ``[shared]``: the id of the process whose decision set the
+            breaker's state (it opened, or its probe closed the breaker) when that was
+            another process; ``None`` when the state is this process's own.
 
     Example::
 
@@ -939,16 +945,18 @@ class HealthSnapshot(_Struct, frozen=True):
     breaker: BreakerSnapshot
     in_flight: int = 0
     queued: int = 0
+    limits: str | None = None
+    breaker_origin: str | None = None
 
 
-def _open_reason(breaker: BreakerSnapshot) -> str:
+def _open_reason(breaker: BreakerSnapshot, origin: str | None = None) -> str:
     until = breaker.open_until
     head = (
         "circuit open until reset"
         if until is None or until == math.inf
         else f"circuit open until t={until:.3f}"
     )
-    details = []
+    details = [] if origin is None else [f"opened by process {origin}"]
     if breaker.consecutive_trips:
         details.append(f"trip {breaker.consecutive_trips}")
     if breaker.calls:
@@ -969,6 +977,8 @@ def classify(
     suspended: str | None = None,
     in_flight: int = 0,
     queued: int = 0,
+    limits: str | None = None,
+    breaker_origin: str | None = None,
 ) -> HealthSnapshot:
     """Turn one provider's numbers into a verdict, with the reasons spelled out.
 
@@ -999,6 +1009,9 @@ def classify(
             ``max_retry_after``, with the time it ends), or ``None``.
         in_flight: calls running now, copied into the snapshot.
         queued: calls waiting, copied into the snapshot.
+        limits: where the limits are decided (``[shared]`` only), copied.
+        breaker_origin: the other process whose decision set the breaker's state
+            (``[shared]`` only), named in an open breaker's reason and copied.
 
     Example::
 
@@ -1016,7 +1029,7 @@ def classify(
     if suspended is not None:
         reasons.append(suspended)
     if breaker.state == "open":
-        reasons.append(_open_reason(breaker))
+        reasons.append(_open_reason(breaker, breaker_origin))
     if reasons:
         status = "unhealthy"
     else:
@@ -1043,4 +1056,6 @@ def classify(
         breaker=breaker,
         in_flight=in_flight,
         queued=queued,
+        limits=limits,
+        breaker_origin=breaker_origin,
     )

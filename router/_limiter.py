@@ -53,12 +53,15 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import Literal, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeAlias, TypeVar
 
 import msgspec
 import trio
 
 from providers import LLMError, Overloaded, RateLimited
+
+if TYPE_CHECKING:
+    from ._shared._limits import ProviderGate
 
 __all__ = ["Hold", "Mailbox", "MailboxStatistics", "Permit", "TokenBucket", "WaitOutcome"]
 
@@ -69,6 +72,12 @@ _EPS = 1e-9
 
 #: The longest reset (seconds) read as a per-minute rate-limit window's: always a pause.
 MINUTE_WINDOW_RESET = 65.0
+
+#: With shared limits: requests of the queue's head handed to Redis in one round trip.
+_SHARED_BATCH = 32
+#: With shared limits: how often a head held by the concurrency limit asks again (a
+#: release in another process wakes nobody here).
+_CONCURRENCY_POLL = 0.01
 
 
 class TokenBucket:
@@ -148,6 +157,8 @@ class MailboxStatistics(msgspec.Struct, frozen=True, kw_only=True):
     tpm_tokens: float | None
     paused_until: float | None
     suspended_until: float | None = None
+    #: ``[shared]``: ``"shared"`` (Redis decides) or ``"local"`` (the fair share); else None.
+    limits: str | None = None
 
 
 #: What can hold a request in the queue: a provider's pause, the concurrency limit, the
@@ -165,14 +176,18 @@ WaitListener: TypeAlias = Callable[[float, Hold, WaitOutcome], None]
 
 
 class _Waiter:
-    __slots__ = ("error", "event", "granted", "held_by", "permit")
+    __slots__ = ("deadline", "error", "event", "gone", "granted", "held_by", "permit")
 
-    def __init__(self, permit: Permit, held_by: Hold) -> None:
+    def __init__(self, permit: Permit, held_by: Hold, deadline: float) -> None:
         self.permit = permit
         self.event = trio.Event()
         self.granted = False
         self.error: LLMError | None = None
         self.held_by: Hold = held_by
+        #: The caller's deadline when it queued.
+        self.deadline = deadline
+        #: Left the queue (cancelled) before its grant.
+        self.gone = False
 
 
 class Permit:
@@ -185,7 +200,7 @@ class Permit:
     the actor's call (router._actor.ActorCall) is a Permit, one object per request.
     """
 
-    __slots__ = ("_mailbox", "cost", "granted_at", "output_cost")
+    __slots__ = ("_lease", "_mailbox", "cost", "granted_at", "output_cost")
 
     def __init__(self, cost: float = 0.0, output_cost: float = 0.0) -> None:
         self.cost = cost
@@ -193,6 +208,9 @@ class Permit:
         self.granted_at = math.nan
         #: The mailbox holding the grant, while it is held.
         self._mailbox: Mailbox | None = None
+        #: Granted by shared limits: the concurrency lease's id ("" without one);
+        #: ``None`` for a local grant.
+        self._lease: str | None = None
 
     @property
     def held(self) -> bool:
@@ -256,6 +274,10 @@ class Mailbox:
         self._suspension = ""
         self._changed = trio.Event()
         self._closed: LLMError | None = None
+        # Shared limits ([shared]): the gate to Redis, and whether it decides now.
+        self._limits = (rpm, tpm, rpm_burst, tpm_burst, max_concurrency)
+        self._gate: ProviderGate | None = None
+        self._shared = False
 
     # -- admission ----------------------------------------------------------------------
 
@@ -283,6 +305,15 @@ class Mailbox:
 
     def _ungrant(self, permit: Permit) -> None:
         permit._mailbox = None
+        lease = permit._lease
+        if lease is not None:
+            permit._lease = None
+            if self._gate is not None:
+                self._gate.undo(lease, permit.cost)
+            self._in_flight -= 1
+            self._admitted -= 1
+            self._changed.set()
+            return
         now = trio.current_time()
         if self._rpm is not None:
             self._rpm.give(1, now)
@@ -314,9 +345,14 @@ class Mailbox:
                 raise self._suspended_error(now)
             self._suspended_until = None
         if self._tpm is not None and cost > self._tpm.capacity:
+            capacity = self._tpm.capacity
+            if self._shared and self._gate is not None:
+                capacity = self._gate.tpm_cap  # the shared bucket's, not the fair share
+                if cost <= capacity:
+                    return
             raise self._refuse(
                 f"a request of ~{cost:.0f} tokens can never fit this provider's "
-                f"TPM bucket ({self._tpm.capacity:.0f})",
+                f"TPM bucket ({capacity:.0f})",
                 retryable=False,
             )
 
@@ -344,6 +380,39 @@ class Mailbox:
             raise self._refuse("the provider cannot take a request right now")
         return permit
 
+    async def admit_nowait_shared(self, permit: P, *, now: float) -> P:
+        """:meth:`admit_nowait` while shared limits decide: one question to Redis, no
+        queue.  Refuses at once when others are queued (they go first) or Redis says
+        the request cannot go now; on local limits (Redis unavailable) it is
+        :meth:`admit_nowait`."""
+        gate = self._gate
+        assert gate is not None
+        cost = permit.cost
+        self._check(cost, now)
+        if self._queue or (self._paused_until is not None and now < self._paused_until):
+            raise self._refuse("the provider cannot take a request right now")
+        decision = await gate.admit([cost])
+        if decision is None:
+            return self.admit_nowait(permit)
+        if not decision.granted:
+            raise self._refuse(
+                f"the provider cannot take a request right now (the shared {decision.hold} "
+                f"limit, for {decision.retry_after:.3g}s)",
+                retryable=decision.hold != "never",
+            )
+        return self._grant_shared(
+            permit, trio.current_time(), decision.leases[0] if decision.leases else ""
+        )
+
+    def _grant_shared(self, permit: P, now: float, lease: str) -> P:
+        """Redis granted ``permit`` (with ``lease``, ``""`` for none): it is in flight."""
+        self._in_flight += 1
+        self._admitted += 1
+        permit.granted_at = now
+        permit._mailbox = self
+        permit._lease = lease
+        return permit
+
     def try_admit(self, permit: P, *, now: float | None = None) -> P | None:
         """Grant ``permit`` now if that needs no wait, else ``None`` (nothing queued,
         nothing refused).
@@ -357,7 +426,7 @@ class Mailbox:
             now = trio.current_time()
         cost = permit.cost
         self._check(cost, now)
-        if self._queue or not self._can_admit(cost, now):
+        if self._queue or self._shared or not self._can_admit(cost, now):
             return None
         return self._grant(permit, now)
 
@@ -380,7 +449,7 @@ class Mailbox:
             now = trio.current_time()
         cost = permit.cost
         self._check(cost, now)
-        if not self._queue and self._can_admit(cost, now):
+        if not self._queue and not self._shared and self._can_admit(cost, now):
             # No schedule point here: the caller sends the request next, which yields;
             # an extra pass through the run loop per request is measurable over HTTP.
             return self._grant(permit, now)
@@ -388,7 +457,7 @@ class Mailbox:
             raise self._refuse(f"the queue is full ({self._max_queue} waiting)")
         deadline = trio.current_effective_deadline()
         wait = self.expected_wait(cost, now)
-        if now + wait >= deadline:
+        if now + wait >= deadline and (not self._shared or now >= deadline):
             # Not retryable here: waiting and asking again cannot make the wait fit (both
             # shrink together).  Another target can still take it (routes fail over on
             # Overloaded by default).
@@ -398,10 +467,13 @@ class Mailbox:
             )
         # Behind others, a request is held by whatever holds the head.
         held_by = self._queue[0].held_by if self._queue else self._holding(cost, now)
-        waiter = _Waiter(permit, held_by)
+        waiter = _Waiter(permit, held_by, deadline)
         self._queue.append(waiter)
         self._queued_cost += cost
-        self._changed.set()
+        if not self._shared or len(self._queue) == 1:
+            # Shared limits: a request behind the head changes nothing until the head
+            # goes, so only a new head wakes the loop (each wake-up asks Redis).
+            self._changed.set()
         try:
             await waiter.event.wait()
         except BaseException:
@@ -410,6 +482,7 @@ class Mailbox:
                 # the grant is undone as if it had never happened.
                 self._ungrant(permit)
             elif waiter.error is None:
+                waiter.gone = True
                 self._queue.remove(waiter)
                 self._queued_cost -= cost
                 self._changed.set()
@@ -426,7 +499,10 @@ class Mailbox:
 
     def _release(self, permit: Permit, actual_tokens: int | None) -> None:
         self._in_flight -= 1
-        if self._tpm is not None:
+        lease = permit._lease
+        if lease is not None:
+            self._release_shared(permit, lease, actual_tokens)
+        elif self._tpm is not None:
             now = trio.current_time()
             if actual_tokens is None:
                 charged = permit.cost - permit.output_cost
@@ -441,6 +517,16 @@ class Mailbox:
             # A release can only matter to someone waiting; with nobody queued the
             # loop stays asleep (this runs once per request).
             self._changed.set()
+
+    @property
+    def limits(self) -> tuple[float | None, float | None, float | None, float | None, int | None]:
+        """The configured ``(rpm, tpm, rpm_burst, tpm_burst, max_concurrency)``."""
+        return self._limits
+
+    @property
+    def shared(self) -> bool:
+        """Whether shared limits (Redis) decide admission now."""
+        return self._shared
 
     @property
     def in_flight(self) -> int:
@@ -483,15 +569,21 @@ class Mailbox:
 
     # -- what providers tell us ------------------------------------------------------
 
-    def pause_until(self, when: float, *, why: str = "the provider asked to wait") -> None:
+    def pause_until(
+        self, when: float, *, why: str = "the provider asked to wait", share: bool = True
+    ) -> None:
         """Admit nothing before ``when`` (trio time); a later pause wins over an earlier one.
 
         A pause longer than ``max_pause`` from now suspends the mailbox instead (see the
         module docstring); ``why`` is said in the refusals and in :attr:`suspension`.
+        With shared limits the pause is also every other process's (``share``: unless
+        it came from them).
         """
         now = trio.current_time()
         if not when > now:  # over already, or NaN
             return
+        if share and self._gate is not None:
+            self._gate.pause(when - now)
         if when - now > self._max_pause:
             if self._suspended_until is None or when > self._suspended_until:
                 self._suspended_until = when
@@ -510,6 +602,8 @@ class Mailbox:
         # a retry-after: past max_pause it suspends the mailbox.
         if reset <= MINUTE_WINDOW_RESET:
             self._pause(now + reset)
+            if self._gate is not None:
+                self._gate.pause(reset)
         else:
             self.pause_until(now + reset, why=f"{what} until the rate-limit window resets")
 
@@ -553,6 +647,116 @@ class Mailbox:
             self._window_reset(now, reset_tokens, "no tokens left")
         self._changed.set()
 
+    # -- shared limits ([shared]: router._shared) -----------------------------------
+
+    def attach(self, gate: ProviderGate) -> None:
+        """Let ``gate`` (this provider's shared limits on Redis) decide admission while
+        Redis answers; the local buckets and concurrency limit, at the process's fair
+        share, decide while it does not (:meth:`share`)."""
+        self._gate = gate
+        gate.attach(self)
+
+    def share(self, shared: bool, processes: int) -> None:
+        """Shared limits decide from now on (``shared``), or the local ones at
+        1/``processes`` of each configured limit.
+
+        The local buckets keep their tokens across a resize (never above the new
+        capacity); a grant made under shared limits is released to Redis, whatever the
+        state when it ends.
+        """
+        rpm, tpm, rpm_burst, tpm_burst, max_concurrency = self._limits
+        now = trio.current_time()
+        n = max(1, processes)
+        if self._rpm is not None and rpm:
+            self._rpm.resize(rpm / 60.0 / n, (rpm_burst or rpm) / n, now)
+        if self._tpm is not None and tpm:
+            self._tpm.resize(tpm / 60.0 / n, (tpm_burst or tpm) / n, now)
+        if max_concurrency is not None:
+            self._max_concurrency = max(1, max_concurrency // n)
+        self._shared = shared
+        self._changed.set()
+
+    def _release_shared(self, permit: Permit, lease: str, actual_tokens: int | None) -> None:
+        permit._lease = None
+        if self._gate is not None:
+            # The reconciliation rule of the module docstring, applied to the shared TPM.
+            charged = permit.cost - permit.output_cost if actual_tokens is None else actual_tokens
+            self._gate.release(lease, charged - permit.cost)
+        if self._queue:
+            self._changed.set()
+
+    async def _serve_shared(self) -> float:
+        """Ask Redis to admit the queue's head (a batch of it, in order); return how long
+        until it should ask again (0: at once)."""
+        gate = self._gate
+        assert gate is not None
+        queue = self._queue
+        now = trio.current_time()
+        if self._paused_until is not None:
+            if now < self._paused_until:
+                queue[0].held_by = "pause"
+                return self._paused_until - now
+            self._paused_until = None
+        heads = [queue[i] for i in range(min(len(queue), _SHARED_BATCH))]
+        decision = await gate.admit([w.permit.cost for w in heads])
+        if decision is None:
+            return 0.0  # Redis is unavailable: local limits from now on (share())
+        now = trio.current_time()
+        leases = decision.leases
+        for i in range(decision.granted):
+            waiter = heads[i]
+            lease = leases[i] if leases else ""
+            if waiter.gone or waiter.error is not None:
+                # Left while Redis decided: the grant is given back.
+                gate.undo(lease, waiter.permit.cost)
+                continue
+            if self._closed is not None or not queue or queue[0] is not waiter:
+                gate.undo(lease, waiter.permit.cost)
+                continue
+            queue.popleft()
+            self._queued_cost -= waiter.permit.cost
+            self._grant_shared(waiter.permit, now, lease)
+            waiter.granted = True
+            waiter.event.set()
+        if not queue or decision.granted == len(heads):
+            return 0.0 if queue else math.inf
+        head = queue[0]
+        hold = decision.hold
+        retry = decision.retry_after
+        if hold == "never":
+            self._fail_head(
+                self._refuse(
+                    f"a request of ~{head.permit.cost:.0f} tokens can never fit this "
+                    f"provider's shared TPM bucket ({gate.tpm_cap:.0f})",
+                    retryable=False,
+                )
+            )
+            return 0.0
+        if hold == "pause":
+            self.pause_until(now + retry, why="another process was asked to wait", share=False)
+            return 0.0
+        if hold in ("concurrency", "rpm", "tpm"):
+            head.held_by = hold
+        if hold != "concurrency" and now + retry >= head.deadline:
+            # Not retryable: waiting and asking again cannot make the wait fit.
+            self._fail_head(
+                self._refuse(
+                    f"admission would take ~{retry:.3g}s (the shared {hold} limit) but the "
+                    f"deadline is in {head.deadline - now:.3g}s",
+                    retryable=False,
+                )
+            )
+            return 0.0
+        if hold == "concurrency":
+            return min(retry, _CONCURRENCY_POLL)
+        return retry
+
+    def _fail_head(self, error: LLMError) -> None:
+        waiter = self._queue.popleft()
+        self._queued_cost -= waiter.permit.cost
+        waiter.error = error
+        waiter.event.set()
+
     # -- the loop --------------------------------------------------------------------
 
     def _serve(self, now: float) -> float:
@@ -584,7 +788,10 @@ class Mailbox:
         task_status.started()
         while True:
             self._changed = trio.Event()
-            wait = self._serve(trio.current_time())
+            if self._shared and self._queue:
+                wait = await self._serve_shared()
+            else:
+                wait = self._serve(trio.current_time())
             if wait <= 0:
                 await trio.lowlevel.checkpoint()
                 continue
@@ -618,4 +825,5 @@ class Mailbox:
             tpm_tokens=self._tpm.tokens(now) if self._tpm else None,
             paused_until=self._paused_until,
             suspended_until=self._suspended_until,
+            limits=None if self._gate is None else ("shared" if self._shared else "local"),
         )

@@ -321,8 +321,13 @@ class Race(Generic[T]):
         ``usage`` and ``queued``.  Called again for each retry."""
         raise NotImplementedError
 
-    def reserve(self, record: AttemptRecord) -> None:
-        """Before an attempt's first try: reserve its spend, or raise to refuse it."""
+    def reserve(self, record: AttemptRecord) -> Awaitable[None] | None:
+        """Before an attempt's first try: reserve its spend, or raise to refuse it.
+
+        May return an awaitable (spend caps shared on Redis) that the attempt awaits
+        before it is sent, which completes the reservation or raises the refusal.
+        """
+        return None
 
     def settle(self, record: AttemptRecord, *, answered: bool) -> None:
         """After an attempt: settle its spend; ``answered`` when it succeeded."""
@@ -640,8 +645,10 @@ class Race(Generic[T]):
         if self.observer is not None:
             self.observer.attempt_started(record)
         try:
-            self.reserve(record)
+            pending = self.reserve(record)
             try:
+                if pending is not None:
+                    await pending
                 failure: LLMError | None = None
                 try:
                     result = await self.call(record)

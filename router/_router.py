@@ -66,7 +66,7 @@ from ._providers import build_provider, config_from_env
 from ._race import AttemptRecord
 from ._request import Requests, answered, embedding_inputs
 from ._routes import Routes
-from ._setup import id_prefix, known_secrets, metrics, tracer, warm_tokenizers
+from ._setup import id_prefix, known_secrets, metrics, shared_limits, tracer, warm_tokenizers
 from ._spend import Spend
 from ._statistics import Counters, RouterStatistics, snapshot
 from ._stream import StreamContext, same_count
@@ -78,6 +78,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from ._metrics import PrometheusMetrics
+    from ._shared._client import SharedClient
 
 __all__ = ["Router", "open_router"]
 
@@ -143,7 +144,8 @@ async def open_router(
                 built[name] = build_provider(name, pc)
                 owned.append(built[name])
         await warm_tokenizers(built.values())
-        router = Router(config, built, random.Random(seed), id_prefix=id_prefix(seed))
+        rng = random.Random(seed)
+        router = Router(config, built, rng, id_prefix=id_prefix(seed))
         listener = tracer(config, tracer_provider, built)
         audit: AuditLog | None = None
         prometheus: PrometheusMetrics | None = None
@@ -153,7 +155,18 @@ async def open_router(
                 audit = AuditLog(config.audit, known_secrets(config, built))
                 await audit.open()
             prometheus = metrics(metrics_registry, router.statistics)
-            async with trio.open_nursery() as nursery:
+            async with (
+                shared_limits(
+                    config, router._actors, router._hub.emit, rng, router._routes
+                ) as shared,
+                trio.open_nursery() as nursery,
+            ):
+                if shared is not None:
+                    client, runners = shared
+                    router._shared = client
+                    await nursery.start(client.run)
+                    for run in runners:
+                        await nursery.start(run)
                 for actor in router._actors.values():
                     await nursery.start(supervise, actor, config.supervisor, router._hub)
                     await nursery.start(actor.watch_breaker)
@@ -202,6 +215,7 @@ class Router:
         self._default_max_tokens = config.default_max_tokens
         self._hub = EventHub()
         self._audit: AuditLog | None = None
+        self._shared: SharedClient | None = None
         # The run's clock, read through its bound method: trio.current_time() without
         # the two lookups in between.
         now = trio.lowlevel.current_clock().current_time
@@ -541,4 +555,5 @@ class Router:
             self._hub,
             self._audit,
             trio.current_time(),
+            None if self._shared is None else self._shared.statistics(),
         )

@@ -9,7 +9,8 @@ import importlib.util
 import os
 import random
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import trio
@@ -23,10 +24,23 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
     from prometheus_client import CollectorRegistry
 
+    from ._actor import ProviderActor
     from ._metrics import PrometheusMetrics
+    from ._routes import Routes
+    from ._shared._client import SharedClient
     from ._statistics import RouterStatistics
 
-__all__ = ["id_prefix", "known_secrets", "metrics", "tracer", "warm_tokenizers"]
+#: A task to start with ``nursery.start``.
+Runner = Callable[..., Awaitable[None]]
+
+__all__ = [
+    "id_prefix",
+    "known_secrets",
+    "metrics",
+    "shared_limits",
+    "tracer",
+    "warm_tokenizers",
+]
 
 #: Kinds whose models an offline tokenizer may count exactly (OpenAI's encodings).
 _OPENAI_FAMILY = frozenset({"openai", "azure", "openrouter", "openai-compatible"})
@@ -117,3 +131,56 @@ def metrics(
             f"({type(exc).__name__}: {exc})"
         ) from None
     return PrometheusMetrics(registry, statistics, trio.lowlevel.current_trio_token())
+
+
+@asynccontextmanager
+async def shared_limits(
+    config: RouterConfig,
+    actors: Mapping[str, ProviderActor],
+    on_event: Listener,
+    rng: random.Random,
+    routes: Routes | None = None,
+) -> AsyncIterator[tuple[SharedClient, list[Runner]] | None]:
+    """The shared limits' client and the tasks to start, when ``[shared]`` is set
+    (``None`` otherwise: coredis is not imported).  Each provider gets a gate attached
+    to its mailbox and a shared breaker in place of its own, and the spend caps of
+    ``routes`` (the router's, the routes', the providers') move to Redis; the caller
+    starts ``client.run`` and then each task (gates, breakers, budgets)."""
+    shared = config.shared
+    if shared is None:
+        yield None
+        return
+    url = shared.url()
+    try:
+        from ._shared._breaker import SharedBreaker
+        from ._shared._budgets import share_budgets
+        from ._shared._client import SharedClient
+        from ._shared._limits import ProviderGate
+    except ImportError as exc:
+        raise ConfigError(
+            "[shared] needs coredis: pip install 'trio-llm-router[shared]' "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    client = SharedClient(shared, url, on_event=on_event, rng=random.Random(rng.random()))
+    async with client:
+        gates: list[ProviderGate] = []
+        for name, actor in actors.items():
+            rpm, tpm, rpm_burst, tpm_burst, max_concurrency = actor.mailbox.limits
+            gate = ProviderGate(
+                client,
+                name,
+                rpm=rpm,
+                tpm=tpm,
+                rpm_burst=rpm_burst,
+                tpm_burst=tpm_burst,
+                max_concurrency=max_concurrency,
+            )
+            actor.mailbox.attach(gate)
+            gates.append(gate)
+        runners: list[Runner] = [gate.run for gate in gates]
+        for actor in actors.values():
+            runners.append(SharedBreaker.install(client, actor, on_event).run)
+        budgets = None if routes is None else share_budgets(client, routes)
+        if budgets is not None:
+            runners.append(budgets.run)
+        yield client, runners

@@ -13,7 +13,7 @@ attempt sent.  Without a cap, none of this bookkeeping runs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import trio
@@ -28,6 +28,7 @@ from ._race import AttemptRecord
 if TYPE_CHECKING:
     from ._request_events import RequestEvents
     from ._routes import Route
+    from ._shared._budgets import SharedBudgets
 
 __all__ = ["Charge", "Spend", "make_budget", "over_budget"]
 
@@ -44,7 +45,7 @@ def make_budget(scope: str, config: BudgetConfig | None, start: float) -> Budget
 class Spend:
     """The router's caps and what it spent, by target."""
 
-    __slots__ = ("budget", "provider_budgets", "spent")
+    __slots__ = ("budget", "provider_budgets", "shared", "spent")
 
     def __init__(self, config: RouterConfig, start: float) -> None:
         #: The router-wide cap.
@@ -57,6 +58,9 @@ class Spend:
         }
         #: Dollars spent by ``provider:model`` (priced models only).
         self.spent: dict[str, float] = {}
+        #: ``[shared]``: the caps on Redis (router._shared._budgets), set when the router
+        #: opens; ``None`` otherwise.
+        self.shared: SharedBudgets | None = None
 
     def all_budgets(self, route_budgets: Iterable[Budget]) -> list[Budget]:
         """Every cap: the router's, the routes' (given) and the providers'."""
@@ -135,6 +139,9 @@ class Spend:
         estimate = 0.0
         if budgets:
             estimate = estimated_cost(candidate, needs) or 0.0
+            if self.shared is not None:
+                # Reserved on Redis by the charge's confirm(), awaited before sending.
+                return self.shared.charge(self, candidate, budgets, estimate, request_id, events)
             now = trio.current_time()
             for i, budget in enumerate(budgets):
                 if not budget.try_reserve(estimate, now):
@@ -154,6 +161,10 @@ class Charge:
     """
 
     __slots__ = ("_budgets", "_candidate", "_estimate", "_settled", "_spend")
+
+    #: ``[shared]`` caps: the reservation to await before the attempt is sent
+    #: (router._shared._budgets.SharedCharge); ``None`` when it is made already.
+    confirm: Callable[[], Awaitable[None]] | None = None
 
     def __init__(
         self,

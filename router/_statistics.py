@@ -12,6 +12,7 @@ from ._actor import ActorStatistics, ProviderActor
 from ._audit import AuditLog, AuditStatistics
 from ._budget import BudgetStatistics
 from ._events import EventHub
+from ._shared._stats import SharedStatistics
 
 if TYPE_CHECKING:
     from ._routes import Routes
@@ -118,6 +119,8 @@ class RouterStatistics(msgspec.Struct, frozen=True, kw_only=True):
     audit: AuditStatistics | None = None
     #: Per hedged route (by name): its delay, its budget and the hedges not sent.
     hedging: dict[str, HedgeStatistics] = msgspec.field(default_factory=dict)
+    #: The limits shared on Redis (``[shared]``): shared or local now, live processes.
+    shared: SharedStatistics | None = None
 
 
 def snapshot(
@@ -128,6 +131,7 @@ def snapshot(
     hub: EventHub,
     audit: AuditLog | None,
     now: float,
+    shared: SharedStatistics | None = None,
 ) -> RouterStatistics:
     """The router's statistics as of ``now``, from its parts."""
     route_table = routes.routes
@@ -166,4 +170,5 @@ def snapshot(
             for name, r in route_table.items()
             if (c := r.hedge_counters) is not None and (b := r.hedge_budget) is not None
         },
+        shared=shared,
     )

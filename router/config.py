@@ -21,6 +21,7 @@ whose key is in the environment.  docs/configuration.md describes every field.
 :class:`TracingConfig`      OpenTelemetry spans
 :class:`GatewayConfig`      ``llm-router serve``: address, body limit, deadlines, shutdown
 :class:`GatewayKeyConfig`   one gateway key: its routes, rate limits and spend cap
+:class:`SharedConfig`       limits shared by several processes, on Redis
 ==========================  ============================================================
 
 Example::
@@ -43,6 +44,7 @@ from ._config import ModelConfig as ModelConfig
 from ._config import ProviderConfig as ProviderConfig
 from ._config import RouteConfig as RouteConfig
 from ._config import RouterConfig as RouterConfig
+from ._config import SharedConfig as SharedConfig
 from ._config import SupervisorConfig as SupervisorConfig
 from ._config import TracingConfig as TracingConfig
 from ._config import decode_config as decode_config
@@ -65,6 +67,7 @@ __all__ = [
     "RetryConfig",
     "RouteConfig",
     "RouterConfig",
+    "SharedConfig",
     "SupervisorConfig",
     "TracingConfig",
 ]

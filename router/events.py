@@ -16,10 +16,12 @@ docs/observability.md describes each field.
 :class:`BudgetRefused`      a spend cap refused the request
 :class:`RequestFinished`    the caller got its answer or its error: outcome, latency, cost
 :class:`BreakerChanged`     a provider's circuit breaker changed state
+:class:`BreakerShared`      it took another process's decision (``[shared]``)
 :class:`HealthChanged`      a provider's health changed
 :class:`ActorCrashed`       a provider actor crashed
 :class:`ActorRestarted`     the supervisor restarted it
 :class:`QueueWait`          a request waited in a provider's mailbox
+:class:`SharedLimitsChanged` limits shared on Redis switched to local, or back
 ==========================  ============================================================
 
 Example::
@@ -37,6 +39,7 @@ from ._events import ActorRestarted as ActorRestarted
 from ._events import AttemptFinished as AttemptFinished
 from ._events import AttemptStarted as AttemptStarted
 from ._events import BreakerChanged as BreakerChanged
+from ._events import BreakerShared as BreakerShared
 from ._events import BudgetRefused as BudgetRefused
 from ._events import FallbackLaunched as FallbackLaunched
 from ._events import HealthChanged as HealthChanged
@@ -48,6 +51,7 @@ from ._events import RequestOutcome as RequestOutcome
 from ._events import RequestStarted as RequestStarted
 from ._events import RetryScheduled as RetryScheduled
 from ._events import RouterEvent as RouterEvent
+from ._events import SharedLimitsChanged as SharedLimitsChanged
 from ._events import Subscription as Subscription
 
 __all__ = [
@@ -56,6 +60,7 @@ __all__ = [
     "AttemptFinished",
     "AttemptStarted",
     "BreakerChanged",
+    "BreakerShared",
     "BudgetRefused",
     "FallbackLaunched",
     "HealthChanged",
@@ -67,5 +72,6 @@ __all__ = [
     "RequestStarted",
     "RetryScheduled",
     "RouterEvent",
+    "SharedLimitsChanged",
     "Subscription",
 ]

@@ -14,6 +14,7 @@ never blocks and never changes the router.
 :class:`SubscriptionStatistics` one subscription: buffer, received, dropped, closed
 :class:`HealthSnapshot`         one provider: health verdict and why, latency, errors, breaker
 :class:`BreakerSnapshot`        a circuit breaker at one moment: its state and error window
+:class:`SharedStatistics`       limits shared on Redis: shared or local now, live processes
 ==============================  ========================================================
 """
 
@@ -23,6 +24,7 @@ from ._budget import BudgetStatistics as BudgetStatistics
 from ._events import SubscriptionStatistics as SubscriptionStatistics
 from ._health import BreakerSnapshot as BreakerSnapshot
 from ._health import HealthSnapshot as HealthSnapshot
+from ._shared._stats import SharedStatistics as SharedStatistics
 from ._statistics import HedgeStatistics as HedgeStatistics
 from ._statistics import RouterStatistics as RouterStatistics
 
@@ -34,5 +36,6 @@ __all__ = [
     "HealthSnapshot",
     "HedgeStatistics",
     "RouterStatistics",
+    "SharedStatistics",
     "SubscriptionStatistics",
 ]

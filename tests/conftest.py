@@ -2,19 +2,22 @@
 
 ``upstream`` is a fake upstream on loopback (every wire format, no scenarios: an echo
 unless a test installs one with ``set_scenario``); ``client`` an ``httpx.AsyncClient``
-to talk to it.  A module that needs the upstream's random streams seeded otherwise
+to talk to it; ``redis_server`` a real ``redis-server`` on its own loopback port
+(tests/_redis.py; skipped when it is not installed).  A module that needs the upstream's random streams seeded otherwise
 overrides ``upstream_seed``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from providers.testing import FakeUpstream, open_fake_upstream
 from tests import _cli_runner
+from tests._redis import RedisServer, require_redis_server
 
 
 @pytest.fixture
@@ -35,6 +38,18 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
     """An ``httpx.AsyncClient`` (5 s timeouts, httpx's default) for one test."""
     async with httpx.AsyncClient(timeout=5) as c:
         yield c
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real ``redis-server`` for one test: a free loopback port, a temporary
+    directory, no persistence; stopped after it (``kill``/``restart``/``pause`` too)."""
+    server = RedisServer(require_redis_server(), tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -23,6 +23,11 @@ gateway       ``llm-router serve`` (a child process) in front of the fake upstre
               against that upstream directly, at concurrency 1, 16 and 64 in alternating
               rounds; then 1,000 concurrent streams through it, and its RSS
               (``_bench_gateway``)
+shared        ``[shared]`` on a redis-server of its own (loopback, temporary directory): the
+              latency a request gains with shared limits against the same limits local
+              (µs added at p50 and p99, alternating rounds, in-process MockProvider), and
+              the throughput of 1, 2 and 4 OS processes sharing one provider's limits,
+              in alternating rounds
 ============  ==============================================================================
 """
 
@@ -484,9 +489,256 @@ def bench_coldstart(runs: int = 15) -> ColdStartResult:
     )
 
 
+# --------------------------------------------------------------------------- shared
+
+# Limits that never bind: the benchmark measures what sharing them costs, not limiting.
+_SHARED_LIMITS: dict[str, Any] = {
+    "rpm": 10_000_000,
+    "tpm": 10_000_000_000,
+    "max_concurrency": 10_000,
+}
+
+
+class SharedLatency(msgspec.Struct, frozen=True, kw_only=True):
+    """Concurrency 1, in-process MockProvider: the same limits, local and on Redis.
+
+    Rounds alternate local, shared, local, ..., local; each shared round is compared
+    with the mean of the local rounds either side; the added figures are the medians of
+    those comparisons (targets: ≤ 300 µs at p50, ≤ 1,000 µs at p99).
+    """
+
+    rounds: int
+    local: Latencies
+    shared: Latencies
+    added_p50_us: float
+    added_p99_us: float
+    added_p50_low_us: float
+    added_p50_high_us: float
+
+
+class SharedThroughput(msgspec.Struct, frozen=True, kw_only=True):
+    """``processes`` OS processes at once, each a router with ``[shared]`` driving
+    ``concurrency`` callers at one provider: requests per second together (requests /
+    the span from the first start to the last end), by round."""
+
+    processes: int
+    concurrency: int
+    requests: int
+    per_second: list[float]
+    median_per_second: float
+
+
+class SharedResult(msgspec.Struct, frozen=True, kw_only=True):
+    """``llm-router bench shared``; ``skipped`` says why when it could not run."""
+
+    skipped: str | None = None
+    redis: str = ""
+    latency: SharedLatency | None = None
+    throughput: list[SharedThroughput] = msgspec.field(default_factory=list)
+
+
+@contextmanager
+def _redis_server() -> Iterator[str]:
+    """A redis-server of our own on a free loopback port, no persistence; its URL."""
+    import shutil
+    import socket
+
+    executable = shutil.which("redis-server")
+    assert executable is not None, "checked by bench_shared"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with tempfile.TemporaryDirectory() as folder:
+        args = [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "no", "--dir", folder, "--daemonize", "no"]
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                        s.sendall(b"PING\r\n")
+                        if s.recv(16).startswith(b"+PONG"):
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start")
+                time.sleep(0.02)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # pragma: no cover - a wedged child
+                proc.kill()
+
+
+def _shared_config(url: str | None, prefix: str) -> RouterConfig:
+    from router.config import SharedConfig
+
+    shared = None if url is None else SharedConfig(redis_url=url, prefix=prefix)
+    return RouterConfig(
+        providers={"m": ProviderConfig(kind="mock", queue_wait_threshold=None, **_SHARED_LIMITS)},
+        shared=shared,
+    )
+
+
+async def bench_shared_latency(url: str, requests: int = 2_000, rounds: int = 10) -> SharedLatency:
+    """Added latency of shared limits at concurrency 1 (see :class:`SharedLatency`)."""
+    provider = MockProvider(name="m", record=False)
+    request = _request()
+    per_round = max(1, requests // rounds)
+    async with (
+        open_router(_shared_config(None, "bench"), providers={"m": provider}) as local,
+        open_router(_shared_config(url, "bench"), providers={"m": provider}) as shared,
+    ):
+
+        async def via_local() -> None:
+            await local.complete(request)
+
+        async def via_shared() -> None:
+            await shared.complete(request)
+
+        await _drive(via_local, min(200, requests), 1)  # warm up both paths
+        await _drive(via_shared, min(200, requests), 1)
+        local_rounds = [await _drive(via_local, per_round, 1)]
+        shared_rounds: list[Latencies] = []
+        for _ in range(rounds):
+            shared_rounds.append(await _drive(via_shared, per_round, 1))
+            local_rounds.append(await _drive(via_local, per_round, 1))
+    p50s: list[float] = []
+    p99s: list[float] = []
+    for i, r in enumerate(shared_rounds):
+        before, after = local_rounds[i], local_rounds[i + 1]
+        p50s.append(r.p50_us - (before.p50_us + after.p50_us) / 2)
+        p99s.append(r.p99_us - (before.p99_us + after.p99_us) / 2)
+    p50s.sort()
+    p99s.sort()
+    return SharedLatency(
+        rounds=rounds,
+        local=_merge(local_rounds),
+        shared=_merge(shared_rounds),
+        added_p50_us=_median(p50s),
+        added_p99_us=_median(p99s),
+        added_p50_low_us=p50s[0],
+        added_p50_high_us=p50s[-1],
+    )
+
+
+async def _shared_worker(settings: dict[str, Any]) -> None:
+    """A process of the throughput rounds: open the router, say ``ready``; then for each
+    line on stdin (a number of requests) run them and print ``{"start": t, "end": t,
+    "requests": n}`` (wall times); an empty line or the end of stdin ends it."""
+    provider = MockProvider(name="m", record=False)
+    request = _request()
+    config = _shared_config(settings["redis_url"], settings["prefix"])
+    async with open_router(config, providers={"m": provider}) as router:
+
+        async def call() -> None:
+            await router.complete(request)
+
+        await _drive(call, 100, settings["concurrency"])  # warm up
+        print("ready", flush=True)
+        while line := (await trio.to_thread.run_sync(sys.stdin.readline)).strip():
+            start = time.time()
+            result = await _drive(call, int(line), settings["concurrency"])
+            end = time.time()
+            report = {"start": start, "end": end, "requests": result.requests}
+            print(msgspec.json.encode(report).decode(), flush=True)
+
+
+def _shared_rounds(
+    url: str, counts: tuple[int, ...], rounds: int, requests: int, concurrency: int
+) -> dict[int, list[float]]:
+    """Requests per second of ``n`` processes together, for each ``n`` in ``counts``, in
+    alternating rounds (1, 2, 4, 1, 2, 4, ...: drift hits each alike).  The workers
+    are started once; a round of ``n`` runs ``requests / n`` in each of the first ``n``
+    at once (the others idle)."""
+    settings = msgspec.json.encode(
+        {"redis_url": url, "prefix": "bench", "concurrency": concurrency}
+    ).decode()
+    args = [sys.executable, "-m", "router._tools._bench", settings]
+    workers = [
+        subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(max(counts))
+    ]
+    rates: dict[int, list[float]] = {n: [] for n in counts}
+    try:
+        for w in workers:
+            assert w.stdout is not None
+            if w.stdout.readline().strip() != "ready":
+                raise RuntimeError("a benchmark worker did not start")
+        for _ in range(rounds):
+            for n in counts:
+                for w in workers[:n]:
+                    assert w.stdin is not None
+                    w.stdin.write(f"{requests // n}\n")
+                    w.stdin.flush()
+                reports = []
+                for w in workers[:n]:
+                    assert w.stdout is not None
+                    line = w.stdout.readline()
+                    if not line:
+                        raise RuntimeError("a benchmark worker failed")
+                    reports.append(msgspec.json.decode(line))
+                span = max(r["end"] for r in reports) - min(r["start"] for r in reports)
+                total = sum(r["requests"] for r in reports)
+                rates[n].append(total / span if span > 0 else math.nan)
+    finally:
+        for w in workers:
+            try:
+                w.communicate(input="\n", timeout=30)
+            except (subprocess.TimeoutExpired, OSError, ValueError):
+                w.kill()
+                w.wait()
+    return rates
+
+
+def bench_shared(
+    requests: int = 2_000,
+    rounds: int = 10,
+    throughput_requests: int = 5_000,
+    throughput_rounds: int = 3,
+    concurrency: int = 16,
+) -> SharedResult:
+    """``[shared]`` against local limits: added latency, then 1/2/4-process throughput."""
+    try:
+        import coredis
+    except ImportError:
+        return SharedResult(
+            skipped="coredis is not installed: pip install 'trio-llm-router[shared]'"
+        )
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        return SharedResult(
+            skipped="redis-server is not installed (Debian: apt-get install redis-server)"
+        )
+    with _redis_server() as url:
+        latency = trio.run(bench_shared_latency, url, requests, rounds)
+        by_count = _shared_rounds(
+            url, (1, 2, 4), throughput_rounds, throughput_requests, concurrency
+        )
+    return SharedResult(
+        redis=f"redis-server on loopback, coredis {coredis.__version__}",
+        latency=latency,
+        throughput=[
+            SharedThroughput(
+                processes=n,
+                concurrency=concurrency,
+                requests=throughput_requests // n * n,
+                per_second=rates,
+                median_per_second=_median(sorted(rates)),
+            )
+            for n, rates in by_count.items()
+        ],
+    )
+
+
 # --------------------------------------------------------------------------- running
 
-BENCHMARKS = ("overhead", "loopback", "hedging", "scale", "coldstart", "gateway")
+BENCHMARKS = ("overhead", "loopback", "hedging", "scale", "coldstart", "gateway", "shared")
 
 
 def _machine() -> str:
@@ -565,12 +817,47 @@ def _report(name: str, r: Any) -> str:
             f" RSS {r.baseline_rss_mb:.1f} MB -> peak {r.peak_rss_mb:.1f} MB,"
             f" {r.rss_per_stream_kb:.1f} KB per in-flight stream"
         )
+    if name == "shared":
+        return _shared_report(r)
     return (
         f"cold start (python -c 'import router', {r.runs} runs)\n"
         f"  median {r.median_seconds * 1000:.0f} ms (min {r.min_seconds * 1000:.0f} ms;"
         f" bare interpreter {r.python_only_seconds * 1000:.0f} ms),"
         f" peak RSS {r.peak_rss_mb:.1f} MB"
     )
+
+
+def _shared_report(r: SharedResult) -> str:
+    if r.skipped is not None or r.latency is None:
+        return f"shared: skipped ({r.skipped})"
+    x = r.latency
+    lines = [f"shared limits ({r.redis}; MockProvider in-process, c=1, {x.rounds} rounds)"]
+    lines += _labelled(
+        [
+            ("local:", f"p50 {x.local.p50_us:7.1f} µs  p99 {x.local.p99_us:7.1f} µs"),
+            ("shared:", f"p50 {x.shared.p50_us:7.1f} µs  p99 {x.shared.p99_us:7.1f} µs"),
+        ],
+        width=8,
+    )
+    lines.append(
+        f"  shared adds: p50 {x.added_p50_us:.1f} µs (rounds {x.added_p50_low_us:.1f}.."
+        f"{x.added_p50_high_us:.1f}), p99 {x.added_p99_us:.1f} µs"
+        " (targets: 300 µs, 1000 µs)"
+    )
+    lines.append("  throughput, processes sharing one provider's limits (rounds alternate):")
+    lines += _labelled(
+        [
+            (
+                f"{t.processes} process{'es' if t.processes > 1 else ''}:",
+                f"{t.median_per_second:8.0f} req/s together (median of "
+                + ", ".join(f"{v:.0f}" for v in t.per_second)
+                + f"; c={t.concurrency} each)",
+            )
+            for t in r.throughput
+        ],
+        width=12,
+    )
+    return "\n".join(lines)
 
 
 def run_benchmarks(names: tuple[str, ...] = BENCHMARKS, *, quick: bool = False) -> dict[str, Any]:
@@ -601,8 +888,20 @@ def run_benchmarks(names: tuple[str, ...] = BENCHMARKS, *, quick: bool = False) 
                 r = trio.run(bench_gateway, 60, (1, 16, 64), 2, 50)
             else:
                 r = trio.run(bench_gateway)
+        elif name == "shared":
+            r = bench_shared(
+                int(2_000 * scale),
+                3 if quick else 10,
+                int(5_000 * scale),
+                1 if quick else 3,
+                4 if quick else 16,
+            )
         else:
             r = bench_coldstart(5 if quick else 15)
         print("\n" + _report(name, r), flush=True)
         results[name] = r
     return results
+
+
+if __name__ == "__main__":  # a worker of bench_shared's throughput rounds
+    trio.run(_shared_worker, msgspec.json.decode(sys.argv[1]))

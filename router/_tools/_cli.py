@@ -158,15 +158,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_router_commands(sub)
     bench = sub.add_parser(
         "bench",
-        help="measure the router: overhead, loopback HTTP, hedging, scale, cold start, gateway",
+        help="measure the router: overhead, loopback HTTP, hedging, scale, cold start, "
+        "gateway, shared limits on Redis",
     )
     bench.add_argument(
         "names",
         nargs="*",
         metavar="NAME",
         help=(
-            "benchmarks to run: overhead, loopback, hedging, scale, coldstart, gateway "
-            "(default: all)"
+            "benchmarks to run: overhead, loopback, hedging, scale, coldstart, gateway, "
+            "shared (default: all)"
         ),
     )
     bench.add_argument("--quick", action="store_true", help="a tenth of the work: a smoke test")

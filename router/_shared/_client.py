@@ -1,0 +1,316 @@
+"""The one owner of the Redis connection: key names, the time bound, up or down.
+
+:class:`SharedClient` holds the coredis client, the key prefix and the per-operation
+bound (``SharedConfig.timeout``).  Every Redis operation of the router goes through
+:meth:`SharedClient.call`, which runs a registered Lua script (EVALSHA, reloaded on
+NOSCRIPT by coredis) inside ``trio.move_on_after(timeout)``.  Whatever goes wrong there
+— a timeout, a refused connection, an error reply — is one thing to the caller:
+:class:`SharedUnavailable`, and the client switches the whole process to *local* limits
+(``shared = False``), tells its listeners (each provider's gate), and emits a
+:class:`~router.events.SharedLimitsChanged` event.
+
+Its own task (:meth:`SharedClient.run`) keeps the state honest:
+
+- while Redis answers, every ``heartbeat`` seconds it records this process as alive
+  (a sorted set of process ids scored by Redis's clock; an id silent for three
+  heartbeats is dropped) and learns how many processes are alive: the divisor of the
+  fair share each process falls back to;
+- while Redis does not, it retries with exponential backoff (:func:`reconnect_delay`)
+  and switches back to shared limits at the first heartbeat that succeeds.
+
+Listeners (:class:`Listener`) also hear each heartbeat, to renew their leases.
+
+Secrets: the URL's password never appears in a repr, an event, a log line or an
+error this module makes; the reason a switch happened names the exception type and
+its message with the URL and password scrubbed out.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+from collections.abc import Callable, Sequence
+from importlib import resources
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+import coredis
+import coredis.exceptions
+import trio
+from coredis.retry import NoRetryPolicy
+
+from providers import Scrubber
+
+from .._config import SharedConfig, redact_url
+from .._events import SharedLimitsChanged
+from ._stats import SharedStatistics
+
+__all__ = [
+    "Listener",
+    "SharedClient",
+    "SharedStatistics",
+    "SharedUnavailable",
+    "load_script",
+    "reconnect_delay",
+]
+
+logger = logging.getLogger("trio_llm_router")
+
+#: A process silent for this many heartbeats is no longer counted as alive.
+HEARTBEATS_TO_DIE = 3
+
+#: The first reconnection attempt waits about this long; each next one twice as long.
+FIRST_BACKOFF = 0.05
+
+
+class SharedUnavailable(Exception):
+    """Redis did not answer within the bound (or answered with an error): use local limits.
+
+    Internal: never reaches a caller of the router.
+    """
+
+
+def load_script(name: str, *, prelude: Sequence[str] = ()) -> str:
+    """The text of ``router/_shared/<name>.lua``, after the ``prelude`` files' texts."""
+    folder = resources.files(__package__ or "router._shared")
+    parts = [(folder / f"{n}.lua").read_text("utf-8") for n in (*prelude, name)]
+    return "\n".join(parts)
+
+
+def reconnect_delay(attempt: int, max_backoff: float, rng: random.Random) -> float:
+    """Seconds before reconnection attempt ``attempt`` (0, 1, ...): exponential, jittered.
+
+    ``min(max_backoff, FIRST_BACKOFF · 2^attempt)``, scaled by a factor drawn in
+    [0.5, 1): processes that lost Redis together do not all knock at the same instant.
+    """
+    base = min(max_backoff, FIRST_BACKOFF * 2.0 ** min(attempt, 60))
+    return base * (0.5 + rng.random() / 2.0)
+
+
+class Listener(Protocol):
+    """What the client tells each provider's gate."""
+
+    def switched(self, shared: bool, processes: int) -> None:
+        """Limits are now shared (Redis answers) or local at 1/``processes`` of each."""
+
+    async def heartbeat(self) -> None:
+        """A heartbeat succeeded: renew what needs renewing (bounded by the client)."""
+
+
+class SharedClient:
+    """The coredis client, the key prefix, the time bound and the shared/local state.
+
+    Synopsis::
+
+        client = SharedClient(config.shared, url, on_event=hub.emit)
+        async with client:
+            await nursery.start(client.run)
+            script = client.script("admit", prelude=("gcra",))
+            try:
+                reply = await client.call(script, keys, args)
+            except SharedUnavailable:
+                ...  # local limits now
+    """
+
+    def __init__(
+        self,
+        config: SharedConfig,
+        url: str,
+        *,
+        on_event: Callable[[SharedLimitsChanged], None] | None = None,
+        rng: random.Random | None = None,
+        process_id: str | None = None,
+    ) -> None:
+        self.config = config
+        self.prefix = config.prefix
+        self.timeout = config.timeout
+        self.process_id = process_id or secrets.token_hex(8)
+        self._on_event = on_event
+        self._rng = rng or random.Random()
+        parts = urlsplit(url)
+        hidden = [url, redact_url(url)]
+        if parts.password:
+            hidden += [parts.password, unquote(parts.password)]
+        self._scrub = Scrubber([h for h in hidden if h])
+        self._shown = redact_url(url)
+        self._redis: coredis.Redis[bytes] = coredis.Redis.from_url(
+            url,
+            retry_policy=NoRetryPolicy(),
+            decode_responses=False,
+            connect_timeout=config.timeout,
+        )
+        self._listeners: list[Listener] = []
+        self._scripts: dict[str, Any] = {}
+        #: True while Redis decides the limits.
+        self.shared = False
+        #: Live processes last seen through heartbeats (1 until one is seen).
+        self.processes = 1
+        self.reason: str | None = "not connected to Redis yet"
+        self._since = trio.current_time()
+        self._switches = 0
+        self._failures = 0
+        self._lost = trio.Event()
+        self._heartbeat = self.script("heartbeat")
+
+    def __repr__(self) -> str:
+        state = "shared" if self.shared else "local"
+        return f"<SharedClient {self._shown} prefix={self.prefix!r} {state}>"
+
+    async def __aenter__(self) -> SharedClient:
+        await self._redis.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.shared:
+            # Leave the live set at once, so the others' fair share grows now rather
+            # than three heartbeats from now.  Best effort, bounded.
+            with trio.CancelScope(shield=True), trio.move_on_after(self.timeout):
+                try:
+                    await self._redis.zrem(self.key("processes"), [self.process_id])
+                except (coredis.exceptions.RedisError, OSError):
+                    pass
+        # Outside any scope of ours: coredis's client holds a task group of its own.
+        await self._redis.__aexit__(None, None, None)
+
+    # -- keys and scripts -----------------------------------------------------------
+
+    def key(self, *parts: str) -> str:
+        """A key in this deployment's namespace: ``prefix:part:part``."""
+        return ":".join((self.prefix, *parts))
+
+    def script(self, name: str, *, prelude: Sequence[str] = ()) -> Any:
+        """The registered script ``router/_shared/<name>.lua`` (after ``prelude``)."""
+        cached = self._scripts.get(name)
+        if cached is None:
+            cached = self._redis.register_script(load_script(name, prelude=prelude))
+            self._scripts[name] = cached
+        return cached
+
+    def add_listener(self, listener: Listener) -> None:
+        """Tell ``listener`` of every switch, and of each heartbeat."""
+        self._listeners.append(listener)
+        listener.switched(self.shared, self.processes)
+
+    # -- one bounded operation --------------------------------------------------------
+
+    async def call(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run ``script`` within the bound; its reply.
+
+        Raises:
+            SharedUnavailable: limits are local (already, or from now: Redis timed out
+                or failed, and the switch has happened).
+        """
+        if not self.shared:
+            raise SharedUnavailable(self.reason)
+        with trio.move_on_after(self.timeout):
+            try:
+                return await script(keys=keys, args=args)
+            except (coredis.exceptions.RedisError, OSError) as exc:
+                self._fail(self._describe(exc))
+                raise SharedUnavailable(self.reason) from None
+        self._fail(f"Redis did not answer within {self.timeout * 1000:g} ms")
+        raise SharedUnavailable(self.reason)
+
+    def _describe(self, exc: BaseException) -> str:
+        return self._scrub(f"Redis failed: {type(exc).__name__}: {exc}")
+
+    def _fail(self, reason: str) -> None:
+        """An operation failed: count it; switch to local limits if they were shared."""
+        self._failures += 1
+        if self.shared:
+            self._switch(False, reason)
+            self._lost.set()
+        else:
+            self.reason = reason
+
+    def _switch(self, shared: bool, reason: str | None) -> None:
+        self.shared = shared
+        self.reason = reason
+        now = trio.current_time()
+        self._since = now
+        self._switches += 1
+        if shared:
+            logger.info(
+                "shared limits: Redis answers again; limits are shared (%d processes)",
+                self.processes,
+            )
+        else:
+            logger.warning(
+                "shared limits: %s; falling back to local limits at 1/%d of each",
+                reason,
+                self.processes,
+            )
+        for listener in self._listeners:
+            listener.switched(shared, self.processes)
+        if self._on_event is not None:
+            self._on_event(
+                SharedLimitsChanged(
+                    time=now,
+                    state="shared" if shared else "local",
+                    reason=reason,
+                    processes=self.processes,
+                )
+            )
+
+    # -- the maintenance task -------------------------------------------------------------
+
+    async def _beat(self) -> bool:
+        """One heartbeat, bounded: the live-process count, or ``False`` on failure."""
+        ttl = int(self.config.heartbeat * HEARTBEATS_TO_DIE * 1_000_000)
+        with trio.move_on_after(self.timeout):
+            try:
+                live = await self._heartbeat(
+                    keys=[self.key("processes")], args=[self.process_id, ttl]
+                )
+            except (coredis.exceptions.RedisError, OSError) as exc:
+                self._fail(self._describe(exc))
+                return False
+            processes = max(1, int(live))
+            if processes != self.processes:
+                self.processes = processes
+                for listener in self._listeners:
+                    listener.switched(self.shared, processes)
+            return True
+        self._fail(f"Redis did not answer within {self.timeout * 1000:g} ms")
+        return False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Heartbeats while Redis answers; reconnection with backoff while it does not.
+
+        The first heartbeat is tried before ``task_status.started()``: a router whose
+        Redis is up starts with shared limits.  Runs until cancelled.
+        """
+        if await self._beat():
+            self._switch(True, None)
+        else:
+            self._switch(False, self.reason)  # said once: the router starts on local limits
+        task_status.started()
+        attempt = 0
+        while True:
+            if self.shared:
+                attempt = 0
+                for listener in list(self._listeners):
+                    await listener.heartbeat()
+                self._lost = trio.Event()
+                with trio.move_on_after(self.config.heartbeat):
+                    await self._lost.wait()
+                if self.shared:
+                    await self._beat()
+                continue
+            await trio.sleep(reconnect_delay(attempt, self.config.max_backoff, self._rng))
+            attempt += 1
+            if await self._beat():
+                self._switch(True, None)
+
+    def statistics(self) -> SharedStatistics:
+        """A frozen snapshot of the connection's state."""
+        return SharedStatistics(
+            state="shared" if self.shared else "local",
+            reason=self.reason,
+            processes=self.processes,
+            since=self._since,
+            switches=self._switches,
+            failures=self._failures,
+            process_id=self.process_id,
+        )

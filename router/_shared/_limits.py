@@ -1,0 +1,234 @@
+"""One provider's shared limits: RPM and TPM as GCRA buckets, concurrency as leases,
+and the provider's pauses, all in Redis, all decided by one Lua script.
+
+The local mailbox (:class:`~router._limiter.Mailbox`) stays the FIFO in front of
+Redis: while limits are shared, its own task hands the first requests of its queue (up
+to 32) to :meth:`ProviderGate.admit`, which runs ``admit.lua`` once — one
+round trip — and learns how many of them, in order, Redis admitted, and what holds the
+next one and for how long.  So the queue stays fair in each process, and the processes
+together never pass the limits.
+
+What the script decides, atomically, on Redis's clock (``TIME``):
+
+- a **pause** any process set (``retry-after``, a window with nothing left) holds
+  every process until its key expires;
+- **concurrency**: a sorted set of lease ids scored by expiry.  Expired leases are
+  dropped first, so a process killed with ``kill -9`` frees its slots after
+  ``lease_time``; live processes renew their leases every heartbeat;
+- **RPM** and **TPM**: GCRA (``gcra.lua``, the formula in docs/scaling.md) with the
+  provider's ``rpm``/``tpm`` and burst.  TPM is charged the request's estimate and
+  reconciled with the reported usage when the call ends, exactly as the local bucket
+  is (``Permit.release``).
+
+Releases (a lease to free, tokens to reconcile, a grant undone) are queued without
+waiting and go to Redis with the next admission, or on their own (:meth:`run`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+import trio
+
+from ._client import SharedClient, SharedUnavailable
+
+if TYPE_CHECKING:
+    from .._limiter import Mailbox
+
+__all__ = ["Decision", "ProviderGate"]
+
+_HOLDS: tuple[str, ...] = ("", "pause", "concurrency", "rpm", "tpm", "never")
+
+
+class Decision:
+    """What Redis said of a batch: the first ``granted`` admitted (with ``leases``),
+    and what holds the next one (``hold``) for ``retry_after`` seconds."""
+
+    __slots__ = ("granted", "hold", "leases", "retry_after")
+
+    def __init__(
+        self,
+        granted: int,
+        hold: Literal["", "pause", "concurrency", "rpm", "tpm", "never"],
+        retry_after: float,
+        leases: Sequence[str],
+    ) -> None:
+        self.granted = granted
+        self.hold = hold
+        self.retry_after = retry_after
+        self.leases = leases
+
+
+class ProviderGate:
+    """The shared limits of one provider, seen from one process.
+
+    Made by the router for each provider when ``[shared]`` is configured, and attached
+    to the provider's mailbox (:meth:`~router._limiter.Mailbox.attach`).
+    """
+
+    def __init__(
+        self,
+        client: SharedClient,
+        provider: str,
+        *,
+        rpm: float | None,
+        tpm: float | None,
+        rpm_burst: float | None,
+        tpm_burst: float | None,
+        max_concurrency: int | None,
+    ) -> None:
+        self.client = client
+        self.provider = provider
+        # Microseconds per request / per token, and the bursts (capacities).
+        self._rpm_interval = 60e6 / rpm if rpm else 0.0
+        self._rpm_cap = float(rpm_burst or rpm or 0)
+        self._tpm_interval = 60e6 / tpm if tpm else 0.0
+        #: The TPM bucket's capacity: a request costing more is never admitted.
+        self.tpm_cap = float(tpm_burst or tpm or 0)
+        self._max_concurrency = max_concurrency or 0
+        self._lease_us = int(client.config.lease_time * 1e6)
+        tag = "{" + provider + "}"  # one hash slot per provider (Redis Cluster)
+        self._keys = [
+            client.key(tag, "rpm"),
+            client.key(tag, "tpm"),
+            client.key(tag, "leases"),
+            client.key(tag, "pause"),
+        ]
+        self._admit = client.script("admit", prelude=("gcra",))
+        self._pause = client.script("pause")
+        self._renew = client.script("renew")
+        self._batches = 0
+        #: Leases this process holds (renewed each heartbeat).
+        self.leases: set[str] = set()
+        # Releases not yet sent: leases to free, tokens to reconcile, requests refunded.
+        self._freed: list[str] = []
+        self._tpm_delta = 0.0
+        self._rpm_refund = 0
+        self._pause_ms = 0
+        self._pending = trio.Event()
+        self._mailbox: Mailbox | None = None
+
+    def __repr__(self) -> str:
+        return f"<ProviderGate {self.provider!r} shared={self.client.shared}>"
+
+    # -- the client's listener -------------------------------------------------------
+
+    def attach(self, mailbox: Mailbox) -> None:
+        """Serve ``mailbox``; from now on it hears of every switch."""
+        self._mailbox = mailbox
+        self.client.add_listener(self)
+
+    def switched(self, shared: bool, processes: int) -> None:
+        """Limits are now shared, or local at 1/``processes`` of each.
+
+        What was queued for Redis stays queued (it goes with the next admission once
+        Redis answers), and the leases held stay held and renewed: a short outage
+        loses nothing.  What ends *during* the outage is not queued (see
+        :meth:`release`).
+        """
+        if self._mailbox is not None:
+            self._mailbox.share(shared, processes)
+
+    async def heartbeat(self) -> None:
+        """Renew this process's leases (their expiry moves to now + lease_time)."""
+        if not self.leases:
+            return
+        try:
+            await self.client.call(
+                self._renew, [self._keys[2]], [self._lease_us, *sorted(self.leases)]
+            )
+        except SharedUnavailable:
+            pass
+
+    # -- admission ---------------------------------------------------------------------
+
+    async def admit(self, costs: Sequence[float]) -> Decision | None:
+        """Ask Redis to admit requests of ``costs`` (tokens) in order; ``None`` if Redis
+        is unavailable (the client has switched to local limits)."""
+        self._batches += 1
+        base = f"{self.client.process_id}:{self._batches}:"
+        args = self._release_args()
+        args.append(len(costs))
+        args.extend(math.ceil(c) for c in costs)
+        try:
+            reply = await self.client.call(self._admit, self._keys, self._head(base) + args)
+        except SharedUnavailable:
+            return None
+        granted, hold, retry_us = int(reply[0]), int(reply[1]), int(reply[2])
+        leases: list[str] = []
+        if self._max_concurrency:
+            leases = [f"{base}{i}" for i in range(1, granted + 1)]
+            self.leases.update(leases)
+        return Decision(granted, _HOLDS[hold], retry_us / 1e6, leases)  # type: ignore[arg-type]
+
+    def _head(self, lease_prefix: str) -> list[object]:
+        return [
+            self._rpm_interval,
+            self._rpm_cap,
+            self._tpm_interval,
+            self.tpm_cap,
+            self._max_concurrency,
+            self._lease_us,
+            lease_prefix,
+        ]
+
+    def _release_args(self) -> list[object]:
+        """The queued releases, as admit.lua's release arguments (the queue is emptied)."""
+        freed = self._freed
+        args: list[object] = [self._rpm_refund, self._tpm_delta, len(freed), *freed]
+        self._freed = []
+        self._rpm_refund = 0
+        self._tpm_delta = 0.0
+        return args
+
+    # -- releases ----------------------------------------------------------------------
+
+    def release(self, lease: str, tokens: float) -> None:
+        """A call ended: free ``lease`` (``""``: none) and charge ``tokens`` more TPM
+        (negative: refund).  Queued; never waits.
+
+        While limits are local nothing is queued: the lease expires by itself after
+        ``lease_time``, and the tokens are not reconciled (docs/scaling.md).
+        """
+        if lease:
+            self.leases.discard(lease)
+        if not self.client.shared:
+            return
+        if lease:
+            self._freed.append(lease)
+        self._tpm_delta += tokens
+        self._pending.set()
+
+    def undo(self, lease: str, cost: float) -> None:
+        """A grant that was never used (its caller was cancelled in the same instant):
+        refund the request and its tokens, free its lease."""
+        if self.client.shared:
+            self._rpm_refund += 1
+        self.release(lease, -cost)
+
+    def pause(self, seconds: float) -> None:
+        """Pause the provider for every process for ``seconds`` (queued; never waits)."""
+        if not self.client.shared or not seconds > 0:
+            return
+        self._pause_ms = max(self._pause_ms, math.ceil(seconds * 1000))
+        self._pending.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send queued releases and pauses as they come (until cancelled)."""
+        task_status.started()
+        while True:
+            await self._pending.wait()
+            self._pending = trio.Event()
+            pause = self._pause_ms
+            self._pause_ms = 0
+            try:
+                if pause:
+                    await self.client.call(self._pause, [self._keys[3]], [pause])
+                if self._freed or self._tpm_delta or self._rpm_refund:
+                    args = self._release_args()
+                    args.append(0)
+                    await self.client.call(self._admit, self._keys, self._head("") + args)
+            except SharedUnavailable:
+                pass

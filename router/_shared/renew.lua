@@ -1,0 +1,11 @@
+-- Renew a process's leases: each id still held gets a new expiry, now + lease time.
+-- KEYS 1 leases;  ARGV 1 lease time (us), then the lease ids.  Returns how many renewed.
+local t = redis.call('TIME')
+local now = (tonumber(t[1]) - 1700000000) * 1000000 + tonumber(t[2])
+local expiry = now + tonumber(ARGV[1])
+local renewed = 0
+for i = 2, #ARGV do
+  renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', expiry, ARGV[i])
+end
+if renewed > 0 then redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[1]) / 1000) * 2) end
+return renewed
