@@ -620,3 +620,110 @@ async def test_granted_and_cancelled_in_the_same_instant_is_undone(
     assert (after.in_flight, after.admitted) == (0, 1)
     assert (after.rpm_tokens, after.tpm_tokens) == (before.rpm_tokens, before.tpm_tokens)
     assert waits == [(0.0, "concurrency", "cancelled")]
+
+
+# --------------------------------------------------------------------------- construction
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_queue": -1}, "max_queue must be >= 0"),
+        ({"max_concurrency": 0}, "max_concurrency must be >= 1"),
+    ],
+)
+async def test_a_mailbox_refuses_impossible_limits(
+    autojump_clock: trio.testing.MockClock, kwargs: dict[str, int], message: str
+) -> None:
+    """A negative queue or a concurrency below one is a ValueError naming the limit; the
+    edges (no queue, one at a time) are fine."""
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        Mailbox("p", **kwargs)  # type: ignore[arg-type]
+    m = Mailbox("p", max_queue=0, max_concurrency=1)
+    assert (m.statistics().max_queue, m.statistics().max_concurrency) == (0, 1)
+    assert (m.name, m.suspension, m.queued, m.in_flight) == ("p", "", 0, 0)
+
+
+async def test_buckets_start_full_at_the_given_time(autojump_clock: trio.testing.MockClock) -> None:
+    """The buckets start full (the burst, by default the per-minute limit) at ``now``, or
+    at trio's clock, and refill at limit / 60 per second from there."""
+    await trio.sleep(10.0)
+    m = Mailbox("p", rpm=120, tpm=6000, rpm_burst=4, now=10.0)
+    assert (m.statistics().rpm_tokens, m.statistics().tpm_tokens) == (4.0, 6000.0)
+    for _ in range(4):
+        m.admit_nowait(Permit(600.0))
+    await trio.sleep(1.0)
+    assert (m.statistics().rpm_tokens, m.statistics().tpm_tokens) == (2.0, 3700.0)
+    later = Mailbox("p", rpm=60)
+    later.admit_nowait(Permit())
+    await trio.sleep(0.5)
+    assert later.statistics().rpm_tokens == 59.5
+
+
+async def test_the_loop_wakes_at_the_exact_refill(autojump_clock: trio.testing.MockClock) -> None:
+    """A request half a token short is admitted half a second later, not on a coarser
+    tick; once it is granted its cost no longer counts as queued."""
+    m = Mailbox("p", tpm=60, tpm_burst=10)  # 1 token/s
+
+    async def body(nursery: trio.Nursery) -> None:
+        m.admit_nowait(Permit(10.0)).release(actual_tokens=10)
+        (await m.admit(Permit(0.5))).release(actual_tokens=1)
+        assert trio.current_time() == 0.5
+        (await m.admit(Permit(5.0))).release(actual_tokens=5)
+        assert trio.current_time() == 6.0
+        assert m.expected_wait(2.0, now=6.0) == 2.0  # nothing queued ahead any more
+
+    await serving(m, body)
+
+
+def test_a_permit_starts_empty_and_unheld() -> None:
+    """Permit(): no cost, no output budget, not held, not yet granted (granted_at NaN)."""
+    p = Permit()
+    assert (p.cost, p.output_cost, p.held) == (0.0, 0.0, False)
+    assert math.isnan(p.granted_at)
+    p.release()  # a no-op before the grant
+    assert not p.held
+
+
+async def test_defaults_and_a_start_time_in_the_past(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The queue holds 1000 by default; a mailbox made with ``now`` earlier than trio's
+    clock refills from that ``now``."""
+    await trio.sleep(10.0)
+    assert Mailbox("p").statistics().max_queue == 1000
+    m = Mailbox("p", rpm=60, rpm_burst=1, now=0.0)
+    m.admit_nowait(Permit(), now=0.0)
+    assert m.try_admit(Permit(), now=1.0) is not None
+
+
+async def test_a_request_queued_before_the_loop_starts_is_served(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Requests may queue before the actor's loop runs; it serves them when it starts."""
+    m = Mailbox("p", rpm=60, rpm_burst=1)
+    m.admit_nowait(Permit())
+    times: list[float] = []
+
+    async def one() -> None:
+        (await m.admit(Permit())).release()
+        times.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one)
+        await trio.testing.wait_all_tasks_blocked()
+        await trio.sleep(0.5)
+        await nursery.start(m.run)
+        await trio.sleep(2.0)
+        nursery.cancel_scope.cancel()
+    assert times == [1.0]
+
+
+async def test_a_suspension_ends_at_its_instant(autojump_clock: trio.testing.MockClock) -> None:
+    """At exactly the end of a suspension the mailbox admits again."""
+    m = Mailbox("p", max_pause=1.0)
+    m.pause_until(50.0)
+    with pytest.raises(RateLimited):
+        m.try_admit(Permit(), now=49.999)
+    assert m.try_admit(Permit(), now=50.0) is not None
+    assert m.suspended_until is None
