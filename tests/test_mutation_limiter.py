@@ -600,11 +600,13 @@ async def test_granted_and_cancelled_in_the_same_instant_is_undone(
     or TPM spent, not counted as admitted."""
     m = Mailbox("p", rpm=60, tpm=600, max_concurrency=1)
     waits: Waits = []
+    m.admit_nowait(Permit(100.0)).release(actual_tokens=100)
     holder = m.admit_nowait(Permit(100.0))
+    permit = Permit(50.0)
 
     async def cancelled_waiter(scope: trio.CancelScope) -> None:
         with scope:
-            await m.admit(Permit(50.0), on_wait=lambda *w: waits.append(w))
+            await m.admit(permit, on_wait=lambda *w: waits.append(w))
 
     async with trio.open_nursery() as nursery:
         scope = trio.CancelScope()
@@ -617,7 +619,8 @@ async def test_granted_and_cancelled_in_the_same_instant_is_undone(
         assert m.in_flight == 1
 
     after = m.statistics()
-    assert (after.in_flight, after.admitted) == (0, 1)
+    assert (after.in_flight, after.admitted) == (0, 2)
+    assert not permit.held
     assert (after.rpm_tokens, after.tpm_tokens) == (before.rpm_tokens, before.tpm_tokens)
     assert waits == [(0.0, "concurrency", "cancelled")]
 
@@ -727,3 +730,16 @@ async def test_a_suspension_ends_at_its_instant(autojump_clock: trio.testing.Moc
         m.try_admit(Permit(), now=49.999)
     assert m.try_admit(Permit(), now=50.0) is not None
     assert m.suspended_until is None
+
+
+async def test_rpm_within_the_slack_is_not_what_holds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With RPM 1e-9 short of a token (within the slack) and TPM empty, TPM is named as
+    what holds the request."""
+    m = Mailbox("p", rpm=60, rpm_burst=1, tpm=60, tpm_burst=10, now=0.0)
+    m.admit_nowait(Permit(10.0), now=0.0)
+    waits: Waits = []
+    with trio.move_on_after(100.0):
+        await m.admit(Permit(2.0), now=1.0 - 1e-9, on_wait=lambda *w: waits.append(w))
+    assert [w[1:] for w in waits] == [("tpm", "cancelled")]

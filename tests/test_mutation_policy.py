@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -116,3 +117,13 @@ def test_builtin_strategies_compare_by_name_and_threshold() -> None:
     assert len({a, BuiltinStrategy("least-cost", 0.3), BuiltinStrategy("fallback")}) == 2
     plan = a([PRICED], Needs(), {}, 0.0, random.Random(0))
     assert [c.target for c in plan.targets] == ["a:m"]
+
+
+def test_an_unknown_strategy_lists_the_built_in_ones() -> None:
+    """BuiltinStrategy with an unknown name is a ValueError naming it and the five."""
+    with pytest.raises(ValueError) as info:
+        BuiltinStrategy("cheapest")  # type: ignore[arg-type]
+    assert str(info.value) == (
+        "unknown strategy 'cheapest'; the built-in ones: "
+        "fallback, weighted, least-latency, least-cost, least-busy"
+    )
