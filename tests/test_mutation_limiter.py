@@ -332,7 +332,7 @@ async def test_suspension_fails_the_waiting_and_refuses_until_it_ends(
     """A pause past max_pause suspends: the waiting fail with RateLimited (not retryable,
     retry_after the time left, counted as refused), new requests too, until it ends."""
     await trio.sleep(10.0)
-    m = Mailbox("acme", max_concurrency=1, max_pause=60.0)
+    m = Mailbox("acme", max_concurrency=1, max_pause=30.0)
     errors: list[RateLimited] = []
 
     async def waiter() -> None:
@@ -350,7 +350,7 @@ async def test_suspension_fails_the_waiting_and_refuses_until_it_ends(
         await trio.testing.wait_all_tasks_blocked()
         assert m.suspended_until == 110.0
         assert m.suspension == (
-            "the provider asked to wait: 100s, longer than max_retry_after (60s), "
+            "the provider asked to wait: 100s, longer than max_retry_after (30s), "
             "so the provider is out of routing until then"
         )
         assert m.statistics().refused == 2
