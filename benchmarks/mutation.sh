@@ -81,6 +81,10 @@ if [ $survivors = 1 ]; then
     rm -rf "$prev"
     mv "$work" "$prev"
 fi
+if [ -n "${MUTATION_ONLY:-}" ]; then
+    # A file of mutant names (one a line, as `mutmut results` prints them): run only those.
+    mapfile -t rerun < <(sed -E 's/^ +//; s/: .*$//' "$MUTATION_ONLY" | grep .)
+fi
 rm -rf "$work"
 mkdir -p "$work"
 git ls-files -z --cached --others --exclude-standard \
@@ -101,10 +105,11 @@ with open(path, "a", encoding="utf-8") as f:
         'also_copy = ["providers/", "tests/", "docs/", "README.md"]\n'
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]\n'
-        # A mutant gets 15 times the test's clean run time plus 5 s before it counts
-        # as a timeout (a loop that never ends); the machine may be loaded.
-        "timeout_multiplier = 15.0\n"
-        "timeout_constant = 5.0\n"
+        # A mutant's tests get 2 x 5 x (their clean run time + 2 s) of CPU time before
+        # it counts as a timeout (a loop that never ends); CPU time, so a loaded
+        # machine does not turn slow kills into timeouts.
+        "timeout_multiplier = 5.0\n"
+        "timeout_constant = 2.0\n"
     )
 EOF
 
@@ -121,14 +126,21 @@ elapsed=$(($(date +%s) - start))
 env -u PYTHONPATH mutmut export-cicd-stats >/dev/null
 echo "survivors (mutmut show NAME, in $work):"
 env -u PYTHONPATH mutmut results | grep -v ': killed$' || true
-python - "$module" "$elapsed" "${tests[*]}" "$base_killed" "${#rerun[@]}" <<'EOF'
+python - "$module" "$elapsed" "${tests[*]}" "$base_killed" "${#rerun[@]}" "${MUTATION_ONLY:-}" <<'EOF'
 import json
 import sys
 
-module, elapsed, tests, base_killed, reran = sys.argv[1:]
+module, elapsed, tests, base_killed, reran, only = sys.argv[1:]
 s = json.load(open("mutants/mutmut-cicd-stats.json", encoding="utf-8"))
 total = s["total"] - s["skipped"]
 killed, timeout = s["killed"], s["timeout"]
+if only:
+    print(
+        f"router/_{module}.py: of the {reran} mutants named in {only}: {killed} killed, "
+        f"{timeout} timeout, {s['survived']} survived, {s['no_tests']} no tests; "
+        f"{elapsed} s; tests: {tests}"
+    )
+    sys.exit()
 if int(reran):
     # This session ran only those mutants; every other one was killed last time.
     print(f"reran the {reran} mutants the last session did not kill ({base_killed} it did)")

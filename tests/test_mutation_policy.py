@@ -127,3 +127,20 @@ def test_an_unknown_strategy_lists_the_built_in_ones() -> None:
         "unknown strategy 'cheapest'; the built-in ones: "
         "fallback, weighted, least-latency, least-cost, least-busy"
     )
+
+
+def test_panic_orders_the_unhealthy_by_the_strategy() -> None:
+    """In panic, the unhealthy targets are ordered by the route's strategy too: cheapest
+    first for least-cost, each marked panic."""
+    dear = Candidate(provider="a", model="m", index=0, input_price=5.0, output_price=5.0)
+    cheap = Candidate(provider="b", model="m", index=1, input_price=1.0, output_price=1.0)
+    down = TargetHealth(status="unhealthy", reason="circuit open")
+    plan = BuiltinStrategy("least-cost")(
+        [dear, cheap],
+        Needs(input_tokens=10, output_tokens=10),
+        {"a": down, "b": down},
+        0.0,
+        random.Random(0),
+    )
+    assert plan.panic
+    assert [(c.target, c.panic) for c in plan.targets] == [("b:m", True), ("a:m", True)]
