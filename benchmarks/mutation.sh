@@ -104,13 +104,24 @@ with open(path, "a", encoding="utf-8") as f:
         f"only_mutate = [{json.dumps(source)}]\n"
         'also_copy = ["providers/", "tests/", "docs/", "README.md"]\n'
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]\n'
-        # A mutant's tests get 2 x 5 x (their clean run time + 2 s) of CPU time before
-        # it counts as a timeout (a loop that never ends); CPU time, so a loaded
-        # machine does not turn slow kills into timeouts.
-        "timeout_multiplier = 5.0\n"
-        "timeout_constant = 2.0\n"
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-p", "tests._mutation_profile"]\n'
+        # A mutant's tests get 10 x (their clean run time + 5 s) of wall-clock time (and
+        # twice that of CPU time) before it counts as a timeout (a loop that never
+        # ends); generous, because the machine may be loaded.
+        "timeout_multiplier = 10.0\n"
+        "timeout_constant = 5.0\n"
     )
+EOF
+
+# mutmut's trampolines slow every call of the module several times over: hypothesis's
+# 200 ms deadline would fail tests for their speed, not their behaviour.  Off, in the copy.
+cat >"$work/tests/_mutation_profile.py" <<'EOF'
+"""Loaded by benchmarks/mutation.sh (pytest -p): no hypothesis deadlines under mutmut."""
+
+from hypothesis import settings
+
+settings.register_profile("mutation", deadline=None)
+settings.load_profile("mutation")
 EOF
 
 cd "$work"

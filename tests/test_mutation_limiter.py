@@ -743,3 +743,26 @@ async def test_rpm_within_the_slack_is_not_what_holds(
     with trio.move_on_after(100.0):
         await m.admit(Permit(2.0), now=1.0 - 1e-9, on_wait=lambda *w: waits.append(w))
     assert [w[1:] for w in waits] == [("tpm", "cancelled")]
+
+
+async def test_queued_costs_add_up_and_refusals_report_their_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two queued requests both count in a newcomer's expected wait; a queued request
+    failed by close() reports the seconds it waited and what held it."""
+    await trio.sleep(5.0)
+    m = Mailbox("p", tpm=600, tpm_burst=1000)  # 10 tokens/s
+    waits: Waits = []
+
+    async def body(nursery: trio.Nursery) -> None:
+        m.admit_nowait(Permit(1000.0)).release(actual_tokens=1000)
+        await nursery.start(queue_one, m, waits, Permit(100.0))
+        await nursery.start(queue_one, m, waits, Permit(100.0))
+        await trio.testing.wait_all_tasks_blocked()
+        assert m.expected_wait(100.0, now=5.0) == 30.0
+        await trio.sleep(1.0)
+        m.close(Overloaded("actor crashed", provider="p"))
+        await trio.testing.wait_all_tasks_blocked()
+
+    await serving(m, body)
+    assert waits == [(1.0, "tpm", "refused"), (1.0, "tpm", "refused")]
