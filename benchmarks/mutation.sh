@@ -66,6 +66,10 @@ if [ $survivors = 1 ]; then
         echo "no finished session in $work: run benchmarks/mutation.sh $module first" >&2
         exit 2
     fi
+    if [ -e "$work/.mutation-only" ]; then
+        echo "the last session of $module ran named mutants only (MUTATION_ONLY)" >&2
+        exit 2
+    fi
     if ! cmp -s "router/_$module.py" "$work/router/_$module.py"; then
         echo "router/_$module.py changed since the last session: run it afresh" >&2
         exit 2
@@ -123,6 +127,10 @@ from hypothesis import settings
 settings.register_profile("mutation", deadline=None)
 settings.load_profile("mutation")
 EOF
+
+if [ -n "${MUTATION_ONLY:-}" ]; then
+    touch "$work/.mutation-only"
+fi
 
 cd "$work"
 start=$(date +%s)
