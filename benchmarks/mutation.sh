@@ -3,6 +3,7 @@
 # Not part of CI: run it by hand after `pip install '.[test,mutation]'`.
 #
 #   benchmarks/mutation.sh MODULE [TEST_FILE ...]
+#   benchmarks/mutation.sh --survivors MODULE [TEST_FILE ...]
 #
 # MODULE is policy, limiter, health, race or budget: router/_MODULE.py is mutated, and
 # each mutant is run against the test files given, by default tests/test_MODULE.py plus
@@ -11,9 +12,20 @@
 # working tree is never mutated and two modules can run side by side; every run starts
 # afresh.  Afterwards, in that directory: `mutmut results` lists the survivors,
 # `mutmut show NAME` shows one.  The last line printed is the score.
+#
+# --survivors reruns, in a fresh copy, only the mutants the last session of MODULE did
+# not kill (survivors, timeouts, mutants no test reached), against the tests as they are
+# now, and scores the module as the last session's kills plus this run's.  That holds
+# while router/_MODULE.py is unchanged (checked) and tests were only added.  The last
+# session is kept in .mutation/MODULE.prev/.
 set -euo pipefail
 
-usage="usage: benchmarks/mutation.sh {policy|limiter|health|race|budget} [TEST_FILE ...]"
+usage="usage: benchmarks/mutation.sh [--survivors] {policy|limiter|health|race|budget} [TEST_FILE ...]"
+survivors=0
+if [ "${1:-}" = --survivors ]; then
+    survivors=1
+    shift
+fi
 module=${1:-}
 case $module in
     policy | limiter | health | race | budget) ;;
@@ -46,6 +58,29 @@ for t in "${tests[@]}"; do
 done
 
 work="$root/.mutation/$module"
+rerun=()
+base_killed=0
+if [ $survivors = 1 ]; then
+    prev="$root/.mutation/$module.prev"
+    if [ ! -f "$work/mutants/mutmut-cicd-stats.json" ]; then
+        echo "no finished session in $work: run benchmarks/mutation.sh $module first" >&2
+        exit 2
+    fi
+    if ! cmp -s "router/_$module.py" "$work/router/_$module.py"; then
+        echo "router/_$module.py changed since the last session: run it afresh" >&2
+        exit 2
+    fi
+    mapfile -t rerun < <(cd "$work" && env -u PYTHONPATH mutmut results --all true \
+        | grep -v ': killed$' | sed -E 's/^ +//; s/: .*$//')
+    base_killed=$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["killed"])' \
+        "$work/mutants/mutmut-cicd-stats.json")
+    if [ ${#rerun[@]} -eq 0 ]; then
+        echo "the last session of $module killed every mutant"
+        exit 0
+    fi
+    rm -rf "$prev"
+    mv "$work" "$prev"
+fi
 rm -rf "$work"
 mkdir -p "$work"
 git ls-files -z --cached --others --exclude-standard \
@@ -55,6 +90,7 @@ git ls-files -z --cached --others --exclude-standard \
 # The session's configuration: one module, its tests; appended to the copy's pyproject.
 python - "$work/pyproject.toml" "router/_$module.py" "${tests[@]}" <<'EOF'
 import json
+import os
 import sys
 
 path, source, *tests = sys.argv[1:]
@@ -65,7 +101,10 @@ with open(path, "a", encoding="utf-8") as f:
         f"only_mutate = [{json.dumps(source)}]\n"
         'also_copy = ["providers/", "tests/", "docs/", "README.md"]\n'
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]\n'
+        # MUTATION_PYTEST_ARGS: more pytest arguments for every run of the session,
+        # e.g. "--deselect tests/test_x.py::test_slow_property".
+        "pytest_add_cli_args = "
+        f"{json.dumps(['-p', 'no:cacheprovider', '-q', *os.environ.get('MUTATION_PYTEST_ARGS', '').split()])}\n"
         # A mutant gets 15 times the test's clean run time plus 5 s before it counts
         # as a timeout (a loop that never ends); the machine may be loaded.
         "timeout_multiplier = 15.0\n"
@@ -77,7 +116,7 @@ cd "$work"
 start=$(date +%s)
 # PYTHONPATH unset: the mutated copy (mutants/) must be what the tests import.
 if ! env -u PYTHONPATH nice -n 15 mutmut run --max-children "${MUTATION_CHILDREN:-1}" \
-    </dev/null >mutmut-run.log 2>&1; then
+    "${rerun[@]}" </dev/null >mutmut-run.log 2>&1; then
     tr '\r' '\n' <mutmut-run.log | tail -40 >&2
     echo "mutmut run failed; its output is in $work/mutmut-run.log" >&2
     exit 1
@@ -86,14 +125,18 @@ elapsed=$(($(date +%s) - start))
 env -u PYTHONPATH mutmut export-cicd-stats >/dev/null
 echo "survivors (mutmut show NAME, in $work):"
 env -u PYTHONPATH mutmut results | grep -v ': killed$' || true
-python - "$module" "$elapsed" "${tests[*]}" <<'EOF'
+python - "$module" "$elapsed" "${tests[*]}" "$base_killed" "${#rerun[@]}" <<'EOF'
 import json
 import sys
 
-module, elapsed, tests = sys.argv[1:]
+module, elapsed, tests, base_killed, reran = sys.argv[1:]
 s = json.load(open("mutants/mutmut-cicd-stats.json", encoding="utf-8"))
 total = s["total"] - s["skipped"]
 killed, timeout = s["killed"], s["timeout"]
+if int(reran):
+    # This session ran only those mutants; every other one was killed last time.
+    print(f"reran the {reran} mutants the last session did not kill ({base_killed} it did)")
+    killed += int(base_killed)
 print(
     f"router/_{module}.py: {killed} killed + {timeout} timeout of {total} "
     f"({s['survived']} survived, {s['no_tests']} no tests, {s['suspicious']} suspicious); "

@@ -28,8 +28,11 @@ from providers import (
     Overloaded,
     ServerError,
 )
+from router import open_router
 from router._policy import Candidate
 from router._race import AttemptRecord, HedgeCounters, Race
+from router.config import HedgeConfig, ProviderConfig, RouteConfig, RouterConfig
+from router.testing import MockProvider
 
 Script = Callable[[AttemptRecord], Awaitable[str]]
 
@@ -481,3 +484,21 @@ async def test_the_observer_hears_of_skipped_targets_but_not_of_a_hedge_with_non
         ("a", "won"),
         ("b", "skipped"),
     ]
+
+
+async def test_a_hedged_routes_statistics_before_its_first_request(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Before any request, a hedged route's statistics show no delay in force (None,
+    as documented) and nothing sent or not sent."""
+    pc = ProviderConfig(kind="mock")
+    config = RouterConfig(
+        providers={"a": pc, "b": pc},
+        routes={"r": RouteConfig(targets=["a:m", "b:m"], hedge=HedgeConfig(delay=0.5))},
+    )
+    mocks = {n: MockProvider(name=n) for n in ("a", "b")}
+    async with open_router(config, providers=mocks) as router:
+        hedging = router.statistics().hedging["r"]
+    assert hedging.delay is None
+    assert (hedging.sent, hedging.not_sent_budget) == (0, 0)
+    assert (hedging.not_sent_deadline, hedging.not_sent_no_target) == (0, 0)
