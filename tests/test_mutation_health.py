@@ -232,3 +232,116 @@ def test_a_half_open_success_with_no_probe_in_flight_is_ignored() -> None:
     assert breaker.state(5.1) == "half_open"  # one real probe is not enough
     breaker.record_success(5.2)
     assert breaker.state(5.2) == "closed"
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def test_a_window_of_a_second_or_less_is_one_bucket() -> None:
+    """ErrorWindow(window=0.5) and (window=1.0) are one bucket each: what was recorded
+    falls out as soon as the next bucket starts (at 0.5 s and 1.0 s)."""
+    half = ErrorWindow(window=0.5)
+    half.record_failure("Timeout", 0.3)
+    assert (half.failures(0.49), half.failures(0.5)) == (1, 0)
+    one = ErrorWindow(window=1.0)
+    one.record_failure("Timeout", 0.7)
+    assert (one.failures(0.99), one.failures(1.0)) == (1, 0)
+
+
+def test_a_bucket_ends_where_the_division_says_when_the_product_falls_short() -> None:
+    """3 · 0.7 is 2.0999999999999996 as a float, and floor(that / 0.7) is 2: the bucket
+    that started at 1.4 s still holds there, and ends at 2.1 s exactly."""
+    errors = ErrorWindow(window=0.7)  # one bucket, 0.7 s wide
+    errors.record_failure("Timeout", 1.5)  # bucket 2
+    assert errors.failures(3 * 0.7) == 1
+    assert errors.failures(2.1) == 0
+
+
+def test_evicting_successes_takes_them_out_once() -> None:
+    """A success counts for its window, then never again: after it falls out (60 s) and
+    its bucket is reused and evicted again (120 s), successes are 0, not negative."""
+    errors = ErrorWindow()
+    errors.record_success(0.0)
+    errors.record_success(0.5)
+    assert errors.successes(59.0) == 2
+    assert errors.successes(60.0) == 0
+    assert errors.successes(120.0) == 0
+    errors.record_success(120.0)
+    assert errors.successes(120.0) == 1
+
+
+def test_identical_latencies_in_one_bucket_are_evicted_together() -> None:
+    """Three equal samples in one time bucket all fall out together: count 3, then 0."""
+    stats = LatencyStats()
+    for _ in range(3):
+        stats.record(0.5, now=1.0)
+    assert stats.count(59.0) == 3
+    assert stats.count(60.0) == 0
+    assert stats.percentile(0.5, now=60.0) is None
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def test_each_probe_outcome_frees_exactly_its_own_slot() -> None:
+    """Three probes in flight: a success leaves two in flight (one more may not start:
+    2 + 1 = 3), a cancel leaves one (one more may start)."""
+    breaker = CircuitBreaker(BreakerConfig(minimum_calls=1, open_duration=5.0, half_open_probes=3))
+    breaker.record_failure(0.0)
+    assert [breaker.allow(5.0) for _ in range(4)] == [True, True, True, False]
+    breaker.record_success(5.1)
+    assert breaker.snapshot(5.1).probes_in_flight == 2
+    assert breaker.allow(5.1) is False
+    breaker.record_cancelled(5.2)
+    assert breaker.snapshot(5.2).probes_in_flight == 1
+    assert breaker.allow(5.2) is True
+    assert breaker.allow(5.2) is False
+
+
+def test_a_stray_cancel_while_half_open_frees_nothing() -> None:
+    """Half-open with no probe in flight, record_cancelled changes nothing: the breaker
+    still admits exactly half_open_probes probes."""
+    breaker = CircuitBreaker(BreakerConfig(minimum_calls=1, open_duration=5.0, half_open_probes=1))
+    breaker.record_failure(0.0)
+    assert breaker.state(5.0) == "half_open"
+    breaker.record_cancelled(5.0)
+    assert breaker.snapshot(5.0).probes_in_flight == 0
+    assert [breaker.allow(5.0), breaker.allow(5.0)] == [True, False]
+
+
+def test_a_cancel_after_the_open_period_turns_the_breaker_half_open() -> None:
+    """record_cancelled past retry_at applies the due open → half-open transition."""
+    events: list[tuple[str, str, float]] = []
+    breaker = CircuitBreaker(
+        BreakerConfig(minimum_calls=1, open_duration=5.0),
+        on_transition=lambda old, new, t: events.append((old, new, t)),
+    )
+    breaker.record_failure(0.0)
+    breaker.record_cancelled(6.0)
+    assert events[-1] == ("open", "half_open", 5.0)
+
+
+def test_force_open_forgets_the_probes_in_flight() -> None:
+    """Forcing a half-open breaker open drops its probes: the snapshot shows none in
+    flight, and after the forced period it admits a full set again."""
+    breaker = CircuitBreaker(BreakerConfig(minimum_calls=1, open_duration=5.0, half_open_probes=2))
+    breaker.record_failure(0.0)
+    assert breaker.allow(5.0) is True
+    breaker.force_open(5.0, 10.0)
+    snap = breaker.snapshot(5.0)
+    assert (snap.state, snap.probes_in_flight, snap.open_until) == ("open", 0, 15.0)
+    assert [breaker.allow(15.0), breaker.allow(15.0), breaker.allow(15.0)] == [True, True, False]
+
+
+def test_consecutive_trips_count_each_reopening() -> None:
+    """A failed probe is trip 2, then trip 3: consecutive_trips counts them, and the
+    open periods back off 5, 10, 20 s."""
+    breaker = CircuitBreaker(BreakerConfig(minimum_calls=1, open_duration=5.0, half_open_probes=1))
+    breaker.record_failure(0.0)
+    assert (breaker.snapshot(0.0).consecutive_trips, breaker.retry_at) == (1, 5.0)
+    assert breaker.allow(5.0)
+    breaker.record_failure(5.0)
+    assert (breaker.snapshot(5.0).consecutive_trips, breaker.retry_at) == (2, 15.0)
+    assert breaker.allow(15.0)
+    breaker.record_failure(15.0)
+    assert (breaker.snapshot(15.0).consecutive_trips, breaker.retry_at) == (3, 35.0)
