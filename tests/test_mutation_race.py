@@ -27,6 +27,7 @@ from providers import (
     NoRoute,
     Overloaded,
     ServerError,
+    Usage,
 )
 from router import open_router
 from router._policy import Candidate
@@ -502,3 +503,69 @@ async def test_a_hedged_routes_statistics_before_its_first_request(
     assert hedging.delay is None
     assert (hedging.sent, hedging.not_sent_budget) == (0, 0)
     assert (hedging.not_sent_deadline, hedging.not_sent_no_target) == (0, 0)
+
+
+def spending(text: str | None, after: float, tokens: int, error: LLMError | None = None) -> Script:
+    """A target that is sent ``tokens`` prompt tokens (after 0.1 s queued), then answers
+    ``text`` (with usage and a cost) or raises ``error`` after ``after`` seconds."""
+
+    async def run(record: AttemptRecord) -> str:
+        record.queued = 0.1
+        record.sent_tokens = tokens
+        await trio.sleep(after)
+        if error is not None:
+            raise error
+        assert text is not None
+        record.usage = Usage(input_tokens=tokens, output_tokens=3)
+        record.cost = 0.25
+        return text
+
+    return run
+
+
+async def test_the_trace_counts_what_each_loser_wasted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The public trace: the winner and a skipped target waste nothing; a failed attempt
+    and a cancelled loser waste the prompt tokens they were sent; each carries its
+    model, usage, cost and time queued."""
+    race = Scripted(
+        {
+            "a": spending(None, 0.5, 100, ServerError("boom")),
+            "b": answer("never", 1.0),
+            "c": spending("c", 1.0, 200),
+            "d": spending("d", 5.0, 300),
+        },
+        delay=0.75,
+        skip={"b": "paused"},
+    )
+    result, _ = await race.run()
+    assert (result, trio.current_time()) == ("c", 1.5)
+    attempts = race.trace(0.0)
+    assert [(a.provider, a.model, a.outcome, a.wasted_tokens) for a in attempts] == [
+        ("a", "m", "failed", 100),
+        ("b", "m", "skipped", 0),
+        ("c", "m", "won", 0),
+        ("d", "m", "cancelled", 300),
+    ]
+    won = attempts[2]
+    assert (won.usage, won.cost, won.queued) == (
+        Usage(input_tokens=200, output_tokens=3),
+        0.25,
+        0.1,
+    )
+    assert (won.start, won.end, won.hedge_delay) == (0.5, 1.5, 0.75)
+
+
+def test_a_record_frozen_before_its_attempt_ends_reads_as_cancelled() -> None:
+    """AttemptRecord.freeze on a record with no outcome yet gives outcome "cancelled"
+    (and wastes what it was sent)."""
+    record = AttemptRecord(Candidate(provider="a", model="m"), "primary", 2.0)
+    record.sent_tokens = 40
+    attempt = record.freeze(1.0)
+    assert (attempt.outcome, attempt.wasted_tokens, attempt.start, attempt.end) == (
+        "cancelled",
+        40,
+        1.0,
+        None,
+    )
