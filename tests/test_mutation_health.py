@@ -345,3 +345,14 @@ def test_consecutive_trips_count_each_reopening() -> None:
     assert breaker.allow(15.0)
     breaker.record_failure(15.0)
     assert (breaker.snapshot(15.0).consecutive_trips, breaker.retry_at) == (3, 35.0)
+
+
+def test_failures_of_one_kind_in_one_bucket_fall_out_together() -> None:
+    """Two Timeouts and a ServerError in the same second: all three count until 61 s,
+    then none does, and counts() is empty (not left with phantom failures)."""
+    errors = ErrorWindow()
+    errors.record_failure("Timeout", 1.0)
+    errors.record_failure("Timeout", 1.5)
+    errors.record_failure("ServerError", 1.5)
+    assert errors.counts(60.5) == {"Timeout": 2, "ServerError": 1}
+    assert (errors.failures(61.0), errors.counts(61.0), errors.error_rate(61.0)) == (0, {}, 0.0)
