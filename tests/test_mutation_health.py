@@ -289,6 +289,9 @@ def test_each_probe_outcome_frees_exactly_its_own_slot() -> None:
     breaker = CircuitBreaker(BreakerConfig(minimum_calls=1, open_duration=5.0, half_open_probes=3))
     breaker.record_failure(0.0)
     assert [breaker.allow(5.0) for _ in range(4)] == [True, True, True, False]
+    breaker.record_cancelled(5.05)  # one of three: two left in flight
+    assert breaker.snapshot(5.05).probes_in_flight == 2
+    assert breaker.allow(5.05) is True  # its slot is free again: three in flight
     breaker.record_success(5.1)
     assert breaker.snapshot(5.1).probes_in_flight == 2
     assert breaker.allow(5.1) is False
