@@ -150,6 +150,10 @@ class Scripted(Race[str]):
         self.budget -= 1
         return True
 
+    def fails_over(self, exc: LLMError) -> bool:
+        # As the router's race: a context-length error moves on to a larger window.
+        return exc.retryable or isinstance(exc, ContextLengthExceeded)
+
     def retry_delay(self, record: AttemptRecord, exc: LLMError, retry: int) -> float | None:
         self.asked.append((record.candidate.provider, retry))
         return self.retries[retry - 1] if retry <= len(self.retries) else None
@@ -569,3 +573,14 @@ def test_a_record_frozen_before_its_attempt_ends_reads_as_cancelled() -> None:
         1.0,
         None,
     )
+
+
+async def test_a_hedge_expected_to_finish_exactly_at_the_deadline_is_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The caller's deadline is 10 s; at 0.5 s b is expected to take 9.5 s, finishing
+    exactly at the deadline: that fits, so the hedge goes out (and wins at 2.5 s)."""
+    race = Scripted({"a": answer("a", 20.0), "b": answer("b", 2.0)}, delay=0.5, latency={"b": 9.5})
+    with trio.move_on_at(10.0):
+        result, winner = await race.run()
+    assert (result, winner.kind, trio.current_time()) == ("b", "hedge", 2.5)
