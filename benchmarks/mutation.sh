@@ -98,6 +98,7 @@ git ls-files -z --cached --others --exclude-standard \
 # The session's configuration: one module, its tests; appended to the copy's pyproject.
 python - "$work/pyproject.toml" "router/_$module.py" "${tests[@]}" <<'EOF'
 import json
+import os
 import sys
 
 path, source, *tests = sys.argv[1:]
@@ -108,7 +109,10 @@ with open(path, "a", encoding="utf-8") as f:
         f"only_mutate = [{json.dumps(source)}]\n"
         'also_copy = ["providers/", "tests/", "docs/", "README.md"]\n'
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-p", "tests._mutation_profile"]\n'
+        # MUTATION_PYTEST_ARGS: more pytest arguments for every run of the session,
+        # e.g. "--deselect tests/test_x.py::test_slow_property".
+        "pytest_add_cli_args = "
+        f"{json.dumps(['-p', 'no:cacheprovider', '-q', '-p', 'tests._mutation_profile', *os.environ.get('MUTATION_PYTEST_ARGS', '').split()])}\n"
         # A mutant's tests get 10 x (their clean run time + 5 s) of wall-clock time (and
         # twice that of CPU time) before it counts as a timeout (a loop that never
         # ends); generous, because the machine may be loaded.

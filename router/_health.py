@@ -523,8 +523,7 @@ class CircuitBreaker:
             self._window.add(now, failed=True)
             self._maybe_trip(now)
         elif self._state == "half_open" and self._in_flight:
-            self._in_flight -= 1
-            self._open(now)
+            self._open(now)  # a probe failed: reopen (which frees every probe slot)
 
     def record_cancelled(self, now: float) -> None:
         """A call admitted by :meth:`allow` ended without a verdict: free its probe slot."""
@@ -596,8 +595,7 @@ class CircuitBreaker:
     def _close(self, now: float) -> None:
         old = self._state
         self._state = "closed"
-        self._trips = 0
-        self._duration = 0.0
+        self._trips = 0  # the next trip's duration starts again from open_duration
         self._in_flight = self._probe_successes = 0
         self._window._clear()
         if old != "closed":
