@@ -416,14 +416,15 @@ class Gateway:
                     f"no endpoint {inbound.method[:10]} {inbound.path[:100]}", status=404
                 )
             method, endpoint = route
-            if inbound.method != method:
+            # HEAD is GET without the body (RFC 9110): the server drops the body.
+            if inbound.method != method and not (method == "GET" and inbound.method == "HEAD"):
                 reply = self.error_reply(
                     dialect,
                     _failure(405),
                     f"{inbound.path} takes {method}, not {inbound.method[:10]}",
                     request_id,
                 )
-                reply.headers.append((b"allow", method.encode()))
+                reply.headers.append((b"allow", b"GET, HEAD" if method == "GET" else b"POST"))
                 return reply
             deadline = self._deadline(inbound)
             if deadline is None:
@@ -935,6 +936,15 @@ class GatewayApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         gateway = self.gateway
         limit = gateway.settings.max_body_bytes
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        announced = headers.get("content-length")
+        if announced is not None and announced.isdigit() and int(announced) > limit:
+            # Refused before a byte of it is read (and before hypercorn answers an
+            # ``Expect: 100-continue`` with a 100, inviting the upload).
+            reply = gateway.body_too_large(scope["path"], int(announced))
+            assert reply is not None
+            await _send_reply(send, reply)
+            return
         parts: list[bytes] = []
         size = 0
         while True:
@@ -955,7 +965,7 @@ class GatewayApp:
         inbound = Inbound(
             scope["method"],
             scope["path"],
-            {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
+            headers,
             b"".join(parts),
             client[0] if client else None,
         )

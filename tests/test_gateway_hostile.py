@@ -1,0 +1,130 @@
+"""The gateway against a hostile client, over real loopback sockets (hypercorn's trio
+worker in the test's nursery, as tests/test_gateway.py runs it): malformed bodies that
+must be 400s naming the field (never a 500), a body announced larger than the limit,
+HEAD requests.
+"""
+
+from __future__ import annotations
+
+import httpx
+import trio
+
+from router.config import GatewayConfig
+from tests.test_gateway import running_gateway
+
+DEEP = 5000  # deeper than the interpreter's recursion limit (1000)
+
+
+MESSAGES = '[{"role":"user","content":"hi"}]'
+
+
+def _chat(extra: str) -> str:
+    """A body to the route ``fast`` with ``extra`` (raw JSON members) after its messages."""
+    return '{"model":"fast","messages":' + MESSAGES + extra + "}"
+
+
+def _nested(depth: int) -> str:
+    return '{"a":' * depth + "1" + "}" * depth
+
+
+async def test_malformed_bodies_are_400s_in_the_vendor_shape_naming_the_field() -> None:
+    """JSON nested past the recursion limit (in a schema, in a tool's parameters, in an
+    Anthropic tool's input schema) and integers beyond 64 bits are 400s in the
+    endpoint's error shape, never a 500 or a 502 blamed on the upstream; a field of the
+    wrong type is named in OpenAI's ``param``."""
+    deep = _nested(DEEP)
+    openai_cases: list[tuple[str, str | None]] = [
+        (
+            _chat(
+                ',"response_format":{"type":"json_schema","json_schema":{"schema":' + deep + "}}"
+            ),
+            None,
+        ),
+        (
+            _chat(
+                ',"tools":[{"type":"function","function":{"name":"f","parameters":' + deep + "}}]"
+            ),
+            None,
+        ),
+        (_chat(',"max_tokens":1' + "0" * 400), "max_tokens"),
+        (_chat(',"seed":1' + "0" * 30), "seed"),
+        (_chat(',"stream":"yes"'), "stream"),
+        (_chat(',"tools":[{"type":"function","function":{"name":1}}]'), "tools[0].function.name"),
+        (_chat(',"bogus":1'), "bogus"),
+    ]
+    anthropic_cases = [
+        _chat(',"max_tokens":10,"tools":[{"name":"f","input_schema":' + deep + "}]"),
+        _chat(',"max_tokens":1' + "0" * 400),
+    ]
+    async with running_gateway() as gw, httpx.AsyncClient() as client:
+        for body, param in openai_cases:
+            response = await client.post(
+                f"{gw.url}/v1/chat/completions",
+                content=body.encode(),
+                headers={"content-type": "application/json"},
+            )
+            assert response.status_code == 400, (body[:80], response.text[:300])
+            error = response.json()["error"]
+            assert error["type"] == "invalid_request_error"
+            assert error["param"] == param, (body[:80], error)
+        for body in anthropic_cases:
+            response = await client.post(
+                f"{gw.url}/v1/messages",
+                content=body.encode(),
+                headers={"content-type": "application/json"},
+            )
+            assert response.status_code == 400, (body[:80], response.text[:300])
+            assert response.json()["error"]["type"] == "invalid_request_error"
+        assert not gw.upstream.requests  # nothing of it reached a provider
+
+
+async def _raw(url: str, head: bytes) -> bytes:
+    """Send ``head`` (a request without its body) and read the answer (3 s at most)."""
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    received = b""
+    with trio.fail_after(3):
+        await stream.send_all(head)
+        while b"\r\n0\r\n\r\n" not in received:
+            data = await stream.receive_some()
+            if not data:
+                break
+            received += data
+    await stream.aclose()
+    return received
+
+
+async def test_a_body_announced_over_the_limit_is_a_413_before_it_is_sent() -> None:
+    """A ``content-length`` over ``max_body_bytes`` is answered with the 413 at once,
+    without waiting for the body (with ``Expect: 100-continue`` too, after hypercorn's
+    own ``100``)."""
+    async with running_gateway(GatewayConfig(port=0, max_body_bytes=1000)) as gw:
+        for extra in (b"", b"expect: 100-continue\r\n"):
+            received = await _raw(
+                gw.url,
+                b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"content-length: 100000000\r\n" + extra + b"\r\n",
+            )
+            if extra:  # hypercorn's own interim answer, then ours
+                assert received.startswith(b"HTTP/1.1 100 "), received[:200]
+                received = received.partition(b"\r\n\r\n")[2]
+            assert received.startswith(b"HTTP/1.1 413"), received[:200]
+            assert b"request_too_large" in received
+            assert b"1000 bytes" in received
+
+
+async def test_head_is_answered_like_get_without_a_body() -> None:
+    """HEAD on the GET endpoints (a load balancer's probe) is a 200 with GET's headers
+    and no body; a 405 names both methods in ``allow``."""
+    async with running_gateway() as gw, httpx.AsyncClient() as client:
+        for path in ("/healthz", "/readyz", "/v1/models"):
+            response = await client.head(f"{gw.url}{path}")
+            assert response.status_code == 200, path
+            assert response.headers["content-type"] == "application/json"
+            assert response.content == b""
+        wrong = await client.post(f"{gw.url}/v1/models")
+        assert wrong.status_code == 405
+        assert wrong.headers["allow"] == "GET, HEAD"
+        head = await client.head(f"{gw.url}/v1/chat/completions")
+        assert head.status_code == 405
+        assert head.headers["allow"] == "POST"
