@@ -1,16 +1,18 @@
 """The gateway against a hostile client, over real loopback sockets (hypercorn's trio
 worker in the test's nursery, as tests/test_gateway.py runs it): malformed bodies that
 must be 400s naming the field (never a 500), a body announced larger than the limit,
-HEAD requests.
+HEAD requests, what an unauthenticated prober of a keyed gateway learns.
 """
 
 from __future__ import annotations
 
 import httpx
+import pytest
 import trio
 
 from router.config import GatewayConfig
 from tests.test_gateway import running_gateway
+from tests.test_gateway_keys import KEY_A, bearer, keyed_config, open_gateway, send
 
 DEEP = 5000  # deeper than the interpreter's recursion limit (1000)
 
@@ -128,3 +130,19 @@ async def test_head_is_answered_like_get_without_a_body() -> None:
         head = await client.head(f"{gw.url}/v1/chat/completions")
         assert head.status_code == 405
         assert head.headers["allow"] == "POST"
+
+
+async def test_readyz_with_keys_names_the_providers_only_to_a_key_holder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With gateway keys (a gateway reachable from anywhere), the open ``/readyz`` tells
+    an anonymous or wrong-keyed prober ready or not, but not the providers' names; a
+    caller with a valid key gets them."""
+    monkeypatch.setenv("TEAM_A_KEY", KEY_A)
+    async with open_gateway(keyed_config()) as gw:
+        for headers in ({}, bearer("sk-not-a-key-0123456789")):
+            got = await send(gw, "/readyz", headers=headers, method="GET", client="203.0.113.9")
+            assert (got.status, got.body) == (200, {"status": "ready"})
+        got = await send(gw, "/readyz", headers=bearer(KEY_A), method="GET", client="203.0.113.9")
+        assert got.status == 200
+        assert got.body == {"status": "ready", "providers": {"a": "healthy", "b": "healthy"}}

@@ -704,13 +704,24 @@ class Gateway:
         request_id: str,
         deadline: float | None,
     ) -> Reply:
-        """``GET /readyz``: 200 while at least one provider is not unhealthy, else 503."""
+        """``GET /readyz``: 200 while at least one provider is not unhealthy, else 503.
+
+        It is open, also with gateway keys; there, only a caller with a key is told the
+        providers' names and health (the others learn ready or not, nothing more).
+        """
         await trio.lowlevel.checkpoint()
         health = {name: h.status for name, h in self.router.health().items()}
         ready = any(status != "unhealthy" for status in health.values())
-        body = msgspec.json.encode(
-            {"status": "ready" if ready else "unavailable", "providers": health}
-        )
+        status = "ready" if ready else "unavailable"
+        keys = self.keys
+        if keys is not None:
+            try:
+                keys.identify(inbound.headers)
+            except BadRequest:
+                return Reply(
+                    200 if ready else 503, list(_JSON), msgspec.json.encode({"status": status})
+                )
+        body = msgspec.json.encode({"status": status, "providers": health})
         return Reply(200 if ready else 503, list(_JSON), body)
 
     async def metrics(
