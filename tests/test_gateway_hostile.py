@@ -6,11 +6,19 @@ HEAD requests, what an unauthenticated prober of a keyed gateway learns.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+from typing import Any
+
 import httpx
+import msgspec
 import pytest
 import trio
+import trio.testing
 
-from router.config import GatewayConfig
+from router import open_router
+from router.config import GatewayConfig, ProviderConfig, RouterConfig
+from router.gateway import GatewayApp
+from router.testing import MockProvider
 from tests.test_gateway import running_gateway
 from tests.test_gateway_keys import KEY_A, bearer, keyed_config, open_gateway, send
 
@@ -146,3 +154,54 @@ async def test_readyz_with_keys_names_the_providers_only_to_a_key_holder(
         got = await send(gw, "/readyz", headers=bearer(KEY_A), method="GET", client="203.0.113.9")
         assert got.status == 200
         assert got.body == {"status": "ready", "providers": {"a": "healthy", "b": "healthy"}}
+
+
+async def _stalled(app: GatewayApp, scope: dict[str, Any]) -> list[MutableMapping[str, Any]]:
+    """Run ``app`` on a request whose client sends ``{"mo`` of its body, then stalls;
+    return what the app sent."""
+    sent: list[MutableMapping[str, Any]] = []
+    pieces = [{"type": "http.request", "body": b'{"mo', "more_body": True}]
+
+    async def receive() -> MutableMapping[str, Any]:
+        if pieces:
+            return pieces.pop()
+        await trio.sleep_forever()
+        raise AssertionError  # pragma: no cover
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+async def test_a_body_trickled_past_body_timeout_is_a_408_at_that_moment(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A client that sends part of its body and stalls (announced ``content-length`` not
+    reached, or a chunked body) gets a 408 exactly ``body_timeout`` after its first piece,
+    instead of holding its connection and task for ever."""
+    config = RouterConfig(
+        providers={"m": ProviderConfig(kind="mock")},
+        gateway=GatewayConfig(body_timeout=7.0),
+    )
+    async with open_router(config, providers={"m": MockProvider()}) as router:
+        app = GatewayApp(router, config)
+        length: list[tuple[bytes, bytes]]
+        for path, length in (
+            ("/v1/chat/completions", [(b"content-length", b"100")]),
+            ("/v1/messages", []),  # chunked
+        ):
+            scope = {"type": "http", "method": "POST", "path": path, "headers": length}
+            t0 = trio.current_time()
+            with trio.fail_after(60):  # virtual seconds: without the timeout, for ever
+                sent = await _stalled(app, scope)
+            assert trio.current_time() - t0 == 7.0
+            assert sent[0]["status"] == 408
+            body = msgspec.json.decode(sent[1]["body"])
+            error = body["error"]
+            assert "7 seconds" in error["message"]
+            if path == "/v1/messages":
+                assert (body["type"], error["type"]) == ("error", "timeout_error")
+            else:
+                assert error["code"] == "body_timeout"

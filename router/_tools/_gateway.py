@@ -197,6 +197,7 @@ _ANTHROPIC_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "timeout_error",
     413: "request_too_large",
     429: "rate_limit_error",
     500: "api_error",
@@ -210,6 +211,7 @@ _OPENAI_TYPES = {
     403: "permission_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
@@ -453,6 +455,16 @@ class Gateway:
             dialect,
             _failure(413),
             f"the request body exceeds the gateway's limit of {limit} bytes",
+            self._request_id(),
+        )
+
+    def body_too_slow(self, path: str) -> Reply:
+        """The 408 for a request body not received within ``gateway.body_timeout``."""
+        dialect: Dialect = "anthropic" if path == "/v1/messages" else "openai"
+        return self.error_reply(
+            dialect,
+            _failure(408, "body_timeout"),
+            f"the request body did not arrive within {self.settings.body_timeout:g} seconds",
             self._request_id(),
         )
 
@@ -956,28 +968,44 @@ class GatewayApp:
             assert reply is not None
             await _send_reply(send, reply)
             return
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        body = message.get("body", b"")
+        if len(body) > limit:
+            reply = gateway.body_too_large(scope["path"], len(body))
+            assert reply is not None
+            await _send_reply(send, reply)
+            return
+        if message.get("more_body", False):
+            rest: bytes | int | None
+            if announced is not None and announced.isdigit() and len(body) == int(announced):
+                # All of it came at once (the usual case): only its end is to come, and
+                # hypercorn has it already.  No scope.
+                rest = await _read_rest(receive, body, limit)
+            else:
+                # The rest must come within ``body_timeout``: a client trickling it would
+                # hold its connection and its task for ever.
+                rest = None
+                with trio.move_on_after(gateway.settings.body_timeout) as waited:
+                    rest = await _read_rest(receive, body, limit)
+                if waited.cancelled_caught:
+                    await _send_reply(send, gateway.body_too_slow(scope["path"]))
+                    return
+            if rest is None:  # the client went away
                 return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                reply = gateway.body_too_large(scope["path"], size)
+            if isinstance(rest, int):
+                reply = gateway.body_too_large(scope["path"], rest)
                 assert reply is not None
                 await _send_reply(send, reply)
                 return
-            parts.append(chunk)
-            if not message.get("more_body", False):
-                break
+            body = rest
         client = scope.get("client")
         inbound = Inbound(
             scope["method"],
             scope["path"],
             headers,
-            b"".join(parts),
+            body,
             client[0] if client else None,
         )
         gateway.in_flight += 1
@@ -992,6 +1020,24 @@ class GatewayApp:
                 nursery.cancel_scope.cancel()
         finally:
             gateway.in_flight -= 1
+
+
+async def _read_rest(receive: Receive, first: bytes, limit: int) -> bytes | int | None:
+    """The whole body, from its ``first`` piece on; its size so far when it passes
+    ``limit``; ``None`` when the client disconnects."""
+    parts = [first]
+    size = len(first)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return size
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
