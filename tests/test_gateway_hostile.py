@@ -6,6 +6,7 @@ HEAD requests, what an unauthenticated prober of a keyed gateway learns.
 
 from __future__ import annotations
 
+import math
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -14,11 +15,15 @@ import msgspec
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
+from providers import RateLimited
 from router import open_router
-from router.config import GatewayConfig, ProviderConfig, RouterConfig
+from router._tools._gateway import MAX_RETRY_AFTER, retry_after_header
+from router.config import GatewayConfig, ProviderConfig, RetryConfig, RouterConfig
 from router.gateway import GatewayApp
-from router.testing import MockProvider
+from router.testing import MockProvider, MockResponse
 from tests.test_gateway import running_gateway
 from tests.test_gateway_keys import KEY_A, bearer, keyed_config, open_gateway, send
 
@@ -31,6 +36,10 @@ MESSAGES = '[{"role":"user","content":"hi"}]'
 def _chat(extra: str) -> str:
     """A body to the route ``fast`` with ``extra`` (raw JSON members) after its messages."""
     return '{"model":"fast","messages":' + MESSAGES + extra + "}"
+
+
+def _chat_to(model: str) -> bytes:
+    return ('{"model":"' + model + '","messages":' + MESSAGES + "}").encode()
 
 
 def _nested(depth: int) -> str:
@@ -205,3 +214,34 @@ async def test_a_body_trickled_past_body_timeout_is_a_408_at_that_moment(
                 assert (body["type"], error["type"]) == ("error", "timeout_error")
             else:
                 assert error["code"] == "body_timeout"
+
+
+@given(
+    st.none()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.integers(min_value=0, max_value=10**300).map(float)
+)
+def test_retry_after_is_always_a_whole_number_of_seconds_in_range(wait: float | None) -> None:
+    """Invariant: whatever wait a refusal gives (None, NaN, negative, infinite, huge),
+    ``retry-after`` is an integer from 1 to a year, and never early (>= the wait)."""
+    seconds = int(retry_after_header(wait))
+    assert 1 <= seconds <= MAX_RETRY_AFTER
+    if wait is not None and 0 <= wait <= MAX_RETRY_AFTER:
+        assert seconds >= wait
+
+
+async def test_an_upstream_retry_after_of_infinity_is_a_429_not_a_crash() -> None:
+    """An upstream's ``retry-after: inf`` (which the adapters' parser passes on as
+    ``inf``) is answered with the 429 and a year's ``retry-after``, not an
+    OverflowError out of the gateway (a bare 500)."""
+    config = RouterConfig(
+        providers={"m": ProviderConfig(kind="mock", retry=RetryConfig(max_attempts=1))}
+    )
+    refusal = RateLimited("slow down", provider="m", retry_after=math.inf)
+    mock = MockProvider(name="m", default=MockResponse(error=refusal))
+    async with open_router(config, providers={"m": mock}) as router:
+        app = GatewayApp(router, config)
+        got = await send(app.gateway, "/v1/chat/completions", _chat_to("m:x"))
+        assert got.status == 429
+        assert got.headers["retry-after"] == str(MAX_RETRY_AFTER)
+        assert got.body["error"]["code"] == "rate_limit_exceeded"

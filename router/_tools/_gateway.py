@@ -288,6 +288,23 @@ def failure(exc: LLMError) -> Failure:
     return _failure(500)
 
 
+#: The longest ``retry-after`` the gateway sends: a year (a monthly spend cap's reset
+#: fits; an upstream's ``retry-after: inf`` becomes this).
+MAX_RETRY_AFTER = 365 * 86400
+
+
+def retry_after_header(wait: float | None) -> bytes:
+    """``retry-after`` for a refusal that gives ``wait`` seconds: whole seconds, rounded
+    up (a client must not come back early), at least 1, at most :data:`MAX_RETRY_AFTER`.
+
+    ``wait`` comes from upstream headers too: ``None``, NaN or a negative number is 1,
+    infinity or anything huge is :data:`MAX_RETRY_AFTER` (never an arithmetic error).
+    """
+    if wait is None or not wait >= 0:
+        return b"1"
+    return str(max(1, math.ceil(min(wait, MAX_RETRY_AFTER)))).encode()
+
+
 def _attempts(exc: LLMError, scrub: Scrubber) -> list[dict[str, Any]]:
     """The attempt summary an error body carries: who was tried, and what became of it."""
     return [
@@ -487,10 +504,7 @@ class Gateway:
             headers = [*_JSON, (b"x-request-id", request_id.encode())]
         headers.append((b"x-llm-router-request-id", request_id.encode()))
         if f.status == 429:
-            # Whole seconds, rounded up (a client must not come back early), at least 1.
-            wait = f.retry_after if f.retry_after is not None else 1.0
-            seconds = max(1, int(wait) + (wait % 1 > 0))
-            headers.append((b"retry-after", str(seconds).encode()))
+            headers.append((b"retry-after", retry_after_header(f.retry_after)))
         return Reply(f.status, headers, body)
 
     def llm_error_reply(self, dialect: Dialect, exc: LLMError, request_id: str) -> Reply:
