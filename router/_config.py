@@ -675,6 +675,8 @@ class GatewayConfig(_Config, frozen=True):
     ``grace``             10.0           seconds in-flight requests and streams get to
                                          finish after SIGTERM/SIGINT; then cancelled
     ``max_body_bytes``    16 MiB         a larger request body is refused with a 413
+    ``body_timeout``      30.0           seconds a client has to send the rest of a body
+                                         that did not come in one piece; then a 408
     ``max_timeout``       None           the longest ``x-request-timeout`` accepted
                                          (seconds); ``None``: any
     ``default_timeout``   None           the deadline of a request without
@@ -693,6 +695,7 @@ class GatewayConfig(_Config, frozen=True):
     port: int = 4000
     grace: float = 10.0
     max_body_bytes: int = 16 * 2**20
+    body_timeout: float = 30.0
     max_timeout: float | None = None
     default_timeout: float | None = None
     #: Gateway keys by name (``[gateway.keys.NAME]``): without any, loopback only.
@@ -707,6 +710,11 @@ class GatewayConfig(_Config, frozen=True):
             yield ("grace",), f"must be a finite number of seconds >= 0, got {self.grace}"
         if self.max_body_bytes < 1:
             yield ("max_body_bytes",), f"must be >= 1, got {self.max_body_bytes}"
+        if not _finite(self.body_timeout, strict=True):
+            yield (
+                ("body_timeout",),
+                f"must be a positive finite number of seconds, got {self.body_timeout}",
+            )
         for name in ("max_timeout", "default_timeout"):
             value = getattr(self, name)
             if value is not None and not _finite(value, strict=True):

@@ -165,8 +165,8 @@ def body(**fields: Any) -> bytes:
     [
         ({"n": 2}, "n must be 1", "n"),
         ({"presence_penalty": 0.5}, "presence_penalty", "presence_penalty"),
-        ({"bogus": 1}, "unknown field `bogus`", None),
-        ({"max_tokens": "x"}, "`$.max_tokens`", None),
+        ({"bogus": 1}, "unknown field `bogus`", "bogus"),
+        ({"max_tokens": "x"}, "`$.max_tokens`", "max_tokens"),
         ({"stream_options": {"include_usage": True}}, "only allowed when stream", "stream_options"),
         (
             {"messages": [{"role": "tool", "content": "x"}]},

@@ -197,6 +197,7 @@ _ANTHROPIC_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "timeout_error",
     413: "request_too_large",
     429: "rate_limit_error",
     500: "api_error",
@@ -210,6 +211,7 @@ _OPENAI_TYPES = {
     403: "permission_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
@@ -284,6 +286,23 @@ def failure(exc: LLMError) -> Failure:
     ):
         return _failure(502, "upstream_error")
     return _failure(500)
+
+
+#: The longest ``retry-after`` the gateway sends: a year (a monthly spend cap's reset
+#: fits; an upstream's ``retry-after: inf`` becomes this).
+MAX_RETRY_AFTER = 365 * 86400
+
+
+def retry_after_header(wait: float | None) -> bytes:
+    """``retry-after`` for a refusal that gives ``wait`` seconds: whole seconds, rounded
+    up (a client must not come back early), at least 1, at most :data:`MAX_RETRY_AFTER`.
+
+    ``wait`` comes from upstream headers too: ``None``, NaN or a negative number is 1,
+    infinity or anything huge is :data:`MAX_RETRY_AFTER` (never an arithmetic error).
+    """
+    if wait is None or not wait >= 0:
+        return b"1"
+    return str(max(1, math.ceil(min(wait, MAX_RETRY_AFTER)))).encode()
 
 
 def _attempts(exc: LLMError, scrub: Scrubber) -> list[dict[str, Any]]:
@@ -416,14 +435,15 @@ class Gateway:
                     f"no endpoint {inbound.method[:10]} {inbound.path[:100]}", status=404
                 )
             method, endpoint = route
-            if inbound.method != method:
+            # HEAD is GET without the body (RFC 9110): the server drops the body.
+            if inbound.method != method and not (method == "GET" and inbound.method == "HEAD"):
                 reply = self.error_reply(
                     dialect,
                     _failure(405),
                     f"{inbound.path} takes {method}, not {inbound.method[:10]}",
                     request_id,
                 )
-                reply.headers.append((b"allow", method.encode()))
+                reply.headers.append((b"allow", b"GET, HEAD" if method == "GET" else b"POST"))
                 return reply
             deadline = self._deadline(inbound)
             if deadline is None:
@@ -455,6 +475,16 @@ class Gateway:
             self._request_id(),
         )
 
+    def body_too_slow(self, path: str) -> Reply:
+        """The 408 for a request body not received within ``gateway.body_timeout``."""
+        dialect: Dialect = "anthropic" if path == "/v1/messages" else "openai"
+        return self.error_reply(
+            dialect,
+            _failure(408, "body_timeout"),
+            f"the request body did not arrive within {self.settings.body_timeout:g} seconds",
+            self._request_id(),
+        )
+
     def error_reply(
         self,
         dialect: Dialect,
@@ -474,10 +504,7 @@ class Gateway:
             headers = [*_JSON, (b"x-request-id", request_id.encode())]
         headers.append((b"x-llm-router-request-id", request_id.encode()))
         if f.status == 429:
-            # Whole seconds, rounded up (a client must not come back early), at least 1.
-            wait = f.retry_after if f.retry_after is not None else 1.0
-            seconds = max(1, int(wait) + (wait % 1 > 0))
-            headers.append((b"retry-after", str(seconds).encode()))
+            headers.append((b"retry-after", retry_after_header(f.retry_after)))
         return Reply(f.status, headers, body)
 
     def llm_error_reply(self, dialect: Dialect, exc: LLMError, request_id: str) -> Reply:
@@ -703,13 +730,24 @@ class Gateway:
         request_id: str,
         deadline: float | None,
     ) -> Reply:
-        """``GET /readyz``: 200 while at least one provider is not unhealthy, else 503."""
+        """``GET /readyz``: 200 while at least one provider is not unhealthy, else 503.
+
+        It is open, also with gateway keys; there, only a caller with a key is told the
+        providers' names and health (the others learn ready or not, nothing more).
+        """
         await trio.lowlevel.checkpoint()
         health = {name: h.status for name, h in self.router.health().items()}
         ready = any(status != "unhealthy" for status in health.values())
-        body = msgspec.json.encode(
-            {"status": "ready" if ready else "unavailable", "providers": health}
-        )
+        status = "ready" if ready else "unavailable"
+        keys = self.keys
+        if keys is not None:
+            try:
+                keys.identify(inbound.headers)
+            except BadRequest:
+                return Reply(
+                    200 if ready else 503, list(_JSON), msgspec.json.encode({"status": status})
+                )
+        body = msgspec.json.encode({"status": status, "providers": health})
         return Reply(200 if ready else 503, list(_JSON), body)
 
     async def metrics(
@@ -935,28 +973,53 @@ class GatewayApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         gateway = self.gateway
         limit = gateway.settings.max_body_bytes
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        announced = headers.get("content-length")
+        if announced is not None and announced.isdigit() and int(announced) > limit:
+            # Refused before a byte of it is read (and before hypercorn answers an
+            # ``Expect: 100-continue`` with a 100, inviting the upload).
+            reply = gateway.body_too_large(scope["path"], int(announced))
+            assert reply is not None
+            await _send_reply(send, reply)
+            return
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        body = message.get("body", b"")
+        if len(body) > limit:
+            reply = gateway.body_too_large(scope["path"], len(body))
+            assert reply is not None
+            await _send_reply(send, reply)
+            return
+        if message.get("more_body", False):
+            rest: bytes | int | None
+            if announced is not None and announced.isdigit() and len(body) == int(announced):
+                # All of it came at once (the usual case): only its end is to come, and
+                # hypercorn has it already.  No scope.
+                rest = await _read_rest(receive, body, limit)
+            else:
+                # The rest must come within ``body_timeout``: a client trickling it would
+                # hold its connection and its task for ever.
+                rest = None
+                with trio.move_on_after(gateway.settings.body_timeout) as waited:
+                    rest = await _read_rest(receive, body, limit)
+                if waited.cancelled_caught:
+                    await _send_reply(send, gateway.body_too_slow(scope["path"]))
+                    return
+            if rest is None:  # the client went away
                 return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                reply = gateway.body_too_large(scope["path"], size)
+            if isinstance(rest, int):
+                reply = gateway.body_too_large(scope["path"], rest)
                 assert reply is not None
                 await _send_reply(send, reply)
                 return
-            parts.append(chunk)
-            if not message.get("more_body", False):
-                break
+            body = rest
         client = scope.get("client")
         inbound = Inbound(
             scope["method"],
             scope["path"],
-            {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
-            b"".join(parts),
+            headers,
+            body,
             client[0] if client else None,
         )
         gateway.in_flight += 1
@@ -971,6 +1034,24 @@ class GatewayApp:
                 nursery.cancel_scope.cancel()
         finally:
             gateway.in_flight -= 1
+
+
+async def _read_rest(receive: Receive, first: bytes, limit: int) -> bytes | int | None:
+    """The whole body, from its ``first`` piece on; its size so far when it passes
+    ``limit``; ``None`` when the client disconnects."""
+    parts = [first]
+    size = len(first)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return size
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:

@@ -51,7 +51,7 @@ from providers import (
     UsageEvent,
 )
 
-from ._gateway_wire import BadRequest, decode_body, sse_event
+from ._gateway_wire import BadRequest, Int64, decode_body, sse_event
 
 __all__ = [
     "EventEncoder",
@@ -134,7 +134,7 @@ class _ToolChoice(_Wire):
 
 class _Thinking_(_Wire):
     type: Literal["enabled", "disabled"]
-    budget_tokens: int | None = None
+    budget_tokens: Int64 | None = None
 
 
 class _Format(_Wire):
@@ -154,13 +154,13 @@ class _MessagesBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A Messages body: Anthropic refuses unknown top-level fields, so do we."""
 
     model: str
-    max_tokens: int
+    max_tokens: Int64
     messages: list[_MessageBody]
     system: str | list[_Text] | None = None
     stream: bool | None = None
     temperature: float | None = None
     top_p: float | None = None
-    top_k: int | None = None
+    top_k: Int64 | None = None
     stop_sequences: list[str] | None = None
     tools: list[_ToolDef] | None = None
     tool_choice: _ToolChoice | None = None

@@ -58,7 +58,7 @@ from providers import (
 # argument strings, read defensively exactly as the adapters read them.
 from providers._types import parse_tool_arguments
 
-from ._gateway_wire import BadRequest, decode_body, sse_data
+from ._gateway_wire import BadRequest, Int64, decode_body, sse_data
 
 __all__ = [
     "IGNORED",
@@ -194,13 +194,13 @@ class _ChatBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     messages: list[_MessageBody]
     stream: bool | None = None
     stream_options: _StreamOptions | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    max_tokens: Int64 | None = None
+    max_completion_tokens: Int64 | None = None
     temperature: float | None = None
     top_p: float | None = None
-    n: int | None = None
+    n: Int64 | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
     tools: list[_ToolDef] | None = None
     tool_choice: Literal["none", "auto", "required"] | _NamedChoice | None = None
     response_format: _ResponseFormat | None = None
@@ -231,7 +231,7 @@ class _ChatBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class _EmbeddingBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     model: str
     input: str | list[str]
-    dimensions: int | None = None
+    dimensions: Int64 | None = None
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
 

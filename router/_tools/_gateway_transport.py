@@ -135,7 +135,10 @@ class GatewayTransport(httpx.AsyncBaseTransport, httpx2.AsyncBaseTransport):
 def _response(
     reply: Reply, request: httpx.Request | httpx2.Request, stream: _ReplyStream | None = None
 ) -> httpx.Response | httpx2.Response:
-    """The reply as a response of the request's own package (httpx's or httpx2's)."""
+    """The reply as a response of the request's own package (httpx's or httpx2's); a
+    HEAD request's has no body, as over HTTP."""
+    if request.method == "HEAD":
+        reply = Reply(reply.status, reply.headers)
     if isinstance(request, httpx.Request):
         if stream is None:
             return httpx.Response(
