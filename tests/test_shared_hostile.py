@@ -127,3 +127,35 @@ async def test_a_call_that_ends_while_local_frees_its_lease_when_redis_is_back(
         assert decision is not None
         assert (decision.granted, decision.hold) == (1, ""), decision.hold
         nursery.cancel_scope.cancel()
+
+
+async def test_keys_of_the_wrong_type_do_not_flap_shared_limits(
+    redis_server: RedisServer,
+) -> None:
+    """Someone writes a string where the leases and live-process sets live, and garbage
+    where the RPM bucket lives: the scripts replace what is not theirs and decide as
+    usual (an empty key), rather than failing every call — which switched the process
+    to local limits and back at each heartbeat, one extra burst each time."""
+    url = redis_server.url
+    client = SharedClient(SharedConfig(redis_url=url, prefix="typo", timeout=1.0), url)
+    async with client, trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        assert client.shared
+        gate = ProviderGate(
+            client, "p", rpm=60, tpm=None, rpm_burst=2, tpm_burst=None, max_concurrency=2
+        )
+        cli = ["redis-cli", "-p", str(redis_server.port)]
+        await trio.run_process([*cli, "set", "typo:{p}:leases", "x"], capture_stdout=True)
+        await trio.run_process([*cli, "set", "typo:{p}:rpm", "garbage"], capture_stdout=True)
+        await trio.run_process([*cli, "set", "typo:processes", "x"], capture_stdout=True)
+        assert await client._beat()
+        gate.leases.add("some-lease")
+        await trio.run_process([*cli, "set", "typo:{p}:leases", "x"], capture_stdout=True)
+        await gate.heartbeat()  # renews into a string: must not fail
+        await trio.run_process([*cli, "set", "typo:{p}:leases", "x"], capture_stdout=True)
+        decision = await gate.admit([1, 1, 1])
+        assert decision is not None
+        assert (decision.granted, decision.hold) == (2, "concurrency")
+        assert client.shared
+        assert client.statistics().failures == 0
+        nursery.cancel_scope.cancel()
