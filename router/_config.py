@@ -730,12 +730,15 @@ class GatewayConfig(_Config, frozen=True):
             )
 
 
-_URL_PASSWORD = re.compile(r"(?<=://)[^@/]*@")
+# The userinfo up to its *last* '@' (a password may hold one), and the ``password``
+# query parameter (coredis authenticates with it too).
+_URL_PASSWORD = re.compile(r"(?<=://)[^/?#]*@")
+_URL_QUERY_PASSWORD = re.compile(r"(?<=[?&]password=)[^&#]*")
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its credentials (``user:password@``) shown as ``***@``."""
-    return _URL_PASSWORD.sub("***@", url)
+    """``url`` with its credentials (``user:password@``, ``?password=``) shown as ``***``."""
+    return _URL_QUERY_PASSWORD.sub("***", _URL_PASSWORD.sub("***@", url))
 
 
 class SharedConfig(_Config, frozen=True):

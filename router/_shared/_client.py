@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import secrets
 from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 import coredis
 import coredis.exceptions
@@ -56,6 +57,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("trio_llm_router")
+
+#: The ``password`` query parameter's values (coredis authenticates with them too).
+_QUERY_PASSWORD = re.compile(r"(?:^|&)password=([^&#]*)")
 
 #: A process silent for this many heartbeats is no longer counted as alive.
 HEARTBEATS_TO_DIE = 3
@@ -130,8 +134,9 @@ class SharedClient:
         self._rng = rng or random.Random()
         parts = urlsplit(url)
         hidden = [url, redact_url(url)]
-        if parts.password:
-            hidden += [parts.password, unquote(parts.password)]
+        for password in (parts.password, *_QUERY_PASSWORD.findall(parts.query)):
+            if password:
+                hidden += [password, unquote(password), unquote_plus(password)]
         self._scrub = Scrubber([h for h in hidden if h])
         self._shown = redact_url(url)
         self._redis: coredis.Redis[bytes] = coredis.Redis.from_url(

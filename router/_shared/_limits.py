@@ -130,6 +130,8 @@ class ProviderGate:
         """
         if self._mailbox is not None:
             self._mailbox.share(shared, processes)
+        if shared and self._freed:
+            self._pending.set()  # leases queued while Redis was away go now
 
     async def heartbeat(self) -> None:
         """Renew this process's leases (their expiry moves to now + lease_time)."""
@@ -154,8 +156,15 @@ class ProviderGate:
         args.extend(math.ceil(c) for c in costs)
         try:
             reply = await self.client.call(self._admit, self._keys, self._head(base) + args)
-        except SharedUnavailable:
-            return None
+        except BaseException as exc:
+            # No answer (late past the bound, or the caller cancelled): the script may
+            # still have run, taking leases nobody here knows of.  Free them, and the
+            # leases this call was to free, with the next round trip (freeing a lease
+            # that does not exist does nothing).
+            self._lost(args, base, len(costs))
+            if isinstance(exc, SharedUnavailable):
+                return None
+            raise
         granted, hold, retry_us = int(reply[0]), int(reply[1]), int(reply[2])
         leases: list[str] = []
         if self._max_concurrency:
@@ -174,6 +183,18 @@ class ProviderGate:
             lease_prefix,
         ]
 
+    def _lost(self, args: Sequence[object], lease_prefix: str, n: int) -> None:
+        """A round trip with release ``args`` (and ``n`` requests to admit under
+        ``lease_prefix``) got no answer: queue its lease ids again.  Its TPM and RPM
+        corrections are not: applied twice they would admit more than the limits."""
+        freed = [str(a) for a in args[3 : 3 + int(str(args[2]))]]
+        if self._max_concurrency and n:
+            freed += [f"{lease_prefix}{i}" for i in range(1, n + 1)]
+        if freed:
+            self._freed.extend(freed)
+            if self.client.shared:
+                self._pending.set()  # else they go when Redis is back (switched)
+
     def _release_args(self) -> list[object]:
         """The queued releases, as admit.lua's release arguments (the queue is emptied)."""
         freed = self._freed
@@ -189,15 +210,15 @@ class ProviderGate:
         """A call ended: free ``lease`` (``""``: none) and charge ``tokens`` more TPM
         (negative: refund).  Queued; never waits.
 
-        While limits are local nothing is queued: the lease expires by itself after
-        ``lease_time``, and the tokens are not reconciled (docs/scaling.md).
+        While limits are local only the lease is queued (it is freed when Redis is
+        back, or expires after ``lease_time`` if Redis restarted); the tokens are not
+        reconciled (docs/scaling.md).
         """
         if lease:
             self.leases.discard(lease)
+            self._freed.append(lease)
         if not self.client.shared:
             return
-        if lease:
-            self._freed.append(lease)
         self._tpm_delta += tokens
         self._pending.set()
 
@@ -229,6 +250,10 @@ class ProviderGate:
                 if self._freed or self._tpm_delta or self._rpm_refund:
                     args = self._release_args()
                     args.append(0)
-                    await self.client.call(self._admit, self._keys, self._head("") + args)
+                    try:
+                        await self.client.call(self._admit, self._keys, self._head("") + args)
+                    except BaseException:
+                        self._lost(args, "", 0)
+                        raise
             except SharedUnavailable:
                 pass

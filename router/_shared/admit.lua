@@ -20,10 +20,15 @@ local rpm_refund, tpm_delta = tonumber(ARGV[8]), tonumber(ARGV[9])
 local r = tonumber(ARGV[10])
 local n = tonumber(ARGV[11 + r])
 
+-- A key of ours holding another type (someone wrote under the prefix) is replaced, not
+-- failed on: failing would switch every process to local limits at each call.
+local function own(key, kind)
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= kind and found ~= 'none' then redis.call('DEL', key) end
+end
 local function load(key)
-  local v = redis.call('GET', key)
-  if v then return tonumber(v) end
-  return 0
+  own(key, 'string')
+  return tonumber(redis.call('GET', key)) or 0  -- missing or not a number: full
 end
 local function store(key, tat)
   if tat > now then
@@ -43,6 +48,7 @@ end
 if tpm_i > 0 and tpm_delta ~= 0 then
   ttat = math.max(now, math.max(ttat, now) + tpm_delta * tpm_i)
 end
+if r > 0 or maxc > 0 then own(KEYS[3], 'zset') end
 for i = 1, r do
   redis.call('ZREM', KEYS[3], ARGV[10 + i])
 end
