@@ -512,6 +512,28 @@ class Gateway:
         extra = {"attempts": _attempts(exc, self._scrub)} if exc.attempts else None
         return self.error_reply(dialect, failure(exc), str(exc), request_id, extra=extra)
 
+    def _streamed(
+        self,
+        events: RouterStream,
+        model: str,
+        encoder: openai.ChunkEncoder | anthropic.EventEncoder,
+        dialect: Dialect,
+        deadline: float | None,
+        request_id: str,
+    ) -> Reply:
+        """The reply of a committed stream: SSE headers (the dialect's request-id header,
+        the router's headers), then the encoded events as the body."""
+        id_header = b"x-request-id" if dialect == "openai" else b"request-id"
+        headers = [
+            *_SSE,
+            (id_header, request_id.encode()),
+            *_router_headers(
+                request_id, events.provider, model.partition(":")[2], len(events.attempts)
+            ),
+        ]
+        chunks = _Chunks(events, encoder, self, dialect, deadline, encoder.start())
+        return Reply(200, headers, chunks=chunks)
+
     def _answered(
         self,
         dialect: Dialect,
@@ -632,15 +654,7 @@ class Gateway:
         events = await self._open_stream(caller, call.request, stack)
         model = _stream_model(events)
         encoder = openai.ChunkEncoder(completion_id, model, include_usage=call.include_usage)
-        chunks = _Chunks(events, encoder, self, "openai", deadline, encoder.start())
-        headers = [
-            *_SSE,
-            (b"x-request-id", request_id.encode()),
-            *_router_headers(
-                request_id, events.provider, model.partition(":")[2], len(events.attempts)
-            ),
-        ]
-        return Reply(200, headers, chunks=chunks)
+        return self._streamed(events, model, encoder, "openai", deadline, request_id)
 
     async def messages(
         self,
@@ -660,15 +674,7 @@ class Gateway:
         events = await self._open_stream(caller, call.request, stack)
         model = _stream_model(events)
         encoder = anthropic.EventEncoder(message_id, model)
-        chunks = _Chunks(events, encoder, self, "anthropic", deadline, encoder.start())
-        headers = [
-            *_SSE,
-            (b"request-id", request_id.encode()),
-            *_router_headers(
-                request_id, events.provider, model.partition(":")[2], len(events.attempts)
-            ),
-        ]
-        return Reply(200, headers, chunks=chunks)
+        return self._streamed(events, model, encoder, "anthropic", deadline, request_id)
 
     async def embeddings(
         self,
