@@ -278,6 +278,8 @@ class Mailbox:
         self._limits = (rpm, tpm, rpm_burst, tpm_burst, max_concurrency)
         self._gate: ProviderGate | None = None
         self._shared = False
+        #: A caller's own question to Redis is on the wire (:meth:`_ask_shared`).
+        self._asking = False
 
     # -- admission ----------------------------------------------------------------------
 
@@ -404,6 +406,38 @@ class Mailbox:
             permit, trio.current_time(), decision.leases[0] if decision.leases else ""
         )
 
+    async def _ask_shared(self, permit: Permit) -> bool:
+        """Ask Redis for ``permit`` from the caller's own task; whether it was granted.
+
+        While shared limits decide, a request that finds nobody queued and no question
+        of this mailbox's own on the wire asks at once, without the hop through the
+        loop's task and back (two passes through the run loop, measurable per
+        request).  Requests arriving meanwhile queue behind it and the loop asks for
+        none of them until it is answered (it is the head); then they are batched as
+        ever.  Refused, it returns ``False`` and the caller queues at the head.
+
+        A caller cancelled while its question is on the wire does not learn the
+        answer: its lease, if one was taken, is freed (:meth:`ProviderGate.admit`), its
+        RPM and TPM charge stays (counted, never over-admitted; docs/scaling.md).
+        """
+        gate = self._gate
+        assert gate is not None
+        self._asking = True
+        try:
+            decision = await gate.admit([permit.cost])
+        finally:
+            self._asking = False
+            if self._queue:
+                self._changed.set()  # those who queued meanwhile are asked for now
+        if decision is None or not decision.granted:
+            return False
+        lease = decision.leases[0] if decision.leases else ""
+        if self._closed is not None:
+            gate.undo(lease, permit.cost)
+            raise self._closed
+        self._grant_shared(permit, trio.current_time(), lease)
+        return True
+
     def _grant_shared(self, permit: P, now: float, lease: str) -> P:
         """Redis granted ``permit`` (with ``lease``, ``""`` for none): it is in flight."""
         self._in_flight += 1
@@ -453,6 +487,22 @@ class Mailbox:
             # No schedule point here: the caller sends the request next, which yields;
             # an extra pass through the run loop per request is measurable over HTTP.
             return self._grant(permit, now)
+        first = False
+        if (
+            self._shared
+            and not self._queue
+            and not self._asking
+            and (self._paused_until is None or now >= self._paused_until)
+        ):
+            if await self._ask_shared(permit):
+                return permit
+            # Not granted (or Redis went away): it queues, ahead of whoever queued while
+            # it asked, and the loop asks again and acts on the hold.
+            first = True
+            now = trio.current_time()
+            self._check(cost, now)
+            if not self._queue and not self._shared and self._can_admit(cost, now):
+                return self._grant(permit, now)
         if len(self._queue) >= self._max_queue:
             raise self._refuse(f"the queue is full ({self._max_queue} waiting)")
         deadline = trio.current_effective_deadline()
@@ -466,11 +516,14 @@ class Mailbox:
                 retryable=False,
             )
         # Behind others, a request is held by whatever holds the head.
-        held_by = self._queue[0].held_by if self._queue else self._holding(cost, now)
+        held_by = self._queue[0].held_by if self._queue and not first else self._holding(cost, now)
         waiter = _Waiter(permit, held_by, deadline)
-        self._queue.append(waiter)
+        if first:
+            self._queue.appendleft(waiter)
+        else:
+            self._queue.append(waiter)
         self._queued_cost += cost
-        if not self._shared or len(self._queue) == 1:
+        if not self._shared or len(self._queue) == 1 or first:
             # Shared limits: a request behind the head changes nothing until the head
             # goes, so only a new head wakes the loop (each wake-up asks Redis).
             self._changed.set()
@@ -789,7 +842,9 @@ class Mailbox:
         while True:
             self._changed = trio.Event()
             if self._shared and self._queue:
-                wait = await self._serve_shared()
+                # While a caller's own question is on the wire it is the head: nobody
+                # behind it is asked for first (its end wakes this loop).
+                wait = math.inf if self._asking else await self._serve_shared()
             else:
                 wait = self._serve(trio.current_time())
             if wait <= 0:

@@ -145,6 +145,9 @@ class SharedClient:
             decode_responses=False,
             connect_timeout=config.timeout,
         )
+        #: The one connection every operation is written to (coredis multiplexes
+        #: requests on it); ``None`` until the first operation, or after it failed.
+        self._connection: Any = None
         self._listeners: list[Listener] = []
         self._scripts: dict[str, Any] = {}
         #: True while Redis decides the limits.
@@ -208,14 +211,51 @@ class SharedClient:
         """
         if not self.shared:
             raise SharedUnavailable(self.reason)
-        with trio.move_on_after(self.timeout):
-            try:
-                return await script(keys=keys, args=args)
-            except (coredis.exceptions.RedisError, OSError) as exc:
-                self._fail(self._describe(exc))
-                raise SharedUnavailable(self.reason) from None
-        self._fail(f"Redis did not answer within {self.timeout * 1000:g} ms")
-        raise SharedUnavailable(self.reason)
+        try:
+            connection = self._connection
+            if connection is not None and connection.usable:
+                try:
+                    # The common case, the hot path: one request on the held
+                    # connection, bounded by the request's own response timeout (no
+                    # cancel scope of ours to make per admission).
+                    return await connection.create_request(
+                        b"EVALSHA", script.sha, len(keys), *keys, *args, timeout=self.timeout
+                    )
+                except coredis.exceptions.NoScriptError:
+                    pass  # Redis restarted or its scripts were flushed
+            with trio.move_on_after(self.timeout):
+                return await self._evalsha(script, keys, args)
+            raise TimeoutError
+        except TimeoutError:
+            self._fail(f"Redis did not answer within {self.timeout * 1000:g} ms")
+            raise SharedUnavailable(self.reason) from None
+        except (coredis.exceptions.RedisError, OSError) as exc:
+            self._fail(self._describe(exc))
+            raise SharedUnavailable(self.reason) from None
+
+    async def _evalsha(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """EVALSHA ``script`` (SCRIPT LOAD and again on NOSCRIPT), connecting first if
+        the held connection is gone; the caller bounds it.
+
+        Every request is written to one connection, taken from coredis's pool once and
+        kept while it is usable, rather than through the client's command layer (pool
+        checkout, retry policy, telemetry span, per-command callbacks): that layer was
+        about half of a round trip's cost on loopback, and every admission pays it.
+        coredis multiplexes requests on a connection in order, and a request whose
+        caller has gone still consumes its reply, so the connection stays in step.
+        """
+        connection = self._connection
+        if connection is None or not connection.usable:
+            self._connection = None
+            pool = self._redis.connection_pool
+            connection = await pool.get_connection()
+            pool.release(connection)  # held by this client, shared with the pool's users
+            self._connection = connection
+        try:
+            return await connection.create_request(b"EVALSHA", script.sha, len(keys), *keys, *args)
+        except coredis.exceptions.NoScriptError:
+            await connection.create_request(b"SCRIPT", b"LOAD", script.script)
+            return await connection.create_request(b"EVALSHA", script.sha, len(keys), *keys, *args)
 
     def _describe(self, exc: BaseException) -> str:
         return self._scrub(f"Redis failed: {type(exc).__name__}: {exc}")
@@ -265,8 +305,8 @@ class SharedClient:
         ttl = int(self.config.heartbeat * HEARTBEATS_TO_DIE * 1_000_000)
         with trio.move_on_after(self.timeout):
             try:
-                live = await self._heartbeat(
-                    keys=[self.key("processes")], args=[self.process_id, ttl]
+                live = await self._evalsha(
+                    self._heartbeat, [self.key("processes")], [self.process_id, ttl]
                 )
             except (coredis.exceptions.RedisError, OSError) as exc:
                 self._fail(self._describe(exc))

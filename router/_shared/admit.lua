@@ -21,14 +21,12 @@ local r = tonumber(ARGV[10])
 local n = tonumber(ARGV[11 + r])
 
 -- A key of ours holding another type (someone wrote under the prefix) is replaced, not
--- failed on: failing would switch every process to local limits at each call.
-local function own(key, kind)
-  local found = redis.call('TYPE', key)['ok']
-  if found ~= kind and found ~= 'none' then redis.call('DEL', key) end
-end
+-- failed on: failing would switch every process to local limits at each call.  The
+-- guard is the read itself (redis.pcall), not a TYPE call more per key and request.
 local function load(key)
-  own(key, 'string')
-  return tonumber(redis.call('GET', key)) or 0  -- missing or not a number: full
+  local v = redis.pcall('GET', key)
+  if type(v) == 'table' then redis.call('DEL', key) return 0 end
+  return tonumber(v) or 0  -- missing or not a number: full
 end
 local function store(key, tat)
   if tat > now then
@@ -48,9 +46,15 @@ end
 if tpm_i > 0 and tpm_delta ~= 0 then
   ttat = math.max(now, math.max(ttat, now) + tpm_delta * tpm_i)
 end
-if r > 0 or maxc > 0 then own(KEYS[3], 'zset') end
-for i = 1, r do
-  redis.call('ZREM', KEYS[3], ARGV[10 + i])
+-- Leases held (expired ones included: they are dropped only when they would hold a
+-- request, below), then those released.
+local held = 0
+if r > 0 or maxc > 0 then
+  held = redis.pcall('ZCARD', KEYS[3])
+  if type(held) == 'table' then redis.call('DEL', KEYS[3]) held = 0 end
+end
+for i = 11, 10 + r, 500 do
+  held = held - redis.call('ZREM', KEYS[3], unpack(ARGV, i, math.min(i + 499, 10 + r)))
 end
 
 local granted, hold, retry = 0, 0, 0
@@ -59,13 +63,15 @@ if n > 0 then
   if pttl > 0 then
     hold, retry = 1, pttl * 1000
   else
-    local held = 0
-    if maxc > 0 then
-      redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-      held = redis.call('ZCARD', KEYS[3])
-    end
+    local purged = false
     for i = 1, n do
       local cost = tonumber(ARGV[11 + r + i])
+      if maxc > 0 and held >= maxc and not purged then
+        -- Full, counting expired leases (a process killed with kill -9): drop them.
+        redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+        held = redis.call('ZCARD', KEYS[3])
+        purged = true
+      end
       if maxc > 0 and held >= maxc then
         local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
         hold, retry = 2, math.max(0, tonumber(first[2]) - now)
@@ -92,5 +98,7 @@ if n > 0 then
 end
 if rpm_i > 0 then store(KEYS[1], rtat) end
 if tpm_i > 0 then store(KEYS[2], ttat) end
-if maxc > 0 then redis.call('PEXPIRE', KEYS[3], math.ceil(lease_us / 1000) * 2) end
+if granted > 0 and maxc > 0 then
+  redis.call('PEXPIRE', KEYS[3], math.ceil(lease_us / 1000) * 2)
+end
 return {granted, hold, retry, now}
