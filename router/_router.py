@@ -79,6 +79,7 @@ if TYPE_CHECKING:
 
     from ._metrics import PrometheusMetrics
     from ._shared._client import SharedClient
+    from ._shared._keys import SharedKeyLimits
 
 __all__ = ["Router", "open_router"]
 
@@ -162,8 +163,9 @@ async def open_router(
                 trio.open_nursery() as nursery,
             ):
                 if shared is not None:
-                    client, runners = shared
+                    client, runners, key_limits = shared
                     router._shared = client
+                    router._key_limits = key_limits
                     await nursery.start(client.run)
                     for run in runners:
                         await nursery.start(run)
@@ -216,6 +218,9 @@ class Router:
         self._hub = EventHub()
         self._audit: AuditLog | None = None
         self._shared: SharedClient | None = None
+        #: ``[shared]``: the gateway keys' limits on Redis, by key name (the gateway
+        #: reads them: router._tools._gateway_keys).
+        self._key_limits: dict[str, SharedKeyLimits] = {}
         # The run's clock, read through its bound method: trio.current_time() without
         # the two lookups in between.
         now = trio.lowlevel.current_clock().current_time

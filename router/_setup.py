@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ._metrics import PrometheusMetrics
     from ._routes import Routes
     from ._shared._client import SharedClient
+    from ._shared._keys import SharedKeyLimits
     from ._statistics import RouterStatistics
 
 #: A task to start with ``nursery.start``.
@@ -140,12 +141,14 @@ async def shared_limits(
     on_event: Listener,
     rng: random.Random,
     routes: Routes | None = None,
-) -> AsyncIterator[tuple[SharedClient, list[Runner]] | None]:
+) -> AsyncIterator[tuple[SharedClient, list[Runner], dict[str, SharedKeyLimits]] | None]:
     """The shared limits' client and the tasks to start, when ``[shared]`` is set
     (``None`` otherwise: coredis is not imported).  Each provider gets a gate attached
     to its mailbox and a shared breaker in place of its own, and the spend caps of
     ``routes`` (the router's, the routes', the providers') move to Redis; the caller
-    starts ``client.run`` and then each task (gates, breakers, budgets)."""
+    starts ``client.run`` and then each task (gates, breakers, budgets).  The gateway
+    keys of ``config`` with limits get theirs on Redis too (router._shared._keys), by
+    key name."""
     shared = config.shared
     if shared is None:
         yield None
@@ -155,6 +158,7 @@ async def shared_limits(
         from ._shared._breaker import SharedBreaker
         from ._shared._budgets import share_budgets
         from ._shared._client import SharedClient
+        from ._shared._keys import share_key_limits
         from ._shared._limits import ProviderGate
     except ImportError as exc:
         raise ConfigError(
@@ -183,4 +187,10 @@ async def shared_limits(
         budgets = None if routes is None else share_budgets(client, routes)
         if budgets is not None:
             runners.append(budgets.run)
-        yield client, runners
+        keys, key_gates, owner = share_key_limits(
+            client, config.gateway.keys, budgets, trio.current_time()
+        )
+        runners += [gate.run for gate in key_gates]
+        if owner is not None and owner is not budgets:  # the keys' caps alone
+            runners.append(owner.run)
+        yield client, runners, keys

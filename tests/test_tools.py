@@ -41,6 +41,10 @@ ALLOWED_INTERNALS = {
     # spend-cap arithmetic (pure, time passed in), not a second copy of them
     "router._limiter": {"TokenBucket"},
     "router._budget": {"Budget", "period_seconds"},
+    # gateway keys with [shared]: the key's limits on Redis, which the router makes and
+    # runs (types only, for annotations)
+    "router._shared._client": {"SharedClient"},
+    "router._shared._keys": {"SharedKeyLimits"},
 }
 
 

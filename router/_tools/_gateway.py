@@ -361,7 +361,7 @@ class Gateway:
         self._callers: dict[str, Caller] = {}
         self._key_models: dict[str | None, tuple[bytes, bytes]] = {}
         if config.gateway.keys:
-            keys = self.keys = GatewayKeys(config)
+            keys = self.keys = GatewayKeys(config, shared=router._key_limits, client=router._shared)
             for name, state in keys.by_name.items():
                 self._callers[name] = Caller(key=name)
                 self._key_models[name] = _model_lists(
@@ -563,7 +563,7 @@ class Gateway:
         self, keys: GatewayKeys, state: KeyState, request: ChatRequest
     ) -> ChatResponse:
         request = keys.prepare(state, request)
-        ticket = keys.admit(state, self.router, request.model, request=request)
+        ticket = await keys.admit(state, self.router, request.model, request=request)
         try:
             response = await self.router.complete(request)
         except LLMError as exc:
@@ -585,7 +585,9 @@ class Gateway:
             return await stack.enter_async_context(self.router.stream(request))
         state = keys.by_name[_key_name(caller)]
         request = keys.prepare(state, request)
-        ticket = keys.admit(state, self.router, request.model, request=request, streaming=True)
+        ticket = await keys.admit(
+            state, self.router, request.model, request=request, streaming=True
+        )
         opened: list[RouterStream] = []
 
         def settle() -> None:  # runs after the stream closed (the stack is LIFO)
@@ -622,7 +624,7 @@ class Gateway:
         inputs: list[str],
         dimensions: int | None,
     ) -> EmbeddingResponse:
-        ticket = keys.admit(state, self.router, model, inputs=inputs)
+        ticket = await keys.admit(state, self.router, model, inputs=inputs)
         try:
             response = await self.router.embed(model, inputs, dimensions=dimensions)
         except LLMError as exc:

@@ -73,6 +73,8 @@ from ._gateway_wire import BadRequest
 
 if TYPE_CHECKING:
     from router import Router
+    from router._shared._client import SharedClient
+    from router._shared._keys import SharedKeyLimits
 
 __all__ = [
     "GatewayKeys",
@@ -131,6 +133,7 @@ class KeyState:
         "refused",
         "requests",
         "rpm",
+        "shared",
         "spent",
         "tpm",
         "verdicts",
@@ -152,6 +155,9 @@ class KeyState:
                 f"gateway key {name!r}", limit=config.spend_cap, period=period, start=now
             )
         self.verdicts: dict[str, bool] = {}
+        #: ``[shared]``: this key's limits on Redis (its buckets above are then the
+        #: fallback at the process's fair share).
+        self.shared: SharedKeyLimits | None = None
         #: Requests admitted, refused (any limit), and dollars settled: for statistics.
         self.requests = 0
         self.refused = 0
@@ -191,7 +197,14 @@ class GatewayKeys:
             field and the message the variable, never a value.
     """
 
-    def __init__(self, config: RouterConfig, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: RouterConfig,
+        environ: Mapping[str, str] | None = None,
+        *,
+        shared: Mapping[str, SharedKeyLimits] | None = None,
+        client: SharedClient | None = None,
+    ) -> None:
         env = os.environ if environ is None else environ
         now = trio.current_time()
         self.config = config
@@ -227,8 +240,41 @@ class GatewayKeys:
                     path=f"{path}.key_env" if key.key_env else f"{path}.key_sha256",
                 )
             state = KeyState(name, key, digest, now)
+            limits = None if shared is None else shared.get(name)
+            if limits is not None:
+                if limits.config != key:
+                    raise ConfigError(
+                        f"gateway key {name!r}: its limits differ from those of the "
+                        "router's own configuration, which its shared limits (Redis) "
+                        "were made from; serve the router's configuration",
+                        path=path,
+                    )
+                state.shared = limits
+                if limits.budget is not None:
+                    state.budget = limits.budget
             self.by_name[name] = state
         self.states = tuple(self.by_name.values())
+        if client is not None and any(s.shared is not None for s in self.states):
+            client.add_listener(self)  # the fair share, while Redis does not answer
+
+    # -- the shared limits' listener ([shared]) -------------------------------------------
+
+    def switched(self, shared: bool, processes: int) -> None:
+        """Size each shared key's local buckets to 1/``processes`` of its limits: what
+        decides while Redis does not answer (a no-op for the shared state itself)."""
+        now = trio.current_time()
+        n = max(1, processes)
+        for state in self.states:
+            if state.shared is None:
+                continue
+            config = state.config
+            if state.rpm is not None and config.rpm is not None:
+                state.rpm.resize(config.rpm / 60.0 / n, (config.rpm_burst or config.rpm) / n, now)
+            if state.tpm is not None and config.tpm is not None:
+                state.tpm.resize(config.tpm / 60.0 / n, (config.tpm_burst or config.tpm) / n, now)
+
+    async def heartbeat(self) -> None:
+        """Nothing to renew: a key holds no leases."""
 
     # -- who -------------------------------------------------------------------------
 
@@ -316,7 +362,7 @@ class GatewayKeys:
             )
         return msgspec.structs.replace(request, metadata=metadata)
 
-    def admit(
+    async def admit(
         self,
         state: KeyState,
         router: Router,
@@ -327,6 +373,11 @@ class GatewayKeys:
         streaming: bool = False,
     ) -> Ticket:
         """Check ``model`` and take the key's limits for one request, or refuse.
+
+        With ``[shared]`` the rpm/tpm and the spend cap are asked of Redis (one round
+        trip each, within the shared client's bound); without it, or while Redis does
+        not answer, this process's buckets decide (at its fair share).  No checkpoint
+        when nothing is shared.
 
         Raises:
             BadRequest: 403, the key may not use ``model``; 400, the request is larger
@@ -339,58 +390,98 @@ class GatewayKeys:
         needs: Needs | None = None
         if state.tpm is not None or state.budget is not None:
             needs = _needs(router, self.config, model, request, inputs, streaming)
-        now = trio.current_time()
-        rpm = state.rpm
-        if rpm is not None and not rpm.try_take(1.0, now):
-            state.refused += 1
-            wait = rpm.wait_time(1.0, now)
-            self._refused(state, "rpm")
-            raise RateLimited(
-                f"gateway key {state.name!r} is over its rate limit of {config.rpm} requests "
-                f"per minute; retry after {wait:.1f}s",
-                retry_after=wait,
-            )
         tokens = 0.0
-        tpm = state.tpm
-        if tpm is not None:
+        if state.tpm is not None:
             assert needs is not None
+            assert config.tpm is not None
             tokens = float(needs.input_tokens + needs.output_tokens)
-            if tokens > tpm.capacity:
-                self._undo(state, now, rpm=True)
+            capacity = float(config.tpm_burst or config.tpm)
+            if tokens > capacity:
+                state.refused += 1
                 raise BadRequest(
                     f"this request needs ~{tokens:.0f} tokens (input estimate + max_tokens), "
                     f"more than gateway key {state.name!r} may use at once under its tpm "
-                    f"limit ({tpm.capacity:.0f}); lower max_tokens or shorten the prompt",
+                    f"limit ({capacity:.0f}); lower max_tokens or shorten the prompt",
                     param="max_tokens",
                 )
-            if not tpm.try_take(tokens, now):
-                wait = tpm.wait_time(tokens, now)
-                self._undo(state, now, rpm=True)
-                self._refused(state, "tpm")
-                raise RateLimited(
-                    f"gateway key {state.name!r} is over its rate limit of {config.tpm} tokens "
-                    f"per minute (this request needs ~{tokens:.0f}); retry after {wait:.1f}s",
-                    retry_after=wait,
-                )
+        limits = state.shared
+        on_redis = False
+        if limits is not None and limits.shared:
+            decision = await limits.admit(tokens)
+            if decision is not None:
+                if not decision.granted:
+                    state.refused += 1
+                    self._refused(state, decision.hold)
+                    raise self._over_rate(state, decision.hold, decision.retry_after, tokens)
+                on_redis = True
+        now = trio.current_time()
+        if not on_redis:
+            self._take_local(state, tokens, now)
         reserved = 0.0
         budget = state.budget
         if budget is not None:
             assert needs is not None
             reserved = _reservation(router, model, request, needs)
-            if not budget.try_reserve(reserved, now):
-                self._undo(state, now, rpm=True, tokens=tokens)
+            try:
+                if limits is not None and limits.budget is not None:
+                    fits = await limits.reserve(reserved)
+                    now = trio.current_time()
+                else:
+                    fits = budget.try_reserve(reserved, now)
+            except BaseException:
+                self._undo(state, now, on_redis, tokens)
+                raise
+            if not fits:
+                self._undo(state, now, on_redis, tokens)
                 self._refused(state, "spend cap")
                 raise BudgetExceeded(
                     _over_cap(state, budget, reserved, now), retry_after=_reset(budget, now)
                 )
         state.requests += 1
-        return Ticket(state, needs, tokens, reserved)
+        return Ticket(state, needs, tokens, reserved, on_redis)
+
+    def _take_local(self, state: KeyState, tokens: float, now: float) -> None:
+        """Take one request and ``tokens`` from this process's buckets, or refuse."""
+        rpm = state.rpm
+        if rpm is not None and not rpm.try_take(1.0, now):
+            state.refused += 1
+            self._refused(state, "rpm")
+            raise self._over_rate(state, "rpm", rpm.wait_time(1.0, now), tokens)
+        tpm = state.tpm
+        if tpm is not None and (tokens > tpm.capacity or not tpm.try_take(tokens, now)):
+            # (More than the bucket holds: only while its fair share is a fraction
+            # of the limit, Redis not answering; it is back within a heartbeat.)
+            wait = tpm.wait_time(tokens, now) if tokens <= tpm.capacity else 1.0
+            if rpm is not None:
+                rpm.give(1.0, now)
+            state.refused += 1
+            self._refused(state, "tpm")
+            raise self._over_rate(state, "tpm", wait, tokens)
 
     @staticmethod
-    def _undo(state: KeyState, now: float, *, rpm: bool, tokens: float = 0.0) -> None:
-        """Give back what a refused request took of the earlier limits."""
+    def _over_rate(state: KeyState, hold: str, wait: float, tokens: float) -> RateLimited:
+        config = state.config
+        if hold == "tpm":
+            return RateLimited(
+                f"gateway key {state.name!r} is over its rate limit of {config.tpm} tokens "
+                f"per minute (this request needs ~{tokens:.0f}); retry after {wait:.1f}s",
+                retry_after=wait,
+            )
+        return RateLimited(
+            f"gateway key {state.name!r} is over its rate limit of {config.rpm} requests "
+            f"per minute; retry after {wait:.1f}s",
+            retry_after=wait,
+        )
+
+    @staticmethod
+    def _undo(state: KeyState, now: float, on_redis: bool, tokens: float) -> None:
+        """Give back what a refused (or cancelled) request took of the rate limits."""
         state.refused += 1
-        if rpm and state.rpm is not None:
+        if on_redis:
+            assert state.shared is not None
+            state.shared.undo(tokens)
+            return
+        if state.rpm is not None:
             state.rpm.give(1.0, now)
         if tokens and state.tpm is not None:
             state.tpm.give(tokens, now)
@@ -424,15 +515,22 @@ class GatewayKeys:
 class Ticket:
     """One admitted request's hold on its key's limits, settled exactly once."""
 
-    __slots__ = ("_needs", "_reserved", "_settled", "_state", "_tokens")
+    __slots__ = ("_needs", "_on_redis", "_reserved", "_settled", "_state", "_tokens")
 
     def __init__(
-        self, state: KeyState, needs: Needs | None, tokens: float, reserved: float
+        self,
+        state: KeyState,
+        needs: Needs | None,
+        tokens: float,
+        reserved: float,
+        on_redis: bool = False,
     ) -> None:
         self._state = state
         self._needs = needs
         self._tokens = tokens
         self._reserved = reserved
+        #: The rate limits were taken on Redis (reconciled there).
+        self._on_redis = on_redis
         self._settled = False
 
     def settle(self, attempts: Sequence[Attempt] | None, usage: Usage | None) -> None:
@@ -452,7 +550,10 @@ class Ticket:
                 actual = self._tokens
             else:  # no usage: the prompt was most likely read; the output refunded
                 actual = float(self._needs.input_tokens)
-            if actual > self._tokens:
+            if self._on_redis:
+                assert state.shared is not None
+                state.shared.release(actual - self._tokens)
+            elif actual > self._tokens:
                 tpm.take(actual - self._tokens, now)
             else:
                 tpm.give(self._tokens - actual, now)
@@ -504,6 +605,8 @@ def _over_cap(state: KeyState, budget: Budget, reserved: float, now: float) -> s
     stats = budget.statistics(now)
     period = state.config.spend_period
     per = "for this gateway process's lifetime" if period is None else f"per {period}"
+    if period is None and state.shared is not None:
+        per = "in all (every worker of this gateway together; it never resets)"
     if isinstance(period, float):
         per = f"per {period:g}s"
     wait = _reset(budget, now)

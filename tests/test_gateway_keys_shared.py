@@ -1,0 +1,185 @@
+"""Gateway keys' limits shared through Redis (``[shared]``): a key's rpm, tpm and spend
+cap bind every gateway worker together (docs/gateway.md "Keys", docs/scaling.md).
+
+Each test runs two gateways, each over its own router with its own shared client (so
+two process ids and two connections, as two workers would have), against one real
+``redis-server``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import msgspec
+import pytest
+import trio
+
+from router import open_router
+from router._tools._gateway import Gateway, GatewayApp
+from router.config import BudgetConfig, GatewayKeyConfig, RouterConfig, SharedConfig
+from router.testing import MockProvider
+from tests._redis import RedisServer
+from tests.test_gateway_keys import KEY_A, KEY_B, answer, bearer, chat_body, keyed_config, send
+
+
+@pytest.fixture(autouse=True)
+def _key_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEAM_A_KEY", KEY_A)
+    monkeypatch.setenv("TEAM_B_KEY", KEY_B)
+
+
+def shared(config: RouterConfig, server: RedisServer, prefix: str, **more: float) -> RouterConfig:
+    return msgspec.structs.replace(
+        config,
+        shared=SharedConfig(redis_url=server.url, prefix=prefix, timeout=1.0, **more),  # type: ignore[arg-type]
+    )
+
+
+@asynccontextmanager
+async def two_gateways(
+    config: RouterConfig, latency: float = 0.0
+) -> AsyncIterator[tuple[Gateway, Gateway]]:
+    """Two workers of one gateway: two routers, two shared clients, one Redis."""
+
+    def mocks() -> dict[str, MockProvider]:
+        return {
+            name: MockProvider(name=name, default=answer(latency=latency), record=False)
+            for name in ("a", "b")
+        }
+
+    async with (
+        open_router(config, providers=mocks()) as one,
+        open_router(config, providers=mocks()) as two,
+    ):
+        yield GatewayApp(one, config).gateway, GatewayApp(two, config).gateway
+
+
+async def test_a_keys_rpm_binds_every_worker(redis_server: RedisServer) -> None:
+    """Invariant: a key's rpm bucket is one for all workers: with rpm = 3 (a burst of
+    three), requests alternating between two workers pass three times in total, then
+    get a 429 with the wait Redis computed (about 20 s) from either worker."""
+    config = shared(
+        keyed_config(GatewayKeyConfig(key_env="TEAM_A_KEY", rpm=3)), redis_server, "krpm"
+    )
+    async with two_gateways(config) as (one, two):
+        statuses = []
+        for i in range(8):
+            got = await send(
+                one if i % 2 else two, "/v1/chat/completions", chat_body(), bearer(KEY_A)
+            )
+            statuses.append(got.status)
+        assert statuses == [200, 200, 200] + [429] * 5
+        assert 18 <= int(got.headers["retry-after"]) <= 20
+        assert "over its rate limit of 3 requests per minute" in got.body["error"]["message"]
+        assert one.keys is not None
+        assert two.keys is not None
+        a, b = one.keys.statistics()["team-a"], two.keys.statistics()["team-a"]
+        assert (a.requests + b.requests, a.refused + b.refused) == (3, 5)
+
+
+async def test_a_keys_tpm_is_shared_and_reconciled_with_usage(redis_server: RedisServer) -> None:
+    """Invariant: a key's tpm bucket is one for all workers, taken at the estimate and
+    corrected to the usage reported (in Redis, for every worker): after worker one's
+    request (508 tokens estimated, 55 used) worker two cannot take 598 tokens but can
+    take 538."""
+    config = shared(
+        keyed_config(GatewayKeyConfig(key_env="TEAM_A_KEY", tpm=600)), redis_server, "ktpm"
+    )
+    async with two_gateways(config) as (one, two):
+        got = await send(one, "/v1/chat/completions", chat_body(max_tokens=500), bearer(KEY_A))
+        assert got.status == 200
+        await trio.sleep(0.1)  # worker one's correction reaches Redis (queued, lingering)
+        got = await send(two, "/v1/chat/completions", chat_body(max_tokens=590), bearer(KEY_A))
+        assert got.status == 429  # an unshared bucket would have its 600
+        assert "over its rate limit of 600 tokens per minute" in got.body["error"]["message"]
+        got = await send(two, "/v1/chat/completions", chat_body(max_tokens=530), bearer(KEY_A))
+        assert got.status == 200  # only the 55 used were kept (not the 508 estimated)
+
+
+async def _requests_until_refused(gateways: list[Gateway], limit: int = 40) -> list[int]:
+    statuses: list[int] = []
+    for i in range(limit):
+        got = await send(
+            gateways[i % len(gateways)],
+            "/v1/chat/completions",
+            chat_body(max_tokens=1000),
+            bearer(KEY_A),
+        )
+        statuses.append(got.status)
+        if got.status != 200:
+            break
+        await trio.sleep(0.05)  # its settle reaches Redis before the next reserves
+    return statuses
+
+
+@pytest.mark.parametrize("router_cap", [False, True])
+async def test_a_keys_spend_cap_binds_every_worker(
+    redis_server: RedisServer, router_cap: bool
+) -> None:
+    """Invariant: two workers together pass exactly as many requests under a key's
+    spend cap as one worker alone does, and spend no more than the cap; the refusal
+    says the cap is every worker's together — also when the router has shared caps of
+    its own (then one task carries both)."""
+    key = GatewayKeyConfig(key_env="TEAM_A_KEY", spend_cap=0.0025)
+    base = keyed_config(key)
+    if router_cap:
+        base = msgspec.structs.replace(base, budget=BudgetConfig(limit=100.0, period="day"))
+    alone_config = shared(base, redis_server, f"kcap1{router_cap}")
+    async with two_gateways(alone_config) as (one, _):
+        alone = await _requests_until_refused([one])
+    assert alone[-1] == 429
+    config = shared(base, redis_server, f"kcap2{router_cap}")
+    async with two_gateways(config) as (one, two):
+        together = await _requests_until_refused([one, two])
+        got = await send(one, "/v1/chat/completions", chat_body(max_tokens=1000), bearer(KEY_A))
+        assert got.status == 429
+        assert "every worker of this gateway together" in got.body["error"]["message"]
+        assert one.keys is not None
+        assert two.keys is not None
+        spent = one.keys.statistics()["team-a"].spent + two.keys.statistics()["team-a"].spent
+        if router_cap:  # the router's own cap is shared too, in the same round trips
+            (stats,) = one.router.statistics().budgets
+            assert stats.spent == pytest.approx(spent, abs=1e-9)  # both workers' spend
+    assert together == alone
+    assert spent <= 0.0025
+
+
+async def test_without_redis_a_key_falls_back_to_its_fair_share(redis_server: RedisServer) -> None:
+    """Redis gone: each of two live workers admits a key's requests from its own bucket
+    at half the key's rpm (the fair share of the two processes it last saw), then 429."""
+    config = shared(
+        keyed_config(GatewayKeyConfig(key_env="TEAM_A_KEY", rpm=4)),
+        redis_server,
+        "kfair",
+        heartbeat=0.1,
+    )
+    async with two_gateways(config) as (one, two):
+        await trio.sleep(0.3)  # a few heartbeats: each sees two live processes
+        redis_server.kill()
+        for gw in (one, two):
+            statuses = [
+                (await send(gw, "/v1/chat/completions", chat_body(), bearer(KEY_A))).status
+                for _ in range(3)
+            ]
+            assert statuses == [200, 200, 429], statuses
+
+
+@pytest.mark.parametrize("period", [None, "day"])
+async def test_shared_key_limits_differing_from_the_routers_are_refused(
+    redis_server: RedisServer, period: str | None
+) -> None:
+    """A gateway whose keys' limits differ from those its router shares on Redis is
+    refused at start, naming the key (the shared limits are the router's)."""
+    config = shared(
+        keyed_config(GatewayKeyConfig(key_env="TEAM_A_KEY", spend_cap=1.0, spend_period=period)),
+        redis_server,
+        "kdiff",
+    )
+    other = keyed_config(GatewayKeyConfig(key_env="TEAM_A_KEY", spend_cap=2.0))
+    async with open_router(
+        config, providers={"a": MockProvider(name="a"), "b": MockProvider(name="b")}
+    ) as router:
+        with pytest.raises(Exception, match="'team-a': its limits differ") as info:
+            GatewayApp(router, other)
+        assert "gateway.keys.team-a" in str(info.value)
