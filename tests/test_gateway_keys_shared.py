@@ -8,9 +8,12 @@ two process ids and two connections, as two workers would have), against one rea
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import httpx
 import msgspec
 import pytest
 import trio
@@ -21,6 +24,7 @@ from router.config import BudgetConfig, GatewayKeyConfig, RouterConfig, SharedCo
 from router.testing import MockProvider
 from tests._redis import RedisServer
 from tests.test_gateway_keys import KEY_A, KEY_B, answer, bearer, chat_body, keyed_config, send
+from tests.test_gateway_serve import start, stop, url_from
 
 
 @pytest.fixture(autouse=True)
@@ -183,3 +187,44 @@ async def test_shared_key_limits_differing_from_the_routers_are_refused(
         with pytest.raises(Exception, match="'team-a': its limits differ") as info:
             GatewayApp(router, other)
         assert "gateway.keys.team-a" in str(info.value)
+
+
+def test_two_served_workers_share_a_keys_rpm(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Two ``llm-router serve`` processes with one configuration file (``[shared]`` on
+    one Redis, a key with rpm = 4) in front of the fake upstream: requests alternating
+    between them pass four times in total, then 429 from both."""
+    upstream = start("upstream", "--port", "0", cwd=tmp_path)
+    workers: list[subprocess.Popen[str]] = []
+    try:
+        upstream_url = url_from(upstream, "fake upstream listening on ")
+        (tmp_path / "router.toml").write_text(
+            f"""
+[providers.oa]
+kind = "openai"
+base_url = "{upstream_url}/oa/v1"
+api_key_env = "GW_SERVE_TEST_KEY"
+
+[shared]
+redis_url = "{redis_server.url}"
+prefix = "served"
+
+[gateway.keys.team-a]
+key_env = "TEAM_A_KEY"
+rpm = 4
+"""
+        )
+        urls = []
+        for _ in range(2):
+            workers.append(start("serve", "--config", "router.toml", "--port", "0", cwd=tmp_path))
+            urls.append(url_from(workers[-1], "llm-router gateway listening on "))
+        body = {"model": "oa:gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.Client(timeout=30, headers=bearer(KEY_A)) as client:
+            statuses = [
+                client.post(f"{urls[i % 2]}/v1/chat/completions", json=body).status_code
+                for i in range(10)
+            ]
+        assert statuses == [200] * 4 + [429] * 6
+    finally:
+        for proc in workers:
+            stop(proc)
+        stop(upstream)
