@@ -857,6 +857,10 @@ class ActorCall(Permit):
             raise
         if trace is not None:
             trace.sent_tokens = self.prompt
+            observer = trace.observer
+            if observer is not None:
+                # Only while someone listens (the race's observer builds the events).
+                observer.admitted(trace, self.granted_at, self.granted_at - now)
         limit = actor._first_token_timeout
         if limit is not None:
             # Admitted at once or from the queue, the call starts when admission was

@@ -19,6 +19,8 @@ Synopsis::
 =================  ====================================================================
 request_started    the router took a request (before planning it)
 attempt_started    an attempt on one target began (after its start was decided)
+attempt_admitted   the provider's mailbox admitted an attempt (or a retry of it): it
+                   took its rate-limit tokens and concurrency slot, and is sent next
 hedge_launched     an attempt started because the hedge delay passed
 fallback_launched  an attempt started because an earlier one failed
 retry_scheduled    a target's retryable error will be retried after a backoff
@@ -69,6 +71,7 @@ from providers._types import AttemptKind, AttemptOutcome
 __all__ = [
     "ActorCrashed",
     "ActorRestarted",
+    "AttemptAdmitted",
     "AttemptFinished",
     "AttemptStarted",
     "BreakerChanged",
@@ -123,6 +126,30 @@ class AttemptStarted(_Event, frozen=True, tag="attempt_started"):
     kind: AttemptKind
     #: 1 for the first attempt of the request, 2 for the next...
     number: int
+
+
+class AttemptAdmitted(_Event, frozen=True, tag="attempt_admitted"):
+    """``provider``'s mailbox admitted try ``retry`` (0: the first) of attempt ``number``.
+
+    ``time`` is the grant: the instant the request took its RPM and TPM tokens and its
+    concurrency slot, after which it is sent; ``waited`` the seconds it queued for that
+    (0 when admitted at once).  A request that queued hears of its grant when its task
+    next runs, so this event may follow others stamped a little later.  A grant undone
+    because the caller was cancelled in the same instant (nothing sent, tokens given
+    back) has no event.  So, without ``[shared]`` limits, the times of one provider's
+    events are exactly what its RPM bucket admitted: in any window of ``dt`` seconds at
+    most ``rpm_burst + rpm * dt / 60`` of them (limits learned from a provider's
+    headers only lower that).
+    """
+
+    request_id: str
+    model: str
+    provider: str
+    provider_model: str
+    kind: AttemptKind
+    number: int
+    retry: int
+    waited: float
 
 
 class HedgeLaunched(_Event, frozen=True, tag="hedge_launched"):
@@ -323,6 +350,7 @@ class BreakerShared(_Event, frozen=True, tag="breaker_shared"):
 RouterEvent: TypeAlias = (
     RequestStarted
     | AttemptStarted
+    | AttemptAdmitted
     | HedgeLaunched
     | FallbackLaunched
     | RetryScheduled

@@ -117,6 +117,7 @@ class AttemptRecord:
         "error",
         "kind",
         "number",
+        "observer",
         "outcome",
         "queued",
         "reason",
@@ -144,6 +145,8 @@ class AttemptRecord:
         self.queued = 0.0
         #: Dollars this attempt cost (the answer, or the prompt of a lost attempt).
         self.cost: float | None = None
+        #: The race's observer, set as the attempt starts; told of each admission.
+        self.observer: RaceObserver | None = None
         #: The router's spend bookkeeping for this attempt, settled when it ends.
         self.charge: object | None = None
 
@@ -183,6 +186,11 @@ class RaceObserver(Protocol):
     def launched(self, record: AttemptRecord, previous: AttemptRecord | None) -> None:
         """A hedge or fallback ``record`` is about to start; ``previous`` is the attempt
         it hedges, or the failed one it replaces."""
+
+    def admitted(self, record: AttemptRecord, granted_at: float, waited: float) -> None:
+        """A try of ``record`` (``record.retries`` is its number) was admitted by its
+        provider at ``granted_at`` after ``waited`` seconds in the queue; told by the
+        actor (any caller of ``call`` that admits may tell it), in the attempt's task."""
 
 
 def _foreign(exc: Exception, record: AttemptRecord) -> LLMError:
@@ -642,8 +650,10 @@ class Race(Generic[T]):
         ``race_scope`` is the nursery's scope to cancel when the race is decided, or
         ``None`` when the attempt runs in the caller's task (nothing else runs).
         """
-        if self.observer is not None:
-            self.observer.attempt_started(record)
+        observer = self.observer
+        if observer is not None:
+            record.observer = observer
+            observer.attempt_started(record)
         try:
             pending = self.reserve(record)
             try:

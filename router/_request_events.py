@@ -14,6 +14,7 @@ import trio
 from providers import Attempt, ChatRequest, ChatResponse, EmbeddingResponse
 
 from ._events import (
+    AttemptAdmitted,
     AttemptFinished,
     AttemptStarted,
     BudgetRefused,
@@ -114,6 +115,22 @@ class RequestEvents:
                 reason=record.reason,
                 usage=record.usage,
                 cost=record.cost,
+            )
+        )
+
+    def admitted(self, record: AttemptRecord, granted_at: float, waited: float) -> None:
+        c = record.candidate
+        self.emit(
+            AttemptAdmitted(
+                time=granted_at,
+                request_id=self.request_id,
+                model=self.model,
+                provider=c.provider,
+                provider_model=c.model,
+                kind=record.kind,
+                number=record.number,
+                retry=record.retries,
+                waited=waited,
             )
         )
 

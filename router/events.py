@@ -9,6 +9,7 @@ docs/observability.md describes each field.
 ==========================  ============================================================
 :class:`RequestStarted`     a request entered the router
 :class:`AttemptStarted`     an attempt on a provider began
+:class:`AttemptAdmitted`    its provider's mailbox admitted it (or a retry): sent next
 :class:`HedgeLaunched`      a hedge went out beside an attempt with no answer yet
 :class:`FallbackLaunched`   the next target went out after a failure
 :class:`RetryScheduled`     the same target will be tried again after a backoff
@@ -36,6 +37,7 @@ Example::
 
 from ._events import ActorCrashed as ActorCrashed
 from ._events import ActorRestarted as ActorRestarted
+from ._events import AttemptAdmitted as AttemptAdmitted
 from ._events import AttemptFinished as AttemptFinished
 from ._events import AttemptStarted as AttemptStarted
 from ._events import BreakerChanged as BreakerChanged
@@ -57,6 +59,7 @@ from ._events import Subscription as Subscription
 __all__ = [
     "ActorCrashed",
     "ActorRestarted",
+    "AttemptAdmitted",
     "AttemptFinished",
     "AttemptStarted",
     "BreakerChanged",

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests._helpers import machine_load
+
 SERVER = r"""
 import json, os, runpy, sys
 
@@ -105,7 +107,9 @@ class _Server:
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(job).encode() + b"\n")
         self.proc.stdin.flush()
-        deadline = time.monotonic() + timeout
+        # Only a hung command should reach the timeout: it stretches with the machine's
+        # load (tests/_helpers.py), as the command's own run does.
+        deadline = time.monotonic() + timeout * machine_load()
         pid = self.line(deadline + 5.0)
         assert pid is not None, "the CLI runner did not fork"
         code = self.line(deadline)

@@ -31,9 +31,14 @@ from pathlib import Path
 
 import pytest
 
+from tests._helpers import machine_load
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-TIMEOUT = 60.0  # per block: only a hung example gets near it
+# Every block starts at once, so the later ones share the machine with the others: the
+# timeout, from that common start, is multiplied by the machine's load (per CPU, >= 1)
+# each time it is checked.  Only a hung example gets near it.
+TIMEOUT = 60.0
 
 MARKER = re.compile(r"^\s*<!--\s*not-runnable:(?P<reason>.*?)-->\s*$")
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\s]*)")
@@ -228,7 +233,7 @@ def run_block(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Bl
                 if server[0].poll() is not None and not (scratch / "rc").exists():
                     log = read(scratch.parent / "runner.log")
                     pytest.fail(f"{block.id}: the example runner died:\n{log}")
-                if time.monotonic() > began[0] + TIMEOUT:
+                if time.monotonic() > began[0] + TIMEOUT * machine_load():
                     os.kill(int(read(scratch / "pid")), signal.SIGKILL)  # the runner reaps it
                     break
                 time.sleep(0.01)
@@ -249,7 +254,7 @@ def run_block(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Bl
                 if (scratch / "pid").exists() and not (scratch / "rc").exists():
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(int(read(scratch / "pid")), signal.SIGKILL)
-        proc.wait(timeout=TIMEOUT)
+        proc.wait(timeout=TIMEOUT * machine_load())
 
 
 def test_the_docs_have_python_examples() -> None:

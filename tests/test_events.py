@@ -36,6 +36,7 @@ from router.errors import BudgetExceeded, LLMError, RouterClosed, ServerError
 from router.events import (
     ActorCrashed,
     ActorRestarted,
+    AttemptAdmitted,
     AttemptFinished,
     AttemptStarted,
     BreakerChanged,
@@ -83,6 +84,8 @@ def brief(event: RouterEvent) -> tuple[Any, ...]:
             return (event.time, name, m)
         case AttemptStarted(provider=p, kind=k, number=n):
             return (event.time, name, p, k, n)
+        case AttemptAdmitted(provider=p, number=n, retry=r, waited=w):
+            return (event.time, name, p, n, r, w)
         case AttemptFinished(provider=p, outcome=o, error_type=e, reason=r):
             return (event.time, name, p, o, e if o == "failed" else r)
         case HedgeLaunched(provider=p, previous=prev, delay=d):
@@ -136,7 +139,8 @@ async def routed(
 async def test_hedged_request_events_in_order_at_exact_times(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """A hedge at 0.5 s wins at 1.5 s: start, hedge, win, the loser's cancel, finish."""
+    """A hedge at 0.5 s wins at 1.5 s: start, admission, hedge, win, the loser's cancel,
+    finish."""
     targets = {
         "slow": MockProvider(name="slow", latency=10.0),
         "fast": MockProvider(name="fast", latency=1.0),
@@ -150,8 +154,10 @@ async def test_hedged_request_events_in_order_at_exact_times(
     assert [brief(e) for e in got] == [
         (0.0, "RequestStarted", "r"),
         (0.0, "AttemptStarted", "slow", "primary", 1),
+        (0.0, "AttemptAdmitted", "slow", 1, 0, 0.0),
         (0.5, "HedgeLaunched", "fast", "slow", 0.5),
         (0.5, "AttemptStarted", "fast", "hedge", 2),
+        (0.5, "AttemptAdmitted", "fast", 2, 0, 0.0),
         (1.5, "AttemptFinished", "fast", "won", None),
         (1.5, "AttemptFinished", "slow", "cancelled", "lost the race to fast"),
         (1.5, "RequestFinished", "succeeded", "fast", None),
@@ -182,10 +188,12 @@ async def test_fallback_events_name_the_failed_target_and_its_error(
     assert [brief(e) for e in got] == [
         (0.0, "RequestStarted", "r"),
         (0.0, "AttemptStarted", "a", "primary", 1),
+        (0.0, "AttemptAdmitted", "a", 1, 0, 0.0),
         (1.0, "HealthChanged", "a", "degraded"),
         (1.0, "AttemptFinished", "a", "failed", "ServerError"),
         (1.0, "FallbackLaunched", "b", "a", "ServerError"),
         (1.0, "AttemptStarted", "b", "fallback", 2),
+        (1.0, "AttemptAdmitted", "b", 2, 0, 0.0),
         (3.0, "AttemptFinished", "b", "won", None),
         (3.0, "RequestFinished", "succeeded", "b", None),
     ]
@@ -217,6 +225,61 @@ async def test_retry_events_before_the_target_succeeds(
     assert 0.0 <= scheduled.delay <= 0.5
     assert isinstance(finished, AttemptFinished)
     assert (finished.outcome, finished.retries, finished.time) == ("won", 1, 1.0 + scheduled.delay)
+
+
+async def test_admission_events_carry_the_grant_time_and_the_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """rpm 60 with a burst of 2, four requests at t=0: two admitted at once, the others
+    when the bucket refills (t=1, t=2); each AttemptAdmitted's time is its grant and
+    ``waited`` the seconds it queued, and it comes after its AttemptStarted."""
+    a = MockProvider(name="a", latency=0.5)
+    providers = mock_config(["a"], retry=NO_RETRY, rpm=60, rpm_burst=2)
+    async with routed({"a": a}, providers=providers) as router, router.subscribe() as events:
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(router.complete, chat())
+        got = drain(events)
+    admitted = [e for e in got if isinstance(e, AttemptAdmitted)]
+    assert sorted((e.time, e.waited, e.retry, e.number) for e in admitted) == [
+        (0.0, 0.0, 0, 1),
+        (0.0, 0.0, 0, 1),
+        (1.0, 1.0, 0, 1),
+        (2.0, 2.0, 0, 1),
+    ]
+    for e in admitted:
+        started = [s for s in got if isinstance(s, AttemptStarted)]
+        mine = [s for s in started if s.request_id == e.request_id]
+        assert len(mine) == 1
+        assert got.index(mine[0]) < got.index(e)
+        assert (e.provider, e.provider_model, e.kind, e.model) == ("a", "m", "primary", "r")
+    # Sent when admitted: the provider saw each call start at its grant.
+    assert sorted(c.started_at for c in a.calls) == [0.0, 0.0, 1.0, 2.0]
+
+
+async def test_each_retry_is_admitted_again_with_its_number(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A retry takes a new grant: one AttemptAdmitted per try, ``retry`` 0 then 1, the
+    second at the end of the backoff the RetryScheduled event announced."""
+    a = MockProvider(
+        name="a",
+        responses=[MockResponse(error=ServerError("once"), latency=1.0), MockResponse(text="ok")],
+    )
+    retry = RetryConfig(max_attempts=2, initial_backoff=0.5, max_backoff=0.5)
+    async with (
+        routed({"a": a}, providers=mock_config(["a"], retry=retry)) as router,
+        router.subscribe(types=(AttemptAdmitted, RetryScheduled)) as events,
+    ):
+        await router.complete(chat())
+        got = drain(events)
+    first, scheduled, second = got
+    assert isinstance(first, AttemptAdmitted)
+    assert isinstance(second, AttemptAdmitted)
+    assert isinstance(scheduled, RetryScheduled)
+    assert (first.time, first.retry, first.waited) == (0.0, 0, 0.0)
+    assert (second.time, second.retry, second.waited) == (1.0 + scheduled.delay, 1, 0.0)
+    assert first.number == second.number == 1
 
 
 async def test_breaker_trip_and_half_open_events_at_their_times(
@@ -332,6 +395,7 @@ async def test_budget_refusals_of_a_request_and_of_one_target(
         (0.0, "AttemptFinished", "a", "failed", "BudgetExceeded"),
         (0.0, "FallbackLaunched", "b", "a", "BudgetExceeded"),
         (0.0, "AttemptStarted", "b", "fallback", 2),
+        (0.0, "AttemptAdmitted", "b", 2, 0, 0.0),
         (1.0, "AttemptFinished", "b", "won", None),
         (1.0, "RequestFinished", "succeeded", "b", None),
     ]
@@ -446,7 +510,7 @@ async def test_request_ids_are_reproducible_for_a_seed(
 async def test_a_full_buffer_drops_events_and_counts_them(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """Buffer 3, three requests of 4 events each, nobody reading: 9 dropped, counted twice."""
+    """Buffer 3, three requests of 5 events each, nobody reading: 12 dropped, counted twice."""
     async with (
         routed({"a": MockProvider(name="a", latency=1.0)}) as router,
         router.subscribe(buffer=3) as events,
@@ -458,10 +522,10 @@ async def test_a_full_buffer_drops_events_and_counts_them(
     assert [type(e).__name__ for e in kept] == [
         "RequestStarted",
         "AttemptStarted",
-        "AttemptFinished",
+        "AttemptAdmitted",
     ]
-    assert (events.received, events.dropped) == (3, 9)
-    assert (stats.events_emitted, stats.events_dropped, stats.subscribers) == (12, 9, 1)
+    assert (events.received, events.dropped) == (3, 12)
+    assert (stats.events_emitted, stats.events_dropped, stats.subscribers) == (15, 12, 1)
 
 
 async def test_no_listener_no_events(autojump_clock: trio.testing.MockClock) -> None:
@@ -476,8 +540,8 @@ async def test_no_listener_no_events(autojump_clock: trio.testing.MockClock) -> 
         stats = router.statistics()
     with pytest.raises(trio.ClosedResourceError):
         events.receive_nowait()  # the block exited: its buffer is gone
-    assert emitted == 4
-    assert (stats.events_emitted, stats.subscribers) == (4, 0)
+    assert emitted == 5
+    assert (stats.events_emitted, stats.subscribers) == (5, 0)
 
 
 async def test_iteration_ends_when_the_router_closes(
@@ -499,6 +563,7 @@ async def test_iteration_ends_when_the_router_closes(
     assert seen == [
         "RequestStarted",
         "AttemptStarted",
+        "AttemptAdmitted",
         "AttemptFinished",
         "RequestFinished",
         "ended",

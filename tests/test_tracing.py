@@ -315,7 +315,7 @@ async def test_tracing_switched_on_in_config_uses_the_global_provider(
     )
     async with open_router(config, providers={"a": MockProvider(name="a")}) as router:
         response = await router.complete(chat("a:m"))
-        assert router.statistics().events_emitted == 4
+        assert router.statistics().events_emitted == 5
     assert response.text == "echo: hi"
 
 
