@@ -117,6 +117,59 @@ async def test_a_budget_hash_written_over_is_replaced_and_the_cap_still_holds(
             assert (shared.failures, shared.switches) == (0, 1)  # 1: the switch at start
 
 
+async def test_settles_during_the_round_trip_that_finds_a_cap_made_again_count_once(
+    redis_server: RedisServer,
+) -> None:
+    """Three reservations ($0.3, $0.3, $0.2) and a list written over the cap's hash; one
+    settles ($0.1 spent) and goes in the round trip that replaces the hash, the other
+    settles ($0.1) while that round trip is on its way.  The process writes its whole
+    state again, and Redis ends with exactly its spend ($0.2) and its one outstanding
+    reservation ($0.2): no settle counted twice or taken off the rewritten
+    reservation again."""
+    url = redis_server.url
+    client = SharedClient(SharedConfig(redis_url=url, prefix="regen", timeout=1.0), url)
+    async with client, trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        owner, budget = _budgets(client, limit=1.0)
+        await nursery.start(owner.run)
+        for estimate in (0.3, 0.3, 0.2):
+            assert await owner.reserve([budget], estimate) is None
+        await _cli(redis_server, "del", budget.key)
+        await _cli(redis_server, "rpush", budget.key, "not", "a", "hash")
+        real = client.call
+        calls = 0
+
+        async def call(script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+            nonlocal calls
+            reply = await real(script, keys, args)
+            calls += 1
+            if calls == 1:  # the round trip that replaces the hash
+                budget.settle(0.3, 0.1, trio.current_time())
+            return reply
+
+        client.call = call  # type: ignore[method-assign]
+        budget.settle(0.3, 0.1, trio.current_time())
+        owner.wake()
+        mine = f"r:{client.process_id}".encode()
+
+        async def written() -> bool:
+            fields = await _hgetall(url, budget.key)
+            spent, reserved = float(fields.get(b"s", b"0")), float(fields.get(mine, b"0"))
+            return calls >= 3 and (spent, reserved) == pytest.approx((0.2, 0.2), abs=1e-12)
+
+        await _until(written)
+        await trio.sleep(0.2)  # nothing more goes: the numbers stay
+        assert await written()
+        assert client.statistics().failures == 0
+        nursery.cancel_scope.cancel()
+
+
+async def _hgetall(url: str, key: str) -> dict[bytes, bytes]:
+    redis: coredis.Redis[bytes] = coredis.Redis.from_url(url)
+    async with redis:
+        return dict(await redis.hgetall(key))
+
+
 async def test_breaker_keys_written_over_are_replaced_and_decisions_still_reach_everyone(
     redis_server: RedisServer,
 ) -> None:

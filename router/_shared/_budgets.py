@@ -15,6 +15,11 @@ when the router opened.
 Each process's reservations are a field of its own (``r:<process id>``) with the time
 of its last news (``h:<process id>``); a process silent for three heartbeats has its
 reservations dropped, so a process killed mid-request does not hold the cap forever.
+Each hash has a generation (``g``): a hash made again (it held another type and the
+script replaced it, or it was deleted, or Redis restarted empty) has a new one, and a
+process that sees it resyncs as after an outage, writing its reservations there again.
+A reply is read whole and checked (``_read``) before any of it is applied; a malformed
+one is a failure of Redis (``_replies``).
 
 What goes over the wire, and when:
 
@@ -392,6 +397,13 @@ class SharedBudgets:
             if any(b.pend_r or b.pend_s for b in budgets):
                 self._wake.set()
         if lost:
+            # As after a gap (switched): until the resync has written this process's
+            # whole state, its reservations are decided locally and its settles kept
+            # for the resync, not queued as changes to a reservation it rewrites.
+            self.ready = False
+            for b in budgets:
+                b.unsent += b.pend_s
+                b.pend_r = b.pend_s = 0.0
             self._resync = True
             self._wake.set()
 
