@@ -14,10 +14,17 @@ without it the router never imports this package's Redis modules.
 ``gcra.lua``       the GCRA step, prepended to the scripts that need it
 ``admit.lua``      releases, then a FIFO batch of admissions: one round trip
 ``renew.lua``      lease renewal;  ``heartbeat.lua`` live processes;  ``pause.lua``
+``_breaker.py``    :class:`SharedBreaker` (``breaker.lua``, ``probe.lua``)
+``_budgets.py``    :class:`SharedBudgets`: spend caps (``budget.lua``)
+``_replies.py``    checked readers of script replies: :class:`MalformedReply`, which
+                   the caller turns into a switch to local limits (:func:`refuse`)
 =================  ====================================================================
 
 Adding a shared concern (breaker state, budgets): a module here with its scripts; a
 listener registered with :meth:`SharedClient.add_listener` hears each switch between
 shared and local and each heartbeat; every operation goes through
-:meth:`SharedClient.call`, which bounds it and switches to local on failure.
+:meth:`SharedClient.call`, which bounds it and switches to local on failure.  Its
+reply is read with ``_replies`` (a malformed one is a failure too, never a crash), and
+its scripts replace a key of another type rather than fail on it (``redis.pcall`` of
+the key's first command, not a ``TYPE`` per call: docs/scaling.md).
 """

@@ -37,7 +37,7 @@ test); one round trip per half-open probe; one script per provider per ``breaker
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -47,14 +47,31 @@ from providers import Overloaded
 from .._events import BreakerShared
 from .._health import BreakerConfig, CircuitBreaker
 from ._client import SharedClient, SharedUnavailable
+from ._replies import MalformedReply, array, integer, refuse, text
 
 if TYPE_CHECKING:
     from .._actor import ProviderActor
 
 __all__ = ["SharedBreaker"]
 
-#: The longest open published (a ``force_open(inf)`` is published as this long).
+#: The longest open published (a ``force_open(inf)`` is published as this long;
+#: breaker_record.lua's LONGEST).
 _LONGEST_OPEN = 86400.0
+
+#: A record: seq, open, remaining (us), origin (process id), trips.
+_Record = tuple[int, bool, int, str, int]
+
+
+def _read_record(values: Sequence[object], script: str) -> _Record:
+    """A record as breaker_record.lua returns it; :class:`MalformedReply` if it is not."""
+    seq, is_open, remaining, origin, trips = array(values, 5, script)
+    return (
+        integer(seq, f"{script} seq", 0),
+        integer(is_open, f"{script} open", 0, 1) == 1,
+        integer(remaining, f"{script} remaining", 0, int(_LONGEST_OPEN * 1e6)),
+        text(origin, f"{script} origin"),
+        integer(trips, f"{script} trips", 0),
+    )
 
 
 class SharedBreaker(CircuitBreaker):
@@ -219,12 +236,19 @@ class SharedBreaker(CircuitBreaker):
             self._wake.set()
             CircuitBreaker.record_cancelled(self, trio.current_time())
             raise
-        if int(reply[0]):
+        try:
+            values = array(reply, 6, "probe.lua")
+            granted = integer(values[0], "probe.lua granted", 0, 1)
+            record = _read_record(values[1:], "probe.lua")
+        except MalformedReply as exc:
+            refuse(self._client, "probe", exc)
+            return  # as when Redis fails: the local decision stands
+        if granted:
             self._tokens.append(token)
             return
         now = trio.current_time()
         CircuitBreaker.record_cancelled(self, now)
-        self._apply(reply[1:])
+        self._apply(record)
         raise Overloaded(
             "circuit breaker half-open: every probe slot across the processes sharing "
             "this provider is taken; not sent",
@@ -270,29 +294,31 @@ class SharedBreaker(CircuitBreaker):
         args += self._tokens
         try:
             reply = await self._client.call(self._sync, self._keys, args)
+            record = _read_record(reply, "breaker.lua")
         except SharedUnavailable:
             return
-        self._apply(reply)
+        except MalformedReply as exc:
+            refuse(self._client, "breaker", exc)
+            return  # as when Redis fails: the news is not sent again
+        self._apply(record)
 
-    def _apply(self, record: Any) -> None:
+    def _apply(self, record: _Record) -> None:
         """Apply another process's decision that is newer than any applied here."""
-        seq, is_open, remaining_us, origin_raw, _trips = record
-        seq = int(seq)
+        seq, is_open, remaining_us, origin, _trips = record
         if seq <= self._seen or self._open_end > -math.inf or self._done:
             # Nothing new; or this process has news on its way that is newer still
             # (the next read brings the record after it).
             return
         self._seen = seq
-        origin = origin_raw.decode() if isinstance(origin_raw, bytes) else str(origin_raw)
         mine = origin == self._client.process_id
         now = trio.current_time()
         before = (self._state, self.retry_at)
         self._applying = True
         try:
-            if int(is_open):
-                if mine or int(remaining_us) <= 0:
+            if is_open:
+                if mine or remaining_us <= 0:
                     return
-                self.force_open(now, int(remaining_us) / 1e6)
+                self.force_open(now, remaining_us / 1e6)
                 if (self._state, self.retry_at) != before:
                     self.origin = origin
             elif self.state(now) != "closed":

@@ -15,6 +15,11 @@ when the router opened.
 Each process's reservations are a field of its own (``r:<process id>``) with the time
 of its last news (``h:<process id>``); a process silent for three heartbeats has its
 reservations dropped, so a process killed mid-request does not hold the cap forever.
+Each hash has a generation (``g``): a hash made again (it held another type and the
+script replaced it, or it was deleted, or Redis restarted empty) has a new one, and a
+process that sees it resyncs as after an outage, writing its reservations there again.
+A reply is read whole and checked (``_read``) before any of it is applied; a malformed
+one is a failure of Redis (``_replies``).
 
 What goes over the wire, and when:
 
@@ -48,6 +53,7 @@ from providers import BudgetExceeded
 from .._budget import Budget, BudgetStatistics
 from .._spend import Charge, over_budget
 from ._client import HEARTBEATS_TO_DIE, SharedClient, SharedUnavailable
+from ._replies import MalformedReply, array, integer, number, refuse, text
 
 if TYPE_CHECKING:
     from .._policy import Candidate
@@ -67,6 +73,7 @@ class SharedBudget(Budget):
     __slots__ = (
         "_owner",
         "_resets_at",
+        "generation",
         "key",
         "local_spent",
         "mine",
@@ -94,6 +101,9 @@ class SharedBudget(Budget):
         #: Spent here since that reply (the local fallback counts it).
         self.local_spent = 0.0
         self._resets_at = math.inf
+        #: The generation of the hash in Redis at the last reply (budget.lua): another
+        #: one means the hash was made again and this process's reservations there lost.
+        self.generation = ""
 
     def __repr__(self) -> str:
         return f"<SharedBudget {self.scope!r} ${self.limit:g}>"
@@ -344,7 +354,10 @@ class SharedBudgets:
             args.append(repr(waiting.estimate))
         try:
             reply = await self._client.call(self._script, [b.key for b in budgets], args)
-        except SharedUnavailable:
+            refusals, views = _read(reply, batch, budgets)
+        except (SharedUnavailable, MalformedReply) as exc:
+            if isinstance(exc, MalformedReply):
+                refuse(self._client, "budget", exc)  # as if Redis failed: nothing applied
             if not resync:
                 for b, (_, ds) in zip(budgets, sent, strict=True):
                     b.unsent += ds
@@ -352,12 +365,16 @@ class SharedBudgets:
                 waiting.done.set()  # result: _LOCAL
             return
         now = trio.current_time()
-        m = len(batch)
-        for i, b in enumerate(budgets):
-            spent, reserved, ends = reply[m + 3 * i : m + 3 * i + 3]
-            b.seen(float(spent), float(reserved), float(ends), now)
-        for waiting, refused in zip(batch, reply[:m], strict=True):
-            refused = int(refused)
+        lost = False
+        for b, (spent, reserved, ends, generation) in zip(budgets, views, strict=True):
+            b.seen(spent, reserved, ends, now)
+            # A hash made again since the last reply (replaced: it held another type;
+            # deleted; Redis restarted empty): what this process had written there is
+            # gone.  Its whole state goes again with the next round trip (a resync
+            # writes it whole already).
+            lost |= not resync and generation != b.generation
+            b.generation = generation
+        for waiting, refused in zip(batch, refusals, strict=True):
             if refused:
                 waiting.result = budgets[refused - 1]
             elif waiting.gone:
@@ -379,6 +396,16 @@ class SharedBudgets:
             self.ready = True
             if any(b.pend_r or b.pend_s for b in budgets):
                 self._wake.set()
+        if lost:
+            # As after a gap (switched): until the resync has written this process's
+            # whole state, its reservations are decided locally and its settles kept
+            # for the resync, not queued as changes to a reservation it rewrites.
+            self.ready = False
+            for b in budgets:
+                b.unsent += b.pend_s
+                b.pend_r = b.pend_s = 0.0
+            self._resync = True
+            self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Write this process's state, then one round trip whenever there is news or a
@@ -406,6 +433,34 @@ class SharedBudgets:
                 # The router closes: the last settles go out (bounded by the client).
                 with trio.CancelScope(shield=True):
                     await self._apply()
+
+
+def _read(
+    reply: object, batch: Sequence[_Reservation], budgets: Sequence[SharedBudget]
+) -> tuple[list[int], list[tuple[float, float, float, str]]]:
+    """budget.lua's reply: each reservation's refusal (0, or the 1-based index of a cap
+    it falls under) and each cap's view (spent, reserved, microseconds until its window
+    ends, generation); :class:`MalformedReply` if it is not that."""
+    m = len(batch)
+    values = array(reply, m + 4 * len(budgets), "budget.lua")
+    refusals: list[int] = []
+    for waiting, value in zip(batch, values, strict=False):
+        refused = integer(value, "budget.lua refusal", 0, len(budgets))
+        if refused and all(b is not budgets[refused - 1] for b in waiting.budgets):
+            raise MalformedReply(f"budget.lua refusal: cap {refused} is not the reservation's")
+        refusals.append(refused)
+    views: list[tuple[float, float, float, str]] = []
+    for i, b in enumerate(budgets):
+        spent, reserved, ends, generation = values[m + 4 * i : m + 4 * i + 4]
+        views.append(
+            (
+                number(spent, "budget.lua spent"),
+                number(reserved, "budget.lua reserved"),
+                number(ends, "budget.lua window end", b.period_us),
+                text(generation, "budget.lua generation", 32),
+            )
+        )
+    return refusals, views
 
 
 def share_budgets(client: SharedClient, routes: Routes) -> SharedBudgets | None:

@@ -11,21 +11,23 @@ local need, ttl, d = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 if open_us > 0 then
   -- A later open never shortens an earlier one that still runs.
   local open_end = now + open_us
-  local r = redis.call('HMGET', KEYS[1], 'state', 'until')
-  if r[1] == 'open' and tonumber(r[2]) > open_end then open_end = tonumber(r[2]) end
+  local r = ours('HMGET', KEYS[1], 'state', 'until')
+  if r[1] == 'open' and ends(r[2]) > open_end then open_end = ends(r[2]) end
   decide('open', open_end, pid, trips)
 end
 for i = 1, d do
   local token, ok = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
   -- Only a token still there counts: an open in between deleted every token.
-  if redis.call('ZREM', KEYS[2], token) == 1 and ok == '1'
-      and redis.call('HGET', KEYS[1], 'state') == 'open' then
-    if redis.call('HINCRBY', KEYS[1], 'ok', 1) >= need then
+  if ours('ZREM', KEYS[2], token) == 1 and ok == '1'
+      and ours('HGET', KEYS[1], 'state') == 'open' then
+    local n = count(redis.call('HGET', KEYS[1], 'ok')) + 1
+    redis.call('HSET', KEYS[1], 'ok', n)
+    if n >= need then
       decide('closed', 0, pid, 0)
     end
   end
 end
 for i = 7 + 2 * d, #ARGV do
-  redis.call('ZADD', KEYS[2], 'XX', now + ttl, ARGV[i])
+  ours('ZADD', KEYS[2], 'XX', now + ttl, ARGV[i])
 end
 return record()

@@ -11,31 +11,56 @@
 -- a new window starts with nothing spent, and reservations carry over.  A reservation
 -- fits when spent + reserved (every live process's) + estimate <= limit for each of its
 -- caps.
--- Returns {m results (0: reserved; i: refused by key i), then 3 per key: spent,
--- reserved, microseconds until the window ends} (dollars as strings, no digit lost).
+-- Each hash has a generation, g: the Redis time it was made at.  A key found holding
+-- another type (someone wrote under the prefix) is replaced by an empty hash, not failed
+-- on (failing would switch every process to local limits at each call), and a field
+-- that is not a number counts as missing; a hash made again (replaced, deleted, Redis
+-- restarted empty) has a new g, so every process sees that what it wrote there is gone
+-- and writes its whole reservation again.
+-- Returns {m results (0: reserved; i: refused by key i), then 4 per key: spent,
+-- reserved, microseconds until the window ends, generation} (dollars as strings, no
+-- digit lost).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+
+-- A field as a non-negative number; 0 when missing or not a finite number.
+local function num(v)
+  local x = tonumber(v)
+  if x == nil or x ~= x or x == math.huge or x < 0 then return 0 end
+  return x
+end
 local pid, ttl = ARGV[1], tonumber(ARGV[2])
 local rk, hk = 'r:' .. pid, 'h:' .. pid
 local n = #KEYS
 
-local spent, reserved, ends, limit, mine = {}, {}, {}, {}, {}
+local spent, reserved, ends, limit, mine, gen = {}, {}, {}, {}, {}, {}
 for i = 1, n do
   local key, base = KEYS[i], 2 + 5 * (i - 1)
   local period = tonumber(ARGV[base + 2])
   limit[i] = tonumber(ARGV[base + 1])
   local window = math.floor(now / period)
   ends[i] = (window + 1) * period - now
-  local all = redis.call('HGETALL', key)
+  -- redis.pcall, not a TYPE first: a key of the right type costs nothing more.
+  local all = redis.pcall('HGETALL', key)
+  if all.err then
+    if string.sub(all.err, 1, 9) ~= 'WRONGTYPE' then error(all) end
+    redis.call('DEL', key)
+    all = {}
+  end
   local fields = {}
   for j = 1, #all, 2 do fields[all[j]] = all[j + 1] end
-  local s = tonumber(fields['s'] or '0')
-  if tonumber(fields['w'] or '-1') ~= window then
+  gen[i] = fields['g']
+  if gen[i] == nil or #gen[i] > 32 then
+    gen[i] = string.format('%.0f', now)
+    redis.call('HSET', key, 'g', gen[i])
+  end
+  local s = num(fields['s'])
+  if tonumber(fields['w']) ~= window then
     s = 0
     redis.call('HSET', key, 'w', string.format('%.0f', window), 's', '0')
   end
   for f, v in pairs(fields) do
-    if string.sub(f, 1, 2) == 'h:' and now - tonumber(v) > ttl then
+    if string.sub(f, 1, 2) == 'h:' and now - num(v) > ttl then
       local who = string.sub(f, 3)
       redis.call('HDEL', key, f, 'r:' .. who)
       fields['r:' .. who] = nil
@@ -43,10 +68,10 @@ for i = 1, n do
   end
   local r = 0
   for f, v in pairs(fields) do
-    if string.sub(f, 1, 2) == 'r:' then r = r + tonumber(v) end
+    if string.sub(f, 1, 2) == 'r:' then r = r + num(v) end
   end
   -- This process's changes.
-  local old = tonumber(fields[rk] or '0')
+  local old = num(fields[rk])
   local dr, ds = tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
   local new = dr
   if ARGV[base + 5] ~= '1' then new = old + dr end
@@ -94,5 +119,6 @@ for i = 1, n do
   out[#out + 1] = string.format('%.17g', spent[i])
   out[#out + 1] = string.format('%.17g', math.max(0, reserved[i]))
   out[#out + 1] = string.format('%.0f', ends[i])
+  out[#out + 1] = gen[i]
 end
 return out

@@ -5,12 +5,12 @@
 -- crashed process's) are dropped first.
 -- ARGV 1 token   2 probes (half_open_probes)   3 token time (us)   4 process id
 -- Returns {granted (0|1), then the record}.
-local r = redis.call('HMGET', KEYS[1], 'state', 'until', 'ok', 'origin')
+local r = ours('HMGET', KEYS[1], 'state', 'until', 'ok', 'origin')
 local granted = 0
-if not (r[1] == 'open' and tonumber(r[2]) > now and r[4] ~= ARGV[4]) then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if not (r[1] == 'open' and num(r[2], 0) > now and r[4] ~= ARGV[4]) then
+  ours('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
   local ok = 0
-  if r[1] == 'open' then ok = tonumber(r[3] or '0') end
+  if r[1] == 'open' then ok = count(r[3]) end
   if redis.call('ZCARD', KEYS[2]) + ok < tonumber(ARGV[2]) then
     redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
     redis.call('PEXPIRE', KEYS[2], math.ceil(tonumber(ARGV[3]) / 1000) * 2)
