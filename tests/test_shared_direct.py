@@ -72,6 +72,23 @@ class _ScriptedGate:
         pass
 
 
+def _record_grants(mailbox: Mailbox, order: list[int]) -> None:
+    """Append each granted permit's ``number`` to ``order`` as the mailbox grants it
+    (callers granted at one instant wake in trio's order, not necessarily that one)."""
+    grant, grant_shared = mailbox._grant, mailbox._grant_shared
+
+    def record(permit: _Numbered, *args: object) -> _Numbered:
+        order.append(permit.number)
+        return grant(permit, *args)  # type: ignore[arg-type]
+
+    def record_shared(permit: _Numbered, *args: object) -> _Numbered:
+        order.append(permit.number)
+        return grant_shared(permit, *args)  # type: ignore[arg-type]
+
+    mailbox._grant = record  # type: ignore[method-assign,assignment]
+    mailbox._grant_shared = record_shared  # type: ignore[method-assign,assignment]
+
+
 def _mailbox(gate: _ScriptedGate, **kw: float) -> Mailbox:
     mailbox = Mailbox("m", rpm=6000, **kw)  # type: ignore[arg-type]
     mailbox.attach(gate)  # type: ignore[arg-type]
@@ -86,23 +103,23 @@ async def test_switch_to_local_mid_question_keeps_fifo(
     locally before it — the first is granted first, as if it had queued."""
     gate = _ScriptedGate([(0, "rpm", 0.5)])  # the first question: refused
     mailbox = _mailbox(gate)
-    granted: list[tuple[str, float]] = []
+    granted: list[int] = []
+    _record_grants(mailbox, granted)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(mailbox.run)
 
-        async def one(name: str) -> None:
-            permit = await mailbox.admit(Permit(1.0))
-            granted.append((name, trio.current_time()))
+        async def one(number: int) -> None:
+            permit = await mailbox.admit(_Numbered(number))
             permit.release()
 
         async with trio.open_nursery() as callers:
-            callers.start_soon(one, "first")
+            callers.start_soon(one, 1)
             await trio.lowlevel.checkpoint()
-            callers.start_soon(one, "second")
+            callers.start_soon(one, 2)
             await trio.sleep(WIRE / 2)
             mailbox.share(False, 1)  # another operation found Redis gone
         nursery.cancel_scope.cancel()
-    assert [name for name, _ in granted] == ["first", "second"]
+    assert granted == [1, 2]
     assert gate.asked == [[1.0]]  # nobody was asked for after the switch
 
 
@@ -114,24 +131,25 @@ async def test_a_newcomer_after_a_switch_to_local_waits_for_the_question(
     local fast path and ``try_admit`` see the question as the head of the queue)."""
     gate = _ScriptedGate([(1, "", 0.0)])
     mailbox = _mailbox(gate)
-    granted: list[str] = []
+    granted: list[int] = []
+    _record_grants(mailbox, granted)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(mailbox.run)
 
-        async def one(name: str) -> None:
-            await mailbox.admit(Permit(1.0))
-            granted.append(name)
+        async def one(number: int) -> None:
+            permit = await mailbox.admit(_Numbered(number))
+            permit.release()
 
         async with trio.open_nursery() as callers:
-            callers.start_soon(one, "first")
+            callers.start_soon(one, 1)
             await trio.sleep(WIRE / 2)
             mailbox.share(False, 1)
-            assert mailbox.try_admit(Permit(1.0)) is None
+            assert mailbox.try_admit(_Numbered(3)) is None
             with pytest.raises(Overloaded):
-                mailbox.admit_nowait(Permit(1.0))
-            callers.start_soon(one, "second")
+                mailbox.admit_nowait(_Numbered(4))
+            callers.start_soon(one, 2)
         nursery.cancel_scope.cancel()
-    assert granted == ["first", "second"]
+    assert granted == [1, 2]
 
 
 async def test_a_refused_direct_asker_is_not_refused_for_a_queue_filled_behind_it(
@@ -142,20 +160,21 @@ async def test_a_refused_direct_asker_is_not_refused_for_a_queue_filled_behind_i
     first; it is not the one refused with "the queue is full"."""
     gate = _ScriptedGate([(0, "rpm", 0.05)])
     mailbox = _mailbox(gate, max_queue=1)
-    granted: list[str] = []
+    granted: list[int] = []
+    _record_grants(mailbox, granted)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(mailbox.run)
 
-        async def one(name: str) -> None:
-            await mailbox.admit(Permit(1.0))
-            granted.append(name)
+        async def one(number: int) -> None:
+            permit = await mailbox.admit(_Numbered(number))
+            permit.release()
 
         async with trio.open_nursery() as callers:
-            callers.start_soon(one, "first")
+            callers.start_soon(one, 1)
             await trio.lowlevel.checkpoint()
-            callers.start_soon(one, "second")  # fills the queue (max_queue=1)
+            callers.start_soon(one, 2)  # fills the queue (max_queue=1)
         nursery.cancel_scope.cancel()
-    assert granted == ["first", "second"]
+    assert granted == [1, 2]
 
 
 async def test_an_answer_about_a_request_that_left_is_not_applied_to_the_next(
@@ -241,20 +260,7 @@ def test_grants_follow_arrival_order_whatever_redis_says(
         arrived: list[int] = []
         order: list[int] = []
         ended = 0
-        # Grants in the order the mailbox makes them (callers granted at one instant
-        # wake in trio's order, not necessarily this one).
-        grant, grant_shared = mailbox._grant, mailbox._grant_shared
-
-        def record(permit: _Numbered, *args: object) -> _Numbered:
-            order.append(permit.number)
-            return grant(permit, *args)  # type: ignore[arg-type]
-
-        def record_shared(permit: _Numbered, *args: object) -> _Numbered:
-            order.append(permit.number)
-            return grant_shared(permit, *args)  # type: ignore[arg-type]
-
-        mailbox._grant = record  # type: ignore[method-assign,assignment]
-        mailbox._grant_shared = record_shared  # type: ignore[method-assign,assignment]
+        _record_grants(mailbox, order)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(mailbox.run)
 
