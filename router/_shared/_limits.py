@@ -246,26 +246,42 @@ class ProviderGate:
         self._urgent.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Send queued releases and pauses as they come (until cancelled)."""
+        """Send queued releases and pauses as they come (until cancelled).
+
+        Cancelled (the router closes), it sends what is still queued first — shielded,
+        bounded by the client's ``timeout`` — so a lease freed as the router closes is
+        freed for the other processes now, not ``lease_time`` later.
+        """
         task_status.started()
-        while True:
-            await self._pending.wait()
-            with trio.move_on_after(RELEASE_LINGER):
-                await self._urgent.wait()  # else the next admission may carry them
-            self._pending = trio.Event()
-            self._urgent = trio.Event()
-            pause = self._pause_ms
-            self._pause_ms = 0
-            try:
-                if pause:
-                    await self.client.call(self._pause, [self._keys[3]], [pause])
-                if self._freed or self._tpm_delta or self._rpm_refund:
-                    args = self._release_args()
-                    args.append(0)
-                    try:
-                        await self.client.call(self._admit, self._keys, self._head("") + args)
-                    except BaseException:
-                        self._lost(args, "", 0)
-                        raise
-            except SharedUnavailable:
-                pass
+        try:
+            while True:
+                await self._pending.wait()
+                with trio.move_on_after(RELEASE_LINGER):
+                    await self._urgent.wait()  # else the next admission may carry them
+                self._pending = trio.Event()
+                self._urgent = trio.Event()
+                await self._send()
+        finally:
+            if self.client.shared and (
+                self._freed or self._tpm_delta or self._rpm_refund or self._pause_ms
+            ):
+                with trio.CancelScope(shield=True):
+                    await self._send()
+
+    async def _send(self) -> None:
+        """Send the queued pause, then the queued releases (each bounded by the client)."""
+        pause = self._pause_ms
+        self._pause_ms = 0
+        try:
+            if pause:
+                await self.client.call(self._pause, [self._keys[3]], [pause])
+            if self._freed or self._tpm_delta or self._rpm_refund:
+                args = self._release_args()
+                args.append(0)
+                try:
+                    await self.client.call(self._admit, self._keys, self._head("") + args)
+                except BaseException:
+                    self._lost(args, "", 0)
+                    raise
+        except SharedUnavailable:
+            pass
