@@ -13,6 +13,7 @@ from router import ChatRequest, Message, open_router
 from router._shared._client import SharedClient
 from router._shared._limits import ProviderGate
 from router.config import ProviderConfig, RouterConfig, SharedConfig
+from router.events import SharedLimitsChanged
 from tests._redis import RedisServer
 
 
@@ -87,4 +88,52 @@ async def test_non_finite_numbers_in_our_keys_neither_flap_nor_spin(
             assert 0 < decision.retry_after < math.inf, (score, decision.retry_after)
         assert client.shared
         assert client.statistics().failures == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_correction_queued_before_redis_went_away_is_sent_when_it_is_back(
+    redis_server: RedisServer,
+) -> None:
+    """A call's TPM correction queued while limits were shared, still lingering when
+    another operation found Redis gone: it stays queued and goes once Redis answers
+    again (a short outage loses nothing queued), rather than being taken off the queue
+    by a send that could not happen and dropped."""
+    config = SharedConfig(
+        redis_url=redis_server.url, prefix="kept", timeout=0.2, heartbeat=0.1, max_backoff=0.2
+    )
+    back = trio.Event()
+
+    def on_event(event: SharedLimitsChanged) -> None:
+        if event.state == "shared" and client.statistics().switches > 1:
+            back.set()
+
+    client = SharedClient(config, redis_server.url, on_event=on_event)
+    async with client, trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        # 6000 TPM, burst 6000: 10 ms per token.
+        gate = ProviderGate(
+            client, "p", rpm=None, tpm=6000, rpm_burst=None, tpm_burst=6000, max_concurrency=None
+        )
+        other = ProviderGate(
+            client, "q", rpm=None, tpm=None, rpm_burst=None, tpm_burst=None, max_concurrency=None
+        )
+        granted = await gate.admit([5000])
+        assert granted is not None
+        assert granted.granted == 1
+        assert await other.admit([]) is not None  # its script loaded too
+        gate.release("", -4900)  # the call used 100 of its 5000: refund 4900
+        redis_server.pause()
+        try:
+            assert await other.admit([1]) is None  # Redis is gone: local limits
+            # The gate's task wakes for the queued refund now, while Redis is gone.
+            await nursery.start(gate.run)
+            await trio.sleep(0.05)
+        finally:
+            redis_server.resume()
+        with trio.fail_after(5):
+            await back.wait()
+        await trio.sleep(0.1)  # the refund goes in the background
+        decision = await gate.admit([5000])  # fits only if the 4900 came back
+        assert decision is not None
+        assert (decision.granted, decision.hold) == (1, ""), decision.hold
         nursery.cancel_scope.cancel()

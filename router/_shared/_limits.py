@@ -138,8 +138,8 @@ class ProviderGate:
         """
         if self._mailbox is not None:
             self._mailbox.share(shared, processes)
-        if shared and self._freed:
-            self._pending.set()  # leases queued while Redis was away go now
+        if shared and (self._freed or self._tpm_delta or self._rpm_refund):
+            self._pending.set()  # what was queued while Redis was away goes now
 
     async def heartbeat(self) -> None:
         """Renew this process's leases (their expiry moves to now + lease_time)."""
@@ -269,9 +269,16 @@ class ProviderGate:
                     await self._send()
 
     async def _send(self) -> None:
-        """Send the queued pause, then the queued releases (each bounded by the client)."""
+        """Send the queued pause, then the queued releases (each bounded by the client).
+
+        While limits are local nothing is taken off the queue (nothing could be sent,
+        so nothing is lost): the releases go once Redis answers again (:meth:`switched`);
+        a pause, relative to when it was asked for, is dropped.
+        """
         pause = self._pause_ms
         self._pause_ms = 0
+        if not self.client.shared:
+            return
         try:
             if pause:
                 await self.client.call(self._pause, [self._keys[3]], [pause])
