@@ -391,7 +391,11 @@ class Mailbox:
         assert gate is not None
         cost = permit.cost
         self._check(cost, now)
-        if self._queue or (self._paused_until is not None and now < self._paused_until):
+        if (
+            self._queue
+            or self._asking
+            or (self._paused_until is not None and now < self._paused_until)
+        ):
             raise self._refuse("the provider cannot take a request right now")
         decision = await gate.admit([cost])
         if decision is None:
@@ -460,7 +464,7 @@ class Mailbox:
             now = trio.current_time()
         cost = permit.cost
         self._check(cost, now)
-        if self._queue or self._shared or not self._can_admit(cost, now):
+        if self._queue or self._shared or self._asking or not self._can_admit(cost, now):
             return None
         return self._grant(permit, now)
 
@@ -483,7 +487,7 @@ class Mailbox:
             now = trio.current_time()
         cost = permit.cost
         self._check(cost, now)
-        if not self._queue and not self._shared and self._can_admit(cost, now):
+        if not self._queue and not self._shared and not self._asking and self._can_admit(cost, now):
             # No schedule point here: the caller sends the request next, which yields;
             # an extra pass through the run loop per request is measurable over HTTP.
             return self._grant(permit, now)
@@ -503,7 +507,9 @@ class Mailbox:
             self._check(cost, now)
             if not self._queue and not self._shared and self._can_admit(cost, now):
                 return self._grant(permit, now)
-        if len(self._queue) >= self._max_queue:
+        if len(self._queue) >= self._max_queue and not first:
+            # (One refused on its own question came before everyone queued: it goes to
+            # the head even when they filled the queue meanwhile.)
             raise self._refuse(f"the queue is full ({self._max_queue} waiting)")
         deadline = trio.current_effective_deadline()
         wait = self.expected_wait(cost, now)
@@ -776,6 +782,13 @@ class Mailbox:
         head = queue[0]
         hold = decision.hold
         retry = decision.retry_after
+        if hold == "pause":
+            self.pause_until(now + retry, why="another process was asked to wait", share=False)
+            return 0.0
+        if head is not heads[decision.granted]:
+            # The request the hold is about left while Redis decided (cancelled): what
+            # held it says nothing of the new head's cost or deadline.  Ask for it.
+            return 0.0
         if hold == "never":
             self._fail_head(
                 self._refuse(
@@ -784,9 +797,6 @@ class Mailbox:
                     retryable=False,
                 )
             )
-            return 0.0
-        if hold == "pause":
-            self.pause_until(now + retry, why="another process was asked to wait", share=False)
             return 0.0
         if hold in ("concurrency", "rpm", "tpm"):
             head.held_by = hold
@@ -841,10 +851,13 @@ class Mailbox:
         task_status.started()
         while True:
             self._changed = trio.Event()
-            if self._shared and self._queue:
+            if self._asking:
                 # While a caller's own question is on the wire it is the head: nobody
-                # behind it is asked for first (its end wakes this loop).
-                wait = math.inf if self._asking else await self._serve_shared()
+                # behind it is asked for, nor granted by the local limits should the
+                # mailbox switch to them meanwhile (its end wakes this loop).
+                wait = math.inf
+            elif self._shared and self._queue:
+                wait = await self._serve_shared()
             else:
                 wait = self._serve(trio.current_time())
             if wait <= 0:

@@ -138,8 +138,8 @@ class ProviderGate:
         """
         if self._mailbox is not None:
             self._mailbox.share(shared, processes)
-        if shared and self._freed:
-            self._pending.set()  # leases queued while Redis was away go now
+        if shared and (self._freed or self._tpm_delta or self._rpm_refund):
+            self._pending.set()  # what was queued while Redis was away goes now
 
     async def heartbeat(self) -> None:
         """Renew this process's leases (their expiry moves to now + lease_time)."""
@@ -246,26 +246,49 @@ class ProviderGate:
         self._urgent.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Send queued releases and pauses as they come (until cancelled)."""
+        """Send queued releases and pauses as they come (until cancelled).
+
+        Cancelled (the router closes), it sends what is still queued first — shielded,
+        bounded by the client's ``timeout`` — so a lease freed as the router closes is
+        freed for the other processes now, not ``lease_time`` later.
+        """
         task_status.started()
-        while True:
-            await self._pending.wait()
-            with trio.move_on_after(RELEASE_LINGER):
-                await self._urgent.wait()  # else the next admission may carry them
-            self._pending = trio.Event()
-            self._urgent = trio.Event()
-            pause = self._pause_ms
-            self._pause_ms = 0
-            try:
-                if pause:
-                    await self.client.call(self._pause, [self._keys[3]], [pause])
-                if self._freed or self._tpm_delta or self._rpm_refund:
-                    args = self._release_args()
-                    args.append(0)
-                    try:
-                        await self.client.call(self._admit, self._keys, self._head("") + args)
-                    except BaseException:
-                        self._lost(args, "", 0)
-                        raise
-            except SharedUnavailable:
-                pass
+        try:
+            while True:
+                await self._pending.wait()
+                with trio.move_on_after(RELEASE_LINGER):
+                    await self._urgent.wait()  # else the next admission may carry them
+                self._pending = trio.Event()
+                self._urgent = trio.Event()
+                await self._send()
+        finally:
+            if self.client.shared and (
+                self._freed or self._tpm_delta or self._rpm_refund or self._pause_ms
+            ):
+                with trio.CancelScope(shield=True):
+                    await self._send()
+
+    async def _send(self) -> None:
+        """Send the queued pause, then the queued releases (each bounded by the client).
+
+        While limits are local nothing is taken off the queue (nothing could be sent,
+        so nothing is lost): the releases go once Redis answers again (:meth:`switched`);
+        a pause, relative to when it was asked for, is dropped.
+        """
+        pause = self._pause_ms
+        self._pause_ms = 0
+        if not self.client.shared:
+            return
+        try:
+            if pause:
+                await self.client.call(self._pause, [self._keys[3]], [pause])
+            if self._freed or self._tpm_delta or self._rpm_refund:
+                args = self._release_args()
+                args.append(0)
+                try:
+                    await self.client.call(self._admit, self._keys, self._head("") + args)
+                except BaseException:
+                    self._lost(args, "", 0)
+                    raise
+        except SharedUnavailable:
+            pass

@@ -23,10 +23,16 @@ local n = tonumber(ARGV[11 + r])
 -- A key of ours holding another type (someone wrote under the prefix) is replaced, not
 -- failed on: failing would switch every process to local limits at each call.  The
 -- guard is the read itself (redis.pcall), not a TYPE call more per key and request.
+-- A TAT that is not a finite number ("inf", "nan", "1e300": someone wrote it) is read
+-- as missing too: stored back, it would fail the SET below at every call (its PX out of
+-- range), or answer a retry Redis cannot send as an integer.
+local LATEST = 2^50  -- microseconds, 35 years: no TAT or wait of ours is further
 local function load(key)
   local v = redis.pcall('GET', key)
   if type(v) == 'table' then redis.call('DEL', key) return 0 end
-  return tonumber(v) or 0  -- missing or not a number: full
+  local tat = tonumber(v)
+  if tat == nil or tat ~= tat or tat > now + LATEST then return 0 end  -- full
+  return tat
 end
 local function store(key, tat)
   if tat > now then
@@ -101,4 +107,6 @@ if tpm_i > 0 then store(KEYS[2], ttat) end
 if granted > 0 and maxc > 0 then
   redis.call('PEXPIRE', KEYS[3], math.ceil(lease_us / 1000) * 2)
 end
-return {granted, hold, retry, now}
+-- (A lease scored +inf by someone, a debt past 35 years: a wait Redis can send as an
+-- integer — not one that wraps negative and has the mailbox ask again at once, forever.)
+return {granted, hold, math.min(retry, LATEST), now}
