@@ -476,3 +476,68 @@ def test_reply_readers_accept_only_what_the_scripts_return(reply: object) -> Non
         assert all(math.isfinite(x) and x >= 0 for x in (spent, reserved, ends))
         assert ends <= 60e6
         assert len(generation) <= 32
+
+
+ADMIT_GARBAGE: list[object] = [
+    None,
+    b"OK",
+    [1, 0, 0],  # too short
+    [1, 0, 0, 0, 0],  # too long
+    [b"1", 0, 0, 0],  # text where a number goes
+    [2, 0, 0, 0],  # more grants than requests asked
+    [-1, 0, 0, 0],
+    [0, 9, 1000, 0],  # no such hold
+    [0, -1, 1000, 0],  # would read as "never"
+    [0, 3, -5, 0],  # a negative wait
+    [0, 3, 1.5, 0],
+]
+
+
+@pytest.mark.parametrize("reply", ADMIT_GARBAGE, ids=lambda v: repr(v)[:30])
+async def test_a_malformed_admission_reply_is_redis_failing_not_a_crash(
+    redis_server: RedisServer, reply: object
+) -> None:
+    """Invariant: whatever admit.lua's reply is instead of its four integers in range,
+    the mailbox's task does not crash and no request is refused by it: the process
+    switches to local limits (the reason names admit.lua) and the request is admitted
+    there; the router closes cleanly."""
+    config = RouterConfig(
+        providers={"a": ProviderConfig(kind="mock", rpm=600, max_concurrency=4)},
+        shared=SharedConfig(redis_url=redis_server.url, prefix="admitgarbage", timeout=1.0),
+    )
+    async with open_router(config) as router:
+        client = router._shared
+        assert client is not None
+        await router.complete(ChatRequest(model="a:m", messages=[Message.user("hi")]))
+        _garble(client, ["admit"], reply)
+        for _ in range(3):
+            answer = await router.complete(ChatRequest(model="a:m", messages=[Message.user("hi")]))
+            assert answer.text
+        assert not client.shared
+        assert "admit.lua with a malformed reply" in (client.reason or "")
+
+
+@pytest.mark.parametrize("reply", [None, b"3", -1, [1], 10**9], ids=repr)
+async def test_a_malformed_heartbeat_reply_is_redis_failing_not_a_crash(
+    redis_server: RedisServer, reply: object
+) -> None:
+    """A heartbeat answered with anything but a process count: the client's task goes
+    on (it does not crash the router), the process is on local limits and says why."""
+    url = redis_server.url
+    config = SharedConfig(redis_url=url, prefix="beatgarbage", timeout=1.0, heartbeat=0.05)
+    client = SharedClient(config, url)
+    async with client, trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        assert client.shared
+        real = client._evalsha
+
+        async def evalsha(script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+            if script is client._heartbeat:
+                return reply
+            return await real(script, keys, args)
+
+        client._evalsha = evalsha  # type: ignore[method-assign]
+        await trio.sleep(0.2)
+        assert not client.shared
+        assert "heartbeat.lua with a malformed reply" in (client.reason or "")
+        nursery.cancel_scope.cancel()

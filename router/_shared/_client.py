@@ -311,7 +311,15 @@ class SharedClient:
             except (coredis.exceptions.RedisError, OSError) as exc:
                 self._fail(self._describe(exc))
                 return False
-            processes = max(1, int(live))
+            if type(live) is not int or not 0 <= live <= 1_000_000:
+                self._fail(
+                    self._scrub(
+                        "Redis answered heartbeat.lua with a malformed reply: "
+                        f"expected a process count, got {str(live)[:40]!r}"
+                    )
+                )
+                return False
+            processes = max(1, live)
             if processes != self.processes:
                 self.processes = processes
                 for listener in self._listeners:

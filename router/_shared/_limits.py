@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Literal
 import trio
 
 from ._client import SharedClient, SharedUnavailable
+from ._replies import MalformedReply, array, integer, refuse
 
 if TYPE_CHECKING:
     from .._limiter import Mailbox
@@ -173,7 +174,17 @@ class ProviderGate:
             if isinstance(exc, SharedUnavailable):
                 return None
             raise
-        granted, hold, retry_us = int(reply[0]), int(reply[1]), int(reply[2])
+        try:
+            values = array(reply, 4, "admit.lua's reply")
+            granted = integer(values[0], "admit.lua's granted", 0, len(costs))
+            hold = integer(values[1], "admit.lua's hold", 0, len(_HOLDS) - 1)
+            retry_us = integer(values[2], "admit.lua's wait", 0)
+        except MalformedReply as problem:
+            # Not what admit.lua answers (a proxy, another server): as if Redis failed.
+            # Leases it may have taken are freed with the next round trip.
+            self._lost(args, base, len(costs))
+            refuse(self.client, "admit", problem)
+            return None
         leases: list[str] = []
         if self._max_concurrency:
             leases = [f"{base}{i}" for i in range(1, granted + 1)]
