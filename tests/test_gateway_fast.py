@@ -209,3 +209,36 @@ def test_serve_shows_the_routers_warnings_and_errors_on_its_stderr() -> None:
         "llm-router gateway: ERROR: gateway: unexpected error answering gw-1 "
         "(/v1/chat/completions)\n"
     )
+
+
+class _BrokenRefusal(Gateway):
+    """A gateway whose 413 (built outside ``handle``, before the body is read) raises."""
+
+    def body_too_large(self, path: str, size: int) -> Reply | None:
+        raise RuntimeError(f"refusal bug near {KEY.reveal()}")
+
+
+async def test_an_unexpected_exception_outside_handle_is_logged_and_a_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug in the ASGI layer itself (outside ``Gateway.handle``) is logged at ERROR,
+    scrubbed, and the client gets the server's 500 rather than a hang."""
+    async with running_gateway() as gw:
+        gw.app.gateway = _BrokenRefusal(gw.router, gw.app.gateway.config, secrets_=(KEY.reveal(),))
+        host, _, port = gw.url.removeprefix("http://").rpartition(":")
+        with caplog.at_level(logging.ERROR, logger="trio_llm_router"):
+            stream = await trio.open_tcp_stream(host, int(port))
+            await stream.send_all(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                b"content-length: 999999999999\r\n\r\n"
+            )
+            received = b""
+            with trio.fail_after(5):
+                while b"\r\n\r\n" not in received:
+                    received += await stream.receive_some()
+            await stream.aclose()
+    assert received.startswith(b"HTTP/1.1 500")
+    (record,) = [r for r in caplog.records if r.name == "trio_llm_router"]
+    logged = record.getMessage()
+    assert "RuntimeError: refusal bug near" in logged
+    assert KEY.reveal() not in logged

@@ -1020,7 +1020,13 @@ class GatewayApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            try:
+                await self._http(scope, receive, send)
+            except Exception as exc:
+                # A bug outside Gateway.handle (which answers its own in the vendor's
+                # shape): logged here; the server answers a bare 500 if nothing was sent.
+                self.gateway.log_internal(exc, "a request", None)
+                raise
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         else:  # websocket: not spoken here
