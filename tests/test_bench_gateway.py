@@ -43,7 +43,7 @@ def test_bench_gateway_quick_prints_its_table_and_writes_its_json(tmp_path: Path
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert any(line.startswith("gateway (llm-router serve in a child process") for line in lines)
-    assert any("upstream latency fixed at 200 ms" in line for line in lines), result.stdout
+    assert any("upstream latency fixed at 250 ms" in line for line in lines), result.stdout
     header = next(line for line in lines if "direct p50" in line)
     for column in ("direct p99", "direct req/s", "gateway p99", "throughput", "adds p50"):
         assert column in header
@@ -60,7 +60,7 @@ def test_bench_gateway_quick_prints_its_table_and_writes_its_json(tmp_path: Path
     figures = json.loads(out.read_text())
     assert set(figures) == {"machine", "gateway"}
     gateway = figures["gateway"]
-    assert gateway["upstream_latency"] == 0.2
+    assert gateway["upstream_latency"] == 0.25
     assert [level["concurrency"] for level in gateway["requests"]] == [1, 16, 64]
     for level in [*gateway["requests"], gateway["cost"]["round"]]:
         assert level["rounds"] >= 1
@@ -69,9 +69,9 @@ def test_bench_gateway_quick_prints_its_table_and_writes_its_json(tmp_path: Path
         assert level["direct"]["requests"] == level["gateway"]["requests"] + per_round > 0
         for key in ("added_p50_us", "added_p99_us"):
             assert math.isfinite(level[key])
-    for level in gateway["requests"]:  # every request waited for the upstream's 200 ms
-        assert level["direct"]["p50_us"] >= 200_000
-        assert level["gateway"]["p50_us"] >= 200_000
+    for level in gateway["requests"]:  # every request waited for the upstream's 250 ms
+        assert level["direct"]["p50_us"] >= 250_000
+        assert level["gateway"]["p50_us"] >= 250_000
     c16 = gateway["requests"][1]
     assert gateway["target_met"] is (c16["added_p50_us"] <= 1000)
     assert gateway["cost"]["round"]["concurrency"] == 1

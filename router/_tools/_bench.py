@@ -21,7 +21,7 @@ scale         1,000 concurrent streaming requests through one router over loopba
 coldstart     ``python -c "import router"``: wall time and peak RSS
 gateway       ``llm-router serve`` (a child process) in front of the fake upstream (another)
               against that upstream directly: the latency it adds at concurrency 1, 16
-              and 64 in alternating rounds (upstream latency fixed at 200 ms); its CPU
+              and 64 in alternating rounds (upstream latency fixed at 250 ms); its CPU
               per request and throughput (upstream answering at once, concurrency 1);
               then 1,000 concurrent streams through it, and its RSS (``_bench_gateway``)
 shared        ``[shared]`` on a redis-server of its own (loopback, temporary directory): the

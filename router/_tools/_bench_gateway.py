@@ -8,16 +8,16 @@ and through the gateway (whose ``model`` names the upstream's provider); both re
 are decoded.
 
 - **latency**, at concurrency 1, 16 and 64, against an upstream that answers after a
-  fixed :data:`LATENCY` (200 ms), as a real model does: alternating rounds in one run
+  fixed :data:`LATENCY` (250 ms), as a real model does: alternating rounds in one run
   (direct, gateway, direct, ..., gateway, direct); each gateway round is compared with
   the mean of the direct rounds either side of it (which cancels the machine's drift to
   first order), and the figures are the medians of those comparisons: the throughput
   ratio, and the latency the gateway adds at p50 and p99.  Why a fixed latency, and
-  why 200 ms: against an upstream that answers at once, c requests in flight keep the
+  why 250 ms: against an upstream that answers at once, c requests in flight keep the
   three processes busy all the time, and on a 2-core machine a request then waits for
   the CPU behind the other c - 1: "added latency" becomes c times the gateway's CPU
   cost plus scheduler noise, not what a caller of a real model sees.  With the
-  upstream's latency fixed at 200 ms, concurrency 64 offers at most 320 requests a
+  upstream's latency fixed at 250 ms, concurrency 64 offers at most 256 requests a
   second, which the three processes serve with CPU to spare (50 or 100 ms would offer
   640 to 1,280 a second at concurrency 64, more than the gateway's 1 to 2 ms of CPU per
   request leaves room for on 2 cores), so the difference between the two paths is the
@@ -76,7 +76,7 @@ _KEY_ENV = "LLM_ROUTER_BENCH_UPSTREAM_KEY"
 _KEY = "sk-bench-not-a-key"
 
 #: The fixed-latency upstream's latency, seconds (see the module docstring for why).
-LATENCY = 0.2
+LATENCY = 0.25
 
 # "a" answers at once (the cost part), "f" after LATENCY (the latency part), "s" streams.
 _SCENARIOS = f"""
