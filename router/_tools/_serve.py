@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -134,6 +135,17 @@ def _registry() -> CollectorRegistry | None:
     return CollectorRegistry()
 
 
+def _log_warnings_to(err: TextIO) -> logging.Handler:
+    """The router's warnings and errors (an unexpected error answering a request among
+    them) on ``err`` while the command serves: the library itself only has a
+    ``NullHandler``, which would drop them."""
+    handler = logging.StreamHandler(err)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("llm-router gateway: %(levelname)s: %(message)s"))
+    logging.getLogger("trio_llm_router").addHandler(handler)
+    return handler
+
+
 async def run_serve(
     config_path: Path | None,
     *,
@@ -145,6 +157,7 @@ async def run_serve(
     """``llm-router serve``: serve until SIGTERM or SIGINT, then drain; exit status 0."""
     registry = _registry()
     async with AsyncExitStack() as stack:
+        stack.callback(logging.getLogger("trio_llm_router").removeHandler, _log_warnings_to(err))
         providers: dict[str, Provider] | None = None
         if config_path is None:
             config = demo_config()
