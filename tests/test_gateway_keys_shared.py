@@ -20,6 +20,7 @@ import trio
 
 from router import open_router
 from router._tools._gateway import Gateway, GatewayApp
+from providers import ChatRequest, Message
 from router.config import BudgetConfig, GatewayKeyConfig, RouterConfig, SharedConfig
 from router.testing import MockProvider
 from tests._redis import RedisServer
@@ -228,3 +229,53 @@ rpm = 4
         for proc in workers:
             stop(proc)
         stop(upstream)
+
+
+# -- hostile review: cancellation, config, refusals ------------------------------------
+
+
+def _hi() -> ChatRequest:
+    return ChatRequest(model="fast", messages=[Message.user("hi")], max_tokens=50)
+
+
+@pytest.mark.parametrize("during", ["rate", "reservation"])
+async def test_an_admission_cancelled_while_redis_answers_keeps_nothing(
+    redis_server: RedisServer, during: str
+) -> None:
+    """A key's admission cancelled while Redis answers (its rpm/tpm script has run, or
+    its spend reservation is on the wire) gives back what it took: with rpm = 1 the next
+    request (from the other worker) passes, and the cancelled one is neither admitted
+    nor counted as refused."""
+    key = GatewayKeyConfig(key_env="TEAM_A_KEY", rpm=1, tpm=1000, spend_cap=1.0)
+    config = shared(keyed_config(key), redis_server, f"kcancel{during}")
+    async with two_gateways(config) as (one, two):
+        assert one.keys is not None
+        state = one.keys.by_name["team-a"]
+        assert state.shared is not None
+        assert state.shared.gate is not None
+        assert state.shared.budget is not None
+        client = state.shared.gate.client
+        real = client.call
+        target = (
+            state.shared.gate._keys if during == "rate" else state.shared.budget._owner._script
+        )
+        with trio.CancelScope() as scope:
+
+            async def call(script: object, keys: list[str], args: list[object]) -> object:
+                reply = await real(script, keys, args)
+                if target is keys or target is script:
+                    scope.cancel()  # the answer is here; the caller is cancelled now
+                    await trio.sleep(0)
+                return reply
+
+            client.call = call  # type: ignore[method-assign]
+            try:
+                await one.keys.admit(state, one.router, "fast", request=_hi())
+            finally:
+                del client.call
+        assert scope.cancelled_caught
+        await trio.sleep(0.1)  # worker one's refund reaches Redis (queued, lingering)
+        got = await send(two, "/v1/chat/completions", chat_body(), bearer(KEY_A))
+        assert got.status == 200, got.body
+        stats = one.keys.statistics()["team-a"]
+        assert (stats.requests, stats.refused) == (0, 0)

@@ -407,7 +407,15 @@ class GatewayKeys:
         limits = state.shared
         on_redis = False
         if limits is not None and limits.shared:
-            decision = await limits.admit(tokens)
+            decision = await limits.admit(tokens)  # shielded: its outcome is known
+            try:
+                # Cancelled while Redis answered (a deadline, a disconnect): the grant
+                # goes back, as one cancelled during the reservation below does.
+                await trio.lowlevel.checkpoint_if_cancelled()
+            except BaseException:
+                if decision is not None and decision.granted:
+                    limits.undo(tokens)
+                raise
             if decision is not None:
                 if not decision.granted:
                     state.refused += 1
@@ -433,6 +441,7 @@ class GatewayKeys:
                 raise
             if not fits:
                 self._undo(state, now, on_redis, tokens)
+                state.refused += 1
                 self._refused(state, "spend cap")
                 raise BudgetExceeded(
                     _over_cap(state, budget, reserved, now), retry_after=_reset(budget, now)
@@ -476,7 +485,6 @@ class GatewayKeys:
     @staticmethod
     def _undo(state: KeyState, now: float, on_redis: bool, tokens: float) -> None:
         """Give back what a refused (or cancelled) request took of the rate limits."""
-        state.refused += 1
         if on_redis:
             assert state.shared is not None
             state.shared.undo(tokens)
