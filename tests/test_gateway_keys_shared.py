@@ -18,9 +18,9 @@ import msgspec
 import pytest
 import trio
 
+from providers import ChatRequest, Message
 from router import open_router
 from router._tools._gateway import Gateway, GatewayApp
-from providers import ChatRequest, Message
 from router.config import BudgetConfig, GatewayKeyConfig, RouterConfig, SharedConfig
 from router.testing import MockProvider
 from tests._redis import RedisServer
@@ -265,7 +265,7 @@ async def test_an_admission_cancelled_while_redis_answers_keeps_nothing(
                 reply = await real(script, keys, args)
                 if target is keys or target is script:
                     scope.cancel()  # the answer is here; the caller is cancelled now
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
                 return reply
 
             client.call = call  # type: ignore[method-assign]

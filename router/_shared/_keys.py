@@ -75,7 +75,8 @@ class SharedKeyLimits:
         # script runs would not know whether it was granted; the caller gives a grant
         # back when it finds itself cancelled.
         with trio.CancelScope(shield=True):
-            return await self.gate.admit([tokens])
+            decision = await self.gate.admit([tokens])
+        return decision
 
     def undo(self, tokens: float) -> None:
         """Give back a grant whose request was then refused (queued; never waits)."""
