@@ -18,7 +18,7 @@ import msgspec
 import pytest
 import trio
 
-from providers import ChatRequest, Message
+from providers import ChatRequest, ConfigError, Message
 from router import open_router
 from router._tools._gateway import Gateway, GatewayApp
 from router.config import BudgetConfig, GatewayKeyConfig, RouterConfig, SharedConfig
@@ -256,9 +256,7 @@ async def test_an_admission_cancelled_while_redis_answers_keeps_nothing(
         assert state.shared.budget is not None
         client = state.shared.gate.client
         real = client.call
-        target = (
-            state.shared.gate._keys if during == "rate" else state.shared.budget._owner._script
-        )
+        target = state.shared.gate._keys if during == "rate" else state.shared.budget._owner._script
         with trio.CancelScope() as scope:
 
             async def call(script: object, keys: list[str], args: list[object]) -> object:
@@ -279,3 +277,42 @@ async def test_an_admission_cancelled_while_redis_answers_keeps_nothing(
         assert got.status == 200, got.body
         stats = one.keys.statistics()["team-a"]
         assert (stats.requests, stats.refused) == (0, 0)
+
+
+async def test_a_shared_cap_without_period_says_it_never_resets(redis_server: RedisServer) -> None:
+    """A key's shared spend cap without ``spend_period`` (one window, never reset) is
+    refused as the local one is: no reset to wait for (``retry-after: 1``, the gateway's
+    floor, not a year) and no "it resets in ..." in the message, which says it never
+    resets."""
+    key = GatewayKeyConfig(key_env="TEAM_A_KEY", spend_cap=0.0025)
+    config = shared(keyed_config(key), redis_server, "knever")
+    async with two_gateways(config) as (one, _):
+        statuses = await _requests_until_refused([one])
+        assert statuses[-1] == 429
+        got = await send(one, "/v1/chat/completions", chat_body(max_tokens=1000), bearer(KEY_A))
+        assert got.status == 429
+        message = got.body["error"]["message"]
+        assert "it never resets" in message
+        assert "resets in" not in message
+        assert got.headers["retry-after"] == "1"  # as without [shared]; not a year
+
+
+async def test_a_gateway_key_with_limits_the_router_does_not_share_is_refused(
+    redis_server: RedisServer,
+) -> None:
+    """A gateway over a ``[shared]`` router, with a key whose limits the router's own
+    configuration does not have (so nothing on Redis), is refused at start naming that
+    key: its limits would otherwise be each worker's own, silently."""
+    config = shared(
+        keyed_config(GatewayKeyConfig(key_env="TEAM_A_KEY", rpm=3)), redis_server, "kmissing"
+    )
+    other = keyed_config(
+        GatewayKeyConfig(key_env="TEAM_A_KEY", rpm=3),
+        b=GatewayKeyConfig(key_env="TEAM_B_KEY", rpm=5),
+    )
+    async with open_router(
+        config, providers={"a": MockProvider(name="a"), "b": MockProvider(name="b")}
+    ) as router:
+        with pytest.raises(ConfigError, match="'team-b'") as info:
+            GatewayApp(router, other)
+        assert info.value.path == "$.gateway.keys.team-b"

@@ -241,6 +241,13 @@ class GatewayKeys:
                 )
             state = KeyState(name, key, digest, now)
             limits = None if shared is None else shared.get(name)
+            if limits is None and client is not None and _limited(key):
+                raise ConfigError(
+                    f"gateway key {name!r}: it has limits the router's own configuration "
+                    "does not give it, so they are not shared on Redis (each worker "
+                    "would keep its own); serve the router's configuration",
+                    path=path,
+                )
             if limits is not None:
                 if limits.config != key:
                     raise ConfigError(
@@ -444,7 +451,7 @@ class GatewayKeys:
                 state.refused += 1
                 self._refused(state, "spend cap")
                 raise BudgetExceeded(
-                    _over_cap(state, budget, reserved, now), retry_after=_reset(budget, now)
+                    _over_cap(state, budget, reserved, now), retry_after=_reset(state, now)
                 )
         state.requests += 1
         return Ticket(state, needs, tokens, reserved, on_redis)
@@ -575,6 +582,11 @@ class Ticket:
             state.spent += cost
 
 
+def _limited(key: GatewayKeyConfig) -> bool:
+    """Whether ``key`` has a limit that ``[shared]`` puts on Redis."""
+    return key.rpm is not None or key.tpm is not None or key.spend_cap is not None
+
+
 def _needs(
     router: Router,
     config: RouterConfig,
@@ -604,8 +616,13 @@ def _reservation(router: Router, model: str, request: ChatRequest | None, needs:
     return full + max(0, len(plan.targets) - 1) * prompt
 
 
-def _reset(budget: Budget, now: float) -> float | None:
-    resets_at = budget.statistics(now).resets_at
+def _reset(state: KeyState, now: float) -> float | None:
+    """Seconds until the key's cap resets; ``None``: never (no ``spend_period``; shared,
+    its one window ends in decades, which is not a wait to announce)."""
+    assert state.budget is not None
+    if state.config.spend_period is None:
+        return None
+    resets_at = state.budget.statistics(now).resets_at
     return None if math.isinf(resets_at) else max(0.0, resets_at - now)
 
 
@@ -617,7 +634,7 @@ def _over_cap(state: KeyState, budget: Budget, reserved: float, now: float) -> s
         per = "in all (every worker of this gateway together; it never resets)"
     if isinstance(period, float):
         per = f"per {period:g}s"
-    wait = _reset(budget, now)
+    wait = _reset(state, now)
     when = "" if wait is None else f"; it resets in {wait:.0f}s"
     return (
         f"gateway key {state.name!r} has reached its spend cap of ${stats.limit:g} {per}: "
