@@ -316,3 +316,27 @@ async def test_a_gateway_key_with_limits_the_router_does_not_share_is_refused(
         with pytest.raises(ConfigError, match="'team-b'") as info:
             GatewayApp(router, other)
         assert info.value.path == "$.gateway.keys.team-b"
+
+
+async def test_key_statistics_say_whether_redis_or_the_local_buckets_decide(
+    redis_server: RedisServer,
+) -> None:
+    """After shared admissions a key's statistics say ``limits == "shared"``: its
+    ``rpm_tokens`` (still full: 3) are the local fallback, not what is left on Redis
+    (1); with Redis gone they say ``"local"``, and a key with only a cap says ``None``."""
+    key = GatewayKeyConfig(key_env="TEAM_A_KEY", rpm=3)
+    capped = GatewayKeyConfig(key_env="TEAM_B_KEY", spend_cap=1.0)
+    config = shared(keyed_config(key, b=capped), redis_server, "kstats")
+    async with two_gateways(config) as (one, _):
+        assert one.keys is not None
+        for _ in range(2):
+            got = await send(one, "/v1/chat/completions", chat_body(), bearer(KEY_A))
+            assert got.status == 200
+        stats = one.keys.statistics()
+        assert (stats["team-a"].requests, stats["team-a"].limits) == (2, "shared")
+        assert stats["team-a"].rpm_tokens == 3.0  # the fallback bucket, not drawn from
+        assert stats["team-b"].limits is None
+        redis_server.kill()
+        got = await send(one, "/v1/chat/completions", chat_body(), bearer(KEY_A))
+        assert got.status == 200  # Redis does not answer: the local bucket decides
+        assert one.keys.statistics()["team-a"].limits == "local"

@@ -174,7 +174,15 @@ def _bucket(limit: int | None, burst: int | None, now: float) -> TokenBucket | N
 
 
 class KeyStatistics(msgspec.Struct, frozen=True, kw_only=True):
-    """A frozen view of one gateway key (never its value)."""
+    """A frozen view of one gateway key (never its value).
+
+    ``requests``, ``refused`` and ``spent`` count this process's requests.
+    ``rpm_tokens`` and ``tpm_tokens`` are this process's own buckets: with ``[shared]``
+    they decide only while ``limits`` is ``"local"`` (at the fair share); while it is
+    ``"shared"`` Redis decides and they are not drawn from (Redis's buckets are not read
+    for a snapshot).  ``reserved`` is the cap's reservations (with ``[shared]``: every
+    worker's, as Redis last said).
+    """
 
     name: str
     requests: int
@@ -183,6 +191,9 @@ class KeyStatistics(msgspec.Struct, frozen=True, kw_only=True):
     reserved: float
     rpm_tokens: float | None
     tpm_tokens: float | None
+    #: ``[shared]``, a key with an rpm or tpm: ``"shared"`` (Redis decides) or
+    #: ``"local"`` (this process's buckets, at its fair share); else ``None``.
+    limits: str | None = None
 
 
 class GatewayKeys:
@@ -522,6 +533,7 @@ class GatewayKeys:
                 reserved=0.0 if s.budget is None else s.budget.statistics(now).reserved,
                 rpm_tokens=None if s.rpm is None else s.rpm.tokens(now),
                 tpm_tokens=None if s.tpm is None else s.tpm.tokens(now),
+                limits=_limits(s),
             )
             for s in self.states
         }
@@ -580,6 +592,14 @@ class Ticket:
                 cost = math.fsum(a.cost for a in attempts if a.cost is not None)
             budget.settle(self._reserved, cost, now)
             state.spent += cost
+
+
+def _limits(state: KeyState) -> str | None:
+    """What decides the key's rpm/tpm: ``"shared"``, ``"local"`` or (unshared) ``None``."""
+    shared = state.shared
+    if shared is None or shared.gate is None:
+        return None
+    return "shared" if shared.shared else "local"
 
 
 def _limited(key: GatewayKeyConfig) -> bool:
