@@ -340,3 +340,20 @@ async def test_key_statistics_say_whether_redis_or_the_local_buckets_decide(
         got = await send(one, "/v1/chat/completions", chat_body(), bearer(KEY_A))
         assert got.status == 200  # Redis does not answer: the local bucket decides
         assert one.keys.statistics()["team-a"].limits == "local"
+
+
+async def test_a_grant_refused_by_the_cap_gives_its_request_back_on_redis(
+    redis_server: RedisServer,
+) -> None:
+    """Invariant: a request granted by the shared rpm bucket and then refused by the
+    key's cap takes nothing: with rpm = 2 and a cap no request fits under, five
+    requests across two workers are all refused by the cap, never by the rpm."""
+    key = GatewayKeyConfig(key_env="TEAM_A_KEY", rpm=2, spend_cap=0.000001)
+    config = shared(keyed_config(key), redis_server, "kcaprpm")
+    async with two_gateways(config) as (one, two):
+        codes = []
+        for i in range(5):
+            got = await send((one, two)[i % 2], "/v1/chat/completions", chat_body(), bearer(KEY_A))
+            codes.append(got.body["error"]["code"])
+            await trio.sleep(0.05)  # the refund reaches Redis (queued, lingering)
+        assert codes == ["insufficient_quota"] * 5
