@@ -18,6 +18,7 @@ import msgspec
 import pytest
 import trio
 
+from providers import ChatRequest, ConfigError, Message
 from router import open_router
 from router._tools._gateway import Gateway, GatewayApp
 from router.config import BudgetConfig, GatewayKeyConfig, RouterConfig, SharedConfig
@@ -228,3 +229,131 @@ rpm = 4
         for proc in workers:
             stop(proc)
         stop(upstream)
+
+
+# -- hostile review: cancellation, config, refusals ------------------------------------
+
+
+def _hi() -> ChatRequest:
+    return ChatRequest(model="fast", messages=[Message.user("hi")], max_tokens=50)
+
+
+@pytest.mark.parametrize("during", ["rate", "reservation"])
+async def test_an_admission_cancelled_while_redis_answers_keeps_nothing(
+    redis_server: RedisServer, during: str
+) -> None:
+    """A key's admission cancelled while Redis answers (its rpm/tpm script has run, or
+    its spend reservation is on the wire) gives back what it took: with rpm = 1 the next
+    request (from the other worker) passes, and the cancelled one is neither admitted
+    nor counted as refused."""
+    key = GatewayKeyConfig(key_env="TEAM_A_KEY", rpm=1, tpm=1000, spend_cap=1.0)
+    config = shared(keyed_config(key), redis_server, f"kcancel{during}")
+    async with two_gateways(config) as (one, two):
+        assert one.keys is not None
+        state = one.keys.by_name["team-a"]
+        assert state.shared is not None
+        assert state.shared.gate is not None
+        assert state.shared.budget is not None
+        client = state.shared.gate.client
+        real = client.call
+        target = state.shared.gate._keys if during == "rate" else state.shared.budget._owner._script
+        with trio.CancelScope() as scope:
+
+            async def call(script: object, keys: list[str], args: list[object]) -> object:
+                reply = await real(script, keys, args)
+                if target is keys or target is script:
+                    scope.cancel()  # the answer is here; the caller is cancelled now
+                    await trio.lowlevel.checkpoint()
+                return reply
+
+            client.call = call  # type: ignore[method-assign]
+            try:
+                await one.keys.admit(state, one.router, "fast", request=_hi())
+            finally:
+                del client.call
+        assert scope.cancelled_caught
+        await trio.sleep(0.1)  # worker one's refund reaches Redis (queued, lingering)
+        got = await send(two, "/v1/chat/completions", chat_body(), bearer(KEY_A))
+        assert got.status == 200, got.body
+        stats = one.keys.statistics()["team-a"]
+        assert (stats.requests, stats.refused) == (0, 0)
+
+
+async def test_a_shared_cap_without_period_says_it_never_resets(redis_server: RedisServer) -> None:
+    """A key's shared spend cap without ``spend_period`` (one window, never reset) is
+    refused as the local one is: no reset to wait for (``retry-after: 1``, the gateway's
+    floor, not a year) and no "it resets in ..." in the message, which says it never
+    resets."""
+    key = GatewayKeyConfig(key_env="TEAM_A_KEY", spend_cap=0.0025)
+    config = shared(keyed_config(key), redis_server, "knever")
+    async with two_gateways(config) as (one, _):
+        statuses = await _requests_until_refused([one])
+        assert statuses[-1] == 429
+        got = await send(one, "/v1/chat/completions", chat_body(max_tokens=1000), bearer(KEY_A))
+        assert got.status == 429
+        message = got.body["error"]["message"]
+        assert "it never resets" in message
+        assert "resets in" not in message
+        assert got.headers["retry-after"] == "1"  # as without [shared]; not a year
+
+
+async def test_a_gateway_key_with_limits_the_router_does_not_share_is_refused(
+    redis_server: RedisServer,
+) -> None:
+    """A gateway over a ``[shared]`` router, with a key whose limits the router's own
+    configuration does not have (so nothing on Redis), is refused at start naming that
+    key: its limits would otherwise be each worker's own, silently."""
+    config = shared(
+        keyed_config(GatewayKeyConfig(key_env="TEAM_A_KEY", rpm=3)), redis_server, "kmissing"
+    )
+    other = keyed_config(
+        GatewayKeyConfig(key_env="TEAM_A_KEY", rpm=3),
+        b=GatewayKeyConfig(key_env="TEAM_B_KEY", rpm=5),
+    )
+    async with open_router(
+        config, providers={"a": MockProvider(name="a"), "b": MockProvider(name="b")}
+    ) as router:
+        with pytest.raises(ConfigError, match="'team-b'") as info:
+            GatewayApp(router, other)
+        assert info.value.path == "$.gateway.keys.team-b"
+
+
+async def test_key_statistics_say_whether_redis_or_the_local_buckets_decide(
+    redis_server: RedisServer,
+) -> None:
+    """After shared admissions a key's statistics say ``limits == "shared"``: its
+    ``rpm_tokens`` (still full: 3) are the local fallback, not what is left on Redis
+    (1); with Redis gone they say ``"local"``, and a key with only a cap says ``None``."""
+    key = GatewayKeyConfig(key_env="TEAM_A_KEY", rpm=3)
+    capped = GatewayKeyConfig(key_env="TEAM_B_KEY", spend_cap=1.0)
+    config = shared(keyed_config(key, b=capped), redis_server, "kstats")
+    async with two_gateways(config) as (one, _):
+        assert one.keys is not None
+        for _ in range(2):
+            got = await send(one, "/v1/chat/completions", chat_body(), bearer(KEY_A))
+            assert got.status == 200
+        stats = one.keys.statistics()
+        assert (stats["team-a"].requests, stats["team-a"].limits) == (2, "shared")
+        assert stats["team-a"].rpm_tokens == 3.0  # the fallback bucket, not drawn from
+        assert stats["team-b"].limits is None
+        redis_server.kill()
+        got = await send(one, "/v1/chat/completions", chat_body(), bearer(KEY_A))
+        assert got.status == 200  # Redis does not answer: the local bucket decides
+        assert one.keys.statistics()["team-a"].limits == "local"
+
+
+async def test_a_grant_refused_by_the_cap_gives_its_request_back_on_redis(
+    redis_server: RedisServer,
+) -> None:
+    """Invariant: a request granted by the shared rpm bucket and then refused by the
+    key's cap takes nothing: with rpm = 2 and a cap no request fits under, five
+    requests across two workers are all refused by the cap, never by the rpm."""
+    key = GatewayKeyConfig(key_env="TEAM_A_KEY", rpm=2, spend_cap=0.000001)
+    config = shared(keyed_config(key), redis_server, "kcaprpm")
+    async with two_gateways(config) as (one, two):
+        codes = []
+        for i in range(5):
+            got = await send((one, two)[i % 2], "/v1/chat/completions", chat_body(), bearer(KEY_A))
+            codes.append(got.body["error"]["code"])
+            await trio.sleep(0.05)  # the refund reaches Redis (queued, lingering)
+        assert codes == ["insufficient_quota"] * 5

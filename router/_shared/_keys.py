@@ -26,6 +26,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import trio
+
 from .._budget import Budget, period_seconds
 from ..config import GatewayKeyConfig
 from ._budgets import SharedBudget, SharedBudgets
@@ -65,9 +67,16 @@ class SharedKeyLimits:
 
     async def admit(self, tokens: float) -> Decision | None:
         """Take one request and ``tokens`` (0 without a tpm) from the shared buckets;
-        ``None`` when Redis does not answer (the local fair share decides)."""
+        ``None`` when Redis does not answer (the local fair share decides).  The round
+        trip is shielded from the caller's cancellation (bounded by the client's
+        ``timeout``), so its outcome is always known."""
         assert self.gate is not None
-        return await self.gate.admit([tokens])
+        # Shielded (bounded by the client's timeout): a caller cancelled while the
+        # script runs would not know whether it was granted; the caller gives a grant
+        # back when it finds itself cancelled.
+        with trio.CancelScope(shield=True):
+            decision = await self.gate.admit([tokens])
+        return decision
 
     def undo(self, tokens: float) -> None:
         """Give back a grant whose request was then refused (queued; never waits)."""

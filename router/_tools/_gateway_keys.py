@@ -174,7 +174,15 @@ def _bucket(limit: int | None, burst: int | None, now: float) -> TokenBucket | N
 
 
 class KeyStatistics(msgspec.Struct, frozen=True, kw_only=True):
-    """A frozen view of one gateway key (never its value)."""
+    """A frozen view of one gateway key (never its value).
+
+    ``requests``, ``refused`` and ``spent`` count this process's requests.
+    ``rpm_tokens`` and ``tpm_tokens`` are this process's own buckets: with ``[shared]``
+    they decide only while ``limits`` is ``"local"`` (at the fair share); while it is
+    ``"shared"`` Redis decides and they are not drawn from (Redis's buckets are not read
+    for a snapshot).  ``reserved`` is the cap's reservations (with ``[shared]``: every
+    worker's, as Redis last said).
+    """
 
     name: str
     requests: int
@@ -183,6 +191,9 @@ class KeyStatistics(msgspec.Struct, frozen=True, kw_only=True):
     reserved: float
     rpm_tokens: float | None
     tpm_tokens: float | None
+    #: ``[shared]``, a key with an rpm or tpm: ``"shared"`` (Redis decides) or
+    #: ``"local"`` (this process's buckets, at its fair share); else ``None``.
+    limits: str | None = None
 
 
 class GatewayKeys:
@@ -241,6 +252,13 @@ class GatewayKeys:
                 )
             state = KeyState(name, key, digest, now)
             limits = None if shared is None else shared.get(name)
+            if limits is None and client is not None and _limited(key):
+                raise ConfigError(
+                    f"gateway key {name!r}: it has limits the router's own configuration "
+                    "does not give it, so they are not shared on Redis (each worker "
+                    "would keep its own); serve the router's configuration",
+                    path=path,
+                )
             if limits is not None:
                 if limits.config != key:
                     raise ConfigError(
@@ -407,7 +425,15 @@ class GatewayKeys:
         limits = state.shared
         on_redis = False
         if limits is not None and limits.shared:
-            decision = await limits.admit(tokens)
+            decision = await limits.admit(tokens)  # shielded: its outcome is known
+            try:
+                # Cancelled while Redis answered (a deadline, a disconnect): the grant
+                # goes back, as one cancelled during the reservation below does.
+                await trio.lowlevel.checkpoint_if_cancelled()
+            except BaseException:
+                if decision is not None and decision.granted:
+                    limits.undo(tokens)
+                raise
             if decision is not None:
                 if not decision.granted:
                     state.refused += 1
@@ -433,9 +459,10 @@ class GatewayKeys:
                 raise
             if not fits:
                 self._undo(state, now, on_redis, tokens)
+                state.refused += 1
                 self._refused(state, "spend cap")
                 raise BudgetExceeded(
-                    _over_cap(state, budget, reserved, now), retry_after=_reset(budget, now)
+                    _over_cap(state, budget, reserved, now), retry_after=_reset(state, now)
                 )
         state.requests += 1
         return Ticket(state, needs, tokens, reserved, on_redis)
@@ -476,7 +503,6 @@ class GatewayKeys:
     @staticmethod
     def _undo(state: KeyState, now: float, on_redis: bool, tokens: float) -> None:
         """Give back what a refused (or cancelled) request took of the rate limits."""
-        state.refused += 1
         if on_redis:
             assert state.shared is not None
             state.shared.undo(tokens)
@@ -507,6 +533,7 @@ class GatewayKeys:
                 reserved=0.0 if s.budget is None else s.budget.statistics(now).reserved,
                 rpm_tokens=None if s.rpm is None else s.rpm.tokens(now),
                 tpm_tokens=None if s.tpm is None else s.tpm.tokens(now),
+                limits=_limits(s),
             )
             for s in self.states
         }
@@ -567,6 +594,19 @@ class Ticket:
             state.spent += cost
 
 
+def _limits(state: KeyState) -> str | None:
+    """What decides the key's rpm/tpm: ``"shared"``, ``"local"`` or (unshared) ``None``."""
+    shared = state.shared
+    if shared is None or shared.gate is None:
+        return None
+    return "shared" if shared.shared else "local"
+
+
+def _limited(key: GatewayKeyConfig) -> bool:
+    """Whether ``key`` has a limit that ``[shared]`` puts on Redis."""
+    return key.rpm is not None or key.tpm is not None or key.spend_cap is not None
+
+
 def _needs(
     router: Router,
     config: RouterConfig,
@@ -596,8 +636,13 @@ def _reservation(router: Router, model: str, request: ChatRequest | None, needs:
     return full + max(0, len(plan.targets) - 1) * prompt
 
 
-def _reset(budget: Budget, now: float) -> float | None:
-    resets_at = budget.statistics(now).resets_at
+def _reset(state: KeyState, now: float) -> float | None:
+    """Seconds until the key's cap resets; ``None``: never (no ``spend_period``; shared,
+    its one window ends in decades, which is not a wait to announce)."""
+    assert state.budget is not None
+    if state.config.spend_period is None:
+        return None
+    resets_at = state.budget.statistics(now).resets_at
     return None if math.isinf(resets_at) else max(0.0, resets_at - now)
 
 
@@ -609,7 +654,7 @@ def _over_cap(state: KeyState, budget: Budget, reserved: float, now: float) -> s
         per = "in all (every worker of this gateway together; it never resets)"
     if isinstance(period, float):
         per = f"per {period:g}s"
-    wait = _reset(budget, now)
+    wait = _reset(state, now)
     when = "" if wait is None else f"; it resets in {wait:.0f}s"
     return (
         f"gateway key {state.name!r} has reached its spend cap of ${stats.limit:g} {per}: "
