@@ -7,10 +7,11 @@ from __future__ import annotations
 import math
 import socket
 
+import pytest
 import trio
 
 from router import ChatRequest, Message, open_router
-from router._shared._client import SharedClient
+from router._shared._client import SharedClient, SharedUnavailable
 from router._shared._limits import ProviderGate
 from router.config import ProviderConfig, RouterConfig, SharedConfig
 from router.events import SharedLimitsChanged
@@ -136,4 +137,36 @@ async def test_a_correction_queued_before_redis_went_away_is_sent_when_it_is_bac
         decision = await gate.admit([5000])  # fits only if the 4900 came back
         assert decision is not None
         assert (decision.granted, decision.hold) == (1, ""), decision.hold
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_late_noscript_leaves_the_reload_only_the_rest_of_the_bound(
+    redis_server: RedisServer,
+) -> None:
+    """Invariant: one shared operation never waits on Redis longer than ``timeout``,
+    even when Redis has lost the script and answers NOSCRIPT late: the reload gets what
+    is left of the same bound, not a second ``timeout`` (Redis here answers each request
+    after 0.8 ``timeout``: before the fix the operation took ~1.8 ``timeout``)."""
+    timeout = 0.25
+    config = SharedConfig(redis_url=redis_server.url, timeout=timeout, heartbeat=60.0)
+    async with SharedClient(config, redis_server.url) as client, trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        beat = client.script("heartbeat")
+        await client.call(beat, [client.key("late")], ["p", 10_000_000])  # held, loaded
+        assert _redis(redis_server, "SCRIPT", "FLUSH") == b"+OK"
+        connection = client._connection
+        real = connection.create_request
+
+        async def late(*args: object, **kwargs: object) -> object:
+            await trio.sleep(0.8 * timeout)  # Redis busy: every answer comes late
+            return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+        connection.create_request = late
+        start = trio.current_time()
+        with pytest.raises(SharedUnavailable):  # the bound ran out during the reload
+            await client.call(beat, [client.key("late")], ["p", 10_000_000])
+        took = trio.current_time() - start
+        del connection.create_request
+        assert took < timeout + 0.1, took
+        assert client.reason == f"Redis did not answer within {timeout * 1000:g} ms"
         nursery.cancel_scope.cancel()

@@ -211,6 +211,9 @@ class SharedClient:
         """
         if not self.shared:
             raise SharedUnavailable(self.reason)
+        # One bound for the whole operation, however it goes: a NOSCRIPT answered late
+        # leaves the reload only what is left of it, never a second ``timeout``.
+        deadline = trio.current_time() + self.timeout
         try:
             connection = self._connection
             if connection is not None and connection.usable:
@@ -223,7 +226,7 @@ class SharedClient:
                     )
                 except coredis.exceptions.NoScriptError:
                     pass  # Redis restarted or its scripts were flushed
-            with trio.move_on_after(self.timeout):
+            with trio.move_on_at(deadline):
                 return await self._evalsha(script, keys, args)
             raise TimeoutError
         except TimeoutError:
