@@ -27,6 +27,7 @@ def test_bench_shared_quick_reports_latency_and_1_2_4_process_throughput(
     result = _cli_runner.run(command, env=ENV, stdin=None, timeout=240)
     assert result.returncode == 0, result.stderr
     assert "shared adds: p50" in result.stdout
+    assert "floor, coredis alone" in result.stdout
     assert "4 processes:" in result.stdout
     figures = json.loads(out.read_text())["shared"]
     assert figures["skipped"] is None
@@ -36,6 +37,9 @@ def test_bench_shared_quick_reports_latency_and_1_2_4_process_throughput(
     per_round = latency["shared"]["requests"] // latency["rounds"]
     assert latency["local"]["requests"] == latency["shared"]["requests"] + per_round
     assert latency["added_p50_low_us"] <= latency["added_p50_us"] <= latency["added_p50_high_us"]
+    # the floor ran in the same rounds, as many requests as the shared ones
+    assert latency["coredis"]["requests"] == latency["shared"]["requests"]
+    assert latency["coredis_p50_us"] > 0
     assert [t["processes"] for t in figures["throughput"]] == [1, 2, 4]
     for t in figures["throughput"]:
         assert len(t["per_second"]) == 1

@@ -115,8 +115,12 @@ class ProviderGate:
         self._tpm_delta = 0.0
         self._rpm_refund = 0
         self._pause_ms = 0
-        self._pending = trio.Event()
-        self._urgent = trio.Event()  # a pause: no lingering
+        #: When what is queued goes on its own (:meth:`run`): ``inf`` while nothing is
+        #: queued (or an admission carried it), ``-inf`` for a pause (at once).  The
+        #: run task sleeps in a cancel scope with this deadline, so an admission that
+        #: carries the releases costs it no wake-up at all.
+        self._due = math.inf
+        self._wake: trio.CancelScope | None = None
         self._mailbox: Mailbox | None = None
 
     def __repr__(self) -> str:
@@ -140,7 +144,7 @@ class ProviderGate:
         if self._mailbox is not None:
             self._mailbox.share(shared, processes)
         if shared and (self._freed or self._tpm_delta or self._rpm_refund):
-            self._pending.set()  # what was queued while Redis was away goes now
+            self._arm(-math.inf)  # what was queued while Redis was away goes now
 
     async def heartbeat(self) -> None:
         """Renew this process's leases (their expiry moves to now + lease_time)."""
@@ -212,7 +216,7 @@ class ProviderGate:
         if freed:
             self._freed.extend(freed)
             if self.client.shared:
-                self._pending.set()  # else they go when Redis is back (switched)
+                self._arm(trio.current_time() + RELEASE_LINGER)  # else when Redis is back
 
     def _release_args(self) -> list[object]:
         """The queued releases, as admit.lua's release arguments (the queue is emptied)."""
@@ -221,7 +225,19 @@ class ProviderGate:
         self._freed = []
         self._rpm_refund = 0
         self._tpm_delta = 0.0
+        if self._due != math.inf and not self._pause_ms:
+            # Carried: the run task need not wake (its deadline goes back to never).
+            self._due = math.inf
+            if self._wake is not None:
+                self._wake.deadline = math.inf
         return args
+
+    def _arm(self, due: float) -> None:
+        """Have :meth:`run` send what is queued by ``due`` at the latest."""
+        if due < self._due:
+            self._due = due
+            if self._wake is not None:
+                self._wake.deadline = due
 
     # -- releases ----------------------------------------------------------------------
 
@@ -239,7 +255,8 @@ class ProviderGate:
         if not self.client.shared:
             return
         self._tpm_delta += tokens
-        self._pending.set()
+        if self._due == math.inf:  # the first release queued: it lingers from now
+            self._arm(trio.current_time() + RELEASE_LINGER)
 
     def undo(self, lease: str, cost: float) -> None:
         """A grant that was never used (its caller was cancelled in the same instant):
@@ -253,8 +270,7 @@ class ProviderGate:
         if not self.client.shared or not seconds > 0:
             return
         self._pause_ms = max(self._pause_ms, math.ceil(seconds * 1000))
-        self._pending.set()
-        self._urgent.set()
+        self._arm(-math.inf)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Send queued releases and pauses as they come (until cancelled).
@@ -266,11 +282,11 @@ class ProviderGate:
         task_status.started()
         try:
             while True:
-                await self._pending.wait()
-                with trio.move_on_after(RELEASE_LINGER):
-                    await self._urgent.wait()  # else the next admission may carry them
-                self._pending = trio.Event()
-                self._urgent = trio.Event()
+                # Asleep until what is queued is due: an admission that carries it
+                # first puts the deadline back to never (:meth:`_release_args`).
+                with trio.CancelScope(deadline=self._due) as self._wake:
+                    await trio.sleep_forever()
+                self._wake = None
                 await self._send()
         finally:
             if self.client.shared and (
@@ -288,6 +304,7 @@ class ProviderGate:
         """
         pause = self._pause_ms
         self._pause_ms = 0
+        self._due = math.inf  # all that is queued goes now (or stays, while local)
         if not self.client.shared:
             return
         try:
