@@ -27,7 +27,8 @@ What goes over the wire, and when:
   the caller waits for it, within the time bound.
 - **settle**: queued, never waited for: sent by the budgets' task at once (and with each
   heartbeat, which also refreshes this process's ``h:`` and the view of the others).
-  Until it arrives the reservation stands: the cap errs on the safe side.
+  Until it arrives the reservation stands: the cap errs on the safe side.  One queued
+  as the router closes, after the task ended, goes as the client closes (a closer).
 
 While Redis does not answer, each cap falls back to a local budget at the process's
 fair share: ``limit / processes`` (the live processes last seen), of which it has used
@@ -257,6 +258,7 @@ class SharedBudgets:
         self._resync = True
         self._queue: list[_Reservation] = []
         self._wake = trio.Event()
+        client.add_closer(self._flush)
 
     def wake(self) -> None:
         self._wake.set()
@@ -429,10 +431,15 @@ class SharedBudgets:
                 if self._queue:
                     self._wake.set()
         finally:
-            if self.ready and any(b.pend_r or b.pend_s for b in self.budgets):
-                # The router closes: the last settles go out (bounded by the client).
-                with trio.CancelScope(shield=True):
-                    await self._apply()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Send the settles still queued now, shielded (bounded by the client): as
+        :meth:`run` ends, and as the client closes (a closer: a settle queued after
+        :meth:`run` ended, by a call ending as the router closes, goes then)."""
+        if self.ready and any(b.pend_r or b.pend_s for b in self.budgets):
+            with trio.CancelScope(shield=True):
+                await self._apply()
 
 
 def _read(

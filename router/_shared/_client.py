@@ -19,6 +19,9 @@ Its own task (:meth:`SharedClient.run`) keeps the state honest:
   and switches back to shared limits at the first heartbeat that succeeds.
 
 Listeners (:class:`Listener`) also hear each heartbeat, to renew their leases.
+Closers (:meth:`SharedClient.add_closer`) run as the client closes: what the gates and
+budgets still have queued for Redis (releases, settles) goes then, whenever it was
+queued — even after their own tasks ended.
 
 Secrets: the URL's password never appears in a repr, an event, a log line or an
 error this module makes; the reason a switch happened names the exception type and
@@ -31,7 +34,7 @@ import logging
 import random
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any, Protocol
 from urllib.parse import unquote, unquote_plus, urlsplit
@@ -149,6 +152,7 @@ class SharedClient:
         #: requests on it); ``None`` until the first operation, or after it failed.
         self._connection: Any = None
         self._listeners: list[Listener] = []
+        self._closers: list[Callable[[], Awaitable[None]]] = []
         self._scripts: dict[str, Any] = {}
         #: True while Redis decides the limits.
         self.shared = False
@@ -170,16 +174,26 @@ class SharedClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.shared:
-            # Leave the live set at once, so the others' fair share grows now rather
-            # than three heartbeats from now.  Best effort, bounded.
-            with trio.CancelScope(shield=True), trio.move_on_after(self.timeout):
-                try:
-                    await self._redis.zrem(self.key("processes"), [self.process_id])
-                except (coredis.exceptions.RedisError, OSError):
-                    pass
-        # Outside any scope of ours: coredis's client holds a task group of its own.
-        await self._redis.__aexit__(None, None, None)
+        try:
+            with trio.CancelScope(shield=True):
+                # What is still queued for Redis goes first (a lease freed, a settle
+                # made after the task that sends them ended): the closers together, on
+                # the one connection, within one bound.
+                with trio.move_on_after(self.timeout):
+                    async with trio.open_nursery() as nursery:
+                        for closer in self._closers:
+                            nursery.start_soon(closer)
+                if self.shared:
+                    # Leave the live set at once, so the others' fair share grows now
+                    # rather than three heartbeats from now.  Best effort, bounded.
+                    with trio.move_on_after(self.timeout):
+                        try:
+                            await self._redis.zrem(self.key("processes"), [self.process_id])
+                        except (coredis.exceptions.RedisError, OSError):
+                            pass
+        finally:
+            # Outside any scope of ours: coredis's client holds a task group of its own.
+            await self._redis.__aexit__(None, None, None)
 
     # -- keys and scripts -----------------------------------------------------------
 
@@ -199,6 +213,13 @@ class SharedClient:
         """Tell ``listener`` of every switch, and of each heartbeat."""
         self._listeners.append(listener)
         listener.switched(self.shared, self.processes)
+
+    def add_closer(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Await ``closer`` as the client closes, before it leaves Redis: to send what
+        its owner still has queued.  Closers run together, shielded, within one
+        ``timeout``; each sends through :meth:`call` (so nothing goes while limits are
+        local) and raises nothing."""
+        self._closers.append(closer)
 
     # -- one bounded operation --------------------------------------------------------
 

@@ -23,7 +23,9 @@ What the script decides, atomically, on Redis's clock (``TIME``):
 Releases (a lease to free, tokens to reconcile, a grant undone) are queued without
 waiting and go to Redis with the next admission, or on their own (:meth:`run`) when no
 admission has taken them within :data:`RELEASE_LINGER` — so a process that keeps
-asking pays one round trip per admission, not two.  A pause goes at once.
+asking pays one round trip per admission, not two.  A pause goes at once.  What is
+still queued when the router closes goes as :meth:`run` ends or, queued after that, as
+the client closes (:meth:`ProviderGate._flush` is one of its closers).
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ class ProviderGate:
         self._due = math.inf
         self._wake: trio.CancelScope | None = None
         self._mailbox: Mailbox | None = None
+        client.add_closer(self._flush)
 
     def __repr__(self) -> str:
         return f"<ProviderGate {self.provider!r} shared={self.client.shared}>"
@@ -277,7 +280,8 @@ class ProviderGate:
 
         Cancelled (the router closes), it sends what is still queued first — shielded,
         bounded by the client's ``timeout`` — so a lease freed as the router closes is
-        freed for the other processes now, not ``lease_time`` later.
+        freed for the other processes now, not ``lease_time`` later.  What is queued
+        after it ended goes as the client closes (:meth:`_flush`, a closer).
         """
         task_status.started()
         try:
@@ -289,11 +293,18 @@ class ProviderGate:
                 self._wake = None
                 await self._send()
         finally:
-            if self.client.shared and (
-                self._freed or self._tpm_delta or self._rpm_refund or self._pause_ms
-            ):
-                with trio.CancelScope(shield=True):
-                    await self._send()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Send what is still queued now, shielded (bounded by the client): as
+        :meth:`run` ends, and as the client closes (a closer: what was queued after
+        :meth:`run` ended, such as an admission cancelled unanswered as the router
+        closes, goes then)."""
+        if self.client.shared and (
+            self._freed or self._tpm_delta or self._rpm_refund or self._pause_ms
+        ):
+            with trio.CancelScope(shield=True):
+                await self._send()
 
     async def _send(self) -> None:
         """Send the queued pause, then the queued releases (each bounded by the client).
