@@ -1,11 +1,12 @@
-"""What is queued for Redis as the router closes reaches it, once: a lease freed or a
-settle made after the task that sends them has ended still goes, as the client closes.
+"""What is queued for Redis as the router closes reaches it, once: a lease freed, a
+settle, a probe token given back or an open decided after the task that sends them has
+ended still goes, as the client closes.
 
-When the router closes, the gates' and the budgets' tasks end in the same cancellation
-as everything else; an admission cancelled unanswered, or a call settling, may queue its
-release after those tasks have ended.  The client sends it then (its closers), before it
-leaves.  Real time on a real redis-server (Redis's clock decides); each test well under
-a second, the property about one.
+When the router closes, the gates', the budgets' and the breakers' tasks end in the
+same cancellation as everything else; an admission cancelled unanswered, or a call
+settling or ending a probe, may queue its news after those tasks have ended.  The
+client sends it then (its closers), before it leaves.  Real time on a real redis-server
+(Redis's clock decides); each test well under a second, the property about one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from router._budget import Budget
+from router._health import BreakerConfig
+from router._shared._breaker import SharedBreaker
 from router._shared._budgets import SharedBudget, SharedBudgets
 from router._shared._client import SharedClient
 from router._shared._limits import RELEASE_LINGER, ProviderGate
@@ -222,3 +225,64 @@ async def test_a_settle_queued_after_the_budgets_task_ended_is_applied_once(
     spent, reserved = await _budget(url, cap.key)
     assert reserved == pytest.approx(0.0, abs=1e-12)
     assert spent == pytest.approx(0.1875, abs=1e-12)
+
+
+def _breaker(client: SharedClient) -> SharedBreaker:
+    """One failure opens it, for a second; one probe closes it."""
+    config = BreakerConfig(minimum_calls=1, open_duration=1.0, half_open_probes=1)
+    return SharedBreaker(client, "p", config)
+
+
+async def test_a_probe_token_given_back_after_the_breaker_task_ended_returns_to_redis(
+    redis_server: RedisServer,
+) -> None:
+    """Invariant: a half-open probe's token given back after the breaker's own task has
+    ended (the probe's call ending as the router closes) is back in Redis as the client
+    closes — the other processes may probe at once, not ``lease_time`` (30 s) later."""
+    url = redis_server.url
+    client = _client(url, "late-probe")
+    async with client:
+        breaker = _breaker(client)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            now = trio.current_time()
+            assert breaker.allow(now)
+            breaker.record_failure(now)  # open for a second
+            await breaker.sync()  # published (before the probe: an open drops tokens)
+            await nursery.start(breaker.run)
+            later = now + 1.0  # the open has ended: half-open, a probe goes
+            assert breaker.allow(later)
+            await breaker.take_probe()  # granted: the open is this process's own
+            nursery.cancel_scope.cancel()  # the router closes: the breaker's task ends
+        breaker.record_cancelled(later)  # the probe's call ends, cancelled: token back
+        async with coredis.Redis.from_url(url) as redis:
+            assert await redis.zcard("late-probe:{p}:probes") == 1
+    async with coredis.Redis.from_url(url) as redis:
+        assert await redis.zcard("late-probe:{p}:probes") == 0
+
+
+async def test_an_open_decided_as_the_router_closes_reaches_redis_once(
+    redis_server: RedisServer,
+) -> None:
+    """Invariant: an open decided as the router closes — its breaker's task already
+    cancelled, before that task could send it — is written to Redis, once: the other
+    processes see it (a failed probe's, or a trip's, last word is not lost) and the
+    client's close does not write it again."""
+    url = redis_server.url
+    client = _client(url, "late-open")
+    async with client:
+        breaker = _breaker(client)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            await nursery.start(breaker.run)
+            await breaker.sync()  # Redis has the script now (no NOSCRIPT below)
+            nursery.cancel_scope.cancel()  # the router closes: the breaker's task ends
+            now = trio.current_time()
+            assert breaker.allow(now)
+            breaker.record_failure(now)  # a call ending as it closes: the breaker opens
+        async with coredis.Redis.from_url(url) as redis:
+            record = await redis.hgetall("late-open:{p}:breaker")
+        assert record[b"state"] == b"open"
+        assert record[b"origin"] == client.process_id.encode()
+    async with coredis.Redis.from_url(url) as redis:
+        assert await redis.hgetall("late-open:{p}:breaker") == record  # not written again

@@ -22,6 +22,11 @@ outcomes, the trip count, the backoff): evidence stays local, decisions are shar
   counted in Redis across the processes, close the record — and so every breaker.  A
   failed probe reopens the local breaker, which publishes the open.
 
+What is still queued when the router closes (an open, probe tokens given back) goes as
+the task ends or, queued after that, as the client closes (:meth:`SharedBreaker._flush`
+is one of its closers): a token given back then frees the others' probes at once, not
+``lease_time`` later, and an open decided then reaches them.
+
 The bound, derived: an open at ``t0`` in process A is written by ``t0 + timeout`` (one
 bounded call; A's task wakes at once).  Process B reads every ``breaker_sync`` seconds
 after its previous read ended, each read taking at most ``timeout``; the first read that
@@ -138,6 +143,7 @@ class SharedBreaker(CircuitBreaker):
         self._wake = trio.Event()
         #: The process whose decision set the current state, when it was another one.
         self.origin: str | None = None
+        client.add_closer(self._flush)
 
     @classmethod
     def install(
@@ -259,20 +265,40 @@ class SharedBreaker(CircuitBreaker):
     # -- the breaker's own task ---------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Publish news at once, read the record every ``breaker_sync`` (until cancelled)."""
+        """Publish news at once, read the record every ``breaker_sync`` (until cancelled).
+
+        Cancelled (the router closes), it sends what is still queued first (:meth:`_flush`);
+        what is queued after it ended goes as the client closes (the same, a closer).
+        """
         task_status.started()
         interval = self._client.config.breaker_sync
-        while True:
-            with trio.move_on_after(interval):
-                await self._wake.wait()
-            self._wake = trio.Event()
-            if not self._client.shared:
-                # Not sent later: a decision made while Redis fails stays local.
-                self._open_end = -math.inf
-                self._done.clear()
-                continue
-            with trio.CancelScope(shield=True):  # bounded by the client; news not lost
+        try:
+            while True:
+                with trio.move_on_after(interval):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                if not self._client.shared:
+                    self._drop()
+                    continue
+                with trio.CancelScope(shield=True):  # bounded by the client; news not lost
+                    await self.sync()
+        finally:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Send the news still queued now, shielded (bounded by the client): as
+        :meth:`run` ends, and as the client closes (a closer: a probe token given back,
+        or an open decided, after :meth:`run` ended goes then)."""
+        if not self._client.shared:
+            self._drop()
+        elif self._open_end > -math.inf or self._done:
+            with trio.CancelScope(shield=True):
                 await self.sync()
+
+    def _drop(self) -> None:
+        """Not sent later: a decision made while Redis fails stays local."""
+        self._open_end = -math.inf
+        self._done.clear()
 
     async def sync(self) -> None:
         """One round trip: the queued news out, the record in (and applied)."""

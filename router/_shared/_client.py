@@ -19,9 +19,9 @@ Its own task (:meth:`SharedClient.run`) keeps the state honest:
   and switches back to shared limits at the first heartbeat that succeeds.
 
 Listeners (:class:`Listener`) also hear each heartbeat, to renew their leases.
-Closers (:meth:`SharedClient.add_closer`) run as the client closes: what the gates and
-budgets still have queued for Redis (releases, settles) goes then, whenever it was
-queued — even after their own tasks ended.
+Closers (:meth:`SharedClient.add_closer`) run as the client closes: what the gates,
+budgets and breakers still have queued for Redis (releases, settles, opens and probe
+tokens) goes then, whenever it was queued — even after their own tasks ended.
 
 Secrets: the URL's password never appears in a repr, an event, a log line or an
 error this module makes; the reason a switch happened names the exception type and
