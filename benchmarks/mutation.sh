@@ -109,10 +109,12 @@ with open(path, "a", encoding="utf-8") as f:
         f"only_mutate = [{json.dumps(source)}]\n"
         'also_copy = ["providers/", "tests/", "docs/", "README.md"]\n'
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
+        # `-n 0`: mutmut runs pytest in its own process (its trampolines record there),
+        # never in pyproject's xdist workers.
         # MUTATION_PYTEST_ARGS: more pytest arguments for every run of the session,
         # e.g. "--deselect tests/test_x.py::test_slow_property".
         "pytest_add_cli_args = "
-        f"{json.dumps(['-p', 'no:cacheprovider', '-q', '-p', 'tests._mutation_profile', *os.environ.get('MUTATION_PYTEST_ARGS', '').split()])}\n"
+        f"{json.dumps(['-n', '0', '-p', 'no:cacheprovider', '-q', '-p', 'tests._mutation_profile', *os.environ.get('MUTATION_PYTEST_ARGS', '').split()])}\n"
         # A mutant's tests get 10 x (their clean run time + 5 s) of wall-clock time (and
         # twice that of CPU time) before it counts as a timeout (a loop that never
         # ends); generous, because the machine may be loaded.

@@ -47,6 +47,26 @@ def _free_port() -> int:
         return port
 
 
+def _server_pid(port: int) -> int | None:
+    """The process id of the Redis server answering on ``port`` (``INFO server``)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+        s.sendall(b"INFO server\r\n")
+        data = b""
+        while b"\r\nrun_id:" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                return None
+            data += chunk
+    for line in data.split(b"\r\n"):
+        if line.startswith(b"process_id:"):
+            return int(line.partition(b":")[2])
+    return None
+
+
+class _PortTaken(Exception):
+    """The port picked for a new server was taken before it could bind it."""
+
+
 class RedisServer:
     """One ``redis-server`` process on ``127.0.0.1:port`` with data in ``directory``."""
 
@@ -54,6 +74,10 @@ class RedisServer:
         self.executable = executable
         self.directory = directory
         self.port = port or _free_port()
+        #: The port was picked here (free when asked, not held): if another process
+        #: (another pytest-xdist worker's server or client) takes it before the first
+        #: start binds it, that start picks another.  A restart keeps its port.
+        self._may_move = port is None
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,6 +87,17 @@ class RedisServer:
 
     def start(self) -> None:
         """Start it (on the same port as before) and wait until it accepts connections."""
+        for _ in range(5):
+            try:
+                self._start()
+            except _PortTaken:
+                self.port = _free_port()
+                continue
+            self._may_move = False
+            return
+        raise RuntimeError("redis-server found no free port in 5 tries")
+
+    def _start(self) -> None:
         assert self.proc is None, "already running"
         # A fixed argv (no shell); the log goes to the temporary directory.
         log = open(self.directory / "redis.log", "ab")  # noqa: SIM115 - owned by the process
@@ -90,15 +125,15 @@ class RedisServer:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"redis-server exited with {self.proc.returncode}: "
-                    + (self.directory / "redis.log").read_text(errors="replace")[-2000:]
-                )
+                returncode, self.proc = self.proc.returncode, None
+                text = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
+                if self._may_move and "Address already in use" in text:
+                    raise _PortTaken
+                raise RuntimeError(f"redis-server exited with {returncode}: {text}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
+                # Ours, not another worker's server on the same port: its process id.
+                if _server_pid(self.port) == self.proc.pid:
+                    return
             except OSError:
                 pass
             if time.monotonic() > deadline:

@@ -52,6 +52,15 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    """Without pytest-xdist (``-p no:xdist``, or not installed) pyproject's
+    ``--numprocesses=2 --dist=loadfile`` are accepted and mean nothing: the tests run in
+    this process."""
+    if not pluginmanager.has_plugin("xdist"):
+        for option in ("--numprocesses", "--dist"):
+            parser.addoption(option, help="pytest-xdist's, ignored: xdist is not loaded")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """The warm CLI runner (started by the first CLI test, if any) exits with the session."""
     _cli_runner.close()

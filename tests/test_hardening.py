@@ -603,6 +603,8 @@ def test_docs_examples_selected_in_part_leave_no_unclosed_pipe() -> None:
             "-m",
             "pytest",
             "-q",
+            "-n",
+            "0",  # one test: no xdist workers
             "-p",
             "no:cacheprovider",
             "-W",

@@ -5,12 +5,10 @@ concurrency slots after the lease time."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -18,73 +16,10 @@ import trio
 from providers.testing import Fixed, Scenario, open_fake_upstream
 from router import ChatRequest, Message, open_router
 from router.config import ProviderConfig, RouterConfig, SharedConfig
+from tests._helpers import run_workers, worker_env
 from tests._redis import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["SHARED_TEST_KEY"] = "sk-shared-test"
-    return env
-
-
-async def _workers(settings: dict[str, Any], n: int) -> list[dict[str, Any]]:
-    """Run ``n`` worker processes, start their callers together (each prints ``ready``
-    once its router is open; all are told to go at once), return their summaries."""
-    argv = [sys.executable, "-m", "tests._shared_worker", json.dumps({**settings, "barrier": True})]
-    procs = [
-        await trio.lowlevel.open_process(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=_env(),
-            cwd=ROOT,
-        )
-        for _ in range(n)
-    ]
-    outputs: list[bytearray] = [bytearray() for _ in procs]
-    errors: list[bytearray] = [bytearray() for _ in procs]
-    ready = [trio.Event() for _ in procs]
-
-    async def read(i: int) -> None:
-        proc = procs[i]
-        assert proc.stdout is not None
-        async for chunk in proc.stdout:
-            outputs[i] += chunk
-            if b"ready\n" in outputs[i]:
-                ready[i].set()
-        ready[i].set()  # ended without "ready": the summary check below says why
-
-    async def drain(i: int) -> None:
-        assert procs[i].stderr is not None
-        async for chunk in procs[i].stderr:
-            errors[i] += chunk
-
-    try:
-        async with trio.open_nursery() as nursery:
-            for i in range(n):
-                nursery.start_soon(read, i)
-                nursery.start_soon(drain, i)
-            for event in ready:
-                await event.wait()
-            for proc in procs:
-                assert proc.stdin is not None
-                await proc.stdin.send_all(b"go\n")
-            for proc in procs:
-                await proc.wait()
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-    summaries = []
-    for proc, out, err in zip(procs, outputs, errors, strict=True):
-        assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
-        summaries.append(json.loads(out.decode().strip().splitlines()[-1]))
-    return summaries
 
 
 def _max_in_window(times: list[float], window: float) -> int:
@@ -127,7 +62,7 @@ async def test_four_processes_share_one_rpm_limit(redis_server: RedisServer) -> 
             "burst": burst,
         }
         with trio.fail_after(90):
-            summaries = await _workers(settings, processes)
+            summaries = await run_workers("tests._shared_worker", settings, processes)
         arrivals = [r.received_at for r in up.requests]
     for s in summaries:
         assert s["switches"] == 1, "a process fell back to local limits"
@@ -166,7 +101,7 @@ async def test_kill_9_frees_leases_after_lease_time(
             [sys.executable, "-m", "tests._shared_worker", json.dumps(settings)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env=_env(),
+            env=worker_env(),
             cwd=ROOT,
         )
         try:
