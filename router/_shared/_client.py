@@ -21,7 +21,10 @@ Its own task (:meth:`SharedClient.run`) keeps the state honest:
 Listeners (:class:`Listener`) also hear each heartbeat, to renew their leases.
 Closers (:meth:`SharedClient.add_closer`) run as the client closes: what the gates,
 budgets and breakers still have queued for Redis (releases, settles, opens and probe
-tokens) goes then, whenever it was queued — even after their own tasks ended.
+tokens) goes then, whenever it was queued — even after their own tasks ended, and even
+when the router is cancelled from outside: coredis's connection runs in a shielded task
+of the client's (:meth:`SharedClient._hold`), so a deadline around the router does not
+end it before the closers have sent what is queued.
 
 Secrets: the URL's password never appears in a repr, an event, a log line or an
 error this module makes; the reason a switch happened names the exception type and
@@ -163,6 +166,8 @@ class SharedClient:
         self._switches = 0
         self._failures = 0
         self._lost = trio.Event()
+        self._closed = trio.Event()
+        self._host: Any = None
         self._heartbeat = self.script("heartbeat")
 
     def __repr__(self) -> str:
@@ -170,8 +175,28 @@ class SharedClient:
         return f"<SharedClient {self._shown} prefix={self.prefix!r} {state}>"
 
     async def __aenter__(self) -> SharedClient:
-        await self._redis.__aenter__()
+        # coredis's connections run in a task group it opens as it is entered: entered
+        # in a task of ours, under a shield, so a cancellation from outside (a deadline
+        # around the router, as it fires) does not end the connection before the
+        # client's close has sent what is queued.  The body stays cancellable.
+        self._host = trio.open_nursery()
+        nursery = await self._host.__aenter__()
+        try:
+            await nursery.start(self._hold)
+        except BaseException:
+            self._closed.set()
+            await self._host.__aexit__(None, None, None)
+            raise
         return self
+
+    async def _hold(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Hold coredis's client open, shielded, until the client has closed (then
+        coredis closes within ``timeout``)."""
+        with trio.CancelScope(shield=True) as scope:
+            async with self._redis:
+                task_status.started()
+                await self._closed.wait()
+                scope.deadline = trio.current_time() + self.timeout
 
     async def __aexit__(self, *exc: object) -> None:
         try:
@@ -192,8 +217,8 @@ class SharedClient:
                         except (coredis.exceptions.RedisError, OSError):
                             pass
         finally:
-            # Outside any scope of ours: coredis's client holds a task group of its own.
-            await self._redis.__aexit__(None, None, None)
+            self._closed.set()  # coredis's client closes in its own task
+            await self._host.__aexit__(None, None, None)
 
     # -- keys and scripts -----------------------------------------------------------
 
