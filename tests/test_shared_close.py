@@ -338,3 +338,29 @@ async def test_a_router_cancelled_from_outside_frees_its_leases_in_redis(
                 await trio.sleep_forever()
     assert await _zcard(url, "outer:{m}:leases") == 0
     assert not [e for e in events if isinstance(e, SharedLimitsChanged)]
+
+
+async def test_a_keyboard_interrupt_during_the_close_comes_out_as_itself(
+    redis_server: RedisServer,
+) -> None:
+    """Invariant: a KeyboardInterrupt arriving while the client sends what is queued
+    (delivered into a closer, as trio may deliver it mid-close) comes out of the
+    client's close as a ``KeyboardInterrupt`` — not wrapped in an exception group a
+    caller's ``except KeyboardInterrupt`` would miss — and coredis is closed all the
+    same."""
+    url = redis_server.url
+    client = _client(url, "interrupted")
+
+    async def sending() -> None:
+        await trio.sleep(0.5)  # cancelled by the interrupt
+
+    async def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    client.add_closer(sending)
+    client.add_closer(interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        async with client, trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            nursery.cancel_scope.cancel()
+    assert client._redis.connection_pool._task_group is None  # coredis closed

@@ -98,6 +98,20 @@ def reconnect_delay(attempt: int, max_backoff: float, rng: random.Random) -> flo
     return base * (0.5 + rng.random() / 2.0)
 
 
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception in ``group`` (however nested) besides the cancellations it
+    caused, or ``group`` itself."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else group
+
+
 class Listener(Protocol):
     """What the client tells each provider's gate."""
 
@@ -205,9 +219,15 @@ class SharedClient:
                 # made after the task that sends them ended): the closers together, on
                 # the one connection, within one bound.
                 with trio.move_on_after(self.timeout):
-                    async with trio.open_nursery() as nursery:
-                        for closer in self._closers:
-                            nursery.start_soon(closer)
+                    try:
+                        async with trio.open_nursery() as nursery:
+                            for closer in self._closers:
+                                nursery.start_soon(closer)
+                    except BaseExceptionGroup as group:
+                        # Closers raise nothing: what comes is one exception from
+                        # outside (a KeyboardInterrupt delivered mid-close), to come
+                        # out as itself rather than wrapped.
+                        raise _sole(group) from None
                 if self.shared:
                     # Leave the live set at once, so the others' fair share grows now
                     # rather than three heartbeats from now.  Best effort, bounded.
