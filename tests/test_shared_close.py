@@ -11,6 +11,7 @@ client sends it then (its closers), before it leaves.  Real time on a real redis
 
 from __future__ import annotations
 
+import math
 import uuid
 
 import coredis
@@ -19,19 +20,26 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from router import ChatRequest, Message, open_router
 from router._budget import Budget
 from router._health import BreakerConfig
 from router._shared._breaker import SharedBreaker
 from router._shared._budgets import SharedBudget, SharedBudgets
 from router._shared._client import SharedClient
 from router._shared._limits import RELEASE_LINGER, ProviderGate
-from router.config import SharedConfig
+from router.config import ProviderConfig, RouterConfig, SharedConfig
+from router.events import SharedLimitsChanged
+from router.testing import MockProvider, MockResponse
 from tests._redis import RedisServer
 
 #: One request (rpm) or one token (tpm) a minute, with bursts nothing here reaches: every
 #: request is admitted, and each unit charged moves the bucket's TAT one minute on, so
 #: Redis's TAT counts, exactly, the units charged (minus refunds) over a test's second.
 _MINUTE_US = 60e6
+
+
+def _chat() -> ChatRequest:
+    return ChatRequest(model="m:echo", messages=[Message.user("hi")])
 
 
 def _client(url: str, prefix: str) -> SharedClient:
@@ -57,6 +65,12 @@ async def _cancelled_admit(gate: ProviderGate, costs: list[float]) -> None:
         scope.cancel()
         await gate.admit(costs)
     assert scope.cancelled_caught
+
+
+async def _zcard(url: str, key: str) -> int:
+    """The size of the sorted set ``key`` in Redis."""
+    async with coredis.Redis.from_url(url) as redis:
+        return await redis.zcard(key)
 
 
 async def _units(redis: coredis.Redis[bytes], key: str) -> int:
@@ -286,3 +300,67 @@ async def test_an_open_decided_as_the_router_closes_reaches_redis_once(
         assert record[b"origin"] == client.process_id.encode()
     async with coredis.Redis.from_url(url) as redis:
         assert await redis.hgetall("late-open:{p}:breaker") == record  # not written again
+
+
+async def test_a_router_cancelled_from_outside_frees_its_leases_in_redis(
+    redis_server: RedisServer,
+) -> None:
+    """Invariant: a router closed by a cancellation from outside (a deadline around the
+    ``async with``, as it fires) while calls hold leases frees every lease in Redis as
+    it closes — coredis's connection is not cancelled with the caller's scope before
+    the releases went — and does not switch to local limits on the way out."""
+    url = redis_server.url
+    provider = ProviderConfig(kind="mock", max_concurrency=1000, queue_wait_threshold=None)
+    config = RouterConfig(
+        providers={"m": provider},
+        shared=SharedConfig(redis_url=url, prefix="outer", timeout=2.0),
+    )
+    started: list[ChatRequest] = []
+    all_started = trio.Event()
+
+    def hang(request: ChatRequest) -> MockResponse:
+        started.append(request)
+        if len(started) == 20:
+            all_started.set()
+        return MockResponse(text="never", latency=math.inf)
+
+    hanging = MockProvider(name="m", default=hang)
+    events: list[object] = []
+    with trio.CancelScope() as outer:
+        async with open_router(config, providers={"m": hanging}) as router:
+            router.add_listener(events.append)
+            async with trio.open_nursery() as nursery:
+                for _ in range(20):
+                    nursery.start_soon(router.complete, _chat())
+                await all_started.wait()  # 20 calls hold a lease each
+                assert await _zcard(url, "outer:{m}:leases") == 20
+                outer.cancel()  # the caller's deadline fires: the router closes
+                await trio.sleep_forever()
+    assert await _zcard(url, "outer:{m}:leases") == 0
+    assert not [e for e in events if isinstance(e, SharedLimitsChanged)]
+
+
+async def test_a_keyboard_interrupt_during_the_close_comes_out_as_itself(
+    redis_server: RedisServer,
+) -> None:
+    """Invariant: a KeyboardInterrupt arriving while the client sends what is queued
+    (delivered into a closer, as trio may deliver it mid-close) comes out of the
+    client's close as a ``KeyboardInterrupt`` — not wrapped in an exception group a
+    caller's ``except KeyboardInterrupt`` would miss — and coredis is closed all the
+    same."""
+    url = redis_server.url
+    client = _client(url, "interrupted")
+
+    async def sending() -> None:
+        await trio.sleep(0.5)  # cancelled by the interrupt
+
+    async def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    client.add_closer(sending)
+    client.add_closer(interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        async with client, trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            nursery.cancel_scope.cancel()
+    assert client._redis.connection_pool._task_group is None  # coredis closed

@@ -21,7 +21,10 @@ Its own task (:meth:`SharedClient.run`) keeps the state honest:
 Listeners (:class:`Listener`) also hear each heartbeat, to renew their leases.
 Closers (:meth:`SharedClient.add_closer`) run as the client closes: what the gates,
 budgets and breakers still have queued for Redis (releases, settles, opens and probe
-tokens) goes then, whenever it was queued — even after their own tasks ended.
+tokens) goes then, whenever it was queued — even after their own tasks ended, and even
+when the router is cancelled from outside: coredis's connection runs in a shielded task
+of the client's (:meth:`SharedClient._hold`), so a deadline around the router does not
+end it before the closers have sent what is queued.
 
 Secrets: the URL's password never appears in a repr, an event, a log line or an
 error this module makes; the reason a switch happened names the exception type and
@@ -95,6 +98,20 @@ def reconnect_delay(attempt: int, max_backoff: float, rng: random.Random) -> flo
     return base * (0.5 + rng.random() / 2.0)
 
 
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception in ``group`` (however nested) besides the cancellations it
+    caused, or ``group`` itself."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else group
+
+
 class Listener(Protocol):
     """What the client tells each provider's gate."""
 
@@ -163,6 +180,8 @@ class SharedClient:
         self._switches = 0
         self._failures = 0
         self._lost = trio.Event()
+        self._closed = trio.Event()
+        self._host: Any = None
         self._heartbeat = self.script("heartbeat")
 
     def __repr__(self) -> str:
@@ -170,8 +189,28 @@ class SharedClient:
         return f"<SharedClient {self._shown} prefix={self.prefix!r} {state}>"
 
     async def __aenter__(self) -> SharedClient:
-        await self._redis.__aenter__()
+        # coredis's connections run in a task group it opens as it is entered: entered
+        # in a task of ours, under a shield, so a cancellation from outside (a deadline
+        # around the router, as it fires) does not end the connection before the
+        # client's close has sent what is queued.  The body stays cancellable.
+        self._host = trio.open_nursery()
+        nursery = await self._host.__aenter__()
+        try:
+            await nursery.start(self._hold)
+        except BaseException:
+            self._closed.set()
+            await self._host.__aexit__(None, None, None)
+            raise
         return self
+
+    async def _hold(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Hold coredis's client open, shielded, until the client has closed (then
+        coredis closes within ``timeout``)."""
+        with trio.CancelScope(shield=True) as scope:
+            async with self._redis:
+                task_status.started()
+                await self._closed.wait()
+                scope.deadline = trio.current_time() + self.timeout
 
     async def __aexit__(self, *exc: object) -> None:
         try:
@@ -180,9 +219,15 @@ class SharedClient:
                 # made after the task that sends them ended): the closers together, on
                 # the one connection, within one bound.
                 with trio.move_on_after(self.timeout):
-                    async with trio.open_nursery() as nursery:
-                        for closer in self._closers:
-                            nursery.start_soon(closer)
+                    try:
+                        async with trio.open_nursery() as nursery:
+                            for closer in self._closers:
+                                nursery.start_soon(closer)
+                    except BaseExceptionGroup as group:
+                        # Closers raise nothing: what comes is one exception from
+                        # outside (a KeyboardInterrupt delivered mid-close), to come
+                        # out as itself rather than wrapped.
+                        raise _sole(group) from None
                 if self.shared:
                     # Leave the live set at once, so the others' fair share grows now
                     # rather than three heartbeats from now.  Best effort, bounded.
@@ -192,8 +237,8 @@ class SharedClient:
                         except (coredis.exceptions.RedisError, OSError):
                             pass
         finally:
-            # Outside any scope of ours: coredis's client holds a task group of its own.
-            await self._redis.__aexit__(None, None, None)
+            self._closed.set()  # coredis's client closes in its own task
+            await self._host.__aexit__(None, None, None)
 
     # -- keys and scripts -----------------------------------------------------------
 
