@@ -215,10 +215,13 @@ class SharedClient:
     async def __aexit__(self, *exc: object) -> None:
         try:
             with trio.CancelScope(shield=True):
+                # One bound for all the close sends to Redis: the closers, then the
+                # leave from the live set with whatever the closers left of it.
+                deadline = trio.current_time() + self.timeout
                 # What is still queued for Redis goes first (a lease freed, a settle
                 # made after the task that sends them ended): the closers together, on
-                # the one connection, within one bound.
-                with trio.move_on_after(self.timeout):
+                # the one connection.
+                with trio.move_on_at(deadline):
                     try:
                         async with trio.open_nursery() as nursery:
                             for closer in self._closers:
@@ -231,7 +234,7 @@ class SharedClient:
                 if self.shared:
                     # Leave the live set at once, so the others' fair share grows now
                     # rather than three heartbeats from now.  Best effort, bounded.
-                    with trio.move_on_after(self.timeout):
+                    with trio.move_on_at(deadline):
                         try:
                             await self._redis.zrem(self.key("processes"), [self.process_id])
                         except (coredis.exceptions.RedisError, OSError):
