@@ -67,6 +67,10 @@ async def main(port: int) -> None:
             "coredis, held connection: EVALSHA return 1",
             lambda: connection.create_request(b"EVALSHA", one.sha, 1, "k", 1),
         )
+        await timed(
+            "the same, with a response timeout",
+            lambda: connection.create_request(b"EVALSHA", one.sha, 1, "k", 1, timeout=0.5),
+        )
     config = SharedConfig(redis_url=url, heartbeat=10.0)
     async with SharedClient(config, url) as client, trio.open_nursery() as nursery:
         await nursery.start(client.run)
